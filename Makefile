@@ -1,0 +1,39 @@
+# Two entry points: `make demo` (the main job) and `make test` (the whole suite).
+# Both create .venv if missing and install spikegrad with torch pinned to 2.13.0.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_PIN := torch==2.13.0
+# Peers for side-by-side tests; installed without their dependencies, which would replace
+# torch or pull large optional stacks.  Their few light needs are listed after them.
+PEERS := spikingjelly==2.0.0 snntorch==1.0.0 norse==1.1.0 tonic==1.7.0 nir==1.0.8 nirtorch==2.6
+PEER_NEEDS := loguru h5py scipy requests importRosbag expelliarmus typing-extensions
+
+.PHONY: demo test lint clean
+
+$(VENV)/.base: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PIN)
+	$(PIP) install -q -e . $(TORCH_PIN)
+	touch $@
+
+$(VENV)/.test: $(VENV)/.base
+	$(PIP) install -q -e '.[test]' $(TORCH_PIN)
+	$(PIP) install -q --no-deps $(PEERS)
+	$(PIP) install -q $(PEER_NEEDS) $(TORCH_PIN)
+	touch $@
+
+demo: $(VENV)/.base
+	$(VENV)/bin/spikegrad demo
+
+test: $(VENV)/.test
+	$(VENV)/bin/ruff check src tests bench examples
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check src tests bench examples
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,117 @@
+"""The ``spikegrad`` command line: train, eval, demo, models.
+
+User errors (a bad config key, a missing file, a wrong tensor layout) print one message
+and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from spikegrad import __version__
+from spikegrad.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from spikegrad.config import load_config
+    from spikegrad.run import train
+
+    config = load_config(args.config, args.set)
+    out = args.out or f"runs/{config.name or 'run'}"
+    summary = train(config, out)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from spikegrad.checkpoint import load_model
+    from spikegrad.config import Config, from_dict
+    from spikegrad.data import build_datasets
+    from spikegrad.trainer import evaluate_model, resolve_device
+
+    model, payload = load_model(args.checkpoint)
+    config = from_dict(Config, payload["config"]).with_overrides(args.set)
+    options = dict(config.data.options)
+    if config.data.root is not None:
+        options["root"] = config.data.root
+    train_set, test_set, _ = build_datasets(config.data.name, **options)
+    dataset = test_set if args.split == "test" else train_set
+    loader = DataLoader(dataset, batch_size=config.data.eval_batch_size)
+    device = resolve_device(args.device or config.train.device)
+    result = evaluate_model(model.to(device), loader, device)
+    result.update({"checkpoint": args.checkpoint, "split": args.split,
+                   "method": payload.get("method"), "epoch": payload.get("epoch")})
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from spikegrad.demo import run_demo
+
+    table = run_demo(args.out, quick=args.quick)
+    print("\n" + table)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from spikegrad import models
+
+    for name in models.list(args.pattern):
+        print(f"{name:<14} {models.entry(name).description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spikegrad", description="Train spiking neural networks by gradient descent."
+    )
+    parser.add_argument("--version", action="version", version=f"spikegrad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train from a YAML recipe")
+    p.add_argument("config", help="recipe, e.g. configs/digits.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set model.T=6 (repeatable)")
+    p.add_argument("--out", help="run folder (default runs/<name>)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on its dataset")
+    p.add_argument("checkpoint")
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the stored config, e.g. --set data.root=/data")
+    p.add_argument("--device", help="override train.device")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("demo", help="train each method on the built-in digits and compare")
+    p.add_argument("--out", default="runs/demo", help="folder for the run folders")
+    p.add_argument("--quick", action="store_true", help="two epochs per row (a smoke test)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("models", help="list the registered models")
+    p.add_argument("pattern", nargs="?", default="*")
+    p.set_defaults(func=_cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"spikegrad: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("spikegrad: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

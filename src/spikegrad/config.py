@@ -1,0 +1,309 @@
+"""Typed run configuration: one dataclass per section, one source of defaults.
+
+A recipe is a YAML file whose keys mirror these dataclasses; anything not given takes
+the default written here. ``extends: other.yaml`` (relative to the recipe) starts from
+another recipe. Command-line overrides use dotted keys: ``--set model.T=6``.
+
+Every problem is a :class:`~spikegrad.errors.UserError` that names the key: an unknown key
+(with the nearest valid one), a value of the wrong type, or a value out of range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spikegrad.errors import UserError, did_you_mean
+
+
+def option(default: Any = dataclasses.MISSING, *, doc: str = "", choices: Iterable | None = None,
+           min: float | None = None, gt: float | None = None, max: float | None = None,
+           factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with a docstring and range/choice constraints checked on load."""
+    meta = {"doc": doc, "choices": tuple(choices) if choices else None, "min": min, "gt": gt,
+            "max": max}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class NeuronConfig:
+    """Neuron of every spiking unit (see :mod:`spikegrad.dynamics`)."""
+
+    type: str = option("lif", doc="lif, if or plif (learnable leak)", choices=("lif", "if", "plif"))
+    leak: float = option(0.5, doc="λ in u_t = λ·u_(t-1) + I_t (ignored by if)", min=0.0, max=1.0)
+    threshold: float = option(1.0, doc="firing threshold", gt=0.0)
+    reset: str = option("hard", doc="hard: set to v_reset; soft: subtract threshold",
+                        choices=("hard", "soft"))
+    v_reset: float = option(0.0, doc="potential after a spike (hard reset)")
+    detach_reset: bool = option(False, doc="cut the gradient through the reset")
+
+    def kwargs(self) -> dict[str, Any]:
+        """Arguments for :func:`spikegrad.neurons.create` (``if`` takes no leak)."""
+        out = dataclasses.asdict(self)
+        if self.type == "if":
+            out.pop("leak")
+        return out
+
+
+@dataclass
+class ModelConfig:
+    name: str = option("digits_cnn", doc="registered model (spikegrad models lists them)")
+    kind: str = option("snn", doc="snn, or ann for the ANN twin", choices=("snn", "ann"))
+    T: int = option(4, doc="time steps (ignored by ann)", gt=0)
+    encoder: str = option("direct", doc="direct (repeat) or poisson", choices=("direct", "poisson"))
+    width: float = option(1.0, doc="channel width multiplier", gt=0.0)
+    activation_max: float = option(2.0, doc="clip of the ANN twin's ReLU", gt=0.0)
+    neuron: NeuronConfig = option(factory=NeuronConfig)
+    surrogate: dict = option(factory=lambda: {"name": "dspike", "temperature": 3.0},
+                             doc="name plus the surrogate's parameters")
+    options: dict = option(factory=dict, doc="further model-specific constructor arguments")
+
+
+@dataclass
+class DataConfig:
+    name: str = option("digits", doc="registered dataset")
+    root: str | None = option(None, doc="folder holding the dataset files")
+    batch_size: int = option(64, gt=0)
+    eval_batch_size: int = option(256, gt=0)
+    num_workers: int = option(0, min=0)
+    augment: list = option(factory=list, doc='batched augmentation ops, e.g. ["crop:4", "hflip"]')
+    options: dict = option(factory=dict, doc="further dataset-specific options")
+
+
+@dataclass
+class OptimConfig:
+    name: str = option("sgd", choices=("sgd", "adamw", "adam"))
+    lr: float = option(0.1, gt=0.0)
+    momentum: float = option(0.9, min=0.0, max=1.0, doc="SGD only")
+    nesterov: bool = option(False, doc="SGD only")
+    weight_decay: float = option(1e-4, min=0.0)
+    betas: list = option(factory=lambda: [0.9, 0.999], doc="Adam/AdamW only")
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = option("cosine", choices=("cosine", "constant", "step"),
+                       doc="per-iteration learning-rate schedule")
+    warmup_epochs: float = option(0.0, min=0.0, doc="linear warm-up from 0")
+    min_lr: float = option(0.0, min=0.0, doc="cosine floor")
+    step_epochs: int = option(30, gt=0, doc="step: decay every this many epochs")
+    gamma: float = option(0.1, gt=0.0, doc="step: decay factor")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = option(10, gt=0)
+    seed: int = option(0, min=0)
+    device: str = option("auto", doc="auto, cpu, cuda, cuda:N or mps")
+    amp: bool = option(False, doc="mixed precision (fp16 + grad scaling on CUDA, bf16 on CPU)")
+    loss: str = option("ce", choices=("ce", "tet"),
+                       doc="ce on the time-averaged logits, or TET's per-step loss")
+    tet_lambda: float = option(0.05, min=0.0, max=1.0, doc="TET: weight of the MSE term")
+    tet_phi: float = option(1.0, doc="TET: MSE target")
+    label_smoothing: float = option(0.0, min=0.0, max=1.0)
+    grad_clip: float | None = option(None, gt=0.0, doc="clip the gradient norm (None: off)")
+    progress: bool = option(True, doc="progress bar when the terminal is interactive")
+    threads: int | None = option(None, gt=0, doc="torch CPU threads (None: torch's default)")
+
+
+@dataclass
+class Config:
+    """A whole run: what to train, on what, how."""
+
+    name: str = option("", doc="free label for the run")
+    model: ModelConfig = option(factory=ModelConfig)
+    data: DataConfig = option(factory=DataConfig)
+    optim: OptimConfig = option(factory=OptimConfig)
+    schedule: ScheduleConfig = option(factory=ScheduleConfig)
+    train: TrainConfig = option(factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def with_overrides(self, overrides: Iterable[str] | Mapping[str, Any]) -> Config:
+        """A new config with dotted overrides (``"train.epochs=3"`` or ``{"train.epochs": 3}``)."""
+        data = self.to_dict()
+        apply_overrides(data, overrides)
+        return from_dict(Config, data)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except UserError as exc:
+                errors.append(exc)
+        raise UserError(
+            f"config key {key!r} must be {' or '.join(_type_name(a) for a in args)}, "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise UserError(f"config key {key!r} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=key + ".")
+    base = origin or tp
+    if base is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config key {key!r} must be true or false, got {value!r}")
+        return value
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"config key {key!r} must be an integer, got {value!r} "
+                            f"({type(value).__name__})")
+        return value
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config key {key!r} must be a number, got {value!r} "
+                            f"({type(value).__name__})")
+        return float(value)
+    if base is str:
+        if not isinstance(value, str):
+            raise UserError(f"config key {key!r} must be a string, got {value!r} "
+                            f"({type(value).__name__})")
+        return value
+    if base is list:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key {key!r} must be a list, got {value!r}")
+        return list(value)
+    if base is dict:
+        if not isinstance(value, Mapping):
+            raise UserError(f"config key {key!r} must be a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
+    if value is None:
+        return
+    if meta.get("choices") and value not in meta["choices"]:
+        raise UserError(f"config key {key!r} must be one of {list(meta['choices'])}, got {value!r}"
+                        f"{did_you_mean(str(value), map(str, meta['choices']))}")
+    if meta.get("gt") is not None and not value > meta["gt"]:
+        raise UserError(f"config key {key!r} must be > {meta['gt']}, got {value!r}")
+    if meta.get("min") is not None and value < meta["min"]:
+        raise UserError(f"config key {key!r} must be >= {meta['min']}, got {value!r}")
+    if meta.get("max") is not None and value > meta["max"]:
+        raise UserError(f"config key {key!r} must be <= {meta['max']}, got {value!r}")
+
+
+def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, naming any bad key in the error."""
+    if not isinstance(data, Mapping):
+        raise UserError(f"config section {prefix.rstrip('.') or 'top level'!r} must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            candidates = [f"{prefix}{k}" for k in fields]
+            raise UserError(
+                f"unknown config key {full!r}{did_you_mean(full, candidates)}; "
+                f"valid keys here: {', '.join(fields)}"
+            )
+        value = _coerce(value, hints[key], full)
+        _check_range(value, fields[key].metadata, full)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"a.b=value"`` -> ``("a.b", parsed value)``; the value is read as YAML."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"override {item!r} must look like key=value, e.g. train.epochs=5")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise UserError(f"override {item!r}: the value is not valid YAML ({exc})") from exc
+    return key.strip(), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str] | Mapping[str, Any]) -> None:
+    """Set dotted keys in a nested mapping (in place); unknown keys are caught by ``from_dict``."""
+    items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
+    for key, value in items:
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise UserError(f"override {key!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a recipe, following ``extends:`` (relative paths) with later keys winning."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} does not exist")
+    if path.resolve() in _seen:
+        raise UserError(f"config {str(path)!r} extends itself through {[str(p) for p in _seen]}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"config file {str(path)!r} must hold a mapping at the top level")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    base = read_yaml(path.parent / parent, (*_seen, path.resolve()))
+    return _merge(base, data)
+
+
+_REPLACED_WHEN_RENAMED = {"surrogate"}
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge; a ``surrogate`` of another name replaces the base one (its parameters differ)."""
+    out = dict(base)
+    for key, value in top.items():
+        old = out.get(key)
+        replaces = key in _REPLACED_WHEN_RENAMED and isinstance(value, Mapping) and (
+            value.get("name", old.get("name") if isinstance(old, dict) else None)
+            != (old.get("name") if isinstance(old, dict) else None)
+        )
+        if isinstance(value, Mapping) and isinstance(old, dict) and not replaces:
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Load a recipe (or the defaults when ``path`` is None) and apply dotted overrides."""
+    data = read_yaml(path) if path is not None else {}
+    apply_overrides(data, overrides)
+    return from_dict(Config, data)

@@ -1,0 +1,67 @@
+"""Dataset registry: each entry builds ``(train_set, test_set, DatasetInfo)`` from options."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from spikegrad.errors import UserError, did_you_mean, unknown_name_error
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset.
+
+    ``sample_shape`` is one sample without batch (and without time for static data);
+    ``time_steps`` is the number of frames of time-major (event) samples, else None.
+    """
+
+    num_classes: int
+    sample_shape: tuple[int, ...]
+    time_steps: int | None = None
+    description: str = ""
+
+    @property
+    def in_channels(self) -> int:
+        return self.sample_shape[0]
+
+    @property
+    def input_size(self) -> int:
+        return self.sample_shape[-1]
+
+
+DatasetBuilder = Callable[..., tuple[Dataset, Dataset, DatasetInfo]]
+_DATASETS: dict[str, DatasetBuilder] = {}
+
+
+def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
+    """Decorator registering a dataset builder ``fn(root=None, **options)``."""
+
+    def decorate(fn: DatasetBuilder) -> DatasetBuilder:
+        _DATASETS[name] = fn
+        return fn
+
+    return decorate
+
+
+def list_datasets() -> list[str]:
+    return sorted(_DATASETS)
+
+
+def build_datasets(name: str, **options: Any) -> tuple[Dataset, Dataset, DatasetInfo]:
+    """Build ``(train, test, info)`` for a registered dataset; options are checked by name."""
+    if name not in _DATASETS:
+        raise unknown_name_error("dataset", name, _DATASETS)
+    fn = _DATASETS[name]
+    accepted = list(inspect.signature(fn).parameters)
+    for key in options:
+        if key not in accepted:
+            raise UserError(
+                f"dataset {name!r} has no option {key!r}{did_you_mean(key, accepted)}; "
+                f"it accepts: {', '.join(accepted)}"
+            )
+    return fn(**options)

@@ -1,0 +1,119 @@
+"""Batched data augmentation on tensors (on whatever device the batch is on).
+
+Every op takes a batch ``[B, C, H, W]`` or a time-major batch ``[T, B, C, H, W]`` (the same
+random draw applied to all time steps of a sample) and uses the global torch generator, so
+seeded runs are reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from spikegrad.errors import UserError
+
+BatchOp = Callable[[Tensor], Tensor]
+
+
+def _per_sample(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """Apply ``fn`` to ``[B, C', H, W]``; time-major input is folded to ``[B, T·C, H, W]``."""
+    if x.dim() == 4:
+        return fn(x)
+    if x.dim() == 5:
+        T, B, C, H, W = x.shape
+        folded = x.permute(1, 0, 2, 3, 4).reshape(B, T * C, H, W)  # (B, T·C, H, W)
+        return fn(folded).reshape(B, T, C, H, W).permute(1, 0, 2, 3, 4)  # (T, B, C, H, W)
+    raise UserError(
+        f"augmentation expects [B, C, H, W] or [T, B, C, H, W] batches, got shape {tuple(x.shape)}"
+    )
+
+
+def _shift(x: Tensor, dy: Tensor, dx: Tensor, padding: int, mode: str) -> Tensor:
+    """Crop ``[B, C, H, W]`` from ``x`` padded by ``padding``, at per-sample offsets."""
+    B, _, H, W = x.shape
+    padded = F.pad(x, (padding,) * 4, mode="constant" if mode == "zeros" else "circular")
+    rows = (dy[:, None] + torch.arange(H, device=x.device))  # (B, H)
+    cols = (dx[:, None] + torch.arange(W, device=x.device))  # (B, W)
+    batch = torch.arange(B, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2)
+
+
+def random_crop(padding: int) -> BatchOp:
+    """Zero-pad by ``padding`` pixels and crop back at a random offset per sample."""
+
+    def op(x: Tensor) -> Tensor:
+        def crop(b: Tensor) -> Tensor:
+            n = b.shape[0]
+            dy = torch.randint(0, 2 * padding + 1, (n,), device=b.device)
+            dx = torch.randint(0, 2 * padding + 1, (n,), device=b.device)
+            return _shift(b, dy, dx, padding, "zeros")
+
+        return _per_sample(crop, x)
+
+    return op
+
+
+def random_roll(max_shift: int) -> BatchOp:
+    """Roll (circular shift) each sample by up to ``max_shift`` pixels in each direction."""
+
+    def op(x: Tensor) -> Tensor:
+        def roll(b: Tensor) -> Tensor:
+            n = b.shape[0]
+            dy = torch.randint(0, 2 * max_shift + 1, (n,), device=b.device)
+            dx = torch.randint(0, 2 * max_shift + 1, (n,), device=b.device)
+            return _shift(b, dy, dx, max_shift, "circular")
+
+        return _per_sample(roll, x)
+
+    return op
+
+
+def random_hflip(p: float = 0.5) -> BatchOp:
+    """Mirror each sample left-right with probability ``p``."""
+
+    def op(x: Tensor) -> Tensor:
+        def flip(b: Tensor) -> Tensor:
+            mask = torch.rand(b.shape[0], device=b.device) < p
+            return torch.where(mask[:, None, None, None], b.flip(-1), b)
+
+        return _per_sample(flip, x)
+
+    return op
+
+
+def compose(ops: Sequence[BatchOp]) -> BatchOp:
+    def op(x: Tensor) -> Tensor:
+        for f in ops:
+            x = f(x)
+        return x
+
+    return op
+
+
+_OPS: dict[str, Callable[..., BatchOp]] = {
+    "crop": random_crop,
+    "roll": random_roll,
+    "hflip": random_hflip,
+}
+
+
+def build_augmentation(spec: Sequence[str] | None) -> BatchOp | None:
+    """Build a pipeline from strings like ``["crop:4", "hflip"]`` (``name[:argument]``)."""
+    if not spec:
+        return None
+    ops = []
+    for item in spec:
+        name, _, arg = str(item).partition(":")
+        if name not in _OPS:
+            from spikegrad.errors import unknown_name_error
+
+            raise unknown_name_error("augmentation", name, _OPS)
+        try:
+            ops.append(_OPS[name](*([float(arg) if "." in arg else int(arg)] if arg else [])))
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"augmentation {item!r}: {exc}") from exc
+    return compose(ops)

@@ -1,0 +1,179 @@
+"""Parts shared by every registered model: activations, units, and the network base class.
+
+Every registered network is ``encoder -> features -> classifier``:
+
+- ``encoder`` turns a static input ``[B, C, H, W]`` into ``[T, B, C, H, W]`` (direct or
+  Poisson); time-major inputs (event frames) pass through unchanged.
+- ``features`` is an ``nn.Sequential`` of *units*; each unit ends in one activation (a
+  spiking neuron, or a clipped ReLU in the ANN twin). Shortcut branches attach to units by
+  name; local tandem learning pairs the units of teacher and student one to one.
+- ``classifier`` maps the last unit's output to per-time-step logits ``[T, B, classes]``.
+
+``kind="ann"`` builds the ANN twin of the same architecture: ``T = 1``, and every neuron
+replaced by ``ClippedReLU(activation_max)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+from spikegrad import neurons, surrogates
+from spikegrad.errors import UserError
+from spikegrad.layers import DirectEncoder, PoissonEncoder, TimeDistributed
+
+ActivationFactory = Callable[[], nn.Module]
+NeuronSpec = Mapping[str, Any] | str | None
+SurrogateSpec = Mapping[str, Any] | str | surrogates.Surrogate | None
+
+KINDS = ("snn", "ann")
+
+
+def surrogate_factory(spec: SurrogateSpec) -> Callable[[], surrogates.Surrogate]:
+    """A function returning a fresh surrogate per neuron from a name, mapping or instance."""
+    if spec is None:
+        return lambda: surrogates.Dspike(temperature=3.0)
+    if isinstance(spec, surrogates.Surrogate):
+        return lambda: copy.deepcopy(spec)
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    params = dict(spec)
+    name = params.pop("name", None)
+    if name is None:
+        raise UserError("a surrogate mapping needs a 'name' key, e.g. {'name': 'dspike'}")
+    surrogates.create(name, **params)  # validate once, eagerly
+    return lambda: surrogates.create(name, **params)
+
+
+def activation_factory(
+    kind: str = "snn",
+    neuron: NeuronSpec = None,
+    surrogate: SurrogateSpec = None,
+    activation_max: float = 2.0,
+) -> ActivationFactory:
+    """A function returning a fresh activation module for each unit of a network.
+
+    ``neuron`` is a type name or a mapping ``{"type": "lif", "leak": ..., ...}`` of
+    :class:`spikegrad.neurons.SpikingNeuron` arguments; ``surrogate`` a name, mapping
+    ``{"name": ..., **params}`` or instance (copied per neuron).
+    """
+    if kind not in KINDS:
+        raise UserError(f"model kind must be one of {KINDS}, got {kind!r}")
+    if kind == "ann":
+        neurons.ClippedReLU(activation_max)  # validate
+        return lambda: neurons.ClippedReLU(activation_max)
+    params = {"type": "lif"} if neuron is None else (
+        {"type": neuron} if isinstance(neuron, str) else dict(neuron)
+    )
+    neuron_type = params.pop("type", "lif")
+    make_surrogate = surrogate_factory(surrogate)
+    neurons.create(neuron_type, surrogate=make_surrogate(), **params)  # validate
+    return lambda: neurons.create(neuron_type, surrogate=make_surrogate(), **params)
+
+
+def make_encoder(encoder: str, T: int) -> nn.Module:
+    choices = {"direct": DirectEncoder, "poisson": PoissonEncoder}
+    if encoder not in choices:
+        raise UserError(f"encoder must be one of {sorted(choices)}, got {encoder!r}")
+    return choices[encoder](T)
+
+
+def scaled(channels: int, width: float) -> int:
+    """Channel count scaled by the width multiplier, at least 1."""
+    return max(1, round(channels * width))
+
+
+class ConvUnit(nn.Sequential):
+    """``conv -> BN -> [avg pool] -> activation``, the first three folded over time.
+
+    Pooling before the neuron keeps the unit's output binary (spikes) for the next layer.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        activation: nn.Module,
+        kernel_size: int = 3,
+        stride: int = 1,
+        pool: bool = False,
+    ) -> None:
+        ops: list[nn.Module] = [
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False),
+            nn.BatchNorm2d(out_channels),
+        ]
+        if pool:
+            ops.append(nn.AvgPool2d(2))
+        super().__init__(TimeDistributed(nn.Sequential(*ops)), activation)
+
+
+class LinearUnit(nn.Sequential):
+    """``[flatten] -> linear -> [BN] -> activation``, folded over time."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        activation: nn.Module,
+        flatten: bool = False,
+        batch_norm: bool = True,
+    ) -> None:
+        ops: list[nn.Module] = [nn.Flatten()] if flatten else []
+        ops.append(nn.Linear(in_features, out_features, bias=not batch_norm))
+        if batch_norm:
+            ops.append(nn.BatchNorm1d(out_features))
+        super().__init__(TimeDistributed(nn.Sequential(*ops)), activation)
+
+
+class SpikingNetwork(nn.Module):
+    """Base class: ``encoder -> features -> classifier``, logits ``[T, B, classes]``.
+
+    Subclasses set ``self.features`` (an ``nn.Sequential`` of units) and
+    ``self.classifier``. ``input_dims`` is the number of dimensions of one static sample
+    (3 for ``[C, H, W]``).
+    """
+
+    features: nn.Sequential
+    classifier: nn.Module
+
+    def __init__(self, T: int, kind: str, encoder: str = "direct", input_dims: int = 3) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise UserError(f"model kind must be one of {KINDS}, got {kind!r}")
+        if int(T) <= 0:
+            raise UserError(f"the number of time steps T must be positive, got {T}")
+        self.kind = kind
+        self.T = 1 if kind == "ann" else int(T)
+        self.input_dims = input_dims
+        self.encoder = make_encoder(encoder, self.T)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Static ``[B, *sample]`` -> ``[T, B, *sample]``; time-major input passes through."""
+        if x.dim() == self.input_dims + 1:
+            return self.encoder(x)
+        if x.dim() == self.input_dims + 2:
+            return x
+        raise UserError(
+            f"{type(self).__name__} expects a static batch with {self.input_dims + 1} dimensions "
+            f"[B, ...] or a time-major batch with {self.input_dims + 2} dimensions [T, B, ...], "
+            f"got shape {tuple(x.shape)}"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.encode(x)  # (T, B, C, H, W)
+        x = self.features(x)
+        return self.classifier(x)  # (T, B, classes)
+
+    def units(self) -> list[tuple[str, nn.Module]]:
+        """``(name, unit)`` for every unit of ``features``, in order."""
+        return [(f"features.{name}", unit) for name, unit in self.features.named_children()]
+
+
+def global_pool_classifier(in_channels: int, num_classes: int) -> nn.Module:
+    """Global average pooling over space, then a linear layer, per time step."""
+    return TimeDistributed(
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, num_classes))
+    )

@@ -1,0 +1,89 @@
+"""From a :class:`~spikegrad.config.Config` to a trained run: datasets, model, components."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from spikegrad import models
+from spikegrad.config import Config
+from spikegrad.data import DatasetInfo, build_augmentation, build_datasets
+from spikegrad.errors import UserError
+from spikegrad.trainer import Component, Trainer, seed_everything
+
+
+@dataclass
+class RunParts:
+    model: nn.Module
+    model_args: dict[str, Any]
+    train_set: Dataset
+    test_set: Dataset
+    info: DatasetInfo
+
+
+def model_arguments(config: Config, info: DatasetInfo) -> dict[str, Any]:
+    """``{"name", "kwargs"}`` for :func:`spikegrad.models.create` from the config and dataset."""
+    m = config.model
+    kwargs: dict[str, Any] = {
+        "num_classes": info.num_classes,
+        "in_channels": info.in_channels,
+        "T": info.time_steps or m.T,
+        "kind": m.kind,
+        "neuron": m.neuron.kwargs(),
+        "surrogate": dict(m.surrogate),
+        "width": m.width,
+        "encoder": m.encoder,
+        "activation_max": m.activation_max,
+    }
+    accepted = models.entry(m.name).arguments()
+    if "input_size" in accepted:
+        kwargs["input_size"] = info.input_size
+    kwargs.update(m.options)
+    return {"name": m.name, "kwargs": kwargs}
+
+
+def build_parts(config: Config) -> RunParts:
+    """Datasets and model for a config; bad names or options raise a :class:`UserError`."""
+    data = config.data
+    options = dict(data.options)
+    if data.root is not None:
+        options["root"] = data.root
+    train_set, test_set, info = build_datasets(data.name, **options)
+    if info.time_steps is not None and info.time_steps != config.model.T:
+        raise UserError(
+            f"model.T is {config.model.T} but dataset {data.name!r} gives {info.time_steps} frames "
+            "per sample; set model.T to match"
+        )
+    model_args = model_arguments(config, info)
+    seed_everything(config.train.seed)  # the initial weights depend on the seed alone
+    try:
+        model = models.create(model_args["name"], **model_args["kwargs"])
+    except UserError as exc:
+        raise UserError(f"config model: {exc}") from exc
+    return RunParts(model, model_args, train_set, test_set, info)
+
+
+def build_components(config: Config, model: nn.Module) -> list[Component]:
+    """The method components a config asks for (none for plain surrogate-gradient BPTT)."""
+    return []
+
+
+def train(config: Config, out_dir: str | Path | None, verbose: bool = True) -> dict[str, Any]:
+    """Train the run described by ``config`` into ``out_dir``; returns its summary."""
+    parts = build_parts(config)
+    trainer = Trainer(
+        parts.model,
+        parts.train_set,
+        parts.test_set,
+        config,
+        components=build_components(config, parts.model),
+        out_dir=out_dir,
+        augment=build_augmentation(config.data.augment),
+        model_args=parts.model_args,
+        verbose=verbose,
+    )
+    return trainer.fit()

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+import torch
+
+from spikegrad.data import build_augmentation, build_datasets
+from spikegrad.data.digits import load_digits_arrays, stratified_split
+from spikegrad.errors import UserError
+
+
+def test_digits_split_is_fixed_stratified_and_disjoint():
+    _, labels = load_digits_arrays()
+    train, test = stratified_split(labels)
+    assert len(train) + len(test) == len(labels) == 1797
+    assert len(set(train) & set(test)) == 0
+    assert (len(train), len(test)) == (1433, 364)
+    for c in range(10):
+        n = (labels == c).sum()
+        assert (labels[test] == c).sum() == -(-n // 5)  # ceil(n/5) of each class
+    again = stratified_split(labels)
+    assert np.array_equal(train, again[0]) and np.array_equal(test, again[1])
+
+
+def test_digits_dataset_tensors():
+    train, _, info = build_datasets("digits")
+    x, _ = train[0]
+    assert x.shape == (1, 8, 8) and x.dtype == torch.float32 and 0 <= x.min() <= x.max() <= 1
+    assert info.num_classes == 10 and info.sample_shape == (1, 8, 8)
+    with pytest.raises(UserError, match=r"has no option 'rot'.*did you mean 'root'"):
+        build_datasets("digits", rot="x")
+    with pytest.raises(UserError, match="unknown dataset 'digit'"):
+        build_datasets("digit")
+
+
+def test_crop_shifts_each_sample_by_at_most_the_padding():
+    x = torch.zeros(64, 1, 9, 9)
+    x[:, :, 4, 4] = 1.0  # one bright pixel in the middle
+    out = build_augmentation(["crop:2"])(x)
+    assert out.shape == x.shape
+    pos = out.flatten(1).argmax(1)
+    rows, cols = pos // 9, pos % 9
+    assert out.flatten(1).sum(1).eq(1).all()  # the pixel survives (shift <= padding)
+    assert ((rows - 4).abs() <= 2).all() and ((cols - 4).abs() <= 2).all()
+    assert len(set(zip(rows.tolist(), cols.tolist(), strict=True))) > 5  # per-sample offsets
+
+
+def test_time_major_batches_get_one_draw_per_sample():
+    frames = torch.rand(4, 1, 2, 6, 6).repeat(1, 16, 1, 1, 1)  # (T, B, C, H, W), same at all t
+    out = build_augmentation(["roll:2", "hflip"])(frames)
+    assert out.shape == frames.shape
+    # Every sample saw the same frames; a sample whose transform equals sample 0's at t = 0
+    # must equal it at every t, and vice versa: one draw per sample, shared over time.
+    for b in range(16):
+        same = [torch.equal(out[t, b], out[t, 0]) for t in range(4)]
+        assert len(set(same)) == 1
+    assert not all(torch.equal(out[0, b], out[0, 0]) for b in range(16))
+
+
+def test_roll_preserves_content_and_flip_mirrors():
+    x = torch.arange(2 * 5 * 5, dtype=torch.float32).view(2, 1, 5, 5)
+    rolled = build_augmentation(["roll:2"])(x)
+    for b in range(2):
+        assert sorted(rolled[b].flatten().tolist()) == sorted(x[b].flatten().tolist())
+    torch.manual_seed(0)
+    flipped = build_augmentation(["hflip:1.0"])(x)
+    assert torch.equal(flipped, x.flip(-1))
+
+
+def test_unknown_augmentation_is_named():
+    with pytest.raises(UserError, match="unknown augmentation 'cropp'"):
+        build_augmentation(["cropp:4"])

@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from spikegrad import models, neurons, surrogates
+from spikegrad.errors import UserError
+
+SMALL = {"width": 0.125, "T": 2}
+
+
+def small_input(name: str) -> torch.Tensor:
+    size = 8 if name == "digits_cnn" else 16
+    channels = 1 if name == "digits_cnn" else 3
+    return torch.rand(3, channels, size, size)
+
+
+def build(name: str, **kwargs) -> torch.nn.Module:
+    channels = 1 if name == "digits_cnn" else 3
+    size = small_input(name).shape[-1]
+    extra = {"input_size": size} if "input_size" in models.entry(name).arguments() else {}
+    return models.create(name, num_classes=5, in_channels=channels, **SMALL, **extra, **kwargs)
+
+
+@pytest.mark.parametrize("name", models.list())
+def test_every_model_runs_forward_and_backward(name):
+    model = build(name, surrogate={"name": "sigmoid", "alpha": 4.0})
+    out = model(small_input(name))
+    assert out.shape == (2, 3, 5)  # (T, B, classes)
+    out.mean(0).logsumexp(1).sum().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    first = next(model.parameters()).grad
+    assert first.abs().sum() > 0  # the gradient reaches the first layer
+
+
+@pytest.mark.parametrize("name", models.list())
+def test_every_model_has_an_ann_twin_with_the_same_parameters(name):
+    snn, ann = build(name), build(name, kind="ann")
+    assert ann.T == 1
+    assert [k for k in snn.state_dict()] == [k for k in ann.state_dict()]
+    assert not any(isinstance(m, neurons.SpikingNeuron) for m in ann.modules())
+    assert ann(small_input(name)).shape == (1, 3, 5)
+    assert len(snn.units()) == len(ann.units())
+
+
+def test_models_accept_time_major_input_and_reject_bad_layouts():
+    model = build("digits_cnn")
+    frames = torch.rand(2, 3, 1, 8, 8)  # (T, B, C, H, W)
+    assert model(frames).shape == (2, 3, 5)
+    with pytest.raises(UserError, match=r"\[T, B, \.\.\.\]"):
+        model(torch.rand(8, 8))
+
+
+def test_neuron_and_surrogate_choices_reach_every_unit():
+    model = build("resnet18", neuron={"type": "if", "threshold": 0.5},
+                  surrogate={"name": "dspike", "temperature": 2.0})
+    found = [m for m in model.modules() if isinstance(m, neurons.SpikingNeuron)]
+    assert len(found) == 1 + 2 * 8  # stem + two per basic block
+    assert all(isinstance(m, neurons.IF) and m.threshold == 0.5 for m in found)
+    assert all(isinstance(m.surrogate, surrogates.Dspike) for m in found)
+    assert len({id(m.surrogate) for m in found}) == len(found)
+
+
+def test_resnet_depths_and_stage_ends():
+    def convs(name):
+        return sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+                   for m in build(name).modules())
+
+    assert convs("resnet18") == 17 and convs("resnet34") == 33
+    assert convs("resnet19") == 17 and convs("resnet20") == 19
+    assert build("resnet18").stage_ends() == [
+        "features.layer1_1", "features.layer2_1", "features.layer3_1", "features.layer4_1"]
+
+
+def test_vgg_depths():
+    def convs(name):
+        return sum(isinstance(m, torch.nn.Conv2d) for m in build(name).modules())
+
+    assert (convs("vgg11"), convs("vgg13"), convs("vgg16")) == (8, 10, 13)
+
+
+def test_registry_errors_name_the_choices():
+    with pytest.raises(UserError, match="did you mean 'resnet18'"):
+        models.create("resnt18")
+    with pytest.raises(UserError, match=r"has no argument 'widht'.*did you mean 'width'"):
+        models.create("resnet18", widht=2)
+    assert models.list("vgg*") == ["vgg11", "vgg13", "vgg16"]

@@ -1,0 +1,181 @@
+import json
+import math
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from spikegrad import layers, neurons, surrogates
+from spikegrad.checkpoint import load_checkpoint, load_model
+from spikegrad.config import Config, load_config
+from spikegrad.demo import recipe_path
+from spikegrad.errors import UserError
+from spikegrad.losses import tet_loss
+from spikegrad.run import train
+from spikegrad.trainer import Component, StepOutput, Trainer, lr_factor
+
+
+def tiny_config(**overrides) -> Config:
+    base = {"train.epochs": 1, "train.progress": False, "data.batch_size": 128,
+            "model.width": 0.25, "model.T": 2}
+    base.update(overrides)
+    return load_config(recipe_path("digits")).with_overrides(base)
+
+
+def test_run_folder_contents(tmp_path):
+    summary = train(tiny_config(**{"train.epochs": 2}), tmp_path, verbose=False)
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.pt"} <= {
+        p.name for p in tmp_path.iterdir()}
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("epoch", "train_loss", "train_acc", "test_acc", "lr", "seconds", "firing_rate"):
+        assert key in rows[0]
+    stored = json.loads((tmp_path / "summary.json").read_text())
+    assert stored == pytest.approx(summary)
+    assert stored["method"] == "dspike" and stored["epochs"] == 2
+    assert 0.0 <= stored["final_test_acc"] <= stored["best_test_acc"] <= 1.0
+    assert stored["params"] > 0 and stored["wall_seconds"] > 0
+    assert load_config(tmp_path / "config.yaml") == tiny_config(**{"train.epochs": 2})
+
+
+def test_seeded_runs_are_reproducible(tmp_path):
+    train(tiny_config(), tmp_path / "a", verbose=False)
+    train(tiny_config(), tmp_path / "b", verbose=False)
+    train(tiny_config(**{"train.seed": 1}), tmp_path / "c", verbose=False)
+    a, b, c = (load_checkpoint(tmp_path / r / "last.pt")["model"] for r in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_ann_kind_reports_ann_method(tmp_path):
+    summary = train(tiny_config(**{"model.kind": "ann"}), tmp_path, verbose=False)
+    assert summary["method"] == "ann" and summary["firing_rate"] is None and summary["T"] == 1
+
+
+def test_tet_loss_matches_its_formula():
+    torch.manual_seed(0)
+    out, y = torch.randn(4, 5, 3), torch.randint(0, 3, (5,))
+    lam, phi = 0.2, 1.0
+    ce = sum(nn.functional.cross_entropy(out[t], y) for t in range(4)) / 4
+    mse = sum(((out[t] - phi) ** 2).mean() for t in range(4)) / 4
+    assert tet_loss(out, y, lam, phi).item() == pytest.approx(((1 - lam) * ce + lam * mse).item())
+
+
+def test_cosine_schedule_with_warmup():
+    cfg = Config().with_overrides({"train.epochs": 10, "schedule.warmup_epochs": 1,
+                                   "optim.lr": 0.1, "schedule.min_lr": 0.01})
+    assert lr_factor(cfg, 0, 10) == pytest.approx(0.1)  # warm-up: (0 + 1) / 10
+    assert lr_factor(cfg, 10, 10) == pytest.approx(1.0)  # warm-up done
+    mid = 10 + 45
+    assert lr_factor(cfg, mid, 10) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(cfg, 100, 10) == pytest.approx(0.1)  # floor = min_lr / lr
+    step = Config().with_overrides({"schedule.name": "step", "schedule.step_epochs": 2,
+                                    "schedule.gamma": 0.5})
+    assert [lr_factor(step, i * 10, 10) for i in range(5)] == [1, 1, 0.5, 0.5, 0.25]
+
+
+class Counter(Component):
+    name = "counter"
+
+    def __init__(self):
+        self.epochs, self.steps = [], 0
+
+    def on_epoch_start(self, trainer, epoch):
+        self.epochs.append(epoch)
+        return {"counter_steps": self.steps}
+
+    def on_step_end(self, trainer):
+        self.steps += 1
+
+    def method_name(self, base):
+        return base + "+counter"
+
+
+def fc_spiking_net(T: int) -> nn.Module:
+    """A fully connected SNN built from spikegrad's layers, for 1-D features."""
+    return nn.Sequential(
+        layers.DirectEncoder(T),
+        layers.TimeDistributed(nn.Linear(2, 32)),
+        neurons.LIF(leak=0.5, surrogate=surrogates.ATan()),
+        layers.TimeDistributed(nn.Linear(32, 2)),
+    )
+
+
+def test_python_api_trains_a_custom_model_on_a_custom_dataset(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(400, 2)
+    y = (x[:, 0] * x[:, 1] > 0).long()  # XOR-like quadrants: needs the hidden layer
+    train_set, test_set = TensorDataset(x[:300], y[:300]), TensorDataset(x[300:], y[300:])
+    config = Config().with_overrides({"train.epochs": 30, "optim.name": "adamw", "optim.lr": 0.01,
+                                      "data.batch_size": 32, "train.progress": False})
+    counter = Counter()
+    trainer = Trainer(fc_spiking_net(T=4), train_set, test_set, config, components=[counter],
+                      out_dir=tmp_path, verbose=False)
+    summary = trainer.fit()
+    assert summary["final_test_acc"] > 0.85
+    assert summary["method"] == "atan+counter"
+    assert counter.epochs == list(range(30)) and counter.steps == 30 * math.ceil(300 / 32)
+    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[1])["counter_steps"] == 10
+
+
+def test_two_loss_owners_are_refused():
+    class Owner(Component):
+        def compute_loss(self, trainer, inputs, targets):
+            return StepOutput(torch.zeros(()), torch.zeros(len(targets), 2))
+
+    data = TensorDataset(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(UserError, match="only one training component"):
+        Trainer(fc_spiking_net(2), data, data, components=[Owner(), Owner()], verbose=False)
+
+
+def test_model_returning_the_wrong_layout_is_explained():
+    data = TensorDataset(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
+    trainer = Trainer(nn.Linear(2, 2), data, data, Config().with_overrides({"train.epochs": 1}),
+                      verbose=False)
+    with pytest.raises(UserError, match=r"\[T, B, classes\]"):
+        trainer.fit()
+
+
+def test_eval_cli_reproduces_the_stored_accuracy(tmp_path):
+    train(tiny_config(), tmp_path, verbose=False)
+    proc = subprocess.run([sys.executable, "-m", "spikegrad.cli", "eval", str(tmp_path / "best.pt")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    best = json.loads((tmp_path / "summary.json").read_text())["best_test_acc"]
+    assert result["test_acc"] == pytest.approx(best)
+    model, payload = load_model(tmp_path / "best.pt")
+    assert payload["method"] == "dspike" and isinstance(model, nn.Module)
+
+
+def test_checkpoint_errors(tmp_path):
+    train(tiny_config(), tmp_path, verbose=False)
+    data = (tmp_path / "last.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=r"cut\.pt.*cannot be read"):
+        load_checkpoint(tmp_path / "cut.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(UserError, match="not a spikegrad checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    with pytest.raises(UserError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+class Exploit:
+    def __reduce__(self):
+        return (exec, ("open(__import__('os').environ['SPIKEGRAD_PWNED'], 'w').write('x')",))
+
+
+def test_loading_never_executes_code_from_the_file(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("SPIKEGRAD_PWNED", str(marker))
+    with open(tmp_path / "evil.pt", "wb") as handle:
+        torch.save({"format": "spikegrad-checkpoint", "payload": Exploit()}, handle,
+                   pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    with pytest.raises(UserError):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
