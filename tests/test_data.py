@@ -68,3 +68,19 @@ def test_roll_preserves_content_and_flip_mirrors():
 def test_unknown_augmentation_is_named():
     with pytest.raises(UserError, match="unknown augmentation 'cropp'"):
         build_augmentation(["cropp:4"])
+
+
+def test_cluttered_digits_is_deterministic_and_split_by_source_digit():
+    train_a, test_a, info = build_datasets("cluttered_digits", copies=1)
+    train_b, _, _ = build_datasets("cluttered_digits", copies=1)
+    assert torch.equal(train_a.tensors[0], train_b.tensors[0])
+    assert info.sample_shape == (1, 16, 16) and info.num_classes == 10
+    assert (len(train_a), len(test_a)) == (1433, 364)
+    x = train_a.tensors[0]
+    assert x.min() >= 0 and x.max() <= 1
+    # labels follow the digits split: same class counts as the plain digits
+    _, labels = load_digits_arrays()
+    train_idx, _ = stratified_split(labels)
+    assert torch.equal(train_a.tensors[1], torch.from_numpy(labels[train_idx]))
+    with pytest.raises(UserError, match="min_size"):
+        build_datasets("cluttered_digits", min_size=20)
