@@ -116,10 +116,19 @@ class TrainConfig:
 
 
 @dataclass
+class PaperConfig:
+    """What the paper a recipe mirrors reports (shown by ``spikegrad recipes``; not used in training)."""
+
+    accuracy: float | None = option(None, min=0.0, max=100.0, doc="reported top-1 accuracy, %")
+    source: str = option("", doc="paper and table, with the METHODS.md tag ([paper], [later], ...)")
+
+
+@dataclass
 class Config:
     """A whole run: what to train, on what, how."""
 
     name: str = option("", doc="free label for the run")
+    paper: PaperConfig = option(factory=PaperConfig)
     model: ModelConfig = option(factory=ModelConfig)
     data: DataConfig = option(factory=DataConfig)
     optim: OptimConfig = option(factory=OptimConfig)
