@@ -83,6 +83,9 @@ class SpikingNeuron(nn.Module):
             self.leak_logit = None
             self._leak = float(leak)
         self._carry: dict | None = None  # set only inside `streaming(model)`
+        #: if set, called with the pre-reset potentials ``h`` ``[T, B, ...]`` of every forward
+        #: call (used by :class:`spikegrad.monitors.ActivityMonitor`; None costs nothing)
+        self.membrane_hook: Callable[[Tensor], None] | None = None
 
     @property
     def leak(self) -> float | Tensor:
@@ -97,11 +100,14 @@ class SpikingNeuron(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Spikes ``[T, B, ...]`` for a time-major input current ``[T, B, ...]``."""
-        if self._carry is None:
-            spikes, _, _ = neuron_multistep(x, self.params, self.surrogate)
-            return spikes
-        spikes, state, _ = neuron_multistep(x, self.params, self.surrogate, self._carry.get("state"))
-        self._carry["state"] = NeuronState(state.v.detach()) if self._carry["detach"] else state
+        record = self.membrane_hook is not None
+        state = None if self._carry is None else self._carry.get("state")
+        spikes, state, h = neuron_multistep(x, self.params, self.surrogate, state,
+                                            return_membrane=record)
+        if self._carry is not None:
+            self._carry["state"] = NeuronState(state.v.detach()) if self._carry["detach"] else state
+        if record:
+            self.membrane_hook(h)
         return spikes
 
     def forward_with_state(
