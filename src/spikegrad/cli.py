@@ -45,7 +45,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     dataset = test_set if args.split == "test" else train_set
     loader = DataLoader(dataset, batch_size=config.data.eval_batch_size)
     device = resolve_device(args.device or config.train.device)
-    result = evaluate_model(model.to(device), loader, device)
+    result = evaluate_model(model.to(device), loader, device,
+                            analysis=config.analysis if args.analysis else None)
     result.update({"checkpoint": args.checkpoint, "split": args.split,
                    "method": payload.get("method"), "epoch": payload.get("epoch")})
     print(json.dumps(result, indent=2))
@@ -88,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the stored config, e.g. --set data.root=/data")
     p.add_argument("--device", help="override train.device")
+    p.add_argument("--analysis", action="store_true",
+                   help="also per-layer firing rates, SOPs and energy (as in analysis.json)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("demo", help="train each method on the built-in digits and compare")

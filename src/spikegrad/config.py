@@ -116,6 +116,19 @@ class TrainConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    """Measurements at every evaluation (:mod:`spikegrad.monitors`, :mod:`spikegrad.energy`)."""
+
+    monitors: bool = option(True, doc="per-layer firing rates, dead/saturated neurons, SOPs and "
+                            "energy at every evaluation (metrics.jsonl, analysis.json)")
+    membrane: bool = option(False, doc="also membrane-potential statistics (keeps h of each step)")
+    pj_per_ac: float = option(0.9, gt=0.0, doc="energy of an accumulate, pJ (45 nm, 32-bit float)")
+    pj_per_mac: float = option(4.6, gt=0.0, doc="energy of a multiply-accumulate, pJ (45 nm)")
+    tensorboard: bool = option(False, doc="also write the metrics as TensorBoard scalars into "
+                               "<run>/tensorboard (needs the tensorboard package)")
+
+
+@dataclass
 class PaperConfig:
     """What the paper a recipe mirrors reports (shown by ``spikegrad recipes``; not used in training)."""
 
@@ -134,6 +147,7 @@ class Config:
     optim: OptimConfig = option(factory=OptimConfig)
     schedule: ScheduleConfig = option(factory=ScheduleConfig)
     train: TrainConfig = option(factory=TrainConfig)
+    analysis: AnalysisConfig = option(factory=AnalysisConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -6,7 +6,9 @@ branches, local tandem learning). Components that do not own the loss compose fr
 one that does.
 
 Each run writes into its folder: ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON
-object per epoch), ``summary.json`` and checkpoints ``last.pt`` / ``best.pt``.
+object per epoch), ``summary.json``, checkpoints ``last.pt`` / ``best.pt``, the last
+evaluation's ``analysis.json`` (activity, SOPs, energy; ``analysis.monitors``) and, with
+``analysis.tensorboard``, TensorBoard events under ``tensorboard/``.
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from spikegrad.analysis import EvalProbe, epoch_fields, write_analysis
 from spikegrad.checkpoint import save_checkpoint
-from spikegrad.config import Config
+from spikegrad.config import AnalysisConfig, Config
 from spikegrad.errors import UserError
 from spikegrad.layers import mean_over_time
 from spikegrad.losses import mean_logit_cross_entropy, tet_loss
-from spikegrad.monitors import FiringRateMonitor
 from spikegrad.neurons import SpikingNeuron
 
 __all__ = [
@@ -136,12 +138,17 @@ def build_optimizer(config: Config, params: Iterable[nn.Parameter]) -> torch.opt
 
 @torch.no_grad()
 def evaluate_model(
-    model: nn.Module, loader: Iterable, device: torch.device, amp_dtype: torch.dtype | None = None
-) -> dict[str, float | None]:
-    """Test accuracy, loss (of the time-averaged logits) and mean firing rate, in eval mode."""
+    model: nn.Module, loader: Iterable, device: torch.device, amp_dtype: torch.dtype | None = None,
+    analysis: AnalysisConfig | None = None,
+) -> dict[str, Any]:
+    """Test accuracy, loss (of the time-averaged logits) and mean firing rate, in eval mode.
+
+    With ``analysis.monitors``, the result also holds ``"analysis"``: per-layer activity,
+    SOPs and energy (:class:`spikegrad.analysis.EvalProbe`).
+    """
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
-    with FiringRateMonitor(model) as monitor:
+    with EvalProbe(model, analysis) as monitor:
         for inputs, targets in loader:
             inputs = inputs.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
@@ -151,10 +158,15 @@ def evaluate_model(
             loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
             correct += int((logits.argmax(1) == targets).sum())
             seen += targets.shape[0]
+            monitor.add_samples(targets.shape[0])
     if seen == 0:
         raise UserError("the evaluation set is empty")
-    return {"test_loss": loss_sum / seen, "test_acc": correct / seen,
-            "firing_rate": monitor.mean_rate()}
+    result = {"test_loss": loss_sum / seen, "test_acc": correct / seen,
+              "firing_rate": monitor.mean_rate()}
+    detail = monitor.summary()
+    if detail is not None:
+        result["analysis"] = detail
+    return result
 
 
 class Trainer:
@@ -298,10 +310,10 @@ class Trainer:
             seen += n
         return {"train_loss": loss_sum / seen, "train_acc": correct / seen}
 
-    def evaluate(self, loader: DataLoader | None = None) -> dict[str, float | None]:
+    def evaluate(self, loader: DataLoader | None = None) -> dict[str, Any]:
         """Accuracy, loss and mean firing rate of the model on ``loader`` (the test set)."""
         return evaluate_model(self.model, loader if loader is not None else self.test_loader,
-                              self.device, self.amp_dtype)
+                              self.device, self.amp_dtype, self.config.analysis)
 
     # ------------------------------------------------------------------ the run
 
@@ -322,6 +334,11 @@ class Trainer:
         """Train for ``train.epochs`` epochs, evaluating after each; returns the summary."""
         train = self.config.train
         self._prepare_out_dir()
+        tensorboard = None
+        if self.out_dir is not None and self.config.analysis.tensorboard:
+            from spikegrad.tensorboard_log import TensorBoardLogger
+
+            tensorboard = TensorBoardLogger(self.out_dir / "tensorboard")
         start = time.perf_counter()
         train_seconds = 0.0
         for epoch in range(self.epoch, train.epochs):
@@ -334,6 +351,9 @@ class Trainer:
             row["seconds"] = time.perf_counter() - tic
             train_seconds += row["seconds"]
             row.update(self.evaluate())
+            detail = row.pop("analysis", None)
+            if detail is not None:
+                row.update(epoch_fields(detail))
             for component in self.components:
                 row.update(component.epoch_metrics(self))
             self.epoch = epoch + 1
@@ -342,6 +362,13 @@ class Trainer:
             improved = row["test_acc"] > self.best_test_acc
             self.best_test_acc = max(self.best_test_acc, row["test_acc"])
             self._save(row, improved)
+            if self.out_dir is not None and detail is not None:
+                write_analysis(self.out_dir, detail, epoch + 1)
+            if tensorboard is not None:
+                tensorboard.log_epoch(row)
+                tensorboard.log_gradients(self.out_dir / "gradients.jsonl")
+        if tensorboard is not None:
+            tensorboard.close()
         summary = {
             "method": self.method_name(),
             "name": self.config.name,
@@ -373,7 +400,8 @@ class Trainer:
         extras = "".join(
             f"  {k} {v:.4g}" for k, v in row.items()
             if isinstance(v, float) and k not in {"lr", "seconds", "train_loss", "train_acc",
-                                                  "test_loss", "test_acc", "firing_rate"}
+                                                  "test_loss", "test_acc", "firing_rate",
+                                                  "sops", "energy_uj"}
         )
         rate = row.get("firing_rate")
         print(
