@@ -1,4 +1,4 @@
-"""The ``spikegrad`` command line: train, eval, demo, models.
+"""The ``spikegrad`` command line: train, eval, demo, report, models.
 
 User errors (a bad config key, a missing file, a wrong tensor layout) print one message
 and exit with status 2; no traceback.
@@ -61,6 +61,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from spikegrad.report import write_report
+
+    path = write_report(args.runs, args.out, args.title)
+    print(f"report written to {path}")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from spikegrad import models
 
@@ -97,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="folder for the run folders")
     p.add_argument("--quick", action="store_true", help="two epochs per row (a smoke test)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("report", help="an HTML page with the plots of one or more runs")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                   help="run folders (a folder of run folders, such as runs/demo, expands)")
+    p.add_argument("--out", help="HTML file (default: RUN_DIR/report.html, or report.html in the "
+                   "runs' common folder)")
+    p.add_argument("--title", help="page title")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("models", help="list the registered models")
     p.add_argument("pattern", nargs="?", default="*")

@@ -1,0 +1,673 @@
+"""``spikegrad report``: one self-contained HTML page with the plots of one or more runs.
+
+Reads what a run folder holds (``metrics.jsonl``, ``summary.json``, ``config.yaml``,
+``analysis.json``, ``gradients.jsonl``) and draws, for all runs side by side: loss and
+accuracy, learning rate, the Dspike temperature and FDG similarities, the shortcut λ,
+per-layer gradient norms and the first layer's gradient histogram, LTL per-layer losses,
+firing rates (per layer, per time step, dead and saturated neurons, membrane statistics),
+SOPs and energy. A section appears only when some run has its data. The PNGs are embedded
+as base64, so the page is one file that opens anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spikegrad.analysis import ANALYSIS_FILE
+from spikegrad.errors import UserError
+
+__all__ = ["Run", "find_runs", "load_run", "render_report", "write_report"]
+
+METRICS_FILE = "metrics.jsonl"
+GRADIENTS_FILE = "gradients.jsonl"
+
+
+# --------------------------------------------------------------------------- reading runs
+
+
+@dataclass
+class Run:
+    """Everything the report reads from one run folder (absent files give empty values)."""
+
+    folder: Path
+    label: str
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    analysis: dict[str, Any] = field(default_factory=dict)
+    gradients: list[dict[str, Any]] = field(default_factory=list)
+
+    def series(self, key: str) -> tuple[list[float], list[Any]]:
+        """``(epochs, values)`` of a metrics field, skipping epochs where it is missing."""
+        epochs, values = [], []
+        for row in self.metrics:
+            if row.get(key) is not None:
+                epochs.append(row.get("epoch", len(epochs) + 1))
+                values.append(row[key])
+        return epochs, values
+
+    def has(self, key: str) -> bool:
+        return any(row.get(key) is not None for row in self.metrics)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{str(path)!r} line {number} is not JSON ({exc.msg}); the file is "
+                            "damaged or was cut off while being written") from exc
+    return rows
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{str(path)!r} is not valid JSON ({exc.msg})") from exc
+
+
+def load_run(folder: str | Path, label: str | None = None) -> Run:
+    """Read one run folder; it must hold at least ``metrics.jsonl``."""
+    folder = Path(folder)
+    if not (folder / METRICS_FILE).is_file():
+        raise UserError(f"{str(folder)!r} is not a run folder (it has no {METRICS_FILE}); pass the "
+                        "folder that `spikegrad train --out` or `spikegrad demo` wrote")
+    run = Run(folder, label or folder.name, metrics=_read_jsonl(folder / METRICS_FILE))
+    if (folder / "summary.json").is_file():
+        run.summary = _read_json(folder / "summary.json")
+    if (folder / ANALYSIS_FILE).is_file():
+        run.analysis = _read_json(folder / ANALYSIS_FILE)
+    if (folder / GRADIENTS_FILE).is_file():
+        run.gradients = _read_jsonl(folder / GRADIENTS_FILE)
+    if (folder / "config.yaml").is_file():
+        try:
+            run.config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+        except yaml.YAMLError:
+            run.config = {}
+    return run
+
+
+def find_runs(paths: Sequence[str | Path]) -> list[Run]:
+    """Runs for the given folders; a folder without metrics but with run subfolders expands."""
+    folders: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise UserError(f"run folder {str(path)!r} does not exist")
+        if (path / METRICS_FILE).is_file():
+            folders.append(path)
+            continue
+        children = sorted(p for p in path.iterdir() if (p / METRICS_FILE).is_file())
+        if not children:
+            raise UserError(f"{str(path)!r} holds no {METRICS_FILE} and no run folders that do")
+        folders.extend(children)
+    names = [f.name for f in folders]
+    labels = []
+    for folder in folders:
+        label = folder.name if names.count(folder.name) == 1 else str(folder)
+        labels.append(label)
+    return [load_run(folder, label) for folder, label in zip(folders, labels, strict=True)]
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> str:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in fig.axes:  # epochs and iterations are whole numbers
+        if ax.get_xlabel() in ("epoch", "iteration", "time step t"):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def _short(name: str) -> str:
+    """A layer's name for tick labels and legends: its module path (``print(model)`` shows it)."""
+    return name
+
+
+def _panels(fig, count: int, ncols: int = 3):
+    """``count`` axes on a grid of at most ``ncols`` columns."""
+    ncols = min(ncols, count)
+    nrows = math.ceil(count / ncols)
+    return [fig.add_subplot(nrows, ncols, i + 1) for i in range(count)]
+
+
+def _grid_size(count: int, ncols: int = 3, width: float = 11.0, row_height: float = 3.6):
+    ncols = min(ncols, count)
+    return width if count > 1 else 6.5, row_height * math.ceil(count / ncols)
+
+
+def _run_legend(fig, runs: Sequence[Run], colors: list) -> None:
+    """One legend for the run colours, below the panels."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, lw=2) for c in colors]
+    fig.legend(handles, [r.label for r in runs], loc="outside lower center",
+               ncols=min(len(runs), 4), title="run", frameon=False)
+
+
+def _layer_axis(ax, names: list[str]) -> None:
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([_short(n) for n in names], rotation=30, ha="right", fontsize=8)
+    ax.set_xlabel("layer (input → output)")
+
+
+@dataclass
+class Section:
+    title: str
+    text: str
+    images: list[tuple[str, str]]  # (alt text, base64 PNG)
+
+
+SectionBuilder = Callable[[list[Run]], Section | None]
+SECTIONS: list[SectionBuilder] = []
+
+
+def section(fn: SectionBuilder) -> SectionBuilder:
+    SECTIONS.append(fn)
+    return fn
+
+
+def _epoch_lines(ax, runs, colors, key, scale=1.0, style="-", marker=None):
+    drawn = False
+    for run, color in zip(runs, colors, strict=True):
+        epochs, values = run.series(key)
+        if epochs:
+            ax.plot(epochs, [scale * v for v in values], style, color=color, marker=marker,
+                    markersize=3)
+            drawn = True
+    return drawn
+
+
+@section
+def _loss_accuracy(runs: list[Run]) -> Section | None:
+    if not any(run.has("train_loss") or run.has("test_loss") for run in runs):
+        return None
+    from matplotlib.lines import Line2D
+
+    colors = _colors(len(runs))
+    fig = _figure(11, 4.2)
+    loss, acc = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    _epoch_lines(loss, runs, colors, "train_loss")
+    _epoch_lines(loss, runs, colors, "test_loss", style="--")
+    _epoch_lines(acc, runs, colors, "train_acc", 100.0)
+    _epoch_lines(acc, runs, colors, "test_acc", 100.0, style="--")
+    loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    styles = [Line2D([], [], color="k", ls="-"), Line2D([], [], color="k", ls="--")]
+    for ax in (loss, acc):
+        ax.grid(alpha=0.3)
+        ax.legend(styles, ["train", "test"], loc="best", fontsize=8)
+    _run_legend(fig, runs, colors)
+    return Section("Loss and accuracy", "Training (solid) and test (dashed) per epoch.",
+                   [("loss and accuracy curves", _png(fig))])
+
+
+@section
+def _learning_rate(runs: list[Run]) -> Section | None:
+    if not any(run.has("lr") for run in runs):
+        return None
+    colors = _colors(len(runs))
+    fig = _figure(7, 3.8)
+    ax = fig.add_subplot()
+    _epoch_lines(ax, runs, colors, "lr", marker="o")
+    ax.set(xlabel="epoch", ylabel="learning rate", title="Learning rate at the start of each epoch")
+    ax.grid(alpha=0.3)
+    _run_legend(fig, runs, colors)
+    return Section("Learning rate", "", [("learning rate per epoch", _png(fig))])
+
+
+@section
+def _dspike(runs: list[Run]) -> Section | None:
+    with_temperature = [r for r in runs if r.has("dspike_temperature") or r.has("dspike_temperatures")]
+    with_similarity = [r for r in runs if r.has("dspike_similarity")]
+    if not with_temperature and not with_similarity:
+        return None
+    images = []
+    colors = _colors(len(runs))
+    color_of = {id(r): c for r, c in zip(runs, colors, strict=True)}
+    if any(r.has("dspike_temperature") for r in runs):
+        fig = _figure(7, 3.8)
+        ax = fig.add_subplot()
+        _epoch_lines(ax, runs, colors, "dspike_temperature", marker="o")
+        ax.set(xlabel="epoch", ylabel="temperature b", title="Dspike temperature (global)")
+        ax.grid(alpha=0.3)
+        _run_legend(fig, runs, colors)
+        images.append(("Dspike temperature per epoch", _png(fig)))
+    per_layer = [r for r in runs if r.has("dspike_temperatures")]
+    if per_layer:
+        fig = _figure(*_grid_size(len(per_layer)))
+        for ax, run in zip(_panels(fig, len(per_layer)), per_layer, strict=True):
+            epochs, values = run.series("dspike_temperatures")
+            layers = list(dict.fromkeys(k for v in values for k in v))
+            for layer, color in zip(layers, _layer_colors(len(layers)), strict=True):
+                ax.plot(epochs, [v.get(layer, math.nan) for v in values], color=color,
+                        label=_short(layer))
+            ax.set(xlabel="epoch", ylabel="temperature b", title=f"{run.label}: per layer")
+            ax.grid(alpha=0.3)
+            _small_legend(ax, len(layers))
+        images.append(("Dspike temperature per layer", _png(fig)))
+    if with_similarity:
+        from matplotlib import colormaps
+        from matplotlib.colors import Normalize
+
+        fig = _figure(*_grid_size(len(with_similarity)))
+        for ax, run in zip(_panels(fig, len(with_similarity)), with_similarity, strict=True):
+            epochs, values = run.series("dspike_similarity")
+            temps = [float(t) for v in values for t in v]
+            norm = Normalize(min(temps), max(temps) if max(temps) > min(temps) else min(temps) + 1)
+            xs, ys, cs, best_x, best_y = [], [], [], [], []
+            for epoch, sims in zip(epochs, values, strict=True):
+                for temp, sim in sims.items():
+                    xs.append(epoch)
+                    ys.append(sim)
+                    cs.append(float(temp))
+                best = max(sims.values())
+                best_x.append(epoch)
+                best_y.append(best)
+            points = ax.scatter(xs, ys, c=cs, cmap=colormaps["viridis"], norm=norm, s=22, zorder=3)
+            ax.plot(best_x, best_y, color=color_of[id(run)], lw=1, zorder=2, label="chosen (max)")
+            fig.colorbar(points, ax=ax, label="candidate temperature b")
+            ax.set(xlabel="epoch", ylabel="cosine similarity with FDG", title=run.label)
+            ax.grid(alpha=0.3)
+            ax.legend(loc="best", fontsize=8)
+        images.append(("FDG cosine similarity of each candidate temperature", _png(fig)))
+    return Section(
+        "Dspike temperature and FDG similarity",
+        "The temperature b used in each epoch, and the cosine similarity between each "
+        "candidate's surrogate gradient and the finite-difference gradient of the first layer.",
+        images,
+    )
+
+
+def _layer_colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(i / max(n - 1, 1) * 0.9) for i in range(n)]
+
+
+def _small_legend(ax, count: int) -> None:
+    if count <= 10:
+        ax.legend(fontsize=7, loc="best", title="layer", title_fontsize=7)
+    else:
+        ax.text(0.99, 0.01, f"{count} layers, dark = first, yellow = last",
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=7)
+
+
+@section
+def _shortcut(runs: list[Run]) -> Section | None:
+    if not any(run.has("shortcut_lambda") for run in runs):
+        return None
+    colors = _colors(len(runs))
+    fig = _figure(7, 3.8)
+    ax = fig.add_subplot()
+    _epoch_lines(ax, runs, colors, "shortcut_lambda", marker="o")
+    ax.set(xlabel="epoch", ylabel="λ (weight of the shortcut branches)",
+           title="Shortcut branch weight λ")
+    ax.grid(alpha=0.3)
+    _run_legend(fig, runs, colors)
+    return Section("Shortcut back-propagation", "", [("shortcut lambda per epoch", _png(fig))])
+
+
+@section
+def _gradients(runs: list[Run]) -> Section | None:
+    with_norms = [r for r in runs if any(rec.get("norms") for rec in r.gradients)]
+    with_hist = [r for r in runs if any(rec.get("first_layer_hist") for rec in r.gradients)]
+    if not with_norms and not with_hist:
+        return None
+    images = []
+    if with_norms:
+        fig = _figure(*_grid_size(len(with_norms)))
+        for ax, run in zip(_panels(fig, len(with_norms)), with_norms, strict=True):
+            records = [rec for rec in run.gradients if rec.get("norms")]
+            layers = list(dict.fromkeys(k for rec in records for k in rec["norms"]))
+            steps = [rec.get("iteration", i) for i, rec in enumerate(records)]
+            for layer, color in zip(layers, _layer_colors(len(layers)), strict=True):
+                ax.plot(steps, [rec["norms"].get(layer, math.nan) for rec in records],
+                        color=color, label=_short(layer), lw=1)
+            ax.set_yscale("log")
+            ax.set(xlabel="iteration", ylabel="weight-gradient L2 norm", title=run.label)
+            ax.grid(alpha=0.3)
+            _small_legend(ax, len(layers))
+        images.append(("per-layer gradient norms", _png(fig)))
+    if with_hist:
+        fig = _figure(*_grid_size(len(with_hist)))
+        for ax, run in zip(_panels(fig, len(with_hist)), with_hist, strict=True):
+            records = [rec for rec in run.gradients if rec.get("first_layer_hist")]
+            chosen = [records[0]] if len(records) == 1 else [records[0], records[-1]]
+            for rec, color in zip(chosen, ("tab:blue", "tab:red"), strict=False):
+                hist = rec["first_layer_hist"]
+                edges, counts = hist["edges"], hist["counts"]
+                ax.stairs(counts, edges, color=color, lw=1.5,
+                          label=f"epoch {rec.get('epoch', '?')}, iteration {rec.get('iteration', '?')}")
+            ax.set_yscale("log")
+            ax.set(xlabel="first-layer weight gradient", ylabel="count", title=run.label)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
+        images.append(("first-layer gradient histograms", _png(fig)))
+    return Section("Gradients", "From gradients.jsonl: the L2 norm of each layer's weight gradient "
+                   "(log scale) and the first layer's gradient histogram, first and last record.",
+                   images)
+
+
+@section
+def _ltl(runs: list[Run]) -> Section | None:
+    with_ltl = [r for r in runs if r.has("ltl_layer_losses")]
+    if not with_ltl:
+        return None
+    fig = _figure(*_grid_size(len(with_ltl)))
+    for ax, run in zip(_panels(fig, len(with_ltl)), with_ltl, strict=True):
+        epochs, values = run.series("ltl_layer_losses")
+        units = list(dict.fromkeys(k for v in values for k in v))
+        for unit, color in zip(units, _layer_colors(len(units)), strict=True):
+            ax.plot(epochs, [v.get(unit, math.nan) for v in values], color=color, marker="o",
+                    markersize=3, label=_short(unit))
+        ax.set_yscale("log")
+        ax.set(xlabel="epoch", ylabel="mean local loss", title=run.label)
+        ax.grid(alpha=0.3)
+        _small_legend(ax, len(units))
+    return Section("Local tandem learning", "Each unit's local loss (mean over the epoch).",
+                   [("LTL per-layer losses", _png(fig))])
+
+
+def _neuron_layers(run: Run) -> dict[str, dict[str, Any]]:
+    return run.analysis.get("neurons") or {}
+
+
+@section
+def _firing(runs: list[Run]) -> Section | None:
+    with_rate = [r for r in runs if r.has("firing_rate")]
+    with_layers = [r for r in runs if _neuron_layers(r)]
+    if not with_rate and not with_layers:
+        return None
+    images = []
+    colors = _colors(len(runs))
+    color_of = {id(r): c for r, c in zip(runs, colors, strict=True)}
+    if with_rate:
+        fig = _figure(7, 3.8)
+        ax = fig.add_subplot()
+        _epoch_lines(ax, runs, colors, "firing_rate", marker="o")
+        ax.set(xlabel="epoch", ylabel="spikes per neuron per step",
+               title="Mean firing rate on the test set")
+        ax.grid(alpha=0.3)
+        _run_legend(fig, [r for r in runs], colors)
+        images.append(("mean firing rate per epoch", _png(fig)))
+    if with_layers:
+        fig = _figure(11, 4.4)
+        rate_ax, dead_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+        longest: list[str] = []
+        for run in with_layers:
+            layers = _neuron_layers(run)
+            names = list(layers)
+            longest = names if len(names) > len(longest) else longest
+            color = color_of[id(run)]
+            xs = range(len(names))
+            rate_ax.plot(xs, [layers[n]["rate"] for n in names], "o-", color=color)
+            dead_ax.plot(xs, [layers[n]["dead_fraction"] for n in names], "o-", color=color)
+            dead_ax.plot(xs, [layers[n]["saturated_fraction"] for n in names], "s--", color=color)
+        _layer_axis(rate_ax, longest)
+        _layer_axis(dead_ax, longest)
+        rate_ax.set(ylabel="spikes per neuron per step", title="Firing rate per layer")
+        dead_ax.set(ylabel="fraction of the layer's neurons",
+                    title="Dead (never fire) and saturated (always fire)")
+        from matplotlib.lines import Line2D
+
+        dead_ax.legend([Line2D([], [], color="k", marker="o"),
+                        Line2D([], [], color="k", ls="--", marker="s")],
+                       ["dead", "saturated"], fontsize=8, loc="best")
+        for ax in (rate_ax, dead_ax):
+            ax.grid(alpha=0.3)
+        _run_legend(fig, with_layers, [color_of[id(r)] for r in with_layers])
+        images.append(("firing rate, dead and saturated fractions per layer", _png(fig)))
+
+        from matplotlib import colormaps
+
+        fig = _figure(*_grid_size(len(with_layers), row_height=3.2))
+        for ax, run in zip(_panels(fig, len(with_layers)), with_layers, strict=True):
+            layers = _neuron_layers(run)
+            names = list(layers)
+            steps = max(len(layers[n]["rate_per_step"]) for n in names)
+            grid = [[(layers[n]["rate_per_step"] + [math.nan] * steps)[:steps] for n in names]]
+            image = ax.imshow(grid[0], aspect="auto", cmap=colormaps["magma"], vmin=0,
+                              interpolation="nearest")
+            ax.set_yticks(range(len(names)))
+            ax.set_yticklabels([_short(n) for n in names], fontsize=8)
+            ax.set_xticks(range(steps))
+            ax.set_xticklabels([str(t + 1) for t in range(steps)], fontsize=7)
+            ax.set(xlabel="time step t", ylabel="layer", title=run.label)
+            fig.colorbar(image, ax=ax, label="firing rate")
+        images.append(("firing rate per layer and time step", _png(fig)))
+    with_membrane = [r for r in with_layers
+                     if any("membrane" in s for s in _neuron_layers(r).values())]
+    if with_membrane:
+        fig = _figure(*_grid_size(len(with_membrane)))
+        for ax, run in zip(_panels(fig, len(with_membrane)), with_membrane, strict=True):
+            layers = {n: s["membrane"] for n, s in _neuron_layers(run).items() if "membrane" in s}
+            names = list(layers)
+            xs = list(range(len(names)))
+            ax.errorbar(xs, [layers[n]["mean"] for n in names],
+                        yerr=[layers[n]["std"] for n in names], fmt="o", capsize=3,
+                        color=color_of[id(run)])
+            ax.plot(xs, [layers[n]["min"] for n in names], "v", color="grey")
+            ax.plot(xs, [layers[n]["max"] for n in names], "^", color="grey")
+            _layer_axis(ax, names)
+            ax.set(ylabel="pre-reset potential h", title=run.label)
+            ax.grid(alpha=0.3)
+        from matplotlib.lines import Line2D
+
+        fig.legend([Line2D([], [], color="k", marker="o", ls="-"),
+                    Line2D([], [], color="grey", marker="v", ls=""),
+                    Line2D([], [], color="grey", marker="^", ls="")],
+                   ["mean ± std", "min", "max"], loc="outside lower center", ncols=3,
+                   frameon=False)
+        images.append(("membrane potential statistics per layer", _png(fig)))
+    epoch = next((r.analysis.get("epoch") for r in with_layers), None)
+    note = (f" Per-layer values are from the run's last evaluation (analysis.json, epoch {epoch})."
+            if with_layers else "")
+    return Section("Firing rates", "Spikes per neuron per time step on the test set." + note,
+                   images)
+
+
+@section
+def _energy(runs: list[Run]) -> Section | None:
+    with_ops = [r for r in runs if r.analysis.get("synapses")]
+    if not with_ops and not any(r.has("sops") for r in runs):
+        return None
+    images = []
+    colors = _colors(len(runs))
+    color_of = {id(r): c for r, c in zip(runs, colors, strict=True)}
+    if with_ops:
+        fig = _figure(11, 4.4)
+        ops_ax, energy_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+        longest: list[str] = []
+        for run in with_ops:
+            layers = run.analysis["synapses"]
+            names = list(layers)
+            longest = names if len(names) > len(longest) else longest
+            color = color_of[id(run)]
+            xs = range(len(names))
+            ops_ax.plot(xs, [layers[n]["sops"] or math.nan for n in names], "o-", color=color)
+            ops_ax.plot(xs, [layers[n]["macs"] or math.nan for n in names], "s--", color=color)
+        reference = next(r for r in with_ops if list(r.analysis["synapses"]) == longest)
+        ops_ax.plot(range(len(longest)),
+                    [reference.analysis["synapses"][n]["ann_macs"] for n in longest], ":",
+                    color="grey")
+        from matplotlib.lines import Line2D
+
+        ops_ax.legend([Line2D([], [], color="k", marker="o"),
+                       Line2D([], [], color="k", ls="--", marker="s"),
+                       Line2D([], [], color="grey", ls=":")],
+                      ["SOPs (accumulates)", "MACs (analog input)", "ANN MACs"], fontsize=8,
+                      loc="best")
+        ops_ax.set_yscale("log")
+        _layer_axis(ops_ax, longest)
+        ops_ax.set(ylabel="operations per sample", title="Synaptic operations per layer")
+        ops_ax.grid(alpha=0.3)
+        labels = [r.label for r in with_ops]
+        snn = [r.analysis["totals"]["energy_uj"] for r in with_ops]
+        ann = [r.analysis["totals"]["ann_energy_uj"] for r in with_ops]
+        xs = list(range(len(with_ops)))
+        width = 0.38
+        energy_ax.bar([x - width / 2 for x in xs], snn, width,
+                      color=[color_of[id(r)] for r in with_ops], label="this network")
+        energy_ax.bar([x + width / 2 for x in xs], ann, width, color="lightgrey",
+                      edgecolor="grey", label="equivalent ANN (MACs)")
+        for x, e, a in zip(xs, snn, ann, strict=True):
+            energy_ax.annotate(f"{e / a:.2f}× ANN", (x - width / 2, e), ha="center", va="bottom",
+                               fontsize=8, xytext=(0, 2), textcoords="offset points")
+        energy_ax.set_xticks(xs)
+        energy_ax.set_xticklabels(labels, rotation=20 if len(xs) > 3 else 0,
+                                  ha="right" if len(xs) > 3 else "center", fontsize=8)
+        energy_ax.set(ylabel="energy per sample (µJ)", title="Energy estimate (45 nm)")
+        energy_ax.set_ylim(0, 1.35 * max(snn + ann))
+        energy_ax.legend(fontsize=8, loc="upper left", ncols=2)
+        energy_ax.grid(alpha=0.3, axis="y")
+        _run_legend(fig, with_ops, [color_of[id(r)] for r in with_ops])
+        images.append(("synaptic operations and energy", _png(fig)))
+    if any(r.has("sops") for r in runs):
+        fig = _figure(7, 3.8)
+        ax = fig.add_subplot()
+        _epoch_lines(ax, runs, colors, "sops", marker="o")
+        ax.set(xlabel="epoch", ylabel="SOPs per sample", title="Synaptic operations on the test set")
+        ax.grid(alpha=0.3)
+        _run_legend(fig, [r for r in runs if r.has("sops")],
+                    [color_of[id(r)] for r in runs if r.has("sops")])
+        images.append(("SOPs per epoch", _png(fig)))
+    constants = next(((r.analysis["pj_per_ac"], r.analysis["pj_per_mac"]) for r in with_ops),
+                     (0.9, 4.6))
+    return Section(
+        "Synaptic operations and energy",
+        "SOPs count one accumulate per spike per synapse it drives (exact fan-out, borders "
+        "included); layers fed analog values (the direct-encoded first layer) count "
+        f"multiply-accumulates. Energy = {constants[0]} pJ × SOPs + {constants[1]} pJ × MACs; "
+        "the equivalent ANN runs every layer once with MACs. The bar label is the ratio.",
+        images,
+    )
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return format(value * scale if scale != 1.0 else value, spec)
+
+
+def _summary_table(runs: list[Run]) -> str:
+    head = ("run", "method", "dataset", "model", "T", "epochs", "final test acc", "best",
+            "train time", "firing rate", "SOPs / sample", "energy / sample", "vs ANN")
+    rows = []
+    for run in runs:
+        s, cfg = run.summary, run.config
+        totals = run.analysis.get("totals", {})
+        ratio = totals.get("energy_ratio")
+        cells = (
+            run.label, s.get("method", "–"), (cfg.get("data") or {}).get("name", "–"),
+            (cfg.get("model") or {}).get("name", "–"), _fmt(s.get("T"), "d"),
+            _fmt(s.get("epochs", len(run.metrics)), "d"),
+            _fmt(s.get("final_test_acc"), ".2f", 100) + ("%" if s.get("final_test_acc") is not None else ""),
+            _fmt(s.get("best_test_acc"), ".2f", 100) + ("%" if s.get("best_test_acc") is not None else ""),
+            _fmt(s.get("train_seconds"), ".1f") + (" s" if s.get("train_seconds") is not None else ""),
+            _fmt(s.get("firing_rate"), ".3f"), _fmt(totals.get("sops"), ",.0f"),
+            _fmt(totals.get("energy_uj"), ".3f") + (" µJ" if totals.get("energy_uj") is not None else ""),
+            _fmt(ratio, ".2f") + ("×" if ratio is not None else ""),
+        )
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    header = "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
+    return f"<table>{header}{''.join(rows)}</table>"
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; font-size: 0.85em; } td, th { padding: 3px 8px;
+border-bottom: 1px solid #ddd; text-align: right; } td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; display: block; margin: 1em 0; } p.note { color: #555; font-size: 0.9em; }
+code { background: #f4f4f4; padding: 0 3px; }
+"""
+
+
+def render_report(runs: list[Run], title: str = "spikegrad report") -> str:
+    """The HTML page for ``runs`` (needs matplotlib)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise UserError("spikegrad report draws with matplotlib, which is not installed; install "
+                        "it with pip install 'spikegrad[plot]'") from exc
+    if not runs:
+        raise UserError("no run folders to report on")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+             f"</title><style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+             "<p class='note'>Runs: " + ", ".join(
+                 f"<code>{html.escape(r.label)}</code> ({html.escape(str(r.folder))})" for r in runs)
+             + f". Written {datetime.now():%Y-%m-%d %H:%M}.</p>",
+             "<h2>Summary</h2>", _summary_table(runs)]
+    for build in SECTIONS:
+        built = build(runs)
+        if built is None or not built.images:
+            continue
+        parts.append(f"<h2>{html.escape(built.title)}</h2>")
+        if built.text:
+            parts.append(f"<p class='note'>{html.escape(built.text)}</p>")
+        for alt, data in built.images:
+            parts.append(f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def default_output(runs: list[Run]) -> Path:
+    """``RUN/report.html`` for one run; ``report.html`` in the runs' common folder otherwise."""
+    if len(runs) == 1:
+        return runs[0].folder / "report.html"
+    common = Path(os.path.commonpath([str(r.folder.resolve()) for r in runs]))
+    return common / "report.html"
+
+
+def write_report(paths: Sequence[str | Path], out: str | Path | None = None,
+                 title: str | None = None) -> Path:
+    """Read the run folders, write the HTML report and return its path."""
+    runs = find_runs(paths)
+    target = Path(out) if out is not None else default_output(runs)
+    page = render_report(runs, title or f"spikegrad report: {', '.join(r.label for r in runs)}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(page)
+    except OSError as exc:
+        raise UserError(f"cannot write the report to {str(target)!r}: {exc}") from exc
+    return target
