@@ -1,4 +1,4 @@
-"""The ``spikegrad`` command line: train, eval, demo, report, models.
+"""The ``spikegrad`` command line: train, eval, demo, report, export, models.
 
 User errors (a bad config key, a missing file, a wrong tensor layout) print one message
 and exit with status 2; no traceback.
@@ -69,6 +69,45 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise UserError(f"--input-shape {text!r} must be positive integers such as 3,32,32")
+    return shape
+
+
+def _checkpoint_input_shape(payload: dict) -> tuple[int, ...]:
+    """One input sample's shape for a checkpoint's model: its arguments, else its dataset."""
+    kwargs = payload["model_args"]["kwargs"]
+    if "input_size" in kwargs and "in_channels" in kwargs:
+        return (kwargs["in_channels"], kwargs["input_size"], kwargs["input_size"])
+    from spikegrad.config import Config, from_dict
+    from spikegrad.data import build_datasets
+
+    data = from_dict(Config, payload["config"]).data
+    options = dict(data.options, **({"root": data.root} if data.root is not None else {}))
+    try:
+        return tuple(build_datasets(data.name, **options)[2].sample_shape)
+    except UserError as exc:
+        raise UserError(f"cannot tell the input shape from the checkpoint ({exc}); pass "
+                        "--input-shape C,H,W") from exc
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from spikegrad.checkpoint import load_model
+    from spikegrad.nir import write_nir
+
+    model, payload = load_model(args.checkpoint)
+    shape = _parse_shape(args.input_shape) if args.input_shape else _checkpoint_input_shape(payload)
+    path = write_nir(model, args.out, shape, dt=args.dt, fold_gain=not args.keep_gain,
+                     pooling=args.pooling)
+    print(f"NIR graph of {args.checkpoint} (input {shape}, dt {args.dt:g} s) written to {path}")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from spikegrad import models
 
@@ -113,6 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "runs' common folder)")
     p.add_argument("--title", help="page title")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("export", help="export a trained spiking model (NIR)")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", choices=("nir",), default="nir", help="file format (nir)")
+    p.add_argument("--out", required=True, help="output file, e.g. model.nir")
+    p.add_argument("--dt", type=float, default=1e-4,
+                   help="integration step of the graph, seconds (default 1e-4, as snnTorch assumes)")
+    p.add_argument("--pooling", choices=("avg", "sum"), default="avg",
+                   help="average pooling as AvgPool2d, or SumPool2d with 1/k in the weights "
+                   "(for Norse)")
+    p.add_argument("--keep-gain", action="store_true",
+                   help="keep each neuron's input gain in its r instead of folding it into weights")
+    p.add_argument("--input-shape", help="one input sample, C,H,W (default: from the checkpoint)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("models", help="list the registered models")
     p.add_argument("pattern", nargs="?", default="*")
