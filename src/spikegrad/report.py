@@ -171,11 +171,13 @@ def _grid_size(count: int, ncols: int = 3, width: float = 11.0, row_height: floa
     return width if count > 1 else 6.5, row_height * math.ceil(count / ncols)
 
 
-def _run_legend(fig, runs: Sequence[Run], colors: list) -> None:
-    """One legend for the run colours, below the panels."""
+def _run_legend(fig, runs: Sequence[Run], colors: list, key: str | None = None) -> None:
+    """One legend for the run colours, below the panels (only runs with ``key``, if given)."""
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=c, lw=2) for c in colors]
+    pairs = [(r, c) for r, c in zip(runs, colors, strict=True) if key is None or r.has(key)]
+    runs = [r for r, _ in pairs]
+    handles = [Line2D([], [], color=c, lw=2) for _, c in pairs]
     fig.legend(handles, [r.label for r in runs], loc="outside lower center",
                ncols=min(len(runs), 4), title="run", frameon=False)
 
@@ -232,7 +234,7 @@ def _loss_accuracy(runs: list[Run]) -> Section | None:
     for ax in (loss, acc):
         ax.grid(alpha=0.3)
         ax.legend(styles, ["train", "test"], loc="best", fontsize=8)
-    _run_legend(fig, runs, colors)
+    _run_legend(fig, runs, colors, "test_acc")
     return Section("Loss and accuracy", "Training (solid) and test (dashed) per epoch.",
                    [("loss and accuracy curves", _png(fig))])
 
@@ -247,7 +249,7 @@ def _learning_rate(runs: list[Run]) -> Section | None:
     _epoch_lines(ax, runs, colors, "lr", marker="o")
     ax.set(xlabel="epoch", ylabel="learning rate", title="Learning rate at the start of each epoch")
     ax.grid(alpha=0.3)
-    _run_legend(fig, runs, colors)
+    _run_legend(fig, runs, colors, "lr")
     return Section("Learning rate", "", [("learning rate per epoch", _png(fig))])
 
 
@@ -266,7 +268,7 @@ def _dspike(runs: list[Run]) -> Section | None:
         _epoch_lines(ax, runs, colors, "dspike_temperature", marker="o")
         ax.set(xlabel="epoch", ylabel="temperature b", title="Dspike temperature (global)")
         ax.grid(alpha=0.3)
-        _run_legend(fig, runs, colors)
+        _run_legend(fig, runs, colors, "dspike_temperature")
         images.append(("Dspike temperature per epoch", _png(fig)))
     per_layer = [r for r in runs if r.has("dspike_temperatures")]
     if per_layer:
@@ -340,7 +342,7 @@ def _shortcut(runs: list[Run]) -> Section | None:
     ax.set(xlabel="epoch", ylabel="λ (weight of the shortcut branches)",
            title="Shortcut branch weight λ")
     ax.grid(alpha=0.3)
-    _run_legend(fig, runs, colors)
+    _run_legend(fig, runs, colors, "shortcut_lambda")
     return Section("Shortcut back-propagation", "", [("shortcut lambda per epoch", _png(fig))])
 
 
@@ -425,7 +427,7 @@ def _firing(runs: list[Run]) -> Section | None:
         ax.set(xlabel="epoch", ylabel="spikes per neuron per step",
                title="Mean firing rate on the test set")
         ax.grid(alpha=0.3)
-        _run_legend(fig, [r for r in runs], colors)
+        _run_legend(fig, runs, colors, "firing_rate")
         images.append(("mean firing rate per epoch", _png(fig)))
     if with_layers:
         fig = _figure(11, 4.4)
@@ -548,7 +550,7 @@ def _energy(runs: list[Run]) -> Section | None:
         energy_ax.bar([x + width / 2 for x in xs], ann, width, color="lightgrey",
                       edgecolor="grey", label="equivalent ANN (MACs)")
         for x, e, a in zip(xs, snn, ann, strict=True):
-            energy_ax.annotate(f"{e / a:.2f}× ANN", (x - width / 2, e), ha="center", va="bottom",
+            energy_ax.annotate(f"{e / a:.2f}× ANN", (x, max(e, a)), ha="center", va="bottom",
                                fontsize=8, xytext=(0, 2), textcoords="offset points")
         energy_ax.set_xticks(xs)
         energy_ax.set_xticklabels(labels, rotation=20 if len(xs) > 3 else 0,
@@ -565,8 +567,7 @@ def _energy(runs: list[Run]) -> Section | None:
         _epoch_lines(ax, runs, colors, "sops", marker="o")
         ax.set(xlabel="epoch", ylabel="SOPs per sample", title="Synaptic operations on the test set")
         ax.grid(alpha=0.3)
-        _run_legend(fig, [r for r in runs if r.has("sops")],
-                    [color_of[id(r)] for r in runs if r.has("sops")])
+        _run_legend(fig, runs, colors, "sops")
         images.append(("SOPs per epoch", _png(fig)))
     constants = next(((r.analysis["pj_per_ac"], r.analysis["pj_per_mac"]) for r in with_ops),
                      (0.9, 4.6))
