@@ -129,3 +129,20 @@ def test_mixed_inputs_are_reported():
         ops.add_samples(1)
     layer = ops.summary()["layers"][""]
     assert layer["input"] == "mixed" and layer["sops"] == 2 * 2 and layer["macs"] == 3 * 2
+
+
+def test_half_precision_spikes_are_counted_exactly():
+    """bf16 holds integers exactly only up to 256: the sums must not stay in bf16."""
+    from spikegrad.monitors import ActivityMonitor
+
+    spikes = torch.ones(2, 601, 1, 3, 3, dtype=torch.bfloat16)  # (T, B, C, H, W)
+    conv = nn.Conv2d(1, 1, 3, padding=1).to(torch.bfloat16)
+    with torch.no_grad(), OpsCounter(conv) as ops:
+        conv(spikes.flatten(0, 1))
+        ops.add_samples(1)
+    # 3×3 map, k3, pad 1: rows (and columns) are covered 2, 3, 2 times, Σ m = 7² = 49
+    assert ops.summary()["totals"]["sops"] == 1202 * 49
+    neuron = neurons.IF(threshold=0.5)
+    with ActivityMonitor(nn.Sequential(neuron)) as monitor:
+        neuron(spikes)
+    assert monitor.summary()["0"]["rate_per_step"] == [1.0, 1.0]

@@ -75,7 +75,7 @@ def _accumulates(layer: nn.Module, spikes: Tensor) -> Tensor:
         spikes = spikes.unsqueeze(0)
     groups = layer.groups
     # S: spikes summed over the batch and over the channels of each group
-    per_position = spikes.sum(0)  # (C, *spatial)
+    per_position = spikes.sum(0, dtype=torch.float32)  # (C, *spatial)
     summed = per_position.unflatten(0, (groups, -1)).sum(1)  # (groups, *spatial)
     summed = summed.to(wide).unsqueeze(0)  # (1, groups, *spatial)
     padding = layer.padding

@@ -41,9 +41,9 @@ class LayerActivity:
 
     def add_spikes(self, spikes: Tensor) -> None:
         T, B = spikes.shape[:2]
-        # One pass over the spikes: the sum over the batch is exact in float (<= B), and the
-        # two small reductions of it are done in integers.
-        per_step_neuron = spikes.detach().sum(1).to(torch.int64)  # (T, *shape)
+        # One pass over the spikes: the sum over the batch is exact in float32 (<= B, also for
+        # half-precision spikes), and the two small reductions of it are done in integers.
+        per_step_neuron = spikes.detach().sum(1, dtype=torch.float32).to(torch.int64)  # (T, *shape)
         per_step = per_step_neuron.flatten(1).sum(1)  # (T,)
         per_neuron = per_step_neuron.sum(0)  # (*shape)
         if self.spikes_per_neuron is None:
