@@ -3,8 +3,8 @@
 1,797 grey 8×8 images of the digits 0-9 (UCI optical recognition test set), intensities
 0-16 scaled to [0, 1]. The split is fixed and stratified: within each class, the samples
 are shuffled with ``numpy.random.default_rng(0)`` and every fifth one (20%) goes to the
-test set, giving 1,437 training and 360 test images. The split does not depend on the
-training seed.
+test set (the first of each shuffled class included), giving 1,433 training and 364
+test images. The split does not depend on the training seed.
 """
 
 from __future__ import annotations
