@@ -17,13 +17,17 @@ class DatasetInfo:
     """What a model needs to know about a dataset.
 
     ``sample_shape`` is one sample without batch (and without time for static data);
-    ``time_steps`` is the number of frames of time-major (event) samples, else None.
+    ``time_steps`` is the number of frames of time-major (event) samples, else None;
+    ``mean``/``std`` are the per-channel statistics the samples were normalised with
+    (``x = (v - mean) / std`` for pixel values ``v`` in ``[0, 1]``), None when they were not.
     """
 
     num_classes: int
     sample_shape: tuple[int, ...]
     time_steps: int | None = None
     description: str = ""
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     @property
     def in_channels(self) -> int:
@@ -52,11 +56,16 @@ def list_datasets() -> list[str]:
     return sorted(_DATASETS)
 
 
-def build_datasets(name: str, **options: Any) -> tuple[Dataset, Dataset, DatasetInfo]:
-    """Build ``(train, test, info)`` for a registered dataset; options are checked by name."""
+def dataset_builder(name: str) -> DatasetBuilder:
+    """The builder registered as ``name``; a clear error lists the valid names."""
     if name not in _DATASETS:
         raise unknown_name_error("dataset", name, _DATASETS)
-    fn = _DATASETS[name]
+    return _DATASETS[name]
+
+
+def build_datasets(name: str, **options: Any) -> tuple[Dataset, Dataset, DatasetInfo]:
+    """Build ``(train, test, info)`` for a registered dataset; options are checked by name."""
+    fn = dataset_builder(name)
     accepted = list(inspect.signature(fn).parameters)
     for key in options:
         if key not in accepted:
