@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.13.0
 # Peers for side-by-side tests; installed without their dependencies, which would replace
 # torch or pull large optional stacks.  Their few light needs are listed after them.
 PEERS := spikingjelly==2.0.0 snntorch==1.0.0 norse==1.1.0 tonic==1.7.0 nir==1.0.8 nirtorch==2.6
-PEER_NEEDS := loguru h5py scipy requests importRosbag expelliarmus typing-extensions
+PEER_NEEDS := loguru h5py scipy requests importRosbag expelliarmus typing-extensions aedat
 
 .PHONY: demo test lint clean
 

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from spikegrad.analysis import EvalProbe, epoch_fields, write_analysis
 from spikegrad.checkpoint import save_checkpoint
 from spikegrad.config import AnalysisConfig, Config
+from spikegrad.data.loader import collate_for
 from spikegrad.errors import UserError
 from spikegrad.layers import mean_over_time
 from spikegrad.losses import mean_logit_cross_entropy, tet_loss
@@ -220,10 +221,12 @@ class Trainer:
         self.train_loader = DataLoader(
             train_set, batch_size=self.config.data.batch_size, shuffle=True, generator=generator,
             num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
+            collate_fn=collate_for(train_set),
         )
         self.test_loader = DataLoader(
             test_set, batch_size=self.config.data.eval_batch_size, shuffle=False,
             num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
+            collate_fn=collate_for(test_set),
         )
         if len(self.train_loader) == 0:
             raise UserError("the training set is empty")
