@@ -82,7 +82,7 @@ def train(config: Config, out_dir: str | Path | None, verbose: bool = True) -> d
         config,
         components=build_components(config, parts.model),
         out_dir=out_dir,
-        augment=build_augmentation(config.data.augment),
+        augment=build_augmentation(config.data.augment, parts.info),
         model_args=parts.model_args,
         verbose=verbose,
     )

@@ -2,7 +2,14 @@
 
 Every op takes a batch ``[B, C, H, W]`` or a time-major batch ``[T, B, C, H, W]`` (the same
 random draw applied to all time steps of a sample) and uses the global torch generator, so
-seeded runs are reproducible.
+seeded runs are reproducible. Batches are normalised (see :mod:`spikegrad.data.images`), so
+zero padding and cutout's zero fill are the dataset's mean colour; ``autoaugment`` (static
+images only) works on pixel values and undoes the normalisation with the dataset's stats.
+
+Ops (``name[:argument]`` in ``data.augment``): ``crop:P`` (pad P, random crop back),
+``roll:S`` (circular shift up to S pixels), ``hflip[:p]``, ``cutout:S`` (one S×S square
+zeroed, its centre uniform over the image, clipped at the borders; DeVries & Taylor 2017),
+``autoaugment[:cifar10]`` (:mod:`spikegrad.data.autoaugment`).
 """
 
 from __future__ import annotations
@@ -13,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from spikegrad.errors import UserError
+from spikegrad.data._registry import DatasetInfo
+from spikegrad.data.autoaugment import autoaugment
+from spikegrad.errors import UserError, unknown_name_error
 
 BatchOp = Callable[[Tensor], Tensor]
 
@@ -85,6 +94,28 @@ def random_hflip(p: float = 0.5) -> BatchOp:
     return op
 
 
+def cutout(size: int) -> BatchOp:
+    """Zero one ``size × size`` square per sample, centred uniformly (clipped at the borders)."""
+    if size < 1:
+        raise UserError(f"cutout needs a positive size, got {size}")
+
+    def op(x: Tensor) -> Tensor:
+        def cut(b: Tensor) -> Tensor:
+            n, _, h, w = b.shape
+            cy = torch.randint(0, h, (n, 1), device=b.device)
+            cx = torch.randint(0, w, (n, 1), device=b.device)
+            rows = torch.arange(h, device=b.device)[None]  # (1, H)
+            cols = torch.arange(w, device=b.device)[None]
+            in_rows = (rows >= cy - size // 2) & (rows < cy - size // 2 + size)  # (B, H)
+            in_cols = (cols >= cx - size // 2) & (cols < cx - size // 2 + size)  # (B, W)
+            hole = in_rows[:, :, None] & in_cols[:, None, :]  # (B, H, W)
+            return b.masked_fill(hole[:, None], 0.0)
+
+        return _per_sample(cut, x)
+
+    return op
+
+
 def compose(ops: Sequence[BatchOp]) -> BatchOp:
     def op(x: Tensor) -> Tensor:
         for f in ops:
@@ -98,22 +129,38 @@ _OPS: dict[str, Callable[..., BatchOp]] = {
     "crop": random_crop,
     "roll": random_roll,
     "hflip": random_hflip,
+    "cutout": cutout,
+    "autoaugment": autoaugment,
 }
+_NEEDS_STATS = {"autoaugment"}  # ops that work on pixel values and undo the normalisation
 
 
-def build_augmentation(spec: Sequence[str] | None) -> BatchOp | None:
-    """Build a pipeline from strings like ``["crop:4", "hflip"]`` (``name[:argument]``)."""
+def _parse_argument(arg: str) -> list:
+    if not arg:
+        return []
+    try:
+        return [float(arg) if "." in arg else int(arg)]
+    except ValueError:
+        return [arg]
+
+
+def build_augmentation(spec: Sequence[str] | None, info: DatasetInfo | None = None) -> BatchOp | None:
+    """Build a pipeline from strings like ``["crop:4", "hflip"]`` (``name[:argument]``).
+
+    ``info`` gives the normalisation statistics to ops that need pixel values.
+    """
     if not spec:
         return None
     ops = []
     for item in spec:
         name, _, arg = str(item).partition(":")
         if name not in _OPS:
-            from spikegrad.errors import unknown_name_error
-
             raise unknown_name_error("augmentation", name, _OPS)
+        kwargs = {}
+        if name in _NEEDS_STATS and info is not None:
+            kwargs = {"mean": info.mean, "std": info.std}
         try:
-            ops.append(_OPS[name](*([float(arg) if "." in arg else int(arg)] if arg else [])))
+            ops.append(_OPS[name](*_parse_argument(arg), **kwargs))
         except (TypeError, ValueError) as exc:
             raise UserError(f"augmentation {item!r}: {exc}") from exc
     return compose(ops)
