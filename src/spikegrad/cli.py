@@ -1,4 +1,4 @@
-"""The ``spikegrad`` command line: train, eval, demo, report, export, models.
+"""The ``spikegrad`` command line: train, eval, demo, report, export, models, recipes, download.
 
 User errors (a bad config key, a missing file, a wrong tensor layout) print one message
 and exit with status 2; no traceback.
@@ -34,6 +34,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from spikegrad.checkpoint import load_model
     from spikegrad.config import Config, from_dict
     from spikegrad.data import build_datasets
+    from spikegrad.data.loader import collate_for
     from spikegrad.trainer import evaluate_model, resolve_device
 
     model, payload = load_model(args.checkpoint)
@@ -43,7 +44,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         options["root"] = config.data.root
     train_set, test_set, _ = build_datasets(config.data.name, **options)
     dataset = test_set if args.split == "test" else train_set
-    loader = DataLoader(dataset, batch_size=config.data.eval_batch_size)
+    loader = DataLoader(dataset, batch_size=config.data.eval_batch_size,
+                        collate_fn=collate_for(dataset))
     device = resolve_device(args.device or config.train.device)
     result = evaluate_model(model.to(device), loader, device,
                             analysis=config.analysis if args.analysis else None)
@@ -116,6 +118,33 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from spikegrad.recipes import format_table, recipe_rows
+
+    print(format_table(recipe_rows()))
+    return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    import inspect
+
+    from spikegrad.data import build_datasets, list_datasets
+    from spikegrad.data._registry import dataset_builder
+
+    def downloadable(name: str) -> bool:
+        return "download" in inspect.signature(dataset_builder(name)).parameters
+
+    if not downloadable(args.name):
+        why = "is built in (no files)" if args.name in ("digits", "cluttered_digits", "event_digits") \
+            else "cannot be downloaded automatically; see docs/datasets.md for where to get it"
+        raise UserError(f"dataset {args.name!r} {why}; downloadable datasets: "
+                        + ", ".join(n for n in list_datasets() if downloadable(n)))
+    train_set, test_set, info = build_datasets(args.name, root=args.root, download=True)
+    print(f"{args.name}: {len(train_set)} train / {len(test_set)} test samples in {args.root} "
+          f"({info.description})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spikegrad", description="Train spiking neural networks by gradient descent."
@@ -166,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep each neuron's input gain in its r instead of folding it into weights")
     p.add_argument("--input-shape", help="one input sample, C,H,W (default: from the checkpoint)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("recipes", help="list the recipes in configs/ with their papers' accuracy")
+    p.set_defaults(func=_cmd_recipes)
+
+    p = sub.add_parser("download", help="download, check and unpack a dataset into a folder")
+    p.add_argument("name", help="registered dataset, e.g. cifar10")
+    p.add_argument("--root", required=True, help="folder for the dataset files (data.root)")
+    p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("models", help="list the registered models")
     p.add_argument("pattern", nargs="?", default="*")

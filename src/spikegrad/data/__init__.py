@@ -1,7 +1,18 @@
 """Datasets (a registry of builders), batched augmentation and loaders."""
 
-from spikegrad.data import cluttered, digits  # noqa: F401  (register the built-in datasets)
+from spikegrad.data import (  # noqa: F401  (register the datasets)
+    cifar,
+    cluttered,
+    digits,
+    event_camera,
+    events,
+    imagefolder,
+)
 from spikegrad.data._registry import DatasetInfo, build_datasets, list_datasets, register_dataset
 from spikegrad.data.augment import build_augmentation
+from spikegrad.data.loader import collate_for
 
-__all__ = ["DatasetInfo", "build_augmentation", "build_datasets", "list_datasets", "register_dataset"]
+__all__ = [
+    "DatasetInfo", "build_augmentation", "build_datasets", "collate_for", "list_datasets",
+    "register_dataset",
+]

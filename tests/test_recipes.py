@@ -1,0 +1,103 @@
+"""Recipes: every one loads and points at a registered loader; `spikegrad recipes`; training
+end to end from a CIFAR-10 recipe and an event recipe on generated files."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+
+from spikegrad.cli import main
+from spikegrad.config import load_config
+from spikegrad.data import list_datasets
+from spikegrad.data._registry import dataset_builder
+from spikegrad.recipes import CONFIG_DIR, recipe_files, recipe_rows
+from tests.fixtures import write_cifar, write_cifar10_dvs
+
+RECIPES = recipe_files()
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_recipe_loads_and_names_a_registered_dataset(path):
+    config = load_config(path)
+    assert config.data.name in list_datasets()
+    builder = dataset_builder(config.data.name)
+    params = inspect.signature(builder).parameters
+    for key in config.data.options:
+        assert key in params, f"{path.name}: dataset {config.data.name!r} has no option {key!r}"
+    if "T" in params:  # event data: model.T must equal the number of frames
+        frames = config.data.options.get("T", params["T"].default)
+        assert frames == config.model.T, f"{path.name}: model.T {config.model.T} != frames {frames}"
+    if "root" in params and config.data.name not in ("digits", "cluttered_digits", "event_digits"):
+        assert config.data.root, f"{path.name}: a file-based dataset needs data.root"
+
+
+def test_recipes_command_lists_every_recipe_with_the_papers_numbers(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    for path in RECIPES:
+        assert path.name in out
+    rows = {r.file: r for r in recipe_rows()}
+    tet = rows["cifar10_resnet19_t4_tet.yaml"]
+    assert tet.accuracy == 94.44 and "TET" in tet.source
+    line = next(line for line in out.splitlines() if line.startswith("cifar10_resnet19_t4_tet.yaml"))
+    assert "94.44" in line and "[paper]" in line
+    assert Path(__file__).resolve().parents[1] / "src" / "spikegrad" / "configs" == CONFIG_DIR
+
+
+def test_recipes_lists_a_broken_recipe_without_failing(tmp_path):
+    (tmp_path / "bad.yaml").write_text("model: {nmae: x}\n")
+    rows = recipe_rows(tmp_path)
+    assert rows[0].error and "nmae" in rows[0].error
+
+
+def test_download_refuses_built_in_and_manual_datasets(capsys):
+    assert main(["download", "event_digits", "--root", "x"]) == 2
+    assert "built in" in capsys.readouterr().err
+    assert main(["download", "imagenet", "--root", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be downloaded automatically" in err and "cifar10" in err
+
+
+@pytest.mark.slow
+def test_train_a_cifar10_recipe_end_to_end(tmp_path, capsys):
+    data = tmp_path / "cifar"
+    write_cifar(data, "cifar10", per_batch=4, n_test=6)
+    out = tmp_path / "run"
+    code = main([
+        "train", str(CONFIG_DIR / "cifar10_resnet19_t4_tet.yaml"), "--out", str(out),
+        "--set", f"data.root={data}", "--set", "train.epochs=1", "--set", "model.width=0.0625",
+        "--set", "model.T=2", "--set", "data.batch_size=8", "--set", "train.device=cpu",
+        "--set", "data.augment=[crop:4, hflip, autoaugment, cutout:8]", "--set", "train.progress=false",
+    ])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 1 and summary["T"] == 2 and 0.0 <= summary["best_test_acc"] <= 1.0
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 1 and metrics[0]["train_loss"] > 0
+    capsys.readouterr()
+    assert main(["eval", str(out / "best.pt"), "--set", f"data.root={data}", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_acc"] == pytest.approx(summary["final_test_acc"])
+    # the same data.root key, a missing folder: exit status 2 with the expected layout
+    assert main(["train", str(CONFIG_DIR / "base_cifar10.yaml"), "--out", str(out),
+                 "--set", f"data.root={tmp_path / 'none'}"]) == 2
+    assert "cifar-10-python.tar.gz" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_an_event_recipe_end_to_end(tmp_path):
+    from spikegrad.config import load_config
+    from spikegrad.run import train
+
+    data = tmp_path / "dvs"
+    write_cifar10_dvs(data, per_class=3, events=200)
+    config = load_config(CONFIG_DIR / "base_cifar10_dvs.yaml", [
+        f"data.root={data}", "data.options.T=3", "data.options.size=16", "model.T=3",
+        "model.name=resnet20", "model.width=0.25", "train.epochs=1", "data.batch_size=8",
+        "data.num_workers=1", "train.device=cpu", "train.progress=false",
+    ])
+    summary = train(config, tmp_path / "run", verbose=False)
+    assert summary["T"] == 3 and summary["epochs"] == 1
