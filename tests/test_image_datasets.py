@@ -68,6 +68,28 @@ def test_cifar_archive_is_checked_and_extracted(tmp_path, monkeypatch):
     assert int(train[9][1]) == expected["train"][1][9]
 
 
+def test_cifar_download_on_request(tmp_path, monkeypatch, capsys):
+    """The download path end to end, from a local URL (no network in the tests)."""
+    from spikegrad.cli import main
+
+    source = tmp_path / "mirror"
+    expected = write_cifar(source, "cifar10", per_batch=2, n_test=2, archive=True)
+    archive = source / "cifar-10-python.tar.gz"
+    remote = RemoteFile(archive.as_uri(), archive.name, md5sum(archive))
+    monkeypatch.setattr(cifar, "CIFAR10", dataclasses.replace(cifar.CIFAR10, remote=remote))
+    root = tmp_path / "data"
+    with pytest.raises(UserError, match="download=true"):  # nothing is fetched unless asked
+        build_datasets("cifar10", root=str(root))
+    assert main(["download", "cifar10", "--root", str(root)]) == 0
+    assert "cifar10: 10 train / 2 test" in capsys.readouterr().out
+    train, _, _ = build_datasets("cifar10", root=str(root))
+    assert int(train[3][1]) == expected["train"][1][3]
+    unreachable = RemoteFile("http://127.0.0.1:9/cifar.tar.gz", archive.name, remote.md5)
+    monkeypatch.setattr(cifar, "CIFAR10", dataclasses.replace(cifar.CIFAR10, remote=unreachable))
+    with pytest.raises(UserError, match=r"cannot download .*put it at .*cifar-10-python\.tar\.gz"):
+        build_datasets("cifar10", root=str(tmp_path / "other"), download=True)
+
+
 def test_cifar_missing_files_say_what_was_expected(tmp_path):
     with pytest.raises(UserError, match=r"cifar-10-batches-py.*cifar-10-python\.tar\.gz.*download"):
         build_datasets("cifar10", root=str(tmp_path))

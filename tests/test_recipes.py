@@ -101,3 +101,4 @@ def test_train_an_event_recipe_end_to_end(tmp_path):
     ])
     summary = train(config, tmp_path / "run", verbose=False)
     assert summary["T"] == 3 and summary["epochs"] == 1
+    assert main(["eval", str(tmp_path / "run" / "last.pt"), "--device", "cpu"]) == 0
