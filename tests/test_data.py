@@ -68,6 +68,10 @@ def test_roll_preserves_content_and_flip_mirrors():
 def test_unknown_augmentation_is_named():
     with pytest.raises(UserError, match="unknown augmentation 'cropp'"):
         build_augmentation(["cropp:4"])
+    with pytest.raises(UserError, match="'hflip' takes a number"):
+        build_augmentation(["hflip:x"])
+    with pytest.raises(UserError, match="unknown AutoAugment policy 'imagenet'"):
+        build_augmentation(["autoaugment:imagenet"])
 
 
 def test_cluttered_digits_is_deterministic_and_split_by_source_digit():

@@ -133,15 +133,18 @@ _OPS: dict[str, Callable[..., BatchOp]] = {
     "autoaugment": autoaugment,
 }
 _NEEDS_STATS = {"autoaugment"}  # ops that work on pixel values and undo the normalisation
+_NAMED_ARGUMENT = {"autoaugment"}  # ops whose argument is a name (the policy), not a number
 
 
-def _parse_argument(arg: str) -> list:
+def _parse_argument(name: str, arg: str) -> list:
     if not arg:
         return []
+    if name in _NAMED_ARGUMENT:
+        return [arg]
     try:
         return [float(arg) if "." in arg else int(arg)]
     except ValueError:
-        return [arg]
+        raise UserError(f"augmentation {name!r} takes a number after ':', got {arg!r}") from None
 
 
 def build_augmentation(spec: Sequence[str] | None, info: DatasetInfo | None = None) -> BatchOp | None:
@@ -160,7 +163,7 @@ def build_augmentation(spec: Sequence[str] | None, info: DatasetInfo | None = No
         if name in _NEEDS_STATS and info is not None:
             kwargs = {"mean": info.mean, "std": info.std}
         try:
-            ops.append(_OPS[name](*_parse_argument(arg), **kwargs))
+            ops.append(_OPS[name](*_parse_argument(name, arg), **kwargs))
         except (TypeError, ValueError) as exc:
             raise UserError(f"augmentation {item!r}: {exc}") from exc
     return compose(ops)
