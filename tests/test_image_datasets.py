@@ -99,6 +99,10 @@ def test_cifar_missing_files_say_what_was_expected(tmp_path):
 
 def test_cifar_corrupt_batch_is_named(tmp_path):
     write_cifar(tmp_path, "cifar10", per_batch=2, n_test=2)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(UserError, match=r"cifar-10-batches-py' lacks test_batch"):
+        build_datasets("cifar10", root=str(tmp_path))
+    write_cifar(tmp_path, "cifar10", per_batch=2, n_test=2)
     batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:200])
     with pytest.raises(UserError, match=r"data_batch_3.*(truncated or damaged)"):

@@ -82,9 +82,15 @@ def _layout(spec: CifarSpec) -> str:
 
 def find_folder(spec: CifarSpec, root: Path, download: bool) -> Path:
     """The extracted folder, extracting (or downloading, if allowed) the archive when needed."""
+    needed = (*spec.train_files, *spec.test_files)
     for candidate in (root / spec.folder, root):
-        if all((candidate / f).is_file() for f in (*spec.train_files, *spec.test_files)):
+        if all((candidate / f).is_file() for f in needed):
             return candidate
+    folder = root / spec.folder
+    if folder.is_dir() and not (root / spec.remote.filename).is_file() and not download:
+        missing = [f for f in needed if not (folder / f).is_file()]
+        raise UserError(f"{str(folder)!r} lacks {', '.join(missing)}: expected {_layout(spec)}; "
+                        "restore the files or delete the folder and download the archive again")
     fetch_and_extract(spec.remote, root, download, _layout(spec))
     return root / spec.folder
 
