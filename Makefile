@@ -30,7 +30,7 @@ demo: $(VENV)/.base
 
 test: $(VENV)/.test
 	$(VENV)/bin/ruff check src tests bench examples
-	$(PY) -m pytest -q
+	SPIKEGRAD_REQUIRE_PEERS=1 $(PY) -m pytest -q
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check src tests bench examples
