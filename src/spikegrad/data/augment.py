@@ -40,12 +40,18 @@ def _per_sample(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     )
 
 
-def _shift(x: Tensor, dy: Tensor, dx: Tensor, padding: int, mode: str) -> Tensor:
-    """Crop ``[B, C, H, W]`` from ``x`` padded by ``padding``, at per-sample offsets."""
+def _random_shift(x: Tensor, max_shift: int, mode: str) -> Tensor:
+    """Shift each sample of ``[B, C, H, W]`` by up to ``max_shift`` pixels in each direction.
+
+    The sample is padded by ``max_shift`` (zeros, or ``"circular"`` for a roll) and cropped back
+    at a uniform random offset.
+    """
     B, _, H, W = x.shape
-    padded = F.pad(x, (padding,) * 4, mode="constant" if mode == "zeros" else "circular")
-    rows = (dy[:, None] + torch.arange(H, device=x.device))  # (B, H)
-    cols = (dx[:, None] + torch.arange(W, device=x.device))  # (B, W)
+    dy = torch.randint(0, 2 * max_shift + 1, (B,), device=x.device)
+    dx = torch.randint(0, 2 * max_shift + 1, (B,), device=x.device)
+    padded = F.pad(x, (max_shift,) * 4, mode=mode)
+    rows = dy[:, None] + torch.arange(H, device=x.device)  # (B, H)
+    cols = dx[:, None] + torch.arange(W, device=x.device)  # (B, W)
     batch = torch.arange(B, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
     return out.permute(0, 3, 1, 2)
@@ -53,32 +59,12 @@ def _shift(x: Tensor, dy: Tensor, dx: Tensor, padding: int, mode: str) -> Tensor
 
 def random_crop(padding: int) -> BatchOp:
     """Zero-pad by ``padding`` pixels and crop back at a random offset per sample."""
-
-    def op(x: Tensor) -> Tensor:
-        def crop(b: Tensor) -> Tensor:
-            n = b.shape[0]
-            dy = torch.randint(0, 2 * padding + 1, (n,), device=b.device)
-            dx = torch.randint(0, 2 * padding + 1, (n,), device=b.device)
-            return _shift(b, dy, dx, padding, "zeros")
-
-        return _per_sample(crop, x)
-
-    return op
+    return lambda x: _per_sample(lambda b: _random_shift(b, padding, "constant"), x)
 
 
 def random_roll(max_shift: int) -> BatchOp:
     """Roll (circular shift) each sample by up to ``max_shift`` pixels in each direction."""
-
-    def op(x: Tensor) -> Tensor:
-        def roll(b: Tensor) -> Tensor:
-            n = b.shape[0]
-            dy = torch.randint(0, 2 * max_shift + 1, (n,), device=b.device)
-            dx = torch.randint(0, 2 * max_shift + 1, (n,), device=b.device)
-            return _shift(b, dy, dx, max_shift, "circular")
-
-        return _per_sample(roll, x)
-
-    return op
+    return lambda x: _per_sample(lambda b: _random_shift(b, max_shift, "circular"), x)
 
 
 def random_hflip(p: float = 0.5) -> BatchOp:
