@@ -84,3 +84,16 @@ def test_registry_errors_name_the_choices():
     with pytest.raises(UserError, match=r"has no argument 'widht'.*did you mean 'width'"):
         models.create("resnet18", widht=2)
     assert models.list("vgg*") == ["vgg11", "vgg13", "vgg16"]
+
+
+@pytest.mark.parametrize("name", models.list())
+def test_every_model_builds_without_batch_norm(name):
+    model = build(name, batch_norm=False)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    weighted = [m for m in model.features.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert weighted and all(m.bias is not None for m in weighted)  # a bias instead of BN
+    out = model(small_input(name))
+    assert out.shape == (2, 3, 5)
+    out.mean(0).logsumexp(1).sum().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)

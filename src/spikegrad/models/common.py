@@ -87,9 +87,11 @@ def scaled(channels: int, width: float) -> int:
 
 
 class ConvUnit(nn.Sequential):
-    """``conv -> BN -> [avg pool] -> activation``, the first three folded over time.
+    """``conv -> [BN] -> [avg pool] -> activation``, the first three folded over time.
 
     Pooling before the neuron keeps the unit's output binary (spikes) for the next layer.
+    Without batch norm (``batch_norm=False``, the local tandem learning student) the
+    convolution has a bias instead.
     """
 
     def __init__(
@@ -100,11 +102,14 @@ class ConvUnit(nn.Sequential):
         kernel_size: int = 3,
         stride: int = 1,
         pool: bool = False,
+        batch_norm: bool = True,
     ) -> None:
         ops: list[nn.Module] = [
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False),
-            nn.BatchNorm2d(out_channels),
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2,
+                      bias=not batch_norm),
         ]
+        if batch_norm:
+            ops.append(nn.BatchNorm2d(out_channels))
         if pool:
             ops.append(nn.AvgPool2d(2))
         super().__init__(TimeDistributed(nn.Sequential(*ops)), activation)

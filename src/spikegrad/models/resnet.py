@@ -32,26 +32,31 @@ from spikegrad.models.common import (
 )
 
 
-def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int) -> nn.Module:
-    return TimeDistributed(nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-    ))
+def _conv_bn(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int, batch_norm: bool = True
+) -> nn.Module:
+    ops: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size, stride,
+                                      kernel_size // 2, bias=not batch_norm)]
+    if batch_norm:
+        ops.append(nn.BatchNorm2d(out_channels))
+    return TimeDistributed(nn.Sequential(*ops))
 
 
 class BasicBlock(nn.Module):
     """Spiking basic block; input and output are spikes ``[T, B, C, H, W]``."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, stride: int, act: ActivationFactory
+        self, in_channels: int, out_channels: int, stride: int, act: ActivationFactory,
+        batch_norm: bool = True,
     ) -> None:
         super().__init__()
-        self.conv1 = _conv_bn(in_channels, out_channels, 3, stride)
+        self.conv1 = _conv_bn(in_channels, out_channels, 3, stride, batch_norm)
         self.act1 = act()
-        self.conv2 = _conv_bn(out_channels, out_channels, 3, 1)
+        self.conv2 = _conv_bn(out_channels, out_channels, 3, 1, batch_norm)
         needs_projection = stride != 1 or in_channels != out_channels
         self.downsample = (
-            _conv_bn(in_channels, out_channels, 1, stride) if needs_projection else nn.Identity()
+            _conv_bn(in_channels, out_channels, 1, stride, batch_norm) if needs_projection
+            else nn.Identity()
         )
         self.act2 = act()
 
@@ -70,6 +75,7 @@ class SpikingResNet(SpikingNetwork):
         hidden_fc: if set, a spiking fully connected unit of this size before the output
             layer (ResNet-19).
         stem: ``"cifar"`` (3×3, stride 1) or ``"imagenet"`` (7×7 stride 2, then 3×3 max pool).
+        batch_norm: batch norm after every convolution (False: biased convolutions instead).
     """
 
     def __init__(
@@ -88,6 +94,7 @@ class SpikingResNet(SpikingNetwork):
         encoder: str = "direct",
         activation_max: float = 2.0,
         stem: str = "cifar",
+        batch_norm: bool = True,
     ) -> None:
         super().__init__(T, kind, encoder)
         if len(blocks) != len(channels):
@@ -96,15 +103,13 @@ class SpikingResNet(SpikingNetwork):
         width_in = scaled(stem_channels, width)
         units: OrderedDict[str, nn.Module] = OrderedDict()
         if stem == "cifar":
-            units["stem"] = ConvUnit(in_channels, width_in, act())
+            units["stem"] = ConvUnit(in_channels, width_in, act(), batch_norm=batch_norm)
         elif stem == "imagenet":
+            ops: list[nn.Module] = [nn.Conv2d(in_channels, width_in, 7, 2, 3, bias=not batch_norm)]
+            if batch_norm:
+                ops.append(nn.BatchNorm2d(width_in))
             units["stem"] = nn.Sequential(
-                TimeDistributed(nn.Sequential(
-                    nn.Conv2d(in_channels, width_in, 7, 2, 3, bias=False),
-                    nn.BatchNorm2d(width_in),
-                    nn.MaxPool2d(3, 2, 1),
-                )),
-                act(),
+                TimeDistributed(nn.Sequential(*ops, nn.MaxPool2d(3, 2, 1))), act()
             )
         else:
             raise UserError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
@@ -112,7 +117,8 @@ class SpikingResNet(SpikingNetwork):
             width_out = scaled(base, width)
             for index in range(count):
                 stride = 2 if index == 0 and stage > 1 else 1
-                units[f"layer{stage}_{index}"] = BasicBlock(width_in, width_out, stride, act)
+                units[f"layer{stage}_{index}"] = BasicBlock(width_in, width_out, stride, act,
+                                                            batch_norm)
                 width_in = width_out
         if hidden_fc is None:
             self.features = nn.Sequential(units)
@@ -121,7 +127,7 @@ class SpikingResNet(SpikingNetwork):
             hidden = scaled(hidden_fc, width)
             units["fc"] = nn.Sequential(
                 TimeDistributed(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())),
-                LinearUnit(width_in, hidden, act()),
+                LinearUnit(width_in, hidden, act(), batch_norm=batch_norm),
             )
             self.features = nn.Sequential(units)
             self.classifier = TimeDistributed(nn.Linear(hidden, num_classes))

@@ -43,6 +43,8 @@ class SpikingVGG(SpikingNetwork):
         input_size: side of the (square) input image, used to skip pools below 1×1 and
             size the first fully connected layer.
         downsample: ``"avg"`` (2×2 average pool) or ``"stride"`` (stride-2 convolution).
+        batch_norm: batch norm after every convolution and hidden linear layer (False: biased
+            layers instead, as in the local tandem learning student).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class SpikingVGG(SpikingNetwork):
         input_size: int = 32,
         hidden_fc: Sequence[int] = (),
         downsample: str = "avg",
+        batch_norm: bool = True,
     ) -> None:
         super().__init__(T, kind, encoder)
         if downsample not in ("avg", "stride"):
@@ -73,13 +76,14 @@ class SpikingVGG(SpikingNetwork):
             shrink = i + 1 < len(layers) and layers[i + 1] == "M" and side >= 2
             out = scaled(int(item), width)
             if shrink and downsample == "stride":
-                units.append(ConvUnit(channels, out, act(), stride=2))
+                units.append(ConvUnit(channels, out, act(), stride=2, batch_norm=batch_norm))
             else:
-                units.append(ConvUnit(channels, out, act(), pool=shrink))
+                units.append(ConvUnit(channels, out, act(), pool=shrink, batch_norm=batch_norm))
             channels, side = out, side // 2 if shrink else side
         features = channels * side * side
         for i, size in enumerate(hidden_fc):
-            units.append(LinearUnit(features, scaled(size, width), act(), flatten=i == 0))
+            units.append(LinearUnit(features, scaled(size, width), act(), flatten=i == 0,
+                                    batch_norm=batch_norm))
             features = scaled(size, width)
         self.features = nn.Sequential(*units)
         head = [nn.Linear(features, num_classes)]
