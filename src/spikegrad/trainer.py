@@ -44,10 +44,16 @@ __all__ = [
 
 @dataclass
 class StepOutput:
-    """What a training step's loss computation returns: the loss and ``[B, classes]`` logits."""
+    """What a training step's loss computation returns: the loss and ``[B, classes]`` logits.
+
+    ``backpropagated`` is True when the component already ran the backward passes itself
+    (local learning back-propagates each unit or time step as soon as its loss exists, so no
+    graph spans the whole network); the trainer then only steps the optimizer.
+    """
 
     loss: Tensor
     logits: Tensor
+    backpropagated: bool = False
 
 
 class Component:
@@ -140,12 +146,14 @@ def build_optimizer(config: Config, params: Iterable[nn.Parameter]) -> torch.opt
 @torch.no_grad()
 def evaluate_model(
     model: nn.Module, loader: Iterable, device: torch.device, amp_dtype: torch.dtype | None = None,
-    analysis: AnalysisConfig | None = None,
+    analysis: AnalysisConfig | None = None, readout_start: int = 0,
 ) -> dict[str, Any]:
     """Test accuracy, loss (of the time-averaged logits) and mean firing rate, in eval mode.
 
     With ``analysis.monitors``, the result also holds ``"analysis"``: per-layer activity,
-    SOPs and energy (:class:`spikegrad.analysis.EvalProbe`).
+    SOPs and energy (:class:`spikegrad.analysis.EvalProbe`). The logits are averaged over
+    the time steps ``t >= readout_start`` (0: all of them; online local tandem learning
+    reads out from its warm-up step on).
     """
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
@@ -155,7 +163,7 @@ def evaluate_model(
             targets = targets.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 outputs = model(inputs)  # (T, B, classes)
-            logits = mean_over_time(outputs).float()
+            logits = mean_over_time(outputs[readout_start:]).float()
             loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
             correct += int((logits.argmax(1) == targets).sum())
             seen += targets.shape[0]
@@ -244,6 +252,8 @@ class Trainer:
         self.total_iterations = train.epochs * iters
         self.best_test_acc = -1.0
         self.history: list[dict[str, Any]] = []
+        #: evaluation averages the logits over t >= readout_start (a component may set it)
+        self.readout_start = 0
         for component in self.components:
             component.attach(self)
 
@@ -286,7 +296,8 @@ class Trainer:
                 f"the training loss is {out.loss.item()} at iteration {self.iteration}; lower "
                 "optim.lr or enable train.grad_clip"
             )
-        self.scaler.scale(out.loss).backward()
+        if not out.backpropagated:
+            self.scaler.scale(out.loss).backward()
         if self.config.train.grad_clip:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
@@ -316,7 +327,8 @@ class Trainer:
     def evaluate(self, loader: DataLoader | None = None) -> dict[str, Any]:
         """Accuracy, loss and mean firing rate of the model on ``loader`` (the test set)."""
         return evaluate_model(self.model, loader if loader is not None else self.test_loader,
-                              self.device, self.amp_dtype, self.config.analysis)
+                              self.device, self.amp_dtype, self.config.analysis,
+                              self.readout_start)
 
     # ------------------------------------------------------------------ the run
 
