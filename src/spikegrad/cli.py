@@ -35,6 +35,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from spikegrad.config import Config, from_dict
     from spikegrad.data import build_datasets
     from spikegrad.data.loader import collate_for
+    from spikegrad.methods.ltl import readout_start
     from spikegrad.trainer import evaluate_model, resolve_device
 
     model, payload = load_model(args.checkpoint)
@@ -48,7 +49,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                         collate_fn=collate_for(dataset))
     device = resolve_device(args.device or config.train.device)
     result = evaluate_model(model.to(device), loader, device,
-                            analysis=config.analysis if args.analysis else None)
+                            analysis=config.analysis if args.analysis else None,
+                            readout_start=readout_start(config, getattr(model, "T", 1)))
     result.update({"checkpoint": args.checkpoint, "split": args.split,
                    "method": payload.get("method"), "epoch": payload.get("epoch")})
     print(json.dumps(result, indent=2))

@@ -129,6 +129,30 @@ class AnalysisConfig:
 
 
 @dataclass
+class LTLConfig:
+    """Local tandem learning: SNN units learn locally to match an ANN teacher (METHODS.md §3)."""
+
+    mode: str = option("off", choices=("off", "offline", "online"),
+                       doc="off, offline (BPTT inside each unit) or online (state detached every step)")
+    teacher_checkpoint: str | None = option(None, doc="checkpoint of a trained ANN twin (kind ann)")
+    teacher_recipe: str | None = option(
+        None, doc="recipe of the ANN teacher, trained first into <run>/teacher (a path, or the "
+                  "name of a packaged recipe)")
+    teacher_set: list = option(factory=list, doc='overrides of the teacher recipe, e.g. '
+                                                 '["model.kind=ann", "train.epochs=5"]')
+    percentile: float | None = option(None, gt=0.0, max=100.0,
+                                      doc="p of the target normalisation; None: 99.9 offline, 99 online")
+    layer_weights: list = option(factory=list, doc="C_l per unit; empty: 1 for every unit")
+    T_warm: int | None = option(None, min=0,
+                                doc="online: first step with a loss and in the readout; None: 3T/4")
+    distill: float = option(0.0, min=0.0, doc="weight of distilling the teacher's logits (0: off)")
+    distill_temperature: float = option(4.0, gt=0.0, doc="softmax temperature of the distillation")
+    student_init: str = option("random", choices=("random", "teacher"),
+                               doc="random, or teacher: BN folded in, weights scaled by percentiles")
+    init_batches: int = option(4, gt=0, doc="teacher init: batches that estimate the percentiles")
+
+
+@dataclass
 class PaperConfig:
     """What the paper a recipe mirrors reports (shown by ``spikegrad recipes``; not used in training)."""
 
@@ -148,6 +172,7 @@ class Config:
     schedule: ScheduleConfig = option(factory=ScheduleConfig)
     train: TrainConfig = option(factory=TrainConfig)
     analysis: AnalysisConfig = option(factory=AnalysisConfig)
+    ltl: LTLConfig = option(factory=LTLConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -67,9 +67,19 @@ def build_parts(config: Config) -> RunParts:
     return RunParts(model, model_args, train_set, test_set, info)
 
 
-def build_components(config: Config, model: nn.Module) -> list[Component]:
-    """The method components a config asks for (none for plain surrogate-gradient BPTT)."""
-    return []
+def build_components(
+    config: Config, model: nn.Module, out_dir: str | Path | None = None, verbose: bool = True
+) -> list[Component]:
+    """The method components a config asks for (none for plain surrogate-gradient BPTT).
+
+    ``out_dir`` is the run folder: an LTL teacher recipe trains into ``out_dir/teacher``.
+    """
+    components: list[Component] = []
+    if config.ltl.mode != "off":
+        from spikegrad.methods.ltl import build_ltl
+
+        components.append(build_ltl(config, out_dir, verbose))
+    return components
 
 
 def train(config: Config, out_dir: str | Path | None, verbose: bool = True) -> dict[str, Any]:
@@ -80,7 +90,7 @@ def train(config: Config, out_dir: str | Path | None, verbose: bool = True) -> d
         parts.train_set,
         parts.test_set,
         config,
-        components=build_components(config, parts.model),
+        components=build_components(config, parts.model, out_dir, verbose),
         out_dir=out_dir,
         augment=build_augmentation(config.data.augment, parts.info),
         model_args=parts.model_args,

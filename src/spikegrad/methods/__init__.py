@@ -1,0 +1,1 @@
+"""Training methods that plug into :class:`spikegrad.trainer.Trainer` as components."""

@@ -1,0 +1,460 @@
+"""Local tandem learning (LTL; Yang et al., NeurIPS 2022): each SNN unit learns locally to
+reproduce the hidden activation of a pre-trained ANN teacher of the same architecture.
+
+Teacher and student are paired unit by unit (``model.units()``; each unit ends in one
+activation). For a batch, the teacher (eval mode, no gradient) gives each unit's activation
+``a_l``; the target is ``â_l = clamp(a_l / P_p(a_l), 0, 1)`` with ``P_p`` the p-th percentile
+over the whole batch tensor (p = 99.9 offline, 99 online), a firing rate in ``[0, 1]``.
+
+**Offline.** Unit ``l`` takes the *detached* spikes of unit ``l - 1`` and runs all ``T``
+steps (BPTT inside the unit only); its rate ``r_l = (1/T)·Σ_t s_{l,t}``. The loss is::
+
+    L = CE(ȳ, y) + Σ_l C_l · MSE(r_l, â_l)   [+ α·τ²·KL(softmax(z/τ) ‖ softmax(ȳ/τ))]
+
+with ``ȳ`` the readout of the detached last spikes averaged over ``T`` and ``z`` the
+teacher's logits (distillation, off by default). Each unit's loss is back-propagated as soon
+as it exists, so at most one unit's graph is alive.
+
+**Online.** Time steps run one at a time with every neuron's state detached between steps
+(:func:`spikegrad.neurons.streaming` with ``detach=True``), so the gradient at step ``t`` is
+local in time too and memory does not grow with ``T``. Running sums ``S_{l,t} = S_{l,t-1} +
+s_{l,t}`` (the past detached) give rates ``r_{l,t} = S_{l,t}/(t+1)``; from ``t = T_warm`` on
+each step adds ``Σ_l C_l·MSE(r_{l,t}, â_l) + CE(readout(r_{L,t}), y)`` and is
+back-propagated at once. Inference averages the readout over ``t >= T_warm`` (the trainer's
+``readout_start``; ``spikegrad eval`` reads it from the stored config).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torch.utils.data.dataloader import default_collate
+
+from spikegrad.config import Config, LTLConfig
+from spikegrad.errors import UserError
+from spikegrad.methods.teacher_init import init_student_from_teacher
+from spikegrad.neurons import streaming
+from spikegrad.trainer import Component, StepOutput, Trainer
+
+__all__ = [
+    "LocalTandemLearning", "build_ltl", "distillation_loss", "normalised_targets",
+    "offline_unit_outputs", "online_running_rates", "pair_units", "percentile", "readout_start",
+    "resolve_T_warm", "resolve_teacher", "teacher_activations",
+]
+
+DEFAULT_PERCENTILE = {"offline": 99.9, "online": 99.0}
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def percentile(x: Tensor, p: float) -> Tensor:
+    """``P_p(x)`` over all elements of ``x`` (0-dim tensor), as ``numpy.percentile``.
+
+    With the sorted values ``v_0 <= ... <= v_{n-1}`` and ``r = (p/100)·(n - 1)``:
+    ``P_p = v_⌊r⌋ + (r - ⌊r⌋)·(v_⌊r⌋+1 - v_⌊r⌋)`` (linear interpolation).
+    """
+    if not 0.0 <= p <= 100.0:
+        raise UserError(f"a percentile must lie in [0, 100], got {p}")
+    flat = x.detach().flatten().float()
+    n = flat.numel()
+    if n == 0:
+        raise UserError("the percentile of an empty tensor is undefined")
+    rank = p / 100.0 * (n - 1)
+    lo = min(math.floor(rank), n - 1)
+    low = flat.kthvalue(lo + 1).values
+    if lo + 1 >= n or rank == lo:
+        return low
+    high = flat.kthvalue(lo + 2).values
+    return low + (rank - lo) * (high - low)
+
+
+def normalised_targets(activation: Tensor, p: float) -> Tensor:
+    """``â = clamp(a / P_p(a), 0, 1)`` over the whole batch tensor ``a`` (a dead layer gives 0)."""
+    scale = percentile(activation, p).clamp_min(1e-12)
+    return (activation.float() / scale).clamp(0.0, 1.0)
+
+
+@torch.no_grad()
+def teacher_activations(teacher: nn.Module, inputs: Tensor) -> tuple[list[Tensor], Tensor]:
+    """The teacher's unit outputs ``[B, ...]`` and logits ``[B, classes]``, in eval mode."""
+    teacher.eval()
+    h = teacher.encode(inputs)  # (1, B, ...)
+    activations = []
+    for _, unit in teacher.units():
+        h = unit(h)
+        activations.append(h[0])
+    return activations, teacher.classifier(h).mean(0)
+
+
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """``τ²·KL(softmax(z/τ) ‖ softmax(y/τ))``, batch mean (Hinton et al.'s scaling)."""
+    log_student = F.log_softmax(student_logits / temperature, dim=1)
+    log_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
+    return temperature**2 * F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean")
+
+
+# --------------------------------------------------------------------------- pairing
+
+
+class _EvalMode:
+    """Put modules in eval mode for a block and restore each submodule's flag afterwards."""
+
+    def __init__(self, *models: nn.Module) -> None:
+        self.flags = [(m, m.training) for model in models for m in model.modules()]
+
+    def __enter__(self) -> None:
+        for m, _ in self.flags:
+            m.training = False
+
+    def __exit__(self, *exc) -> None:
+        for m, flag in self.flags:
+            m.training = flag
+
+
+def _check_network(model: nn.Module, role: str) -> None:
+    for attr in ("units", "encode", "classifier"):
+        if not hasattr(model, attr):
+            raise UserError(f"the LTL {role} needs units(), encode() and classifier (a registered "
+                            f"model or a SpikingNetwork subclass); {type(model).__name__} has no "
+                            f"{attr}")
+
+
+@torch.no_grad()
+def pair_units(student: nn.Module, teacher: nn.Module, example: Tensor) -> list[str]:
+    """Pair the units of student and teacher one to one by running ``example`` through both.
+
+    Returns the unit names; a different number of units, or a unit whose output has another
+    shape (per sample), is a :class:`UserError` naming the first such unit and both shapes.
+    """
+    _check_network(student, "student")
+    _check_network(teacher, "teacher")
+    s_units, t_units = student.units(), teacher.units()
+    with _EvalMode(student, teacher):
+        s_h, t_h = student.encode(example), teacher.encode(example)
+        for i in range(max(len(s_units), len(t_units))):
+            if i >= len(s_units) or i >= len(t_units):
+                longer, role = (s_units, "student") if i < len(s_units) else (t_units, "teacher")
+                raise UserError(
+                    f"LTL pairs units one to one, but the student has {len(s_units)} units and the "
+                    f"teacher {len(t_units)}: the {role}'s unit {longer[i][0]} has no partner; use "
+                    "the ANN twin of the student's architecture as the teacher"
+                )
+            (s_name, s_unit), (t_name, t_unit) = s_units[i], t_units[i]
+            s_h, t_h = s_unit(s_h), t_unit(t_h)
+            if s_h.shape[2:] != t_h.shape[2:]:
+                raise UserError(
+                    f"LTL unit mismatch at student unit {s_name} / teacher unit {t_name}: the "
+                    f"student gives {tuple(s_h.shape[2:])} per sample, the teacher "
+                    f"{tuple(t_h.shape[2:])}; the teacher must be the ANN twin of the student "
+                    "(same model.name, width and options)"
+                )
+    return [name for name, _ in s_units]
+
+
+# --------------------------------------------------------------------------- local forward passes
+
+
+def offline_unit_outputs(model: nn.Module, x: Tensor) -> Iterator[tuple[str, Tensor]]:
+    """Yield ``(name, spikes [T, B, ...])`` of each unit fed the detached spikes of the last one."""
+    h = x
+    for name, unit in model.units():
+        out = unit(h.detach())
+        yield name, out
+        h = out
+
+
+def online_running_rates(
+    model: nn.Module, x: Tensor, T_warm: int
+) -> Iterator[tuple[int, list[Tensor], Tensor]]:
+    """Run ``x [T, B, ...]`` one step at a time, every state and spike detached between steps.
+
+    For ``t >= T_warm`` yields ``(t, rates, last_spikes)``: the running rates
+    ``r_{l,t} = (S_{l,t-1} + s_{l,t})/(t + 1)`` of every unit ``[B, ...]``, with a graph through
+    step ``t`` only, and the last unit's spikes ``s_{L,t}`` (detached). Steps before
+    ``T_warm`` run without a graph. Consume each item (e.g. back-propagate) before the next.
+    """
+    units = [unit for _, unit in model.units()]
+    sums: list[Tensor | None] = [None] * len(units)
+    grad = torch.is_grad_enabled()
+    with streaming(model, detach=True):
+        for t in range(x.shape[0]):
+            with torch.set_grad_enabled(grad and t >= T_warm):
+                h = x[t : t + 1]  # (1, B, ...)
+                rates = []
+                for i, unit in enumerate(units):
+                    spikes = unit(h.detach())  # (1, B, ...)
+                    total = spikes[0] if sums[i] is None else sums[i] + spikes[0]
+                    sums[i] = total.detach()
+                    rates.append(total / (t + 1))
+                    h = spikes
+            if t >= T_warm:
+                yield t, rates, h[0].detach()
+
+
+def resolve_T_warm(T_warm: int | None, T: int) -> int:
+    """The first step with a loss (online): ``T_warm`` or ``⌊3T/4⌋`` (12 of 16, as published)."""
+    value = (3 * T) // 4 if T_warm is None else int(T_warm)
+    if not 0 <= value < T:
+        raise UserError(f"ltl.T_warm must lie in [0, T) = [0, {T}), got {value}; lower ltl.T_warm "
+                        "or raise model.T")
+    return value
+
+
+def readout_start(config: Config, T: int) -> int:
+    """The first time step of the readout for a run of ``config`` (``T_warm`` for online LTL)."""
+    return resolve_T_warm(config.ltl.T_warm, T) if config.ltl.mode == "online" else 0
+
+
+# --------------------------------------------------------------------------- the component
+
+
+class LocalTandemLearning(Component):
+    """LTL as a trainer component: owns the loss and back-propagates unit by unit (or step by step).
+
+    Args:
+        teacher: the trained ANN twin of the student (``kind="ann"``, ``T = 1``).
+        mode: ``"offline"`` or ``"online"``.
+        percentile: p of the target normalisation (None: 99.9 offline, 99 online).
+        layer_weights: ``C_l`` per unit (None or empty: 1 each).
+        T_warm: online: first step with a loss and in the readout (None: ``⌊3T/4⌋``).
+        distill: weight α of distilling the teacher's logits at the readout (0: off).
+        distill_temperature: τ of the distillation.
+        student_init: ``"random"`` (keep the student's weights) or ``"teacher"`` (see
+            :mod:`spikegrad.methods.teacher_init`).
+        init_batches: teacher init: training batches (in order) that estimate the percentiles.
+    """
+
+    name = "ltl"
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        mode: str = "offline",
+        percentile: float | None = None,
+        layer_weights: Sequence[float] | None = None,
+        T_warm: int | None = None,
+        distill: float = 0.0,
+        distill_temperature: float = 4.0,
+        student_init: str = "random",
+        init_batches: int = 4,
+    ) -> None:
+        if mode not in DEFAULT_PERCENTILE:
+            raise UserError(f"LTL mode must be 'offline' or 'online', got {mode!r}")
+        if student_init not in ("random", "teacher"):
+            raise UserError(f"ltl.student_init must be 'random' or 'teacher', got {student_init!r}")
+        if getattr(teacher, "kind", "ann") != "ann" or getattr(teacher, "T", 1) != 1:
+            raise UserError("the LTL teacher must be an ANN (model.kind: ann, T = 1); train the "
+                            "ANN twin of the student first")
+        self.teacher = teacher
+        self.mode = mode
+        self.percentile = DEFAULT_PERCENTILE[mode] if percentile is None else float(percentile)
+        self.layer_weights = list(layer_weights or [])
+        self.T_warm_option = T_warm
+        self.T_warm = 0
+        self.distill = float(distill)
+        self.distill_temperature = float(distill_temperature)
+        self.student_init = student_init
+        self.init_batches = int(init_batches)
+        self.initialised = False
+        self.unit_names: list[str] = []
+        self._loss_sums: dict[str, float] = {}
+        self._loss_counts: dict[str, int] = {}
+
+    # ---------------------------------------------------------------- set-up
+
+    def attach(self, trainer: Trainer) -> None:
+        student = trainer.model
+        dataset = trainer.train_loader.dataset
+        example = default_collate([dataset[i] for i in range(min(2, len(dataset)))])[0]
+        self.teacher.to(trainer.device).eval().requires_grad_(False)
+        self.unit_names = pair_units(student, self.teacher, example.to(trainer.device))
+        if not self.layer_weights:
+            self.layer_weights = [1.0] * len(self.unit_names)
+        if len(self.layer_weights) != len(self.unit_names):
+            raise UserError(f"ltl.layer_weights has {len(self.layer_weights)} values but the student "
+                            f"has {len(self.unit_names)} units ({', '.join(self.unit_names)})")
+        T = getattr(student, "T", None)
+        if self.mode == "online":
+            if T is None:
+                raise UserError("online LTL needs the student's number of time steps (model.T)")
+            self.T_warm = resolve_T_warm(self.T_warm_option, T)
+            trainer.readout_start = self.T_warm
+        if self.student_init == "teacher" and not self.initialised:
+            loader = DataLoader(dataset, batch_size=trainer.config.data.batch_size, shuffle=False)
+            init_student_from_teacher(student, self.teacher, self.estimate_percentiles(
+                loader, trainer.device))
+            self.initialised = True
+
+    def estimate_percentiles(self, loader: DataLoader, device: torch.device) -> list[float]:
+        """Mean over the first ``init_batches`` batches of each teacher unit's ``P_p``."""
+        sums, batches = [0.0] * len(self.unit_names), 0
+        for inputs, _ in loader:
+            activations, _ = teacher_activations(self.teacher, inputs.to(device))
+            sums = [s + float(percentile(a, self.percentile)) for s, a in zip(sums, activations,
+                                                                               strict=True)]
+            batches += 1
+            if batches == self.init_batches:
+                break
+        return [s / batches for s in sums]
+
+    # ---------------------------------------------------------------- loss
+
+    def targets(self, inputs: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Normalised teacher targets ``â_l [B, ...]`` and the teacher's logits."""
+        activations, logits = teacher_activations(self.teacher, inputs)
+        return [normalised_targets(a, self.percentile) for a in activations], logits
+
+    def _readout_loss(self, trainer: Trainer, logits: Tensor, targets: Tensor,
+                      teacher_logits: Tensor) -> Tensor:
+        loss = F.cross_entropy(logits, targets, label_smoothing=trainer.config.train.label_smoothing)
+        if self.distill > 0:
+            loss = loss + self.distill * distillation_loss(logits, teacher_logits,
+                                                           self.distill_temperature)
+        return loss
+
+    def _record(self, name: str, loss: Tensor, n: int) -> None:
+        self._loss_sums[name] = self._loss_sums.get(name, 0.0) + float(loss.detach()) * n
+        self._loss_counts[name] = self._loss_counts.get(name, 0) + n
+
+    def compute_loss(self, trainer: Trainer, inputs: Tensor, targets: Tensor) -> StepOutput:
+        unit_targets, teacher_logits = self.targets(inputs)
+        if self.mode == "offline":
+            return self._offline(trainer, inputs, targets, unit_targets, teacher_logits)
+        return self._online(trainer, inputs, targets, unit_targets, teacher_logits)
+
+    def _offline(self, trainer: Trainer, inputs: Tensor, targets: Tensor,
+                 unit_targets: list[Tensor], teacher_logits: Tensor) -> StepOutput:
+        model, n = trainer.model, targets.shape[0]
+        total = 0.0
+        last = None
+        outputs = offline_unit_outputs(model, model.encode(inputs))
+        for (name, spikes), target, weight in zip(outputs, unit_targets, self.layer_weights,
+                                                  strict=True):
+            loss = F.mse_loss(spikes.mean(0).float(), target)  # rate over T vs â_l
+            trainer.scaler.scale(weight * loss).backward()
+            self._record(name, loss, n)
+            total += weight * loss.item()
+            last = spikes.detach()
+        logits = model.classifier(last).mean(0)  # (B, classes), readout averaged over T
+        readout = self._readout_loss(trainer, logits.float(), targets, teacher_logits)
+        trainer.scaler.scale(readout).backward()
+        total += readout.item()
+        return StepOutput(torch.tensor(total), logits.detach(), backpropagated=True)
+
+    def _online(self, trainer: Trainer, inputs: Tensor, targets: Tensor,
+                unit_targets: list[Tensor], teacher_logits: Tensor) -> StepOutput:
+        model, n = trainer.model, targets.shape[0]
+        total, readout_sum = 0.0, None
+        x = model.encode(inputs)  # (T, B, ...)
+        for _, rates, last in online_running_rates(model, x, self.T_warm):
+            loss = torch.zeros((), device=inputs.device)
+            for name, rate, target, weight in zip(self.unit_names, rates, unit_targets,
+                                                  self.layer_weights, strict=True):
+                unit_loss = F.mse_loss(rate.float(), target)
+                self._record(name, unit_loss, n)
+                loss = loss + weight * unit_loss
+            logits_t = model.classifier(rates[-1].detach().unsqueeze(0))[0]  # readout of r_{L,t}
+            loss = loss + self._readout_loss(trainer, logits_t.float(), targets, teacher_logits)
+            trainer.scaler.scale(loss).backward()
+            total += loss.item()
+            with torch.no_grad():
+                step_logits = model.classifier(last.unsqueeze(0))[0]  # inference readout at t
+                readout_sum = step_logits if readout_sum is None else readout_sum + step_logits
+        return StepOutput(torch.tensor(total), readout_sum / (x.shape[0] - self.T_warm),
+                          backpropagated=True)
+
+    # ---------------------------------------------------------------- bookkeeping
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> dict[str, Any]:
+        self._loss_sums, self._loss_counts = {}, {}
+        return {}
+
+    def epoch_metrics(self, trainer: Trainer) -> dict[str, Any]:
+        """``ltl_layer_losses``: unit name -> mean MSE over the epoch (per step, online)."""
+        return {"ltl_layer_losses": {name: self._loss_sums[name] / self._loss_counts[name]
+                                     for name in self.unit_names if self._loss_counts.get(name)}}
+
+    def method_name(self, base: str) -> str:
+        return f"ltl-{self.mode}"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "initialised": self.initialised}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("mode", self.mode) != self.mode:
+            raise UserError(f"this checkpoint was trained with ltl.mode={state['mode']!r}, not "
+                            f"{self.mode!r}")
+        self.initialised = bool(state.get("initialised", self.initialised))
+
+
+# --------------------------------------------------------------------------- from a config
+
+
+def _recipe_file(name: str) -> Path:
+    path = Path(name)
+    if path.is_file():
+        return path
+    from spikegrad.demo import recipe_path
+
+    packaged = recipe_path(path.stem if path.suffix == ".yaml" else name)
+    if packaged.is_file():
+        return packaged
+    raise UserError(f"ltl.teacher_recipe {name!r} is neither a file nor a packaged recipe")
+
+
+def resolve_teacher(ltl: LTLConfig, out_dir: str | Path | None, verbose: bool = True) -> nn.Module:
+    """The teacher: loaded from ``ltl.teacher_checkpoint``, or ``ltl.teacher_recipe`` trained first.
+
+    A recipe teacher trains into ``<out_dir>/teacher`` (a temporary folder without ``out_dir``);
+    a finished teacher run there with the same config is reused.
+    """
+    from spikegrad.checkpoint import load_model
+    from spikegrad.config import load_config
+
+    if ltl.teacher_checkpoint is not None:
+        model, _ = load_model(ltl.teacher_checkpoint)
+        return model
+    if ltl.teacher_recipe is None:
+        raise UserError("LTL needs a teacher: set ltl.teacher_checkpoint (a trained ANN twin) or "
+                        "ltl.teacher_recipe (a recipe with model.kind: ann, trained first)")
+    config = load_config(_recipe_file(ltl.teacher_recipe), ltl.teacher_set)
+    if config.ltl.mode != "off" or config.model.kind != "ann":
+        raise UserError(f"the teacher recipe {ltl.teacher_recipe!r} must train an ANN (model.kind: "
+                        "ann, ltl.mode: off); add 'model.kind=ann' to ltl.teacher_set")
+    if out_dir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            return _train_teacher(config, Path(tmp), verbose)
+    return _train_teacher(config, Path(out_dir) / "teacher", verbose)
+
+
+def _train_teacher(config: Config, folder: Path, verbose: bool) -> nn.Module:
+    from spikegrad.checkpoint import load_model
+    from spikegrad.config import load_config
+    from spikegrad.run import train
+
+    done = (folder / "summary.json").is_file() and (folder / "last.pt").is_file()
+    if not (done and load_config(folder / "config.yaml") == config):
+        if verbose:
+            print(f"== LTL teacher: training {config.name or 'the ANN'} into {folder}", flush=True)
+        train(config, folder, verbose=verbose)
+    model, _ = load_model(folder / "last.pt")
+    return model
+
+
+def build_ltl(config: Config, out_dir: str | Path | None = None, verbose: bool = True
+              ) -> LocalTandemLearning:
+    """The LTL component a config's ``ltl`` section asks for (its teacher resolved)."""
+    ltl = config.ltl
+    return LocalTandemLearning(
+        resolve_teacher(ltl, out_dir, verbose), ltl.mode, ltl.percentile, ltl.layer_weights,
+        ltl.T_warm, ltl.distill, ltl.distill_temperature, ltl.student_init, ltl.init_batches,
+    )

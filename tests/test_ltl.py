@@ -1,0 +1,304 @@
+"""Local tandem learning: targets, pairing, locality in layers and time, teacher init, runs."""
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikegrad import models
+from spikegrad.checkpoint import load_model
+from spikegrad.config import Config, load_config
+from spikegrad.demo import recipe_path
+from spikegrad.dynamics import NeuronState
+from spikegrad.errors import UserError
+from spikegrad.methods.ltl import (
+    LocalTandemLearning,
+    normalised_targets,
+    offline_unit_outputs,
+    online_running_rates,
+    pair_units,
+    percentile,
+    resolve_T_warm,
+    teacher_activations,
+)
+from spikegrad.methods.teacher_init import fold_batch_norm, init_student_from_teacher
+from spikegrad.run import train
+
+NEURON = {"type": "lif", "leak": 0.9, "threshold": 0.6, "reset": "hard"}
+
+
+def digits_net(kind="snn", T=4, width=0.25, batch_norm=True, **kwargs):
+    return models.create("digits_cnn", kind=kind, T=T, width=width, neuron=NEURON,
+                         surrogate={"name": "rectangle", "width": 1.0},
+                         batch_norm=batch_norm, **kwargs)
+
+
+def trained_like_teacher(seed=0):
+    """An ANN twin with non-trivial batch-norm statistics (a few forward passes in train mode)."""
+    torch.manual_seed(seed)
+    teacher = digits_net("ann")
+    with torch.no_grad():
+        for _ in range(3):
+            teacher(torch.rand(16, 1, 8, 8) * 2)
+    return teacher.eval()
+
+
+def unit_params(model):
+    return [list(unit.parameters()) for _, unit in model.units()]
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def test_percentile_matches_hand_values_and_numpy():
+    x = torch.arange(1.0, 11.0)  # 1..10: rank r = p/100 · 9
+    assert percentile(x, 50).item() == pytest.approx(5.5)  # between 5 and 6
+    assert percentile(x, 90).item() == pytest.approx(9.1)  # r = 8.1: 9 + 0.1·(10 - 9)
+    assert percentile(x, 100).item() == 10 and percentile(x, 0).item() == 1
+    y = torch.randn(3, 7, 11)
+    for p in (99.9, 99.0, 73.3):
+        assert percentile(y, p).item() == pytest.approx(np.percentile(y.numpy(), p), rel=1e-5)
+
+
+def test_targets_divide_by_the_batch_percentile_and_clip():
+    a = torch.tensor([[0.0, 1.0], [2.0, 4.0]])  # P_50 over all four values: rank 1.5 -> 1.5
+    expected = torch.tensor([[0.0, 1 / 1.5], [1.0, 1.0]])
+    assert torch.allclose(normalised_targets(a, 50), expected)
+    assert torch.equal(normalised_targets(torch.zeros(5), 99), torch.zeros(5))  # dead layer
+
+
+def test_teacher_targets_come_from_eval_mode_without_gradients():
+    teacher = trained_like_teacher().train()
+    stats = [m.running_mean.clone() for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)]
+    x = torch.rand(5, 1, 8, 8)
+    acts, logits = teacher_activations(teacher, x)
+    assert all(not a.requires_grad for a in acts) and not logits.requires_grad
+    after = [m.running_mean for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.equal(a, b) for a, b in zip(stats, after, strict=True))  # eval: stats untouched
+    h = teacher.encode(x)
+    for (_, unit), a in zip(teacher.units(), acts, strict=True):
+        h = unit(h)
+        assert torch.equal(h[0], a)
+
+
+# --------------------------------------------------------------------------- pairing
+
+
+def test_pairing_accepts_the_ann_twin_and_names_the_first_mismatch():
+    example = torch.rand(2, 1, 8, 8)
+    assert pair_units(digits_net(batch_norm=False), digits_net("ann"), example) == [
+        "features.0", "features.1", "features.2"]
+    with pytest.raises(UserError, match=r"features\.0.*\(8, 8, 8\).*\(16, 8, 8\)"):
+        pair_units(digits_net(width=0.25), digits_net("ann", width=0.5), example)
+    vgg = {"num_classes": 10, "in_channels": 1, "input_size": 8, "width": 0.125}
+    with pytest.raises(UserError, match=r"student has 11 units and the teacher 10.*features\.10"):
+        pair_units(models.create("vgg13", T=2, hidden_fc=(16,), **vgg),
+                   models.create("vgg13", kind="ann", **vgg), example)
+
+
+def test_bad_ltl_settings_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="must be an ANN"):
+        LocalTandemLearning(digits_net("snn"))
+    with pytest.raises(UserError, match=r"T_warm must lie in \[0, T\)"):
+        resolve_T_warm(4, 4)
+    assert resolve_T_warm(None, 16) == 12
+    with pytest.raises(UserError, match="needs a teacher"):
+        train(tiny_config(**{"ltl.mode": "offline"}), tmp_path, verbose=False)
+
+
+# --------------------------------------------------------------------------- locality
+
+
+def test_offline_unit_loss_puts_no_gradient_on_earlier_units():
+    student, teacher = digits_net(batch_norm=False), trained_like_teacher()
+    x = torch.rand(4, 1, 8, 8)
+    targets = [normalised_targets(a, 99.9) for a in teacher_activations(teacher, x)[0]]
+    params = unit_params(student)
+    for index, (_, spikes) in enumerate(offline_unit_outputs(student, student.encode(x))):
+        loss = F.mse_loss(spikes.mean(0), targets[index])
+        earlier = [p for group in params[:index] for p in group]
+        if earlier:
+            assert all(g is None for g in torch.autograd.grad(loss, earlier, retain_graph=True,
+                                                              allow_unused=True))
+        own = torch.autograd.grad(loss, params[index][0], retain_graph=True)[0]
+        assert own.abs().sum() > 0  # the unit's own weights do learn
+
+
+def test_online_step_loss_is_local_in_layers_and_keeps_no_graph_across_steps():
+    torch.manual_seed(1)
+    student = digits_net(T=6, batch_norm=False)
+    x = student.encode(torch.rand(3, 1, 8, 8) * 2)
+    params = unit_params(student)
+    sizes = []
+    for _, rates, _ in online_running_rates(student, x, T_warm=1):
+        for index, rate in enumerate(rates):
+            loss = rate.pow(2).mean()
+            earlier = [p for group in params[:index] for p in group]
+            if earlier:
+                assert all(g is None for g in torch.autograd.grad(
+                    loss, earlier, retain_graph=True, allow_unused=True))
+        sizes.append(graph_size(rates[-1]))
+    assert len(sizes) == 5 and len(set(sizes)) == 1  # the graph does not grow with t
+
+
+def graph_size(tensor):
+    seen, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(n for n, _ in node.next_functions)
+    return len(seen)
+
+
+def test_online_gradient_equals_the_per_step_truncated_reference():
+    torch.manual_seed(2)
+    student = digits_net(T=5, batch_norm=False)
+    x = student.encode(torch.rand(3, 1, 8, 8) * 2)
+    unit = student.features[0]
+    target = torch.rand(3, 8, 8, 8)
+    T_warm = 2
+
+    def reference(truncate: bool) -> torch.Tensor:
+        current = unit[0](x)  # (T, B, C, H, W): conv over all steps at once
+        state, total, loss = None, 0.0, 0.0
+        for t in range(x.shape[0]):
+            spikes, state = unit[1].step(current[t], state)
+            if truncate:
+                state = NeuronState(state.v.detach())
+            rate = (total + spikes) / (t + 1)
+            total = (total + spikes).detach() if truncate else total + spikes
+            if t >= T_warm:
+                loss = loss + F.mse_loss(rate, target)
+        return torch.autograd.grad(loss, unit[0].module[0].weight)[0]
+
+    student.zero_grad()
+    for _, rates, _ in online_running_rates(student, x, T_warm):
+        F.mse_loss(rates[0], target).backward()
+    online = unit[0].module[0].weight.grad
+    assert torch.allclose(online, reference(truncate=True), atol=1e-6)
+    assert not torch.allclose(online, reference(truncate=False), atol=1e-3)  # BPTT differs
+
+
+def fake_trainer(model):
+    return SimpleNamespace(model=model, scaler=torch.amp.GradScaler("cpu", enabled=False),
+                           config=Config())
+
+
+def test_offline_component_gradients_are_the_weighted_local_losses():
+    torch.manual_seed(3)
+    student, teacher = digits_net(batch_norm=False), trained_like_teacher()
+    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    ltl = LocalTandemLearning(teacher, "offline", layer_weights=[0.5, 2.0, 1.0])
+    ltl.unit_names = [n for n, _ in student.units()]
+    out = ltl.compute_loss(fake_trainer(student), x, y)
+    assert out.backpropagated and out.logits.shape == (4, 10)
+    targets = [normalised_targets(a, 99.9) for a in teacher_activations(teacher, x)[0]]
+    grads, last, expected_loss = [], None, 0.0
+    for (_, spikes), target, c in zip(offline_unit_outputs(student, student.encode(x)), targets,
+                                      [0.5, 2.0, 1.0], strict=True):
+        loss = c * F.mse_loss(spikes.mean(0), target)
+        grads.append(torch.autograd.grad(loss, unit_params(student)[len(grads)]))
+        expected_loss += loss.item()
+        last = spikes.detach()
+    for group, expected in zip(unit_params(student), grads, strict=True):
+        for p, g in zip(group, expected, strict=True):
+            assert torch.allclose(p.grad, g, atol=1e-6)
+    ce = F.cross_entropy(student.classifier(last).mean(0), y)
+    assert out.loss.item() == pytest.approx(expected_loss + ce.item(), rel=1e-5)
+
+
+# --------------------------------------------------------------------------- teacher init
+
+
+def test_batch_norm_folds_exactly():
+    conv, bn = nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(-2, 2)
+        bn.bias.uniform_(-1, 1)
+    bn.eval()
+    x = torch.randn(2, 3, 6, 6)
+    weight, bias = fold_batch_norm(conv, bn)
+    assert torch.allclose(F.conv2d(x, weight, bias), bn(conv(x)), atol=1e-5)
+
+
+def test_teacher_init_scales_each_unit_by_its_percentiles():
+    teacher = trained_like_teacher()
+    student = digits_net(batch_norm=False)
+    percentiles = [1.7, 0.9, 1.3]
+    init_student_from_teacher(student, teacher, percentiles)
+    theta = NEURON["threshold"]
+    a = torch.rand(5, 1, 8, 8)[None]  # (1, B, C, H, W): the input, P_0 = 1
+    previous = 1.0
+    with torch.no_grad():
+        for ((_, s_unit), (_, t_unit)), p in zip(zip(student.units(), teacher.units(), strict=True),
+                                                 percentiles, strict=True):
+            current = s_unit[0](a / previous)  # student's input current for rates a / P_{l-1}
+            assert torch.allclose(current, theta * t_unit[0](a) / p, atol=1e-5)
+            a, previous = t_unit(a), p
+        assert torch.allclose(student.classifier(a / previous), teacher.classifier(a), atol=1e-5)
+
+
+def test_teacher_init_refuses_a_student_with_batch_norm():
+    with pytest.raises(UserError, match="batch_norm=false"):
+        init_student_from_teacher(digits_net(), trained_like_teacher(), [1.0, 1.0, 1.0])
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def tiny_config(**overrides) -> Config:
+    base = {"train.epochs": 1, "train.progress": False, "data.batch_size": 128,
+            "model.width": 0.25, "model.T": 4, "model.options": {"batch_norm": False},
+            "optim.name": "adam", "optim.lr": 0.003, "model.neuron": NEURON,
+            "model.surrogate": {"name": "rectangle", "width": 1.0}}
+    base.update(overrides)
+    return load_config(recipe_path("digits")).with_overrides(base)
+
+
+@pytest.fixture(scope="module")
+def teacher_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("teacher")
+    train(tiny_config(**{"model.kind": "ann", "model.options": {}, "train.epochs": 3}), folder,
+          verbose=False)
+    return folder / "last.pt"
+
+
+@pytest.mark.parametrize("mode", ["offline", "online"])
+def test_ltl_runs_report_method_and_layer_losses(tmp_path, teacher_checkpoint, mode):
+    config = tiny_config(**{"ltl.mode": mode, "ltl.teacher_checkpoint": str(teacher_checkpoint),
+                            "ltl.student_init": "teacher"})
+    summary = train(config, tmp_path, verbose=False)
+    assert summary["method"] == f"ltl-{mode}"
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    losses = row["ltl_layer_losses"]
+    assert list(losses) == ["features.0", "features.1", "features.2"]
+    assert all(0 <= v <= 1 for v in losses.values())
+    assert summary["final_test_acc"] > 0.4  # initialised from the teacher (about 0.7; chance 0.1)
+    proc = subprocess.run([sys.executable, "-m", "spikegrad.cli", "eval", str(tmp_path / "last.pt")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr  # eval reads the online readout window from the config
+    assert json.loads(proc.stdout)["test_acc"] == pytest.approx(summary["final_test_acc"])
+
+
+def test_teacher_recipe_is_trained_first_into_the_run_folder(tmp_path):
+    config = tiny_config(**{
+        "ltl.mode": "offline", "ltl.teacher_recipe": "digits",
+        "ltl.teacher_set": ["model.kind=ann", "model.width=0.25", "train.epochs=1",
+                            "train.progress=false"],
+    })
+    assert train(config, tmp_path, verbose=False)["method"] == "ltl-offline"
+    teacher, _ = load_model(tmp_path / "teacher" / "last.pt")
+    assert teacher.kind == "ann"
+    bad = config.with_overrides({"ltl.teacher_set": ["model.width=0.25"]})
+    with pytest.raises(UserError, match="must train an ANN"):
+        train(bad, tmp_path / "bad", verbose=False)
