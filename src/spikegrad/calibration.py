@@ -1,0 +1,93 @@
+"""Calibrate a trained SNN on imperfect devices with a budget of optimizer steps.
+
+The devices (:mod:`spikegrad.devices`) are applied to the network, then one of:
+
+- ``none``: no update;
+- ``ltl-online``: ``steps`` steps of online local tandem learning against the ANN teacher
+  (local in layers and in time: what an on-chip learning circuit can do);
+- ``bptt``: ``steps`` steps of surrogate-gradient BPTT fine-tuning (the trainer's default
+  loss), the off-chip reference.
+
+Both updating methods run in the one :class:`~spikegrad.trainer.Trainer` for one epoch over
+``steps · batch_size`` training samples (a seeded random subset), with a constant learning
+rate, no weight decay, and :class:`~spikegrad.devices.DeviceSync` re-applying the devices
+after every step. Accuracy is always read out the same way (logits averaged over
+``t >= readout_start``), so the methods compare on equal terms.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from spikegrad.config import Config
+from spikegrad.data import build_augmentation
+from spikegrad.devices import DeviceModel, DeviceSync, ImperfectDevices
+from spikegrad.errors import UserError, unknown_name_error
+from spikegrad.methods.ltl import LocalTandemLearning
+from spikegrad.trainer import Trainer, evaluate_model, resolve_device
+
+__all__ = ["CALIBRATION_METHODS", "calibrate"]
+
+CALIBRATION_METHODS = ("none", "ltl-online", "bptt")
+
+
+def calibration_config(config: Config, lr: float | None = None) -> Config:
+    """``config`` for a calibration run: one epoch, constant learning rate, no weight decay."""
+    overrides: dict[str, Any] = {"train.epochs": 1, "schedule.name": "constant",
+                                 "schedule.warmup_epochs": 0.0, "optim.weight_decay": 0.0,
+                                 "train.progress": False}
+    if lr is not None:
+        overrides["optim.lr"] = lr
+    return config.with_overrides(overrides)
+
+
+def calibrate(
+    model: nn.Module,
+    device_model: DeviceModel,
+    train_set: Dataset,
+    test_set: Dataset,
+    config: Config,
+    method: str,
+    steps: int,
+    teacher: nn.Module | None = None,
+    readout_start: int = 0,
+    lr: float | None = None,
+) -> dict[str, Any]:
+    """Apply ``device_model`` to ``model`` (in place), calibrate, and measure test accuracy.
+
+    Returns ``{"method", "devices", "steps", "acc_before", "acc_after"}``; ``acc_before`` is
+    the faulty network before any update. ``teacher`` (the ANN twin) is needed by
+    ``ltl-online``. ``lr`` overrides ``optim.lr``.
+    """
+    if method not in CALIBRATION_METHODS:
+        raise unknown_name_error("calibration method", method, CALIBRATION_METHODS)
+    if method == "ltl-online" and teacher is None:
+        raise UserError("ltl-online calibration needs the ANN teacher")
+    config = calibration_config(config, lr)
+    device = resolve_device(config.train.device)
+    model.to(device)
+    devices = ImperfectDevices(model, device_model)
+    test_loader = DataLoader(test_set, batch_size=config.data.eval_batch_size)
+
+    def accuracy() -> float:
+        return float(evaluate_model(model, test_loader, device, readout_start=readout_start)["test_acc"])
+
+    result: dict[str, Any] = {"method": method, "devices": device_model.describe(), "steps": 0,
+                              "acc_before": accuracy()}
+    if method != "none" and steps > 0:
+        size = min(len(train_set), steps * config.data.batch_size)
+        generator = torch.Generator().manual_seed(config.train.seed)
+        subset = Subset(train_set, torch.randperm(len(train_set), generator=generator)[:size].tolist())
+        components = [DeviceSync(devices)]
+        if method == "ltl-online":
+            components.insert(0, LocalTandemLearning(teacher, "online", T_warm=config.ltl.T_warm))
+        trainer = Trainer(model, subset, test_set, config, components=components,
+                          augment=build_augmentation(config.data.augment), verbose=False)
+        trainer.train_one_epoch(0)
+        result["steps"] = trainer.iteration
+    result["acc_after"] = accuracy()
+    return result

@@ -1,0 +1,123 @@
+"""Device non-idealities and calibration."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from spikegrad import models, neurons, surrogates
+from spikegrad.calibration import calibrate
+from spikegrad.config import load_config
+from spikegrad.data import build_datasets
+from spikegrad.demo import recipe_path
+from spikegrad.devices import DeviceModel, ImperfectDevices, quantise
+from spikegrad.errors import UserError
+
+
+def layer(seed=0, shape=(64, 32, 3, 3)):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(shape[1], shape[0], shape[2]), nn.Linear(10, 5))
+
+
+def weights(model):
+    return [m.weight.detach().clone() for m in model if hasattr(m, "weight")]
+
+
+def test_quantisation_matches_hand_values():
+    w = torch.tensor([0.2, 0.26, -0.8, 2.0, -0.24])
+    # 3 bits: L = 3 levels a side, range 1.5 -> step 0.5; 2.0 is clipped to 1.5
+    assert torch.equal(quantise(w, 3, 1.5), torch.tensor([0.0, 0.5, -1.0, 1.5, -0.0]))
+
+
+def test_device_model_is_reproducible_from_its_seed():
+    def faulty(seed):
+        model = layer()
+        ImperfectDevices(model, DeviceModel(sigma=0.2, stuck_at_zero=0.1, stuck_at_max=0.05,
+                                            bits=4, seed=seed))
+        return weights(model)
+
+    a, b, c = faulty(0), faulty(0), faulty(1)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[0], c[0])
+
+
+def test_each_fault_has_the_requested_size():
+    ideal = weights(layer())[0]
+    model = layer()
+    ImperfectDevices(model, DeviceModel(sigma=0.3, stuck_at_zero=0.1, stuck_at_max=0.05))
+    w = weights(model)[0]
+    top = ideal.abs().max()
+    zero, stuck_max = w == 0, w.abs() == top
+    n = w.numel()  # 18,432 weights
+    assert zero.sum() / n == pytest.approx(0.1, abs=0.01)
+    assert stuck_max.sum() / n == pytest.approx(0.05, abs=0.01)
+    healthy = ~zero & ~stuck_max
+    ratio = w[healthy] / ideal[healthy]
+    assert ratio.mean().item() == pytest.approx(1.0, abs=0.01)
+    assert ratio.std().item() == pytest.approx(0.3, abs=0.01)  # multiplicative σ
+
+
+def test_sync_keeps_the_devices_imperfect_after_an_update():
+    model = layer()
+    devices = ImperfectDevices(model, DeviceModel(sigma=0.2, stuck_at_zero=0.2, seed=3))
+    conv = model[0]
+    stuck = conv.weight.detach() == 0
+    programmed = devices.synapses[0].programmed.clone()
+    step = torch.full_like(conv.weight, 0.01)
+    with torch.no_grad():
+        conv.weight += step  # an optimizer step on the device values
+    devices.sync()
+    assert torch.allclose(devices.synapses[0].programmed, programmed + step)
+    expected = devices.synapses[0].gain * (programmed + step)
+    assert torch.allclose(conv.weight[~stuck], expected[~stuck])
+    assert torch.equal(conv.weight[stuck], torch.zeros(int(stuck.sum())))
+    devices.restore()
+    assert torch.allclose(conv.weight, programmed + step)
+
+
+def test_threshold_variation_equals_per_neuron_thresholds():
+    torch.manual_seed(0)
+    neuron = neurons.LIF(leak=0.8, threshold=0.5, surrogate=surrogates.Rectangle())
+    x = torch.rand(6, 3, 4, 5)  # (T, B, C, F)
+    devices = ImperfectDevices(nn.Sequential(neuron), DeviceModel(threshold_sigma=0.3, seed=1))
+    spikes = neuron(x)
+    k = devices.threshold_factors()[0]
+    assert k.shape == (4, 5) and k.std() > 0.1
+    u, expected = torch.zeros(3, 4, 5), []
+    for t in range(6):  # hand loop with per-neuron thresholds θ·k
+        h = 0.8 * u + x[t]
+        s = (h >= 0.5 * k).float()
+        u = h * (1 - s)
+        expected.append(s)
+    assert torch.equal(spikes, torch.stack(expected))
+    devices.restore()
+    assert not torch.equal(neuron(x), spikes)
+
+
+def test_bad_device_models_are_user_errors():
+    with pytest.raises(UserError, match="stuck-at"):
+        DeviceModel(stuck_at_zero=0.7, stuck_at_max=0.5)
+    with pytest.raises(UserError, match="2 bits"):
+        DeviceModel(bits=1)
+
+
+@pytest.mark.parametrize("method", ["none", "ltl-online", "bptt"])
+def test_calibration_updates_under_persistent_faults(method):
+    config = load_config(recipe_path("digits")).with_overrides({
+        "model.width": 0.25, "model.T": 4, "data.batch_size": 64, "optim.name": "adam",
+        "optim.lr": 0.003, "model.options": {"batch_norm": False}})
+    train_set, test_set, _ = build_datasets("digits")
+    kwargs = {"num_classes": 10, "in_channels": 1, "width": 0.25, "input_size": 8}
+    student = models.create("digits_cnn", T=4, batch_norm=False, **kwargs)
+    teacher = models.create("digits_cnn", kind="ann", **kwargs).eval()
+    model = copy.deepcopy(student)
+    result = calibrate(model, DeviceModel(stuck_at_zero=0.3, seed=0), train_set, test_set, config,
+                       method, steps=2, teacher=teacher)
+    assert result["steps"] == (0 if method == "none" else 2)
+    assert 0 <= result["acc_before"] <= 1 and 0 <= result["acc_after"] <= 1
+    first = model.features[0][0].module[0].weight
+    zeros = (first == 0).float().mean().item()
+    assert zeros == pytest.approx(0.3, abs=0.1)  # still stuck after the updates
+    changed = not torch.equal(first, student.features[0][0].module[0].weight)
+    assert changed  # the faults (and any update) reached the network
