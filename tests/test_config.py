@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,19 @@ def test_cli_exits_2_with_a_message_naming_the_key(tmp_path, override, key):
 def test_missing_config_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("src/spikegrad/configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_recipe_loads_as_a_valid_config(path):
+    config = load_config(path)
+    assert isinstance(config, Config) and config.name
+    if config.ltl.mode != "off":  # its teacher recipe is the ANN twin of the student
+        teacher = load_config(path.parent / f"{config.ltl.teacher_recipe.removesuffix('.yaml')}.yaml",
+                              config.ltl.teacher_set)
+        assert teacher.model.kind == "ann" and teacher.ltl.mode == "off"
+        assert teacher.model.name == config.model.name and teacher.data.name == config.data.name
+        student_options = {k: v for k, v in config.model.options.items() if k != "batch_norm"}
+        assert teacher.model.options == student_options
