@@ -22,6 +22,9 @@ from spikegrad.run import train
 class DemoRow:
     folder: str
     overrides: tuple[str, ...] = ()
+    recipe: str = "digits"
+    #: the row whose ``last.pt`` is this row's LTL teacher
+    teacher_row: str | None = None
 
 
 def recipe_path(name: str) -> Path:
@@ -32,15 +35,25 @@ def recipe_path(name: str) -> Path:
 DEMO_ROWS: Sequence[DemoRow] = (
     DemoRow("ann", ("model.kind=ann", "name=digits-ann")),
     DemoRow("dspike"),
+    # The LTL students learn from the ann row: the ANN twin that digits_ltl.yaml names as its
+    # teacher (digits.yaml with model.kind=ann), so it is trained once.
+    DemoRow("ltl-offline", (), "digits_ltl", teacher_row="ann"),
+    DemoRow("ltl-online", ("ltl.mode=online", "name=digits-ltl-online"), "digits_ltl",
+            teacher_row="ann"),
 )
 
 
-def demo_configs(quick: bool = False) -> list[tuple[DemoRow, Config]]:
+def demo_configs(quick: bool = False, out_dir: str | Path = "runs/demo"
+                 ) -> list[tuple[DemoRow, Config]]:
     """The config of every demo row (``quick``: 2 epochs each, for tests)."""
     rows = []
     for row in DEMO_ROWS:
         overrides = [*row.overrides, *(["train.epochs=2"] if quick else [])]
-        rows.append((row, load_config(recipe_path("digits"), overrides)))
+        config = load_config(recipe_path(row.recipe), overrides)
+        if row.teacher_row is not None:
+            teacher = Path(out_dir) / row.teacher_row / "last.pt"
+            config = config.with_overrides({"ltl.teacher_checkpoint": str(teacher)})
+        rows.append((row, config))
     return rows
 
 
@@ -61,7 +74,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, verbose: bo
     """Train every demo row into ``out_dir/<row>`` and return the comparison table."""
     out_dir = Path(out_dir)
     summaries = []
-    for row, config in demo_configs(quick):
+    for row, config in demo_configs(quick, out_dir):
         if verbose:
             print(f"\n== {row.folder}: {config.name} ({out_dir / row.folder})", flush=True)
         summaries.append(train(config, out_dir / row.folder, verbose=verbose))
