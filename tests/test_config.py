@@ -72,10 +72,15 @@ RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("src/spikegrad/con
 def test_every_recipe_loads_as_a_valid_config(path):
     config = load_config(path)
     assert isinstance(config, Config) and config.name
-    if config.ltl.mode != "off":  # its teacher recipe is the ANN twin of the student
+    if config.ltl.mode != "none":  # its teacher recipe is the ANN twin of the student
         teacher = load_config(path.parent / f"{config.ltl.teacher_recipe.removesuffix('.yaml')}.yaml",
                               config.ltl.teacher_set)
-        assert teacher.model.kind == "ann" and teacher.ltl.mode == "off"
+        assert teacher.model.kind == "ann" and teacher.ltl.mode == "none"
         assert teacher.model.name == config.model.name and teacher.data.name == config.data.name
         student_options = {k: v for k, v in config.model.options.items() if k != "batch_norm"}
         assert teacher.model.options == student_options
+
+
+def test_ltl_mode_none_survives_a_command_line_override():
+    config = load_config(None, ["ltl.mode=none", "ltl.T_warm=3"])
+    assert config.ltl.mode == "none" and config.ltl.T_warm == 3

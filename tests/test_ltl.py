@@ -302,3 +302,19 @@ def test_teacher_recipe_is_trained_first_into_the_run_folder(tmp_path):
     bad = config.with_overrides({"ltl.teacher_set": ["model.width=0.25"]})
     with pytest.raises(UserError, match="must train an ANN"):
         train(bad, tmp_path / "bad", verbose=False)
+
+
+def test_calibrate_cli(tmp_path, teacher_checkpoint):
+    config = tiny_config(**{"ltl.mode": "offline", "ltl.teacher_checkpoint": str(teacher_checkpoint),
+                            "ltl.student_init": "teacher"})
+    train(config, tmp_path, verbose=False)
+    command = [sys.executable, "-m", "spikegrad.cli", "calibrate", str(tmp_path / "last.pt"),
+               "--sigma", "0.3", "--stuck-at-zero", "0.1", "--steps", "2"]
+    proc = subprocess.run([*command, "--teacher", str(teacher_checkpoint)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["method"] == "ltl-online" and result["steps"] == 2
+    assert result["devices"] == "σ=0.3, stuck-at-0 0.1"
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)  # no teacher
+    assert proc.returncode == 2 and "needs the ANN teacher" in proc.stderr

@@ -1,4 +1,4 @@
-"""The ``spikegrad`` command line: train, eval, demo, report, export, models, recipes, download.
+"""The ``spikegrad`` command line: train, eval, calibrate, demo, report, export, models, recipes, download.
 
 User errors (a bad config key, a missing file, a wrong tensor layout) print one message
 and exit with status 2; no traceback.
@@ -53,6 +53,30 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                             readout_start=readout_start(config, getattr(model, "T", 1)))
     result.update({"checkpoint": args.checkpoint, "split": args.split,
                    "method": payload.get("method"), "epoch": payload.get("epoch")})
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from spikegrad.calibration import calibrate
+    from spikegrad.checkpoint import load_model
+    from spikegrad.config import Config, from_dict
+    from spikegrad.data import build_datasets
+    from spikegrad.devices import DeviceModel
+    from spikegrad.methods.ltl import readout_start
+
+    model, payload = load_model(args.checkpoint)
+    teacher = load_model(args.teacher)[0] if args.teacher else None
+    config = from_dict(Config, payload["config"]).with_overrides(args.set)
+    options = dict(config.data.options)
+    if config.data.root is not None:
+        options["root"] = config.data.root
+    train_set, test_set, _ = build_datasets(config.data.name, **options)
+    devices = DeviceModel(args.sigma, args.stuck_at_zero, args.stuck_at_max, args.bits,
+                          args.threshold_sigma, args.seed)
+    result = calibrate(model, devices, train_set, test_set, config, args.method, args.steps,
+                       teacher=teacher, readout_start=readout_start(config, getattr(model, "T", 1)),
+                       lr=args.lr)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -170,6 +194,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--analysis", action="store_true",
                    help="also per-layer firing rates, SOPs and energy (as in analysis.json)")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("calibrate", help="apply device non-idealities to a trained SNN and "
+                       "calibrate it (online LTL or BPTT)")
+    p.add_argument("checkpoint", help="the trained SNN")
+    p.add_argument("--teacher", help="checkpoint of its ANN teacher (for --method ltl-online)")
+    p.add_argument("--method", choices=("none", "ltl-online", "bptt"), default="ltl-online")
+    p.add_argument("--steps", type=int, default=50, help="calibration budget (optimizer steps)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the stored optim.lr)")
+    p.add_argument("--sigma", type=float, default=0.0, help="multiplicative weight variation")
+    p.add_argument("--stuck-at-zero", type=float, default=0.0, help="fraction of weights at 0")
+    p.add_argument("--stuck-at-max", type=float, default=0.0, help="fraction of weights at ±max")
+    p.add_argument("--bits", type=int, help="weight quantisation (default: none)")
+    p.add_argument("--threshold-sigma", type=float, default=0.0, help="threshold variation")
+    p.add_argument("--seed", type=int, default=0, help="seed of the device faults")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the stored config, e.g. --set data.batch_size=16")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("demo", help="train each method on the built-in digits and compare")
     p.add_argument("--out", default="runs/demo", help="folder for the run folders")

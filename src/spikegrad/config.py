@@ -132,8 +132,8 @@ class AnalysisConfig:
 class LTLConfig:
     """Local tandem learning: SNN units learn locally to match an ANN teacher (METHODS.md §3)."""
 
-    mode: str = option("off", choices=("off", "offline", "online"),
-                       doc="off, offline (BPTT inside each unit) or online (state detached every step)")
+    mode: str = option("none", choices=("none", "offline", "online"),
+                       doc="none, offline (BPTT inside each unit) or online (state detached every step)")
     teacher_checkpoint: str | None = option(None, doc="checkpoint of a trained ANN twin (kind ann)")
     teacher_recipe: str | None = option(
         None, doc="recipe of the ANN teacher, trained first into <run>/teacher (a path, or the "

@@ -75,7 +75,7 @@ def build_components(
     ``out_dir`` is the run folder: an LTL teacher recipe trains into ``out_dir/teacher``.
     """
     components: list[Component] = []
-    if config.ltl.mode != "off":
+    if config.ltl.mode != "none":
         from spikegrad.methods.ltl import build_ltl
 
         components.append(build_ltl(config, out_dir, verbose))

@@ -427,9 +427,9 @@ def resolve_teacher(ltl: LTLConfig, out_dir: str | Path | None, verbose: bool = 
         raise UserError("LTL needs a teacher: set ltl.teacher_checkpoint (a trained ANN twin) or "
                         "ltl.teacher_recipe (a recipe with model.kind: ann, trained first)")
     config = load_config(_recipe_file(ltl.teacher_recipe), ltl.teacher_set)
-    if config.ltl.mode != "off" or config.model.kind != "ann":
+    if config.ltl.mode != "none" or config.model.kind != "ann":
         raise UserError(f"the teacher recipe {ltl.teacher_recipe!r} must train an ANN (model.kind: "
-                        "ann, ltl.mode: off); add 'model.kind=ann' to ltl.teacher_set")
+                        "ann, ltl.mode: none); add 'model.kind=ann' to ltl.teacher_set")
     if out_dir is None:
         with tempfile.TemporaryDirectory() as tmp:
             return _train_teacher(config, Path(tmp), verbose)
