@@ -117,7 +117,9 @@ def plot(summary: list[dict[str, Any]], head: dict[str, Any], path: Path) -> Non
               "bptt": ("BPTT fine-tuning", "tab:orange", "^")}
     for ax, (sweep, xlabel) in zip(axes, panels, strict=True):
         groups = [g for g in summary if g["sweep"] == sweep]
-        x = [g["setting"][sweep] for g in groups]
+        if sweep != "sigma":  # start each fault sweep at the ideal devices (fraction 0)
+            groups = [g for g in summary if g["devices"] == "ideal"] + groups
+        x = [g["setting"].get(sweep, 0.0) for g in groups]
         for method, (label, color, marker) in styles.items():
             mean = [100 * g[method][0] for g in groups]
             std = [100 * g[method][1] for g in groups]
@@ -137,17 +139,24 @@ def plot(summary: list[dict[str, Any]], head: dict[str, Any], path: Path) -> Non
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ltl_devices",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--student", required=True, help="checkpoint of the trained SNN")
-    parser.add_argument("--teacher", required=True, help="checkpoint of its ANN teacher")
+    parser.add_argument("--student", help="checkpoint of the trained SNN")
+    parser.add_argument("--teacher", help="checkpoint of its ANN teacher")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--out", default="runs/bench_ltl/devices.json")
     parser.add_argument("--plot", default="docs/ltl_devices.png")
+    parser.add_argument("--from-json", action="store_true",
+                        help="table and plot from --out without running anything")
     args = parser.parse_args(argv)
-    rows = run(args)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+    if not args.from_json and not (args.student and args.teacher):
+        parser.error("--student and --teacher are required (unless --from-json)")
+    if args.from_json:
+        rows = json.loads(Path(args.out).read_text())
+    else:
+        rows = run(args)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
     summary = summarise(rows[1:])
     print(table(summary, rows[0]))
     plot(summary, rows[0], Path(args.plot))

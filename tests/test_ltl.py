@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spikegrad import models
+from spikegrad import models, neurons, surrogates
 from spikegrad.checkpoint import load_model
 from spikegrad.config import Config, load_config
 from spikegrad.demo import recipe_path
@@ -213,6 +213,23 @@ def test_offline_component_gradients_are_the_weighted_local_losses():
             assert torch.allclose(p.grad, g, atol=1e-6)
     ce = F.cross_entropy(student.classifier(last).mean(0), y)
     assert out.loss.item() == pytest.approx(expected_loss + ce.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["offline", "online"])
+@pytest.mark.parametrize("neuron", neurons.available())
+@pytest.mark.parametrize("surrogate", surrogates.available())
+def test_any_neuron_and_surrogate_can_be_the_student(mode, neuron, surrogate):
+    torch.manual_seed(4)
+    student = models.create("digits_cnn", T=4, width=0.25, batch_norm=False, neuron=neuron,
+                            surrogate=surrogate)
+    ltl = LocalTandemLearning(trained_like_teacher(), mode, T_warm=1)
+    ltl.unit_names, ltl.layer_weights = [n for n, _ in student.units()], [1.0, 1.0, 1.0]
+    out = ltl.compute_loss(fake_trainer(student), torch.rand(4, 1, 8, 8) * 3,
+                           torch.randint(0, 10, (4,)))
+    assert torch.isfinite(out.loss) and out.logits.shape == (4, 10)
+    grads = [p.grad for p in student.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert student.features[0][0].module[0].weight.grad.abs().sum() > 0
 
 
 # --------------------------------------------------------------------------- teacher init
