@@ -29,6 +29,7 @@ from spikegrad.calibration import calibrate
 from spikegrad.checkpoint import load_model
 from spikegrad.config import Config, from_dict
 from spikegrad.data import build_datasets
+from spikegrad.data.loader import collate_for
 from spikegrad.devices import DeviceModel
 from spikegrad.trainer import evaluate_model, resolve_device
 
@@ -53,7 +54,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if config.data.root is not None:
         options["root"] = config.data.root
     train_set, test_set, _ = build_datasets(config.data.name, **options)
-    loader = torch.utils.data.DataLoader(test_set, batch_size=config.data.eval_batch_size)
+    loader = torch.utils.data.DataLoader(test_set, batch_size=config.data.eval_batch_size,
+                                         collate_fn=collate_for(test_set))
     ideal = evaluate_model(student, loader, resolve_device("cpu"))["test_acc"]
     teacher_acc = evaluate_model(teacher, loader, resolve_device("cpu"))["test_acc"]
     print(f"ideal student {100 * ideal:.2f}%, teacher {100 * teacher_acc:.2f}%", file=sys.stderr)

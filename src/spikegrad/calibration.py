@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from spikegrad.config import Config
 from spikegrad.data import build_augmentation
+from spikegrad.data.loader import collate_for
 from spikegrad.devices import DeviceModel, DeviceSync, ImperfectDevices
 from spikegrad.errors import UserError, unknown_name_error
 from spikegrad.methods.ltl import LocalTandemLearning
@@ -71,7 +72,8 @@ def calibrate(
     device = resolve_device(config.train.device)
     model.to(device)
     devices = ImperfectDevices(model, device_model)
-    test_loader = DataLoader(test_set, batch_size=config.data.eval_batch_size)
+    test_loader = DataLoader(test_set, batch_size=config.data.eval_batch_size,
+                             collate_fn=collate_for(test_set))
 
     def accuracy() -> float:
         return float(evaluate_model(model, test_loader, device, readout_start=readout_start)["test_acc"])

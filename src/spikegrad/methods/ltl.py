@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from torch.utils.data.dataloader import default_collate
 
 from spikegrad.config import Config, LTLConfig
+from spikegrad.data.loader import collate_for
 from spikegrad.errors import UserError
 from spikegrad.methods.teacher_init import init_student_from_teacher
 from spikegrad.neurons import streaming
@@ -85,13 +85,17 @@ def normalised_targets(activation: Tensor, p: float) -> Tensor:
 
 @torch.no_grad()
 def teacher_activations(teacher: nn.Module, inputs: Tensor) -> tuple[list[Tensor], Tensor]:
-    """The teacher's unit outputs ``[B, ...]`` and logits ``[B, classes]``, in eval mode."""
+    """The teacher's unit outputs ``[B, ...]`` and logits ``[B, classes]``, in eval mode.
+
+    A static input gives one step (``T = 1``); time-major input (event frames) is averaged
+    over its frames.
+    """
     teacher.eval()
-    h = teacher.encode(inputs)  # (1, B, ...)
+    h = teacher.encode(inputs)  # (1, B, ...), or (T, B, ...) for event frames
     activations = []
     for _, unit in teacher.units():
         h = unit(h)
-        activations.append(h[0])
+        activations.append(h.mean(0))
     return activations, teacher.classifier(h).mean(0)
 
 
@@ -274,7 +278,7 @@ class LocalTandemLearning(Component):
     def attach(self, trainer: Trainer) -> None:
         student = trainer.model
         dataset = trainer.train_loader.dataset
-        example = default_collate([dataset[i] for i in range(min(2, len(dataset)))])[0]
+        example = collate_for(dataset)([dataset[i] for i in range(min(2, len(dataset)))])[0]
         self.teacher.to(trainer.device).eval().requires_grad_(False)
         self.unit_names = pair_units(student, self.teacher, example.to(trainer.device))
         if not self.layer_weights:
@@ -289,7 +293,8 @@ class LocalTandemLearning(Component):
             self.T_warm = resolve_T_warm(self.T_warm_option, T)
             trainer.readout_start = self.T_warm
         if self.student_init == "teacher" and not self.initialised:
-            loader = DataLoader(dataset, batch_size=trainer.config.data.batch_size, shuffle=False)
+            loader = DataLoader(dataset, batch_size=trainer.config.data.batch_size, shuffle=False,
+                                collate_fn=collate_for(dataset))
             init_student_from_teacher(student, self.teacher, self.estimate_percentiles(
                 loader, trainer.device))
             self.initialised = True
@@ -403,9 +408,9 @@ def _recipe_file(name: str) -> Path:
     path = Path(name)
     if path.is_file():
         return path
-    from spikegrad.demo import recipe_path
+    from spikegrad.recipes import CONFIG_DIR
 
-    packaged = recipe_path(path.stem if path.suffix == ".yaml" else name)
+    packaged = CONFIG_DIR / f"{path.stem if path.suffix == '.yaml' else name}.yaml"
     if packaged.is_file():
         return packaged
     raise UserError(f"ltl.teacher_recipe {name!r} is neither a file nor a packaged recipe")
