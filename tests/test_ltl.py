@@ -335,3 +335,10 @@ def test_calibrate_cli(tmp_path, teacher_checkpoint):
     assert result["devices"] == "σ=0.3, stuck-at-0 0.1"
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120)  # no teacher
     assert proc.returncode == 2 and "needs the ANN teacher" in proc.stderr
+
+
+def test_layer_weights_must_match_the_units(tmp_path, teacher_checkpoint):
+    config = tiny_config(**{"ltl.mode": "offline", "ltl.teacher_checkpoint": str(teacher_checkpoint),
+                            "ltl.layer_weights": [1.0, 2.0]})
+    with pytest.raises(UserError, match=r"layer_weights has 2 values but the student has 3 units"):
+        train(config, tmp_path, verbose=False)
