@@ -29,7 +29,7 @@ from spikegrad.errors import UserError, check_time_major
 
 ResetMode = Literal["hard", "soft"]
 
-__all__ = ["NeuronParams", "NeuronState", "ResetMode", "neuron_multistep", "neuron_step"]
+__all__ = ["NeuronParams", "NeuronState", "ResetMode", "check_state", "neuron_multistep", "neuron_step"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,15 @@ def initial_state(like: Tensor, params: NeuronParams) -> NeuronState:
     return NeuronState(torch.full_like(like, params.initial_potential))
 
 
+def check_state(state: NeuronState, like: Tensor) -> None:
+    """Raise a :class:`UserError` unless ``state`` fits one time step shaped like ``like``."""
+    if state.v.shape != like.shape:
+        raise UserError(
+            f"neuron state has shape {tuple(state.v.shape)} but one time step of the input has "
+            f"shape {tuple(like.shape)}; pass state=None to start from rest"
+        )
+
+
 def neuron_step(
     x: Tensor, state: NeuronState, params: NeuronParams, surrogate
 ) -> tuple[Tensor, NeuronState, Tensor]:
@@ -101,11 +110,8 @@ def neuron_multistep(
     steps = x.unbind(0)
     if state is None:
         state = initial_state(steps[0], params)
-    elif state.v.shape != steps[0].shape:
-        raise UserError(
-            f"neuron state has shape {tuple(state.v.shape)} but one time step of the input has "
-            f"shape {tuple(steps[0].shape)}; pass state=None to start from rest"
-        )
+    else:
+        check_state(state, steps[0])
     spikes, membrane = [], []
     for x_t in steps:
         s_t, state, h_t = neuron_step(x_t, state, params, surrogate)

@@ -28,11 +28,12 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from spikegrad import fused
 from spikegrad import surrogates as surrogates_module
 from spikegrad.dynamics import NeuronParams, NeuronState, ResetMode, neuron_multistep, neuron_step
 from spikegrad.errors import UserError, unknown_name_error
 
-__all__ = ["IF", "LIF", "ClippedReLU", "SpikingNeuron", "available", "create", "streaming"]
+__all__ = ["IF", "LIF", "ClippedReLU", "SpikingNeuron", "available", "create", "set_backend", "streaming"]
 
 
 def _default_surrogate() -> surrogates_module.Surrogate:
@@ -52,6 +53,9 @@ class SpikingNeuron(nn.Module):
             Each layer owns its instance (no shared default object).
         input_scale: multiplies the input current (``1/tau`` in SpikingJelly's ``decay_input``).
         learnable_leak: learn λ = sigmoid(a) per layer, PLIF-style, starting at ``leak``.
+        backend: who runs the time loop: ``"auto"`` (a fused kernel when one can, see
+            :mod:`spikegrad.fused`), ``"reference"`` (the plain loop), ``"cpu"`` or ``"triton"``.
+            Same spikes either way; may be reassigned at any time.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class SpikingNeuron(nn.Module):
         surrogate: surrogates_module.Surrogate | None = None,
         input_scale: float = 1.0,
         learnable_leak: bool = False,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         # Validate once, through the same dataclass the dynamics use.
@@ -82,10 +87,22 @@ class SpikingNeuron(nn.Module):
         else:
             self.leak_logit = None
             self._leak = float(leak)
+        self.backend = backend
         self._carry: dict | None = None  # set only inside `streaming(model)`
         #: if set, called with the pre-reset potentials ``h`` ``[T, B, ...]`` of every forward
         #: call (used by :class:`spikegrad.monitors.ActivityMonitor`; None costs nothing)
         self.membrane_hook: Callable[[Tensor], None] | None = None
+
+    @property
+    def backend(self) -> str:
+        """``auto``, ``reference``, ``cpu`` or ``triton`` (see :mod:`spikegrad.fused`)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in fused.BACKENDS:
+            raise unknown_name_error("neuron backend", value, fused.BACKENDS)
+        self._backend = value
 
     @property
     def leak(self) -> float | Tensor:
@@ -102,23 +119,23 @@ class SpikingNeuron(nn.Module):
         """Spikes ``[T, B, ...]`` for a time-major input current ``[T, B, ...]``."""
         record = self.membrane_hook is not None
         state = None if self._carry is None else self._carry.get("state")
-        spikes, state, h = neuron_multistep(x, self.params, self.surrogate, state,
-                                            return_membrane=record)
+        if record:  # the potentials are wanted: the reference loop returns them
+            spikes, state, h = neuron_multistep(x, self.params, self.surrogate, state, return_membrane=True)
+            self.membrane_hook(h)
+        else:
+            spikes, state = fused.multistep(x, self.params, self.surrogate, state, self.backend)
         if self._carry is not None:
             self._carry["state"] = NeuronState(state.v.detach()) if self._carry["detach"] else state
-        if record:
-            self.membrane_hook(h)
         return spikes
 
     def forward_with_state(
         self, x: Tensor, state: NeuronState | None = None
     ) -> tuple[Tensor, NeuronState]:
         """Multi-step call from an explicit state; returns ``(spikes, final state)``."""
-        spikes, state, _ = neuron_multistep(x, self.params, self.surrogate, state)
-        return spikes, state
+        return fused.multistep(x, self.params, self.surrogate, state, self.backend)
 
     def membrane(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(spikes, pre-reset potentials h_t)``, both ``[T, B, ...]``, for analysis."""
+        """``(spikes, pre-reset potentials h_t)``, both ``[T, B, ...]``, for analysis (reference loop)."""
         spikes, _, h = neuron_multistep(x, self.params, self.surrogate, return_membrane=True)
         return spikes, h
 
@@ -138,6 +155,8 @@ class SpikingNeuron(nn.Module):
             text += f", input_scale={self.input_scale:g}"
         if self.detach_reset:
             text += ", detach_reset=True"
+        if self.backend != "auto":
+            text += f", backend={self.backend!r}"
         return text
 
 
@@ -228,8 +247,10 @@ class IF(SpikingNeuron):
         detach_reset: bool = False,
         surrogate: surrogates_module.Surrogate | None = None,
         input_scale: float = 1.0,
+        backend: str = "auto",
     ) -> None:
-        super().__init__(1.0, threshold, reset, v_reset, detach_reset, surrogate, input_scale)
+        super().__init__(1.0, threshold, reset, v_reset, detach_reset, surrogate, input_scale,
+                         backend=backend)
 
 
 class ClippedReLU(nn.Module):
@@ -268,6 +289,15 @@ def create(kind: str, **kwargs) -> SpikingNeuron:
         return _NEURONS[kind.lower()](**kwargs)
     except TypeError as exc:
         raise UserError(f"neuron {kind!r}: {exc}") from exc
+
+
+def set_backend(model: nn.Module, backend: str) -> None:
+    """Set the ``backend`` of every spiking neuron in ``model`` (see :mod:`spikegrad.fused`)."""
+    if backend not in fused.BACKENDS:
+        raise unknown_name_error("neuron backend", backend, fused.BACKENDS)
+    for module in model.modules():
+        if isinstance(module, SpikingNeuron):
+            module.backend = backend
 
 
 @contextlib.contextmanager

@@ -1,0 +1,221 @@
+"""Fused multi-step LIF/IF neurons: the whole time loop, forward and backward, in one kernel.
+
+:func:`multistep` computes exactly what :func:`spikegrad.dynamics.neuron_multistep` (the
+reference loop, kept as the specification) computes: bit-identical spikes and final state,
+and the same gradients up to rounding. It chooses a *backend*:
+
+- ``"reference"``: the plain PyTorch loop over :func:`~spikegrad.dynamics.neuron_step`;
+- ``"cpu"``: a C++ kernel compiled on first use (:mod:`spikegrad.fused.cpu`);
+- ``"triton"``: a Triton kernel for CUDA tensors (:mod:`spikegrad.fused.triton_lif`);
+- ``"auto"`` (default): ``triton`` for CUDA tensors, ``cpu`` for CPU tensors, when the
+  kernel can run this call (float32/float64, a scalar leak); otherwise the reference.
+  ``$SPIKEGRAD_NEURON_BACKEND`` replaces ``auto`` (e.g. ``reference`` to switch the fast
+  paths off everywhere).
+
+An explicitly requested kernel that cannot run (no compiler, Triton missing, half
+precision) falls back to the reference with a one-time warning; one asked for on the wrong
+device is a :class:`~spikegrad.errors.UserError`.
+
+What backward keeps (the lean-memory design): the CPU kernel saves only the input current
+``x`` (which the layer before usually has allocated anyway) and recomputes the potentials
+``h_t`` block by block in cache during backward; the Triton kernel saves ``h_t`` (recompute
+would need the whole time history per thread). Neither saves spikes, masks or surrogate
+values; the reference keeps three tensors per time step (hard reset: ``h - threshold``,
+``h`` and ``1 - s``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Protocol
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from spikegrad.dynamics import NeuronParams, NeuronState, check_state, neuron_multistep
+from spikegrad.errors import UserError, check_time_major, unknown_name_error
+from spikegrad.fused import cpu
+from spikegrad.fused.formulas import GIVEN, kernel_formula
+
+__all__ = ["BACKENDS", "FusedNeuron", "multistep", "resolve_backend"]
+
+BACKENDS = ("auto", "reference", "cpu", "triton")
+KERNEL_DTYPES = (torch.float32, torch.float64)
+
+NeuronConstants = tuple[float, float, float, float, float]  # leak, input_scale, threshold, v_reset, v_init
+
+
+class KernelOps(Protocol):
+    """One backend's kernels on ``x [T, N]`` (contiguous) and ``v0 [N]`` (or None)."""
+
+    def forward(self, x: Tensor, v0: Tensor | None, neuron: NeuronConstants, hard: bool, save: bool = True
+                ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+        """``(spikes [T, N], final potential [N], tensors to save for backward)``."""
+
+    def backward(self, saved: tuple[Tensor, ...], v0: Tensor | None, grad_s: Tensor,
+                 grad_v_final: Tensor | None, neuron: NeuronConstants, params: NeuronParams,
+                 surrogate, want_v0: bool, want_leak: bool
+                 ) -> tuple[Tensor, Tensor | None, float | Tensor | None]:
+        """``(dL/dx, dL/dv0 or None, dL/dleak or None)``."""
+
+
+class CPUOps:
+    """The C++ kernel; saves ``x`` and recomputes the potentials in backward."""
+
+    def forward(self, x, v0, neuron, hard, save=True):
+        spikes, v_final, _ = cpu.forward(x, v0, neuron, hard)
+        return spikes, v_final, (x,)
+
+    def backward(self, saved, v0, grad_s, grad_v_final, neuron, params, surrogate, want_v0, want_leak):
+        (x,) = saved
+        hard = params.reset == "hard"
+        kind, constants = kernel_formula(surrogate)
+        g = None
+        if kind == GIVEN:  # a surrogate without a kernel formula: g from its own derivative
+            _, _, h = cpu.forward(x, v0, neuron, hard, want_h=True)
+            g = surrogate.derivative(h - params.threshold).contiguous()
+        return cpu.backward(x, v0, grad_s, grad_v_final, g, neuron, kind, constants, hard,
+                            params.detach_reset, want_v0, want_leak)
+
+
+def _triton_ops() -> KernelOps:
+    from spikegrad.fused import triton_lif
+
+    return triton_lif.TritonOps()
+
+
+_OPS = {"cpu": CPUOps, "triton": _triton_ops}
+
+
+class FusedNeuron(torch.autograd.Function):
+    """Autograd wrapper of a backend's kernels: ``(x, v0, leak) -> (spikes, final potential)``.
+
+    ``leak`` is the 0-dim tensor of a learnable leak (None for a constant one); its
+    gradient is ``Σ_t Σ_n dL/dh_t · u_{t-1}``. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, v0: Tensor | None, leak: Tensor | None, ops: KernelOps,  # type: ignore[override]
+                params: NeuronParams, surrogate) -> tuple[Tensor, Tensor]:
+        neuron = constants(params)
+        spikes, v_final, saved = ops.forward(x, v0, neuron, params.reset == "hard")
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(v0, leak, *saved)
+        ctx.ops, ctx.params, ctx.surrogate, ctx.neuron = ops, params, surrogate, neuron
+        return spikes, v_final
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_s: Tensor | None, grad_v_final: Tensor | None):  # type: ignore[override]
+        v0, leak, *saved = ctx.saved_tensors
+        want_x, want_v0, want_leak = ctx.needs_input_grad[:3]
+        like = saved[0]
+        grad_s = torch.zeros_like(like) if grad_s is None else grad_s.contiguous()
+        grad_v_final = None if grad_v_final is None else grad_v_final.contiguous()
+        dx, dv0, dleak = ctx.ops.backward(tuple(saved), v0, grad_s, grad_v_final, ctx.neuron, ctx.params,
+                                          ctx.surrogate, want_v0 and v0 is not None, want_leak)
+        if want_leak:
+            dleak = torch.as_tensor(dleak, dtype=leak.dtype, device=leak.device).reshape(leak.shape)
+        return (dx if want_x else None, dv0 if want_v0 else None, dleak if want_leak else None,
+                None, None, None)
+
+
+def constants(params: NeuronParams) -> NeuronConstants:
+    """``(leak, input_scale, threshold, v_reset, v_init)`` as Python floats."""
+    leak = float(params.leak)  # a learnable leak: its current value
+    return leak, float(params.input_scale), float(params.threshold), float(params.v_reset), \
+        float(params.initial_potential)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _triton_usable(x: Tensor) -> bool:
+    from spikegrad.fused import triton_lif
+
+    return triton_lif.usable(x)
+
+
+def resolve_backend(backend: str, x: Tensor, params: NeuronParams, state: NeuronState | None = None) -> str:
+    """The backend that will run this call: ``"reference"``, ``"cpu"`` or ``"triton"``."""
+    if backend not in BACKENDS:
+        raise unknown_name_error("neuron backend", backend, BACKENDS)
+    if backend == "auto":
+        backend = os.environ.get("SPIKEGRAD_NEURON_BACKEND", "auto") or "auto"
+        if backend not in BACKENDS:
+            raise unknown_name_error("neuron backend ($SPIKEGRAD_NEURON_BACKEND)", backend, BACKENDS)
+    if backend == "reference":
+        return "reference"
+    explicit = backend != "auto"
+    if backend == "cpu" and x.device.type != "cpu":
+        raise UserError(f"neuron backend 'cpu' needs CPU tensors, got a tensor on {x.device}; "
+                        "use backend='auto' to choose by device")
+    if backend == "triton" and not _triton_usable(x):
+        if x.device.type != "cuda":
+            raise UserError(f"neuron backend 'triton' needs CUDA tensors, got a tensor on {x.device}; "
+                            "use backend='auto' to choose by device")
+        _warn_once("spikegrad: neuron backend 'triton' is unavailable (is triton installed?); "
+                   "using the reference loop")
+        return "reference"
+    if backend == "auto":
+        if x.device.type == "cuda":
+            backend = "triton" if _triton_usable(x) else "reference"
+        else:
+            backend = "cpu" if x.device.type == "cpu" else "reference"
+    if backend == "reference":
+        return backend
+    reason = _unsupported(x, params, state)
+    if reason is None and backend == "cpu" and cpu.library() is None:
+        return "reference"  # cpu.library() has warned once
+    if reason is not None:
+        if explicit:
+            _warn_once(f"spikegrad: neuron backend {backend!r} cannot run {reason}; using the reference loop")
+        return "reference"
+    return backend
+
+
+def _unsupported(x: Tensor, params: NeuronParams, state: NeuronState | None) -> str | None:
+    if x.dtype not in KERNEL_DTYPES:
+        return f"{x.dtype} tensors (only float32 and float64)"
+    if x.numel() == 0:
+        return "empty tensors"
+    leak = params.leak
+    if isinstance(leak, Tensor) and (leak.numel() != 1 or leak.device != x.device):
+        return "a leak that is not one scalar on the input's device"
+    if state is not None and (state.v.dtype != x.dtype or state.v.device != x.device):
+        return "a state whose dtype or device differs from the input's"
+    return None
+
+
+def multistep(x: Tensor, params: NeuronParams, surrogate, state: NeuronState | None = None,
+              backend: str = "auto") -> tuple[Tensor, NeuronState]:
+    """Spikes ``[T, B, ...]`` and the final state for a time-major input ``x [T, B, ...]``.
+
+    The same contract as :func:`spikegrad.dynamics.neuron_multistep` (without the
+    membrane output), run by the backend :func:`resolve_backend` picks.
+    """
+    check_time_major(x, "neuron input")
+    if state is not None:
+        check_state(state, x[0])
+    chosen = resolve_backend(backend, x, params, state)
+    if chosen == "reference":
+        spikes, state, _ = neuron_multistep(x, params, surrogate, state)
+        return spikes, state
+    T = x.shape[0]
+    flat = x.contiguous().view(T, -1)  # (T, N)
+    v0 = None if state is None else state.v.contiguous().view(-1)  # (N,)
+    leak = params.leak if isinstance(params.leak, Tensor) else None
+    ops = _OPS[chosen]()
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (flat, v0, leak)):
+        spikes, v_final = FusedNeuron.apply(flat, v0, leak, ops, params, surrogate)
+    else:
+        spikes, v_final, _ = ops.forward(flat, v0, constants(params), params.reset == "hard", save=False)
+    return spikes.view(x.shape), NeuronState(v_final.view(x.shape[1:]))

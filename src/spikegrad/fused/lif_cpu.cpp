@@ -1,0 +1,477 @@
+// Fused multi-step LIF/IF neuron for the CPU: forward and backward through time in one pass.
+//
+// Built and loaded by spikegrad/fused/cpu.py (plain C ABI, called through ctypes; no torch
+// headers). The equations are those of spikegrad/dynamics.py, evaluated in the same order
+// and precision as the reference loop so that the spikes are bit-identical:
+//
+//   h_t = leak * u_{t-1} + input_scale * x_t          (two products, then the sum; no FMA)
+//   s_t = (h_t - threshold >= 0)
+//   u_t = h_t * (1 - s_t) + v_reset * s_t              (hard reset)
+//   u_t = h_t - threshold * s_t                        (soft reset)
+//
+// Layout: x, spikes, gradients are [T, N] contiguous (N = all non-time elements). Work is
+// split over blocks of neurons (OpenMP over blocks); inside a block the time loop is outer
+// and the neuron loop inner, contiguous and vectorised.
+//
+// Backward saves nothing but the input x: it recomputes h_t for its block into a small
+// buffer (T x block, in cache), then runs the adjoint recurrence backwards in time:
+//
+//   dh_t = du_t * du_t/dh_t + (dL/ds_t + du_t * du_t/ds_t) * g(h_t - threshold)
+//   dx_t = input_scale * dh_t,   du_{t-1} = leak * dh_t,   dleak += dh_t * u_{t-1}
+//
+// with du_t/ds_t = 0 under detach_reset. g is the surrogate derivative: one of the formulas
+// below (each mirrors a Surrogate.derivative in spikegrad/surrogates.py and is tested
+// against it), or a tensor computed by that method (kind 0).
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+enum SurrogateKind { GIVEN = 0, RECTANGLE = 1, TRIANGLE = 2, SIGMOID = 3, ATAN = 4, FAST_SIGMOID = 5,
+                     DSPIKE = 6 };
+
+// Constants cast to the tensor's dtype, as torch casts Python scalars in the reference.
+template <typename F>
+struct Consts {
+  F leak, scale, threshold, v_reset, v_init;
+  F p[4];  // surrogate parameters, meaning per kind (see surrogate_grad)
+};
+
+template <typename F>
+Consts<F> make_consts(const double* neuron, const double* surrogate) {
+  Consts<F> c;
+  c.leak = static_cast<F>(neuron[0]);
+  c.scale = static_cast<F>(neuron[1]);
+  c.threshold = static_cast<F>(neuron[2]);
+  c.v_reset = static_cast<F>(neuron[3]);
+  c.v_init = static_cast<F>(neuron[4]);
+  for (int i = 0; i < 4; ++i) c.p[i] = static_cast<F>(surrogate ? surrogate[i] : 0.0);
+  return c;
+}
+
+// exp(y) for y <= 0 in float, branch-free so that loops calling it vectorise (libm's expf
+// does not). Range reduction y = k*ln2 + r, |r| <= ln2/2, and the degree-7 Taylor series
+// of exp(r) (truncation below 1e-8 relative); about 1 ulp.
+inline float exp_nonpositive(float y) {
+  y = y < -87.0f ? -87.0f : y;
+  const float k = std::floor(y * 1.44269504088896341f + 0.5f);
+  float r = y - k * 0.693359375f;     // ln2 split in a part exact in float
+  r = r - k * -2.12194440054690583e-4f;  // and the rest
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;  // 2^k
+  float two_k;
+  std::memcpy(&two_k, &bits, sizeof two_k);
+  return p * two_k;
+}
+inline double exp_nonpositive(double y) { return std::exp(y); }
+
+inline float tanh_of(float y) {
+  const float e = exp_nonpositive(-2.0f * std::fabs(y));
+  const float t = (1.0f - e) / (1.0f + e);
+  return y < 0.0f ? -t : t;
+}
+inline double tanh_of(double y) { return std::tanh(y); }
+
+inline float sigmoid_of(float z) {
+  const float e = exp_nonpositive(-std::fabs(z));
+  const float inv = 1.0f / (1.0f + e);
+  return z >= 0.0f ? inv : e * inv;
+}
+inline double sigmoid_of(double z) { return 1.0 / (1.0 + std::exp(-z)); }
+
+// g(x), x = h - threshold; each line mirrors Surrogate.derivative, operation for operation.
+template <typename F, int KIND>
+inline F surrogate_grad(F x, const F* p) {
+  const F ax = std::fabs(x);
+  if constexpr (KIND == RECTANGLE) {  // p = (width/2, height)
+    return ax < p[0] ? p[1] : F(0);
+  } else if constexpr (KIND == TRIANGLE) {  // p = (alpha, alpha^2)
+    const F g = p[0] - p[1] * ax;
+    return g > F(0) ? g : F(0);
+  } else if constexpr (KIND == SIGMOID) {  // p = (alpha,)
+    const F s = sigmoid_of(p[0] * x);
+    return p[0] * s * (F(1) - s);
+  } else if constexpr (KIND == ATAN) {  // p = (pi/2 * alpha, alpha/2)
+    const F y = p[0] * x;
+    return p[1] / (F(1) + y * y);
+  } else if constexpr (KIND == FAST_SIGMOID) {  // p = (slope,)
+    const F d = F(1) + p[0] * ax;
+    return F(1) / (d * d);
+  } else if constexpr (KIND == DSPIKE) {  // p = (window/2, temperature, window, scale/window)
+    const F t = tanh_of(p[1] * x / p[2]);
+    const F sech2 = F(1) - t * t;
+    return (ax <= p[0] ? p[3] : F(0)) * sech2;
+  } else {
+    return F(0);
+  }
+}
+
+template <typename F, bool HARD>
+inline F after_reset(F h, F spike, const Consts<F>& c) {
+  if constexpr (HARD) {
+    return h * (F(1) - spike) + c.v_reset * spike;
+  } else {
+    return h - c.threshold * spike;
+  }
+}
+
+template <typename F, bool HARD, bool WRITE_H>
+void forward_block(const F* x, const F* v0, F* spikes, F* v_final, F* h_out, int64_t T, int64_t N,
+                   int64_t n0, int64_t bn, const Consts<F>& c, F* u) {
+  for (int64_t i = 0; i < bn; ++i) u[i] = v0 ? v0[n0 + i] : c.v_init;
+  for (int64_t t = 0; t < T; ++t) {
+    const F* xt = x + t * N + n0;
+    F* st = spikes + t * N + n0;
+    F* ht = WRITE_H ? h_out + t * N + n0 : nullptr;
+#pragma omp simd
+    for (int64_t i = 0; i < bn; ++i) {
+      const F h = c.leak * u[i] + c.scale * xt[i];
+      const F s = (h - c.threshold >= F(0)) ? F(1) : F(0);
+      st[i] = s;
+      if constexpr (WRITE_H) ht[i] = h;
+      u[i] = after_reset<F, HARD>(h, s, c);
+    }
+  }
+  if (v_final) std::memcpy(v_final + n0, u, sizeof(F) * bn);
+}
+
+template <typename F, int KIND, bool HARD, bool DETACH, bool LEAK_GRAD>
+void backward_block(const F* x, const F* v0, const F* grad_s, const F* grad_v_final, const F* g_given,
+                    F* grad_x, F* grad_v0, double* leak_partial, int64_t T, int64_t N, int64_t n0,
+                    int64_t bn, const Consts<F>& c, F* hbuf, F* du, F* u0) {
+  // 1. Recompute h_t for this block (the forward pass without writing spikes).
+  for (int64_t i = 0; i < bn; ++i) u0[i] = v0 ? v0[n0 + i] : c.v_init;
+  std::memcpy(du, u0, sizeof(F) * bn);  // du doubles as the running potential here
+  for (int64_t t = 0; t < T; ++t) {
+    const F* xt = x + t * N + n0;
+    F* ht = hbuf + t * bn;
+#pragma omp simd
+    for (int64_t i = 0; i < bn; ++i) {
+      const F h = c.leak * du[i] + c.scale * xt[i];
+      ht[i] = h;
+      du[i] = after_reset<F, HARD>(h, (h - c.threshold >= F(0)) ? F(1) : F(0), c);
+    }
+  }
+  // 2. Adjoint recurrence, t = T-1 .. 0.
+  for (int64_t i = 0; i < bn; ++i) du[i] = grad_v_final ? grad_v_final[n0 + i] : F(0);
+  double leak_acc = 0.0;
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const F* ht = hbuf + t * bn;
+    const F* hprev = t > 0 ? hbuf + (t - 1) * bn : nullptr;
+    const F* gst = grad_s + t * N + n0;
+    const F* ggt = KIND == GIVEN ? g_given + t * N + n0 : nullptr;
+    F* gxt = grad_x + t * N + n0;
+#pragma omp simd reduction(+ : leak_acc)
+    for (int64_t i = 0; i < bn; ++i) {
+      const F h = ht[i];
+      const F xm = h - c.threshold;
+      const F s = xm >= F(0) ? F(1) : F(0);
+      F g;
+      if constexpr (KIND == GIVEN) {
+        g = ggt[i];
+      } else {
+        g = surrogate_grad<F, KIND>(xm, c.p);
+      }
+      const F d = du[i];
+      F dh;
+      if constexpr (HARD) {
+        const F ds = DETACH ? gst[i] : gst[i] + d * (c.v_reset - h);
+        dh = d * (F(1) - s) + ds * g;
+      } else {
+        const F ds = DETACH ? gst[i] : gst[i] - c.threshold * d;
+        dh = d + ds * g;
+      }
+      gxt[i] = c.scale * dh;
+      if constexpr (LEAK_GRAD) {
+        F u_prev;
+        if (hprev) {
+          const F hp = hprev[i];
+          u_prev = after_reset<F, HARD>(hp, (hp - c.threshold >= F(0)) ? F(1) : F(0), c);
+        } else {
+          u_prev = u0[i];
+        }
+        leak_acc += static_cast<double>(dh) * static_cast<double>(u_prev);
+      }
+      du[i] = c.leak * dh;
+    }
+  }
+  if (grad_v0) std::memcpy(grad_v0 + n0, du, sizeof(F) * bn);
+  if (LEAK_GRAD) *leak_partial = leak_acc;
+}
+
+inline int clamp_threads(int threads, int64_t blocks) {
+  if (threads < 1) threads = 1;
+  if (blocks < threads) threads = static_cast<int>(blocks < 1 ? 1 : blocks);
+  return threads;
+}
+
+template <typename F>
+void forward(const F* x, const F* v0, F* spikes, F* v_final, F* h_out, int64_t T, int64_t N,
+             const double* neuron, int hard, int64_t block, int threads) {
+  const Consts<F> c = make_consts<F>(neuron, nullptr);
+  const int64_t blocks = (N + block - 1) / block;
+  threads = clamp_threads(threads, blocks);
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<F> u(block);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t n0 = b * block;
+      const int64_t bn = N - n0 < block ? N - n0 : block;
+      if (hard && h_out) {
+        forward_block<F, true, true>(x, v0, spikes, v_final, h_out, T, N, n0, bn, c, u.data());
+      } else if (hard) {
+        forward_block<F, true, false>(x, v0, spikes, v_final, h_out, T, N, n0, bn, c, u.data());
+      } else if (h_out) {
+        forward_block<F, false, true>(x, v0, spikes, v_final, h_out, T, N, n0, bn, c, u.data());
+      } else {
+        forward_block<F, false, false>(x, v0, spikes, v_final, h_out, T, N, n0, bn, c, u.data());
+      }
+    }
+  }
+}
+
+template <typename F, int KIND, bool HARD, bool DETACH, bool LEAK_GRAD>
+void backward_blocks(const F* x, const F* v0, const F* grad_s, const F* grad_v_final, const F* g_given,
+                     F* grad_x, F* grad_v0, double* leak_partials, int64_t T, int64_t N,
+                     const Consts<F>& c, int64_t block, int threads) {
+  const int64_t blocks = (N + block - 1) / block;
+  threads = clamp_threads(threads, blocks);
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<F> buf(static_cast<size_t>(T + 2) * block);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t n0 = b * block;
+      const int64_t bn = N - n0 < block ? N - n0 : block;
+      backward_block<F, KIND, HARD, DETACH, LEAK_GRAD>(
+          x, v0, grad_s, grad_v_final, g_given, grad_x, grad_v0, LEAK_GRAD ? leak_partials + b : nullptr,
+          T, N, n0, bn, c, buf.data(), buf.data() + T * block, buf.data() + (T + 1) * block);
+    }
+  }
+}
+
+template <typename F, int KIND>
+int backward_kind(const F* x, const F* v0, const F* grad_s, const F* grad_v_final, const F* g_given,
+                  F* grad_x, F* grad_v0, double* leak_partials, int64_t T, int64_t N, const Consts<F>& c,
+                  int hard, int detach, int64_t block, int threads) {
+  const int code = (hard ? 4 : 0) + (detach ? 2 : 0) + (leak_partials ? 1 : 0);
+#define SG_CASE(CODE, H, D, L)                                                                    \
+  case CODE:                                                                                      \
+    backward_blocks<F, KIND, H, D, L>(x, v0, grad_s, grad_v_final, g_given, grad_x, grad_v0,      \
+                                      leak_partials, T, N, c, block, threads);                    \
+    return 0;
+  switch (code) {
+    SG_CASE(0, false, false, false)
+    SG_CASE(1, false, false, true)
+    SG_CASE(2, false, true, false)
+    SG_CASE(3, false, true, true)
+    SG_CASE(4, true, false, false)
+    SG_CASE(5, true, false, true)
+    SG_CASE(6, true, true, false)
+    SG_CASE(7, true, true, true)
+  }
+#undef SG_CASE
+  return -1;
+}
+
+template <typename F>
+int backward(const F* x, const F* v0, const F* grad_s, const F* grad_v_final, const F* g_given, F* grad_x,
+             F* grad_v0, double* leak_partials, int64_t T, int64_t N, const double* neuron,
+             const double* surrogate, int kind, int hard, int detach, int64_t block, int threads) {
+  const Consts<F> c = make_consts<F>(neuron, surrogate);
+  switch (kind) {
+    case GIVEN:
+      return backward_kind<F, GIVEN>(x, v0, grad_s, grad_v_final, g_given, grad_x, grad_v0, leak_partials,
+                                     T, N, c, hard, detach, block, threads);
+    case RECTANGLE:
+      return backward_kind<F, RECTANGLE>(x, v0, grad_s, grad_v_final, g_given, grad_x, grad_v0,
+                                         leak_partials, T, N, c, hard, detach, block, threads);
+    case TRIANGLE:
+      return backward_kind<F, TRIANGLE>(x, v0, grad_s, grad_v_final, g_given, grad_x, grad_v0,
+                                        leak_partials, T, N, c, hard, detach, block, threads);
+    case SIGMOID:
+      return backward_kind<F, SIGMOID>(x, v0, grad_s, grad_v_final, g_given, grad_x, grad_v0,
+                                       leak_partials, T, N, c, hard, detach, block, threads);
+    case ATAN:
+      return backward_kind<F, ATAN>(x, v0, grad_s, grad_v_final, g_given, grad_x, grad_v0, leak_partials,
+                                    T, N, c, hard, detach, block, threads);
+    case FAST_SIGMOID:
+      return backward_kind<F, FAST_SIGMOID>(x, v0, grad_s, grad_v_final, g_given, grad_x, grad_v0,
+                                            leak_partials, T, N, c, hard, detach, block, threads);
+    case DSPIKE:
+      return backward_kind<F, DSPIKE>(x, v0, grad_s, grad_v_final, g_given, grad_x, grad_v0,
+                                      leak_partials, T, N, c, hard, detach, block, threads);
+  }
+  return -1;
+}
+
+template <typename F, int KIND>
+void eval_kind(const F* x, F* out, int64_t n, const F* p) {
+  for (int64_t i = 0; i < n; ++i) out[i] = surrogate_grad<F, KIND>(x[i], p);
+}
+
+template <typename F>
+int surrogate_eval(const F* x, F* out, int64_t n, int kind, const double* surrogate) {
+  F p[4];
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<F>(surrogate[i]);
+  switch (kind) {
+    case RECTANGLE: eval_kind<F, RECTANGLE>(x, out, n, p); return 0;
+    case TRIANGLE: eval_kind<F, TRIANGLE>(x, out, n, p); return 0;
+    case SIGMOID: eval_kind<F, SIGMOID>(x, out, n, p); return 0;
+    case ATAN: eval_kind<F, ATAN>(x, out, n, p); return 0;
+    case FAST_SIGMOID: eval_kind<F, FAST_SIGMOID>(x, out, n, p); return 0;
+    case DSPIKE: eval_kind<F, DSPIKE>(x, out, n, p); return 0;
+  }
+  return -1;
+}
+
+// Bit masks of binary tensors: element i is bit (i % 8) of byte i / 8.
+template <typename F, typename Bits>
+int64_t pack_bits(const F* x, uint8_t* bits, int64_t n, int threads) {
+  static_assert(sizeof(F) == sizeof(Bits), "bit pattern type");
+  const F one_value = F(1);
+  Bits zero = 0, one;
+  std::memcpy(&one, &one_value, sizeof one);
+  const int64_t bytes = (n + 7) / 8;
+  const int64_t chunk = 1 << 14;  // bytes per task
+  const int64_t chunks = (bytes + chunk - 1) / chunk;
+  int binary = 1;
+  threads = clamp_threads(threads, chunks);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t k = 0; k < chunks; ++k) {
+    int ok;
+#pragma omp atomic read
+    ok = binary;
+    if (!ok) continue;
+    const int64_t b1 = (k + 1) * chunk < bytes ? (k + 1) * chunk : bytes;
+    int good = 1;
+    for (int64_t b = k * chunk; b < b1; ++b) {
+      uint8_t byte = 0;
+      const int64_t i0 = b * 8;
+      const int64_t m = n - i0 < 8 ? n - i0 : 8;
+      for (int64_t j = 0; j < m; ++j) {
+        Bits v;
+        std::memcpy(&v, x + i0 + j, sizeof v);
+        good &= (v == zero) | (v == one);
+        byte |= static_cast<uint8_t>((v == one) << j);
+      }
+      bits[b] = byte;
+      if (!good) break;
+    }
+    if (!good) {
+#pragma omp atomic write
+      binary = 0;
+    }
+  }
+  return binary;
+}
+
+template <typename F>
+void unpack_bits(const uint8_t* bits, F* out, int64_t n, int threads) {
+  const int64_t chunk = 1 << 17;  // elements per task, a multiple of 8
+  const int64_t chunks = (n + chunk - 1) / chunk;
+  threads = clamp_threads(threads, chunks);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t k = 0; k < chunks; ++k) {
+    const int64_t i1 = (k + 1) * chunk < n ? (k + 1) * chunk : n;
+#pragma omp simd
+    for (int64_t i = k * chunk; i < i1; ++i) out[i] = ((bits[i >> 3] >> (i & 7)) & 1) ? F(1) : F(0);
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// Bumped whenever a signature below changes; cpu.py refuses a library of another version.
+int sg_abi_version() { return 1; }
+
+// dtype: 0 float32, 1 float64. neuron = (leak, input_scale, threshold, v_reset, v_init).
+// v0, v_final and h_out may be null (start at v_init; final state / potentials not wanted).
+int sg_lif_forward(int dtype, const void* x, const void* v0, void* spikes, void* v_final, void* h_out,
+                   int64_t T, int64_t N, const double* neuron, int hard, int64_t block, int threads) {
+  if (dtype == 0) {
+    forward<float>(static_cast<const float*>(x), static_cast<const float*>(v0), static_cast<float*>(spikes),
+                   static_cast<float*>(v_final), static_cast<float*>(h_out), T, N, neuron, hard, block,
+                   threads);
+    return 0;
+  }
+  if (dtype == 1) {
+    forward<double>(static_cast<const double*>(x), static_cast<const double*>(v0),
+                    static_cast<double*>(spikes), static_cast<double*>(v_final), static_cast<double*>(h_out),
+                    T, N, neuron, hard, block, threads);
+    return 0;
+  }
+  return -1;
+}
+
+// grad_v_final, g_given (kind 0 only), grad_v0 and leak_partials (one double per block) may
+// be null. Returns 0, or -1 for an unknown dtype/kind.
+int sg_lif_backward(int dtype, const void* x, const void* v0, const void* grad_s, const void* grad_v_final,
+                    const void* g_given, void* grad_x, void* grad_v0, double* leak_partials, int64_t T,
+                    int64_t N, const double* neuron, const double* surrogate, int kind, int hard, int detach,
+                    int64_t block, int threads) {
+  if (dtype == 0) {
+    return backward<float>(static_cast<const float*>(x), static_cast<const float*>(v0),
+                           static_cast<const float*>(grad_s), static_cast<const float*>(grad_v_final),
+                           static_cast<const float*>(g_given), static_cast<float*>(grad_x),
+                           static_cast<float*>(grad_v0), leak_partials, T, N, neuron, surrogate, kind, hard,
+                           detach, block, threads);
+  }
+  if (dtype == 1) {
+    return backward<double>(static_cast<const double*>(x), static_cast<const double*>(v0),
+                            static_cast<const double*>(grad_s), static_cast<const double*>(grad_v_final),
+                            static_cast<const double*>(g_given), static_cast<double*>(grad_x),
+                            static_cast<double*>(grad_v0), leak_partials, T, N, neuron, surrogate, kind, hard,
+                            detach, block, threads);
+  }
+  return -1;
+}
+
+// g(x) of one surrogate formula, for the tests that pin each against Surrogate.derivative.
+int sg_surrogate_eval(int dtype, int kind, const double* surrogate, const void* x, void* out, int64_t n) {
+  if (dtype == 0) {
+    return surrogate_eval<float>(static_cast<const float*>(x), static_cast<float*>(out), n, kind, surrogate);
+  }
+  if (dtype == 1) {
+    return surrogate_eval<double>(static_cast<const double*>(x), static_cast<double*>(out), n, kind,
+                                  surrogate);
+  }
+  return -1;
+}
+
+// 1 and the bits when every element is exactly +0.0 or 1.0, else 0 (bits then undefined).
+int64_t sg_pack_bits(int dtype, const void* x, uint8_t* bits, int64_t n, int threads) {
+  if (dtype == 0) return pack_bits<float, uint32_t>(static_cast<const float*>(x), bits, n, threads);
+  if (dtype == 1) return pack_bits<double, uint64_t>(static_cast<const double*>(x), bits, n, threads);
+  return -1;
+}
+
+int sg_unpack_bits(int dtype, const uint8_t* bits, void* out, int64_t n, int threads) {
+  if (dtype == 0) {
+    unpack_bits<float>(bits, static_cast<float*>(out), n, threads);
+    return 0;
+  }
+  if (dtype == 1) {
+    unpack_bits<double>(bits, static_cast<double*>(out), n, threads);
+    return 0;
+  }
+  return -1;
+}
+
+}  // extern "C"

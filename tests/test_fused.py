@@ -1,0 +1,262 @@
+"""The fused neuron kernels against the reference loop (spikegrad.dynamics.neuron_multistep).
+
+Spikes and final states must be bit-identical; gradients equal up to rounding: within 1e-6
+relative to the largest gradient in float32, 1e-10 in float64. A learnable leak's gradient
+is a sum over T·N terms that the reference accumulates in the input's precision and the
+kernel in float64; in float32 it must be at least as close to the float64 value as the
+reference's own, plus 1e-6 relative.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from spikegrad import fused, neurons, surrogates
+from spikegrad.dynamics import NeuronParams, NeuronState, neuron_multistep
+from spikegrad.errors import UserError
+from spikegrad.fused import cpu, formulas
+
+pytestmark = pytest.mark.skipif(cpu.library() is None, reason="the fused CPU neuron could not be built")
+
+TOL = {torch.float32: 1e-6, torch.float64: 1e-10}
+
+
+def assert_grad_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    scale = expected.abs().max().clamp_min(1e-30)
+    err = ((actual - expected).abs().max() / scale).item()
+    assert err <= TOL[dtype], f"max relative gradient error {err:.3g}"
+
+
+def run(x, params, surrogate, state=None, backend="cpu"):
+    if backend == "reference":
+        spikes, final, _ = neuron_multistep(x, params, surrogate, state)
+        return spikes, final.v
+    spikes, final = fused.multistep(x, params, surrogate, state, backend=backend)
+    return spikes, final.v
+
+
+def compare(x, params, surrogate, state=None, backend="cpu", leak=None):
+    """Forward both ways; backward with random upstream gradients into spikes and final state."""
+    wrt = [t for t in (x, None if state is None else state.v, leak) if t is not None and t.requires_grad]
+    outs = {}
+    for name in ("reference", backend):
+        spikes, v = run(x, params, surrogate, state, name)
+        gen = torch.Generator().manual_seed(5)
+        up_s = torch.randn(spikes.shape, generator=gen, dtype=spikes.dtype)
+        up_v = torch.randn(v.shape, generator=gen, dtype=v.dtype)
+        grads = torch.autograd.grad((spikes, v), wrt, (up_s, up_v)) if wrt else ()
+        outs[name] = (spikes, v, grads)
+    (s_ref, v_ref, g_ref), (s_new, v_new, g_new) = outs["reference"], outs[backend]
+    assert torch.equal(s_ref, s_new)
+    assert torch.equal(v_ref, v_new)
+    return g_ref, g_new
+
+
+def currents(shape, dtype=torch.float32, seed=0, requires_grad=True):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 1.2 + 0.5).to(dtype)
+    return x.requires_grad_(requires_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("learnable", [False, True])
+@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+@pytest.mark.parametrize("name", surrogates.available())
+def test_fused_equals_reference(name, reset, detach, learnable, dtype):
+    surrogate = surrogates.create(name)
+    x = currents((6, 3, 5, 7), dtype, seed=len(name))
+    leak = torch.tensor(0.7, dtype=dtype, requires_grad=True) if learnable else 0.7
+    params = NeuronParams(leak=leak, threshold=0.9, reset=reset, v_reset=-0.2 if reset == "hard" else 0.0,
+                          detach_reset=detach, input_scale=0.8)
+    g_ref, g_new = compare(x, params, surrogate, leak=leak if learnable else None)
+    assert_grad_close(g_new[0], g_ref[0], dtype)
+    assert g_ref[0].abs().max() > 0
+    if learnable:
+        if dtype == torch.float64:
+            assert_grad_close(g_new[1], g_ref[1], dtype)
+        else:  # the float64 value of the same sum decides who is closer
+            x64 = x.detach().double().requires_grad_(True)
+            leak64 = leak.detach().double().requires_grad_(True)
+            p64 = NeuronParams(leak64, 0.9, reset, params.v_reset, detach, 0.8)
+            g64 = compare(x64, p64, surrogate, leak=leak64)[0][1]
+            ref_err = (g_ref[1].double() - g64).abs()
+            assert (g_new[1].double() - g64).abs() <= ref_err + 1e-6 * g64.abs()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (5, 1), (3, 17), (700, 37), (4, 2, 3, 1025)])
+def test_odd_shapes(shape):
+    x = currents(shape, seed=sum(shape))
+    g_ref, g_new = compare(x, NeuronParams(leak=0.9, threshold=0.5), surrogates.Dspike())
+    assert_grad_close(g_new[0], g_ref[0], torch.float32)
+
+
+def test_non_contiguous_input_and_gradient_to_its_base():
+    base = currents((5, 8, 6))
+    x = base.transpose(1, 2)[:, ::2]  # (5, 3, 8), strided
+    assert not x.is_contiguous()
+    g_ref, g_new = compare(x, NeuronParams(leak=0.5), surrogates.Sigmoid())
+    assert_grad_close(g_new[0], g_ref[0], torch.float32)
+
+
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_initial_state_and_final_state_gradients(reset):
+    x = currents((6, 4, 9), torch.float64)
+    v0 = (torch.rand(4, 9, dtype=torch.float64) * 0.8).requires_grad_(True)
+    params = NeuronParams(leak=0.8, reset=reset, v_reset=0.1)
+    g_ref, g_new = compare(x, params, surrogates.ATan(), NeuronState(v0))
+    for a, b in zip(g_new, g_ref, strict=True):
+        assert_grad_close(a, b, torch.float64)
+
+
+def test_dspike_temperature_changed_at_run_time():
+    x = currents((8, 4, 16), torch.float64)
+    surrogate = surrogates.Dspike(temperature=3.0)
+    params = NeuronParams(leak=0.5)
+    grads = []
+    for temperature in (3.0, 0.7, 9.0):
+        surrogate.temperature = temperature
+        g_ref, g_new = compare(x, params, surrogate)
+        assert_grad_close(g_new[0], g_ref[0], torch.float64)
+        grads.append(g_new[0])
+    assert not torch.allclose(grads[0], grads[1])
+    # As in the reference, the temperature at backward time counts.
+    spikes, _ = fused.multistep(x, params, surrogate, backend="cpu")
+    surrogate.temperature = 0.7
+    (late,) = torch.autograd.grad(spikes, x, torch.ones_like(spikes))
+    spikes_ref, _, _ = neuron_multistep(x, params, surrogates.Dspike(temperature=0.7))
+    (expected,) = torch.autograd.grad(spikes_ref, x, torch.ones_like(spikes_ref))
+    assert_grad_close(late, expected, torch.float64)
+
+
+class Gaussian(surrogates.Surrogate):
+    """A surrogate with no kernel formula: the kernels must take the given-g path."""
+
+    def derivative(self, x):
+        return torch.exp(-2.0 * x * x)
+
+
+class SteeperSigmoid(surrogates.Sigmoid):
+    def derivative(self, x):
+        return 2.0 * super().derivative(x)
+
+
+@pytest.mark.parametrize("surrogate", [Gaussian(), SteeperSigmoid()])
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_surrogates_without_kernel_formula(surrogate, reset):
+    assert formulas.kernel_formula(surrogate)[0] == formulas.GIVEN
+    x = currents((5, 3, 11))
+    g_ref, g_new = compare(x, NeuronParams(leak=0.6, reset=reset), surrogate)
+    assert_grad_close(g_new[0], g_ref[0], torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", surrogates.available())
+def test_kernel_formula_matches_derivative(name, dtype):
+    for surrogate in (surrogates.create(name), surrogates.create(name).with_sharpness(7.5)):
+        kind, constants = formulas.kernel_formula(surrogate)
+        assert kind != formulas.GIVEN, f"surrogate {name!r} has no kernel formula (slow path)"
+        edges = [0.5, -0.5, 1 / 7.5, -1 / 7.5, 1 / 15, -1 / 15, 0.0, -0.0, 1e-30, 3.0, -40.0, 100.0]
+        x = torch.cat([torch.linspace(-3, 3, 2001, dtype=dtype), torch.tensor(edges, dtype=dtype)])
+        expected = surrogate.derivative(x)
+        actual = cpu.surrogate_eval(kind, constants, x)
+        assert ((actual - expected).abs() <= TOL[dtype] * expected.abs().max()).all(), surrogate
+        if name in ("rectangle", "triangle", "dspike"):  # compact support, boundaries included
+            assert torch.equal(actual == 0, expected == 0), surrogate
+
+
+def test_saves_only_the_input():
+    x = currents((8, 4, 32))
+    saved: list[torch.Tensor] = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        neurons.LIF(backend="cpu")(x)
+    assert sum(t.numel() * t.element_size() for t in saved) == x.numel() * 4
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        neurons.LIF(backend="reference")(x)
+    assert sum(t.numel() * t.element_size() for t in saved) == 3 * x.numel() * 4  # h-θ, h, 1-s per step
+
+
+def test_same_results_for_any_thread_count():
+    x = currents((6, 4, 3000))
+    leak = torch.tensor(0.6, requires_grad=True)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            spikes, _ = fused.multistep(x, NeuronParams(leak=leak), surrogates.Dspike(), backend="cpu")
+            results.append((spikes, *torch.autograd.grad(spikes.sum(), (x, leak))))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_neuron_module_backends_and_streaming():
+    x = currents((10, 3, 4), requires_grad=False)
+    net = torch.nn.Sequential(neurons.LIF(leak=0.5), neurons.LIF(leak=0.9, threshold=0.3))
+    assert fused.resolve_backend("auto", x, NeuronParams()) == "cpu"
+    whole = net(x)
+    neurons.set_backend(net, "reference")
+    assert torch.equal(net(x), whole)
+    neurons.set_backend(net, "cpu")
+    with neurons.streaming(net):
+        chunks = torch.cat([net(x[:3]), net(x[3:])])
+    assert torch.equal(chunks, whole)
+    assert "backend='cpu'" in repr(net[0])
+
+
+def test_backend_errors_and_fallbacks(monkeypatch):
+    x = currents((3, 2, 5))
+    with pytest.raises(UserError, match="did you mean 'cpu'"):
+        neurons.LIF(backend="cpus")
+    with pytest.raises(UserError, match="CUDA"):
+        fused.resolve_backend("triton", x, NeuronParams())
+    half = x.detach().bfloat16()
+    assert fused.resolve_backend("auto", half, NeuronParams()) == "reference"
+    with pytest.warns(RuntimeWarning, match="cannot run"):
+        assert fused.resolve_backend("cpu", half.half(), NeuronParams()) == "reference"
+    monkeypatch.setenv("SPIKEGRAD_NEURON_BACKEND", "reference")
+    assert fused.resolve_backend("auto", x, NeuronParams()) == "reference"
+    assert fused.resolve_backend("cpu", x, NeuronParams()) == "cpu"
+
+
+def test_build_failure_warns_once_and_uses_the_reference(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPIKEGRAD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cpu, "_compiler", lambda: None)
+    cpu.library.cache_clear()
+    try:
+        x = currents((4, 2, 3))
+        with pytest.warns(RuntimeWarning, match="could not be built"):
+            assert fused.resolve_backend("auto", x, NeuronParams()) == "reference"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            spikes = neurons.LIF()(x)
+        assert torch.equal(spikes, neurons.LIF(backend="reference")(x))
+    finally:
+        monkeypatch.undo()
+        cpu.library.cache_clear()
+    assert cpu.library() is not None
+
+
+def test_bits_round_trip_and_refusal():
+    for n in (1, 7, 8, 9, 100_003):
+        s = (torch.rand(n) > 0.6).float()
+        bits = cpu.pack_bits(s)
+        assert bits is not None and bits.numel() == (n + 7) // 8
+        assert torch.equal(cpu.unpack_bits(bits, s.shape, s.dtype), s)
+    for bad in (0.5, -0.0, float("nan"), 2.0):
+        s = torch.zeros(50_000)
+        s[-3] = bad
+        assert cpu.pack_bits(s) is None
+    assert torch.equal(cpu.unpack_bits(cpu.pack_bits(torch.ones(3, dtype=torch.float64)), (3,),
+                                       torch.float64), torch.ones(3, dtype=torch.float64))
