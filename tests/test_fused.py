@@ -9,6 +9,9 @@ reference's own, plus 1e-6 relative.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -260,3 +263,13 @@ def test_bits_round_trip_and_refusal():
         assert cpu.pack_bits(s) is None
     assert torch.equal(cpu.unpack_bits(cpu.pack_bits(torch.ones(3, dtype=torch.float64)), (3,),
                                        torch.float64), torch.ones(3, dtype=torch.float64))
+
+
+def test_triton_kernels_under_the_interpreter():
+    """The GPU kernels, run by Triton's CPU interpreter (``TRITON_INTERPRET=1``) on the full grid."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "spikegrad.fused.check", "--backend", "triton", "--device",
+                           "cpu"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "106/106 cases equal" in done.stdout

@@ -113,3 +113,15 @@ def test_lean_spiking_vgg_same_gradients_less_memory():
     for a, b in zip(g, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     assert nbytes < 0.9 * bytes_ref
+
+
+def test_config_options_reach_the_model():
+    from spikegrad import neurons
+    from spikegrad.config import Config
+    from spikegrad.run import build_parts
+
+    config = Config().with_overrides({"model.lean_memory": True, "model.neuron.backend": "reference"})
+    model = build_parts(config).model
+    assert any(isinstance(m, lean.LeanConv2d) for m in model.modules())
+    spiking = [m for m in model.modules() if isinstance(m, neurons.SpikingNeuron)]
+    assert spiking and all(m.backend == "reference" for m in spiking)

@@ -45,6 +45,9 @@ class NeuronConfig:
                         choices=("hard", "soft"))
     v_reset: float = option(0.0, doc="potential after a spike (hard reset)")
     detach_reset: bool = option(False, doc="cut the gradient through the reset")
+    backend: str = option("auto", choices=("auto", "reference", "cpu", "triton"),
+                          doc="who runs the time loop: auto (a fused kernel where one runs), "
+                          "reference (the plain loop), cpu or triton (spikegrad.fused)")
 
     def kwargs(self) -> dict[str, Any]:
         """Arguments for :func:`spikegrad.neurons.create` (``if`` takes no leak)."""
@@ -66,6 +69,8 @@ class ModelConfig:
     surrogate: dict = option(factory=lambda: {"name": "dspike", "temperature": 3.0},
                              doc="name plus the surrogate's parameters")
     options: dict = option(factory=dict, doc="further model-specific constructor arguments")
+    lean_memory: bool = option(False, doc="keep binary inputs of conv/linear layers as bits and nothing "
+                               "in pools for backward (same gradients, less memory; spikegrad.lean)")
 
 
 @dataclass

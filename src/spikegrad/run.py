@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
-from spikegrad import models
+from spikegrad import lean, models
 from spikegrad.config import Config
 from spikegrad.data import DatasetInfo, build_augmentation, build_datasets
 from spikegrad.errors import UserError
@@ -64,6 +64,8 @@ def build_parts(config: Config) -> RunParts:
         model = models.create(model_args["name"], **model_args["kwargs"])
     except UserError as exc:
         raise UserError(f"config model: {exc}") from exc
+    if config.model.lean_memory:
+        lean.make_lean(model)
     return RunParts(model, model_args, train_set, test_set, info)
 
 
