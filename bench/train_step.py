@@ -181,7 +181,8 @@ def report(results: dict[str, dict], args) -> str:
     if "sj-lif" in results and "spikegrad" in results and peak("spikegrad") and peak("sj-lif"):
         saved = results["spikegrad"]["info"]["saved_mb"] / results["sj-lif"]["info"]["saved_mb"]
         ratio = peak("spikegrad") / peak("sj-lif")
-        lines.append(f"peak memory spikegrad / sj-lif: {ratio:.2f} (goal ≤ 0.6); kept for backward: {saved:.2f}")
+        lines.append(f"peak memory spikegrad / sj-lif: {ratio:.2f} (goal ≤ 0.6); "
+                     f"kept for backward: {saved:.2f}")
     return "\n".join(lines)
 
 
