@@ -32,7 +32,7 @@ from torch import Tensor
 
 __all__ = ["block_size", "library", "pack_bits", "unpack_bits"]
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 SOURCE = Path(__file__).with_name("lif_cpu.cpp")
 BASE_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno")
 OPTIONAL_FLAGS = (("-march=native", "-fopenmp"), ("-fopenmp",), ())
@@ -93,6 +93,7 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.sg_pack_bits.argtypes = [ctypes.c_int, _void_p, _void_p, _int64, ctypes.c_int]
     lib.sg_pack_bits.restype = _int64
     lib.sg_unpack_bits.argtypes = [ctypes.c_int, _void_p, _void_p, _int64, ctypes.c_int]
+    lib.sg_advise_huge_pages.argtypes = [_void_p, _int64]
     return lib
 
 
@@ -137,8 +138,25 @@ def _unavailable(reason: str) -> None:
 
 
 def block_size(T: int) -> int:
-    """Neurons per block: the block's ``T`` potentials (recomputed in backward) stay in cache."""
-    return max(16, min(1024, (8192 // max(T, 1)) // 16 * 16))
+    """Neurons per block (a multiple of the vector width). Measured on an AMD EPYC (Zen 4):
+    128 is fastest for T <= 16 (the T rows of a block then read as interleaved streams that
+    the prefetchers follow), 1024 for longer sequences; the block's recomputed potentials
+    (T x block) stay in L1/L2 either way."""
+    return 128 if T <= 16 else 1024
+
+
+HUGE_PAGE_MIN_BYTES = 4 << 20
+
+
+def empty_like(x: Tensor, shape: tuple[int, ...] | torch.Size | None = None, dtype: torch.dtype | None = None
+               ) -> Tensor:
+    """A new output buffer; large ones are advised onto transparent huge pages before their
+    first touch, which halves the cost of the page faults of a fresh allocation (Linux)."""
+    out = torch.empty(x.shape if shape is None else shape, dtype=dtype or x.dtype, device=x.device)
+    nbytes = out.numel() * out.element_size()
+    if nbytes >= HUGE_PAGE_MIN_BYTES:
+        library().sg_advise_huge_pages(out.data_ptr(), nbytes)
+    return out
 
 
 def _ptr(t: Tensor | None) -> int | None:
@@ -155,8 +173,8 @@ def forward(x: Tensor, v0: Tensor | None, neuron: tuple[float, ...], hard: bool,
     contiguous ``x`` ``[T, N]``; ``neuron = (leak, input_scale, threshold, v_reset, v_init)``."""
     lib = library()
     T, N = x.shape
-    spikes, v_final = torch.empty_like(x), x.new_empty(N)
-    h = torch.empty_like(x) if want_h else None
+    spikes, v_final = empty_like(x), x.new_empty(N)
+    h = empty_like(x) if want_h else None
     lib.sg_lif_forward(DTYPE_CODES[x.dtype], _ptr(x), _ptr(v0), _ptr(spikes), _ptr(v_final), _ptr(h), T, N,
                        _doubles(neuron), int(hard), block_size(T), torch.get_num_threads())
     return spikes, v_final, h
@@ -170,7 +188,7 @@ def backward(x: Tensor, v0: Tensor | None, grad_s: Tensor, grad_v_final: Tensor 
     lib = library()
     T, N = x.shape
     block = block_size(T)
-    grad_x = torch.empty_like(x)
+    grad_x = empty_like(x)
     grad_v0 = x.new_empty(N) if want_v0 else None
     partials = torch.zeros((N + block - 1) // block, dtype=torch.float64) if want_leak else None
     status = lib.sg_lif_backward(
@@ -206,6 +224,6 @@ def pack_bits(x: Tensor) -> Tensor | None:
 
 def unpack_bits(bits: Tensor, shape: torch.Size, dtype: torch.dtype) -> Tensor:
     """The tensor :func:`pack_bits` packed, as 0.0/1.0 of ``dtype``."""
-    out = torch.empty(shape, dtype=dtype)
+    out = empty_like(bits, shape, dtype)
     library().sg_unpack_bits(DTYPE_CODES[dtype], _ptr(bits), _ptr(out), out.numel(), torch.get_num_threads())
     return out

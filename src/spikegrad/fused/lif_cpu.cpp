@@ -26,10 +26,14 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#ifdef __linux__
+#include <sys/mman.h>
 #endif
 
 namespace {
@@ -57,11 +61,12 @@ Consts<F> make_consts(const double* neuron, const double* surrogate) {
 }
 
 // exp(y) for y <= 0 in float, branch-free so that loops calling it vectorise (libm's expf
-// does not). Range reduction y = k*ln2 + r, |r| <= ln2/2, and the degree-7 Taylor series
-// of exp(r) (truncation below 1e-8 relative); about 1 ulp.
+// and std::floor do not, without -ffast-math). Range reduction y = k*ln2 + r, |r| <= ln2/2,
+// k rounded to nearest by the 1.5*2^23 trick (exact for |k| < 2^22), then the degree-7
+// Taylor series of exp(r) (truncation below 1e-8 relative); about 1 ulp.
 inline float exp_nonpositive(float y) {
   y = y < -87.0f ? -87.0f : y;
-  const float k = std::floor(y * 1.44269504088896341f + 0.5f);
+  const float k = (y * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = y - k * 0.693359375f;     // ln2 split in a part exact in float
   r = r - k * -2.12194440054690583e-4f;  // and the rest
   float p = 1.0f / 5040.0f;
@@ -73,9 +78,7 @@ inline float exp_nonpositive(float y) {
   p = p * r + 1.0f;
   p = p * r + 1.0f;
   const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;  // 2^k
-  float two_k;
-  std::memcpy(&two_k, &bits, sizeof two_k);
-  return p * two_k;
+  return p * __builtin_bit_cast(float, bits);
 }
 inline double exp_nonpositive(double y) { return std::exp(y); }
 
@@ -94,44 +97,49 @@ inline float sigmoid_of(float z) {
 inline double sigmoid_of(double z) { return 1.0 / (1.0 + std::exp(-z)); }
 
 // g(x), x = h - threshold; each line mirrors Surrogate.derivative, operation for operation.
+// The constants come by value (not through a pointer) so that loops calling this stay
+// branch-free and vectorise: a select reading memory would not be if-converted.
 template <typename F, int KIND>
-inline F surrogate_grad(F x, const F* p) {
+inline F surrogate_grad(F x, F p0, F p1, F p2, F p3) {
   const F ax = std::fabs(x);
   if constexpr (KIND == RECTANGLE) {  // p = (width/2, height)
-    return ax < p[0] ? p[1] : F(0);
+    return ax < p0 ? p1 : F(0);
   } else if constexpr (KIND == TRIANGLE) {  // p = (alpha, alpha^2)
-    const F g = p[0] - p[1] * ax;
+    const F g = p0 - p1 * ax;
     return g > F(0) ? g : F(0);
   } else if constexpr (KIND == SIGMOID) {  // p = (alpha,)
-    const F s = sigmoid_of(p[0] * x);
-    return p[0] * s * (F(1) - s);
+    const F s = sigmoid_of(p0 * x);
+    return p0 * s * (F(1) - s);
   } else if constexpr (KIND == ATAN) {  // p = (pi/2 * alpha, alpha/2)
-    const F y = p[0] * x;
-    return p[1] / (F(1) + y * y);
+    const F y = p0 * x;
+    return p1 / (F(1) + y * y);
   } else if constexpr (KIND == FAST_SIGMOID) {  // p = (slope,)
-    const F d = F(1) + p[0] * ax;
+    const F d = F(1) + p0 * ax;
     return F(1) / (d * d);
   } else if constexpr (KIND == DSPIKE) {  // p = (window/2, temperature, window, scale/window)
-    const F t = tanh_of(p[1] * x / p[2]);
+    const F t = tanh_of(p1 * x / p2);
     const F sech2 = F(1) - t * t;
-    return (ax <= p[0] ? p[3] : F(0)) * sech2;
+    return (ax <= p0 ? p3 : F(0)) * sech2;
   } else {
+    (void)p2;
+    (void)p3;
     return F(0);
   }
 }
 
 template <typename F, bool HARD>
-inline F after_reset(F h, F spike, const Consts<F>& c) {
+inline F after_reset(F h, F spike, F threshold, F v_reset) {
   if constexpr (HARD) {
-    return h * (F(1) - spike) + c.v_reset * spike;
+    return h * (F(1) - spike) + v_reset * spike;
   } else {
-    return h - c.threshold * spike;
+    return h - threshold * spike;
   }
 }
 
 template <typename F, bool HARD, bool WRITE_H>
 void forward_block(const F* x, const F* v0, F* spikes, F* v_final, F* h_out, int64_t T, int64_t N,
                    int64_t n0, int64_t bn, const Consts<F>& c, F* u) {
+  const F leak = c.leak, scale = c.scale, threshold = c.threshold, v_reset = c.v_reset;
   for (int64_t i = 0; i < bn; ++i) u[i] = v0 ? v0[n0 + i] : c.v_init;
   for (int64_t t = 0; t < T; ++t) {
     const F* xt = x + t * N + n0;
@@ -139,11 +147,11 @@ void forward_block(const F* x, const F* v0, F* spikes, F* v_final, F* h_out, int
     F* ht = WRITE_H ? h_out + t * N + n0 : nullptr;
 #pragma omp simd
     for (int64_t i = 0; i < bn; ++i) {
-      const F h = c.leak * u[i] + c.scale * xt[i];
-      const F s = (h - c.threshold >= F(0)) ? F(1) : F(0);
+      const F h = leak * u[i] + scale * xt[i];
+      const F s = (h - threshold >= F(0)) ? F(1) : F(0);
       st[i] = s;
       if constexpr (WRITE_H) ht[i] = h;
-      u[i] = after_reset<F, HARD>(h, s, c);
+      u[i] = after_reset<F, HARD>(h, s, threshold, v_reset);
     }
   }
   if (v_final) std::memcpy(v_final + n0, u, sizeof(F) * bn);
@@ -153,6 +161,8 @@ template <typename F, int KIND, bool HARD, bool DETACH, bool LEAK_GRAD>
 void backward_block(const F* x, const F* v0, const F* grad_s, const F* grad_v_final, const F* g_given,
                     F* grad_x, F* grad_v0, double* leak_partial, int64_t T, int64_t N, int64_t n0,
                     int64_t bn, const Consts<F>& c, F* hbuf, F* du, F* u0) {
+  const F leak = c.leak, scale = c.scale, threshold = c.threshold, v_reset = c.v_reset;
+  const F p0 = c.p[0], p1 = c.p[1], p2 = c.p[2], p3 = c.p[3];
   // 1. Recompute h_t for this block (the forward pass without writing spikes).
   for (int64_t i = 0; i < bn; ++i) u0[i] = v0 ? v0[n0 + i] : c.v_init;
   std::memcpy(du, u0, sizeof(F) * bn);  // du doubles as the running potential here
@@ -161,54 +171,58 @@ void backward_block(const F* x, const F* v0, const F* grad_s, const F* grad_v_fi
     F* ht = hbuf + t * bn;
 #pragma omp simd
     for (int64_t i = 0; i < bn; ++i) {
-      const F h = c.leak * du[i] + c.scale * xt[i];
+      const F h = leak * du[i] + scale * xt[i];
       ht[i] = h;
-      du[i] = after_reset<F, HARD>(h, (h - c.threshold >= F(0)) ? F(1) : F(0), c);
+      du[i] = after_reset<F, HARD>(h, (h - threshold >= F(0)) ? F(1) : F(0), threshold, v_reset);
     }
   }
-  // 2. Adjoint recurrence, t = T-1 .. 0.
+  // 2. Adjoint recurrence, t = T-1 .. 0. u_{t-1} (for the leak gradient) is rebuilt from
+  // h_{t-1}, or is u0 at t = 0; FIRST makes that choice at compile time.
   for (int64_t i = 0; i < bn; ++i) du[i] = grad_v_final ? grad_v_final[n0 + i] : F(0);
   double leak_acc = 0.0;
-  for (int64_t t = T - 1; t >= 0; --t) {
+  auto adjoint_step = [&](int64_t t, auto first) {
+    constexpr bool FIRST = decltype(first)::value;
     const F* ht = hbuf + t * bn;
-    const F* hprev = t > 0 ? hbuf + (t - 1) * bn : nullptr;
+    const F* hprev = FIRST ? u0 : hbuf + (t - 1) * bn;
     const F* gst = grad_s + t * N + n0;
     const F* ggt = KIND == GIVEN ? g_given + t * N + n0 : nullptr;
     F* gxt = grad_x + t * N + n0;
-#pragma omp simd reduction(+ : leak_acc)
+    double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
     for (int64_t i = 0; i < bn; ++i) {
       const F h = ht[i];
-      const F xm = h - c.threshold;
+      const F xm = h - threshold;
       const F s = xm >= F(0) ? F(1) : F(0);
       F g;
       if constexpr (KIND == GIVEN) {
         g = ggt[i];
       } else {
-        g = surrogate_grad<F, KIND>(xm, c.p);
+        g = surrogate_grad<F, KIND>(xm, p0, p1, p2, p3);
       }
       const F d = du[i];
       F dh;
       if constexpr (HARD) {
-        const F ds = DETACH ? gst[i] : gst[i] + d * (c.v_reset - h);
+        const F ds = DETACH ? gst[i] : gst[i] + d * (v_reset - h);
         dh = d * (F(1) - s) + ds * g;
       } else {
-        const F ds = DETACH ? gst[i] : gst[i] - c.threshold * d;
+        const F ds = DETACH ? gst[i] : gst[i] - threshold * d;
         dh = d + ds * g;
       }
-      gxt[i] = c.scale * dh;
+      gxt[i] = scale * dh;
       if constexpr (LEAK_GRAD) {
-        F u_prev;
-        if (hprev) {
-          const F hp = hprev[i];
-          u_prev = after_reset<F, HARD>(hp, (hp - c.threshold >= F(0)) ? F(1) : F(0), c);
-        } else {
-          u_prev = u0[i];
+        F u_prev = hprev[i];
+        if constexpr (!FIRST) {
+          u_prev = after_reset<F, HARD>(u_prev, (u_prev - threshold >= F(0)) ? F(1) : F(0), threshold,
+                                        v_reset);
         }
-        leak_acc += static_cast<double>(dh) * static_cast<double>(u_prev);
+        acc += static_cast<double>(dh) * static_cast<double>(u_prev);
       }
-      du[i] = c.leak * dh;
+      du[i] = leak * dh;
     }
-  }
+    leak_acc += acc;
+  };
+  for (int64_t t = T - 1; t >= 1; --t) adjoint_step(t, std::false_type{});
+  adjoint_step(0, std::true_type{});
   if (grad_v0) std::memcpy(grad_v0 + n0, du, sizeof(F) * bn);
   if (LEAK_GRAD) *leak_partial = leak_acc;
 }
@@ -322,7 +336,7 @@ int backward(const F* x, const F* v0, const F* grad_s, const F* grad_v_final, co
 
 template <typename F, int KIND>
 void eval_kind(const F* x, F* out, int64_t n, const F* p) {
-  for (int64_t i = 0; i < n; ++i) out[i] = surrogate_grad<F, KIND>(x[i], p);
+  for (int64_t i = 0; i < n; ++i) out[i] = surrogate_grad<F, KIND>(x[i], p[0], p[1], p[2], p[3]);
 }
 
 template <typename F>
@@ -399,7 +413,7 @@ void unpack_bits(const uint8_t* bits, F* out, int64_t n, int threads) {
 extern "C" {
 
 // Bumped whenever a signature below changes; cpu.py refuses a library of another version.
-int sg_abi_version() { return 1; }
+int sg_abi_version() { return 2; }
 
 // dtype: 0 float32, 1 float64. neuron = (leak, input_scale, threshold, v_reset, v_init).
 // v0, v_final and h_out may be null (start at v_init; final state / potentials not wanted).
@@ -453,6 +467,23 @@ int sg_surrogate_eval(int dtype, int kind, const double* surrogate, const void* 
                                   surrogate);
   }
   return -1;
+}
+
+// Ask the kernel to back a fresh (not yet touched) buffer with transparent huge pages: its
+// first-touch page faults then cost about half (one fault per 2 MiB instead of per 4 KiB).
+// A hint only: returns 0 if taken, -1 if refused or unsupported; the buffer works either way.
+int sg_advise_huge_pages(void* data, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const uintptr_t huge = uintptr_t(1) << 21;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + huge - 1) & ~(huge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + static_cast<uintptr_t>(bytes)) & ~(huge - 1);
+  if (end <= begin) return -1;
+  return madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+  return -1;
+#endif
 }
 
 // 1 and the bits when every element is exactly +0.0 or 1.0, else 0 (bits then undefined).
