@@ -130,13 +130,20 @@ def median_ms(times: list[float]) -> float:
 
 
 def versions() -> str:
-    names = ["torch", "spikingjelly", "snntorch", "norse"]
+    from importlib import metadata
+
     parts = [f"python {platform.python_version()}"]
-    for name in names:
+    for name in ("torch", "spikingjelly", "snntorch", "norse", "triton", "gcc"):
+        if name == "gcc":
+            try:
+                out = subprocess.run(["gcc", "-dumpfullversion"], capture_output=True, text=True).stdout
+                parts.append(f"gcc {out.strip()}")
+            except OSError:
+                pass
+            continue
         try:
-            module = __import__(name)
-            parts.append(f"{name} {getattr(module, '__version__', '?')}")
-        except ImportError:
+            parts.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
             parts.append(f"{name} (not installed)")
     return ", ".join(parts)
 

@@ -35,6 +35,9 @@
 #ifdef __linux__
 #include <sys/mman.h>
 #endif
+#if defined(__AVX512F__) || defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -127,6 +130,31 @@ inline F surrogate_grad(F x, F p0, F p1, F p2, F p3) {
   }
 }
 
+// Copy a block row from the cache-resident staging buffer to its place in a large output
+// with non-temporal (streaming) stores where the destination is aligned: the output is
+// written once and not read soon, so skipping the read-for-ownership saves a quarter of the
+// traffic of that stream. Plain copy elsewhere.
+inline void stream_row(float* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  if ((reinterpret_cast<uintptr_t>(dst) & 63) == 0) {
+    for (; i + 16 <= n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+  }
+#elif defined(__AVX__)
+  if ((reinterpret_cast<uintptr_t>(dst) & 31) == 0) {
+    for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = src[i];
+}
+inline void stream_row(double* dst, const double* src, int64_t n) { std::memcpy(dst, src, sizeof(double) * n); }
+
+inline void stream_fence() {
+#if defined(__AVX512F__) || defined(__AVX__)
+  _mm_sfence();
+#endif
+}
+
 template <typename F, bool HARD>
 inline F after_reset(F h, F spike, F threshold, F v_reset) {
   if constexpr (HARD) {
@@ -138,21 +166,21 @@ inline F after_reset(F h, F spike, F threshold, F v_reset) {
 
 template <typename F, bool HARD, bool WRITE_H>
 void forward_block(const F* x, const F* v0, F* spikes, F* v_final, F* h_out, int64_t T, int64_t N,
-                   int64_t n0, int64_t bn, const Consts<F>& c, F* u) {
+                   int64_t n0, int64_t bn, const Consts<F>& c, F* u, F* stage) {
   const F leak = c.leak, scale = c.scale, threshold = c.threshold, v_reset = c.v_reset;
   for (int64_t i = 0; i < bn; ++i) u[i] = v0 ? v0[n0 + i] : c.v_init;
   for (int64_t t = 0; t < T; ++t) {
     const F* xt = x + t * N + n0;
-    F* st = spikes + t * N + n0;
     F* ht = WRITE_H ? h_out + t * N + n0 : nullptr;
 #pragma omp simd
     for (int64_t i = 0; i < bn; ++i) {
       const F h = leak * u[i] + scale * xt[i];
       const F s = (h - threshold >= F(0)) ? F(1) : F(0);
-      st[i] = s;
+      stage[i] = s;
       if constexpr (WRITE_H) ht[i] = h;
       u[i] = after_reset<F, HARD>(h, s, threshold, v_reset);
     }
+    stream_row(spikes + t * N + n0, stage, bn);
   }
   if (v_final) std::memcpy(v_final + n0, u, sizeof(F) * bn);
 }
@@ -186,7 +214,7 @@ void backward_block(const F* x, const F* v0, const F* grad_s, const F* grad_v_fi
     const F* hprev = FIRST ? u0 : hbuf + (t - 1) * bn;
     const F* gst = grad_s + t * N + n0;
     const F* ggt = KIND == GIVEN ? g_given + t * N + n0 : nullptr;
-    F* gxt = grad_x + t * N + n0;
+    F* gxt = grad_x + t * N + n0;  // plain stores: streaming stores measured slower here
     double acc = 0.0;
 #pragma omp simd reduction(+ : acc)
     for (int64_t i = 0; i < bn; ++i) {
@@ -241,21 +269,23 @@ void forward(const F* x, const F* v0, F* spikes, F* v_final, F* h_out, int64_t T
   threads = clamp_threads(threads, blocks);
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<F> u(block);
+    std::vector<F> u(block), stage(block);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t n0 = b * block;
       const int64_t bn = N - n0 < block ? N - n0 : block;
       if (hard && h_out) {
-        forward_block<F, true, true>(x, v0, spikes, v_final, h_out, T, N, n0, bn, c, u.data());
+        forward_block<F, true, true>(x, v0, spikes, v_final, h_out, T, N, n0, bn, c, u.data(), stage.data());
       } else if (hard) {
-        forward_block<F, true, false>(x, v0, spikes, v_final, h_out, T, N, n0, bn, c, u.data());
+        forward_block<F, true, false>(x, v0, spikes, v_final, h_out, T, N, n0, bn, c, u.data(), stage.data());
       } else if (h_out) {
-        forward_block<F, false, true>(x, v0, spikes, v_final, h_out, T, N, n0, bn, c, u.data());
+        forward_block<F, false, true>(x, v0, spikes, v_final, h_out, T, N, n0, bn, c, u.data(), stage.data());
       } else {
-        forward_block<F, false, false>(x, v0, spikes, v_final, h_out, T, N, n0, bn, c, u.data());
+        forward_block<F, false, false>(x, v0, spikes, v_final, h_out, T, N, n0, bn, c, u.data(),
+                                       stage.data());
       }
     }
+    stream_fence();
   }
 }
 
