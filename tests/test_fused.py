@@ -37,7 +37,7 @@ def run(x, params, surrogate, state=None, backend="cpu"):
     if backend == "reference":
         spikes, final, _ = neuron_multistep(x, params, surrogate, state)
         return spikes, final.v
-    spikes, final = fused.multistep(x, params, surrogate, state, backend=backend)
+    spikes, final, _ = fused.multistep(x, params, surrogate, state, backend=backend)
     return spikes, final.v
 
 
@@ -127,7 +127,7 @@ def test_dspike_temperature_changed_at_run_time():
         grads.append(g_new[0])
     assert not torch.allclose(grads[0], grads[1])
     # As in the reference, the temperature at backward time counts.
-    spikes, _ = fused.multistep(x, params, surrogate, backend="cpu")
+    spikes, _, _ = fused.multistep(x, params, surrogate, backend="cpu")
     surrogate.temperature = 0.7
     (late,) = torch.autograd.grad(spikes, x, torch.ones_like(spikes))
     spikes_ref, _, _ = neuron_multistep(x, params, surrogates.Dspike(temperature=0.7))
@@ -196,7 +196,7 @@ def test_same_results_for_any_thread_count():
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            spikes, _ = fused.multistep(x, NeuronParams(leak=leak), surrogates.Dspike(), backend="cpu")
+            spikes, _, _ = fused.multistep(x, NeuronParams(leak=leak), surrogates.Dspike(), backend="cpu")
             results.append((spikes, *torch.autograd.grad(spikes.sum(), (x, leak))))
     finally:
         torch.set_num_threads(threads)
@@ -273,3 +273,21 @@ def test_triton_kernels_under_the_interpreter():
                            "cpu"], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "106/106 cases equal" in done.stdout
+
+
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_membrane_potentials_from_the_kernel(reset):
+    x = currents((7, 3, 10))
+    params = NeuronParams(leak=0.6, reset=reset, v_reset=0.2)
+    _, _, h_ref = neuron_multistep(x, params, surrogates.Sigmoid(), return_membrane=True)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            spikes, _, h = fused.multistep(x, params, surrogates.Sigmoid(), backend="cpu",
+                                           return_membrane=True)
+        assert torch.equal(h, h_ref.detach())
+        assert not h.requires_grad
+    seen = []
+    neuron = neurons.LIF(leak=0.6, reset=reset, v_reset=0.2, surrogate=surrogates.Sigmoid())
+    neuron.membrane_hook = seen.append
+    assert torch.equal(neuron(x), spikes)
+    assert torch.equal(seen[0], h_ref.detach())

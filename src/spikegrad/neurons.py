@@ -119,11 +119,10 @@ class SpikingNeuron(nn.Module):
         """Spikes ``[T, B, ...]`` for a time-major input current ``[T, B, ...]``."""
         record = self.membrane_hook is not None
         state = None if self._carry is None else self._carry.get("state")
-        if record:  # the potentials are wanted: the reference loop returns them
-            spikes, state, h = neuron_multistep(x, self.params, self.surrogate, state, return_membrane=True)
+        spikes, state, h = fused.multistep(x, self.params, self.surrogate, state, self.backend,
+                                           return_membrane=record)
+        if record:
             self.membrane_hook(h)
-        else:
-            spikes, state = fused.multistep(x, self.params, self.surrogate, state, self.backend)
         if self._carry is not None:
             self._carry["state"] = NeuronState(state.v.detach()) if self._carry["detach"] else state
         return spikes
@@ -132,7 +131,8 @@ class SpikingNeuron(nn.Module):
         self, x: Tensor, state: NeuronState | None = None
     ) -> tuple[Tensor, NeuronState]:
         """Multi-step call from an explicit state; returns ``(spikes, final state)``."""
-        return fused.multistep(x, self.params, self.surrogate, state, self.backend)
+        spikes, state, _ = fused.multistep(x, self.params, self.surrogate, state, self.backend)
+        return spikes, state
 
     def membrane(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(spikes, pre-reset potentials h_t)``, both ``[T, B, ...]``, for analysis (reference loop)."""

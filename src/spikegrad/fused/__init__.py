@@ -50,9 +50,10 @@ NeuronConstants = tuple[float, float, float, float, float]  # leak, input_scale,
 class KernelOps(Protocol):
     """One backend's kernels on ``x [T, N]`` (contiguous) and ``v0 [N]`` (or None)."""
 
-    def forward(self, x: Tensor, v0: Tensor | None, neuron: NeuronConstants, hard: bool, save: bool = True
-                ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-        """``(spikes [T, N], final potential [N], tensors to save for backward)``."""
+    def forward(self, x: Tensor, v0: Tensor | None, neuron: NeuronConstants, hard: bool, save: bool = True,
+                want_h: bool = False) -> tuple[Tensor, Tensor, tuple[Tensor, ...], Tensor | None]:
+        """``(spikes [T, N], final potential [N], tensors to save for backward, potentials h
+        [T, N] if wanted)``."""
 
     def backward(self, saved: tuple[Tensor, ...], v0: Tensor | None, grad_s: Tensor,
                  grad_v_final: Tensor | None, neuron: NeuronConstants, params: NeuronParams,
@@ -64,9 +65,9 @@ class KernelOps(Protocol):
 class CPUOps:
     """The C++ kernel; saves ``x`` and recomputes the potentials in backward."""
 
-    def forward(self, x, v0, neuron, hard, save=True):
-        spikes, v_final, _ = cpu.forward(x, v0, neuron, hard)
-        return spikes, v_final, (x,)
+    def forward(self, x, v0, neuron, hard, save=True, want_h=False):
+        spikes, v_final, h = cpu.forward(x, v0, neuron, hard, want_h=want_h)
+        return spikes, v_final, (x,), h
 
     def backward(self, saved, v0, grad_s, grad_v_final, neuron, params, surrogate, want_v0, want_leak):
         (x,) = saved
@@ -90,25 +91,29 @@ _OPS = {"cpu": CPUOps, "triton": _triton_ops}
 
 
 class FusedNeuron(torch.autograd.Function):
-    """Autograd wrapper of a backend's kernels: ``(x, v0, leak) -> (spikes, final potential)``.
+    """Autograd wrapper of a backend's kernels: ``(x, v0, leak) -> (spikes, final potential,
+    potentials h)``.
 
     ``leak`` is the 0-dim tensor of a learnable leak (None for a constant one); its
-    gradient is ``Σ_t Σ_n dL/dh_t · u_{t-1}``. Not twice differentiable.
+    gradient is ``Σ_t Σ_n dL/dh_t · u_{t-1}``. ``h`` (empty unless ``want_h``) is for
+    monitoring and carries no gradient. Not twice differentiable.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, v0: Tensor | None, leak: Tensor | None, ops: KernelOps,  # type: ignore[override]
-                params: NeuronParams, surrogate) -> tuple[Tensor, Tensor]:
+                params: NeuronParams, surrogate, want_h: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         neuron = constants(params)
-        spikes, v_final, saved = ops.forward(x, v0, neuron, params.reset == "hard")
+        spikes, v_final, saved, h = ops.forward(x, v0, neuron, params.reset == "hard", want_h=want_h)
+        h = x.new_empty(0) if h is None else h
+        ctx.mark_non_differentiable(h)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(v0, leak, *saved)
         ctx.ops, ctx.params, ctx.surrogate, ctx.neuron = ops, params, surrogate, neuron
-        return spikes, v_final
+        return spikes, v_final, h
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_s: Tensor | None, grad_v_final: Tensor | None):  # type: ignore[override]
+    def backward(ctx, grad_s: Tensor | None, grad_v_final: Tensor | None, _grad_h=None):  # type: ignore[override]
         v0, leak, *saved = ctx.saved_tensors
         want_x, want_v0, want_leak = ctx.needs_input_grad[:3]
         like = saved[0]
@@ -119,7 +124,7 @@ class FusedNeuron(torch.autograd.Function):
         if want_leak:
             dleak = torch.as_tensor(dleak, dtype=leak.dtype, device=leak.device).reshape(leak.shape)
         return (dx if want_x else None, dv0 if want_v0 else None, dleak if want_leak else None,
-                None, None, None)
+                None, None, None, None)
 
 
 def constants(params: NeuronParams) -> NeuronConstants:
@@ -196,26 +201,29 @@ def _unsupported(x: Tensor, params: NeuronParams, state: NeuronState | None) -> 
 
 
 def multistep(x: Tensor, params: NeuronParams, surrogate, state: NeuronState | None = None,
-              backend: str = "auto") -> tuple[Tensor, NeuronState]:
-    """Spikes ``[T, B, ...]`` and the final state for a time-major input ``x [T, B, ...]``.
+              backend: str = "auto", *, return_membrane: bool = False
+              ) -> tuple[Tensor, NeuronState, Tensor | None]:
+    """``(spikes [T, B, ...], final state, pre-reset potentials [T, B, ...] or None)``.
 
-    The same contract as :func:`spikegrad.dynamics.neuron_multistep` (without the
-    membrane output), run by the backend :func:`resolve_backend` picks.
+    The contract of :func:`spikegrad.dynamics.neuron_multistep`, run by the backend
+    :func:`resolve_backend` picks. From a kernel, the potentials carry no gradient (they are
+    for monitoring).
     """
     check_time_major(x, "neuron input")
     if state is not None:
         check_state(state, x[0])
     chosen = resolve_backend(backend, x, params, state)
     if chosen == "reference":
-        spikes, state, _ = neuron_multistep(x, params, surrogate, state)
-        return spikes, state
+        return neuron_multistep(x, params, surrogate, state, return_membrane=return_membrane)
     T = x.shape[0]
     flat = x.contiguous().view(T, -1)  # (T, N)
     v0 = None if state is None else state.v.contiguous().view(-1)  # (N,)
     leak = params.leak if isinstance(params.leak, Tensor) else None
     ops = _OPS[chosen]()
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (flat, v0, leak)):
-        spikes, v_final = FusedNeuron.apply(flat, v0, leak, ops, params, surrogate)
+        spikes, v_final, h = FusedNeuron.apply(flat, v0, leak, ops, params, surrogate, return_membrane)
     else:
-        spikes, v_final, _ = ops.forward(flat, v0, constants(params), params.reset == "hard", save=False)
-    return spikes.view(x.shape), NeuronState(v_final.view(x.shape[1:]))
+        spikes, v_final, _, h = ops.forward(flat, v0, constants(params), params.reset == "hard", save=False,
+                                            want_h=return_membrane)
+    membrane = h.view(x.shape) if return_membrane else None
+    return spikes.view(x.shape), NeuronState(v_final.view(x.shape[1:])), membrane

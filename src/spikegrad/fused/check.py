@@ -42,7 +42,7 @@ def compare(backend: str, x: torch.Tensor, params: NeuronParams, surrogate, v0: 
     wrt = [t for t in (x, v0, leak) if t is not None]
     state = None if v0 is None else NeuronState(v0)
     s_ref, st_ref, _ = neuron_multistep(x, params, surrogate, state)
-    s_new, st_new = fused.multistep(x, params, surrogate, state, backend=backend)
+    s_new, st_new, _ = fused.multistep(x, params, surrogate, state, backend=backend)
     if not torch.equal(s_ref, s_new):
         return [f"{label}: spikes differ in {int((s_ref != s_new).sum())} places"]
     if not torch.equal(st_ref.v, st_new.v):

@@ -188,16 +188,17 @@ def _dummy(device: torch.device, dtype: torch.dtype) -> Tensor:
 class TritonOps:
     """:class:`spikegrad.fused.KernelOps` on Triton; saves the potentials ``h`` ``[T, N]``."""
 
-    def forward(self, x, v0, neuron, hard, save=True):
+    def forward(self, x, v0, neuron, hard, save=True, want_h=False):
         T, N = x.shape
         spikes, v_final = torch.empty_like(x), x.new_empty(N)
-        h = torch.empty_like(x) if save else _dummy(x.device, x.dtype)
+        write_h = save or want_h
+        h = torch.empty_like(x) if write_h else _dummy(x.device, x.dtype)
         consts = torch.tensor(neuron, dtype=x.dtype, device=x.device)
         grid = (triton.cdiv(N, BLOCK),)
         _forward_kernel[grid](x, v0 if v0 is not None else _dummy(x.device, x.dtype), spikes, v_final, h,
-                              consts, T, N, HAS_V0=v0 is not None, HARD=hard, SAVE_H=save, BLOCK=BLOCK,
+                              consts, T, N, HAS_V0=v0 is not None, HARD=hard, SAVE_H=write_h, BLOCK=BLOCK,
                               **_launch_options())
-        return spikes, v_final, ((h,) if save else ())
+        return spikes, v_final, ((h,) if save else ()), (h if want_h else None)
 
     def backward(self, saved, v0, grad_s, grad_v_final, neuron, params, surrogate, want_v0, want_leak):
         (h,) = saved
