@@ -10,8 +10,8 @@
    median of 30 after 5 warm-ups): spikegrad's Triton kernel, spikegrad's reference loop,
    and SpikingJelly's ``LIFNode`` with each CUDA implementation it offers
    (``SJ_LIF_CUDA_IMPLEMENTATION`` = ``cuda``, ``triton``, ``torch``; each in its own process,
-   skipped if SpikingJelly is missing or the implementation fails), same dynamics, spikes
-   checked equal.
+   at most 3 minutes, reported as unavailable if SpikingJelly is missing or the
+   implementation fails), same dynamics, spikes checked equal.
 3. Spiking ResNet-18 CIFAR training step (B = 64, T = 4, float32) against the same
    network as an ANN at batch T·B = 256; fused and reference neurons.
 """
@@ -98,45 +98,51 @@ def time_spikegrad(T: int) -> dict[str, float]:
     return out
 
 
-def sj_worker(T: int) -> None:
+def sj_worker(Ts: list[int]) -> None:
     """Time SpikingJelly's LIFNode in this process (its CUDA implementation is chosen by env)."""
     from spikingjelly.activation_based import functional, neuron, surrogate
 
     from spikegrad import neurons, surrogates
 
-    x = neuron_input(T).requires_grad_(True)
-    up = torch.randn_like(x)
     node = neuron.LIFNode(tau=2.0, decay_input=False, v_threshold=1.0, v_reset=0.0,
                           surrogate_function=surrogate.Sigmoid(alpha=4.0), step_mode="m")
+    for T in Ts:
+        x = neuron_input(T).requires_grad_(True)
+        up = torch.randn_like(x)
 
-    def run():
-        functional.reset_net(node)
-        return node(x)
+        def run(x=x):
+            functional.reset_net(node)
+            return node(x)
 
-    with torch.no_grad():
-        same = torch.equal(run(), neurons.LIF(leak=0.5, surrogate=surrogates.Sigmoid(4.0))(x))
-    ms = cuda_time(lambda: torch.autograd.grad(run(), x, up))
-    print(json.dumps({"ms": ms, "spikes_identical": same}))
+        with torch.no_grad():
+            same = torch.equal(run(), neurons.LIF(leak=0.5, surrogate=surrogates.Sigmoid(4.0))(x))
+        ms = cuda_time(lambda run=run, x=x, up=up: torch.autograd.grad(run(), x, up))
+        print(json.dumps({"T": T, "ms": ms, "spikes_identical": same}), flush=True)
 
 
-def time_spikingjelly(T: int) -> dict[str, float | str]:
-    out: dict[str, float | str] = {}
+def time_spikingjelly(Ts: list[int]) -> dict[int, dict[str, float | str]]:
+    """``{T: {label: ms or a reason}}`` for each CUDA implementation of SpikingJelly's LIF."""
+    out: dict[int, dict[str, float | str]] = {T: {} for T in Ts}
     for impl in ("cuda", "triton", "torch"):
+        label = f"spikingjelly LIFNode ({impl})"
         env = {**os.environ, "SJ_LIF_CUDA_IMPLEMENTATION": impl}
         try:
-            done = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--sj-worker", str(T)],
-                                  capture_output=True, text=True, env=env, timeout=240)
-        except subprocess.TimeoutExpired:
-            out[f"spikingjelly LIFNode ({impl})"] = "timed out"
-            continue
-        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        if done.returncode != 0 or not lines:
-            tail = (done.stderr.strip().splitlines() or ["?"])[-1][:120]
-            out[f"spikingjelly LIFNode ({impl})"] = f"unavailable: {tail}"
-            continue
-        result = json.loads(lines[-1])
-        label = f"spikingjelly LIFNode ({impl})" + ("" if result["spikes_identical"] else " SPIKES DIFFER")
-        out[label] = result["ms"]
+            done = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--sj-worker",
+                                   ",".join(map(str, Ts))], capture_output=True, text=True, env=env,
+                                  timeout=180)
+            stdout, failed = done.stdout, done.returncode != 0
+            reason = (done.stderr.strip().splitlines() or ["?"])[-1][:120]
+        except subprocess.TimeoutExpired as exc:
+            stdout, failed, reason = exc.stdout or "", True, "timed out after 180 s"
+            stdout = stdout.decode() if isinstance(stdout, bytes) else stdout
+        for line in stdout.splitlines():
+            if line.startswith("{"):
+                r = json.loads(line)
+                name = label + ("" if r["spikes_identical"] else " SPIKES DIFFER")
+                out[r["T"]][name] = r["ms"]
+        for T in Ts:
+            if failed and not any(k.startswith(label) for k in out[T]):
+                out[T][label] = f"unavailable: {reason}"
     return out
 
 
@@ -175,11 +181,11 @@ def resnet_step() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sj-worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--sj-worker", help=argparse.SUPPRESS)
     parser.add_argument("--skip-correctness", action="store_true")
     args = parser.parse_args()
     if args.sj_worker:
-        sj_worker(args.sj_worker)
+        sj_worker([int(T) for T in args.sj_worker.split(",")])
         return 0
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
@@ -192,8 +198,11 @@ def main() -> int:
     if not args.skip_correctness and not correctness():
         print("\nCORRECTNESS FAILED: timings skipped")
         return 1
-    for T in (4, 8, 32):
-        rows = {**time_spikegrad(T), **time_spikingjelly(T)}
+    Ts = [4, 8, 32]
+    ours_by_T = {T: time_spikegrad(T) for T in Ts}
+    sj_by_T = time_spikingjelly(Ts)
+    for T in Ts:
+        rows = {**ours_by_T[T], **sj_by_T[T]}
         elements = T * SHAPE[0] * SHAPE[1] * SHAPE[2] * SHAPE[3]
         copy_ms = rows["(copy of the input, for the floor)"]
         floor_ms = 16 * elements / (8 * elements / copy_ms)  # 16 B/element over copy bandwidth
@@ -210,6 +219,7 @@ def main() -> int:
         sj = [v for k, v in rows.items() if k.startswith("spikingjelly") and isinstance(v, float)]
         if sj:
             print(f"\nfastest SpikingJelly / spikegrad triton: {min(sj) / ours:.2f} (goal > 1)")
+        sys.stdout.flush()
     resnet_step()
     return 0
 

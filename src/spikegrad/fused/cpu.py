@@ -151,7 +151,7 @@ HUGE_PAGE_MIN_BYTES = 4 << 20
 def empty_like(x: Tensor, shape: tuple[int, ...] | torch.Size | None = None, dtype: torch.dtype | None = None
                ) -> Tensor:
     """A new output buffer; large ones are advised onto transparent huge pages before their
-    first touch, which halves the cost of the page faults of a fresh allocation (Linux)."""
+    first touch, which lowers the cost of the page faults of a fresh allocation (Linux)."""
     out = torch.empty(x.shape if shape is None else shape, dtype=dtype or x.dtype, device=x.device)
     nbytes = out.numel() * out.element_size()
     if nbytes >= HUGE_PAGE_MIN_BYTES:

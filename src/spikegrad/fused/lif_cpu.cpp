@@ -500,7 +500,7 @@ int sg_surrogate_eval(int dtype, int kind, const double* surrogate, const void* 
 }
 
 // Ask the kernel to back a fresh (not yet touched) buffer with transparent huge pages: its
-// first-touch page faults then cost about half (one fault per 2 MiB instead of per 4 KiB).
+// first-touch page faults then cost less (one fault per 2 MiB instead of per 4 KiB).
 // A hint only: returns 0 if taken, -1 if refused or unsupported; the buffer works either way.
 int sg_advise_huge_pages(void* data, int64_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
