@@ -291,3 +291,17 @@ def test_membrane_potentials_from_the_kernel(reset):
     neuron.membrane_hook = seen.append
     assert torch.equal(neuron(x), spikes)
     assert torch.equal(seen[0], h_ref.detach())
+
+
+def test_unwritable_cache_warns_and_uses_the_reference(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SPIKEGRAD_CACHE_DIR", str(blocker / "cache"))
+    cpu.library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="could not be built"):
+            assert cpu.library() is None
+    finally:
+        monkeypatch.undo()
+        cpu.library.cache_clear()
+    assert cpu.library() is not None

@@ -65,18 +65,18 @@ def _cpu_signature() -> str:
 
 
 def _build(compiler: str, flags: tuple[str, ...], target: Path) -> str | None:
-    """Compile into ``target`` atomically; the compiler's complaint if it fails."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        out = Path(tmp) / target.name
-        cmd = [compiler, *BASE_FLAGS, *flags, str(SOURCE), "-o", str(out)]
-        try:
+    """Compile into ``target`` atomically; the compiler's complaint (or the OS error) if it fails."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            out = Path(tmp) / target.name
+            cmd = [compiler, *BASE_FLAGS, *flags, str(SOURCE), "-o", str(out)]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return str(exc)
-        if done.returncode != 0:
-            return (done.stderr or done.stdout).strip()[-2000:]
-        os.replace(out, target)  # atomic: concurrent builders each install a whole file
+            if done.returncode != 0:
+                return (done.stderr or done.stdout).strip()[-2000:]
+            os.replace(out, target)  # atomic: concurrent builders each install a whole file
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
     return None
 
 
