@@ -17,8 +17,8 @@ precision) falls back to the reference with a one-time warning; one asked for on
 device is a :class:`~spikegrad.errors.UserError`.
 
 What backward keeps (the lean-memory design): the CPU kernel saves only the input current
-``x`` (which the layer before usually has allocated anyway) and recomputes the potentials
-``h_t`` block by block in cache during backward; the Triton kernel saves ``h_t`` (recompute
+``x`` (one tensor of the size of the potentials) and recomputes the potentials ``h_t``
+block by block in cache during backward; the Triton kernel saves ``h_t`` (recompute
 would need the whole time history per thread). Neither saves spikes, masks or surrogate
 values; the reference keeps three tensors per time step (hard reset: ``h - threshold``,
 ``h`` and ``1 - s``).
