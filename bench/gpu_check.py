@@ -10,8 +10,8 @@
    median of 30 after 5 warm-ups): spikegrad's Triton kernel, spikegrad's reference loop,
    and SpikingJelly's ``LIFNode`` with each CUDA implementation it offers
    (``SJ_LIF_CUDA_IMPLEMENTATION`` = ``cuda``, ``triton``, ``torch``; each in its own process,
-   at most 3 minutes, reported as unavailable if SpikingJelly is missing or the
-   implementation fails), same dynamics, spikes checked equal.
+   at most ``--sj-timeout`` seconds, reported as unavailable if SpikingJelly is missing or
+   the implementation fails), same dynamics, spikes checked equal.
 3. Spiking ResNet-18 CIFAR training step (B = 64, T = 4, float32) against the same
    network as an ANN at batch T·B = 256; fused and reference neurons.
 """
@@ -120,20 +120,21 @@ def sj_worker(Ts: list[int]) -> None:
         print(json.dumps({"T": T, "ms": ms, "spikes_identical": same}), flush=True)
 
 
-def time_spikingjelly(Ts: list[int]) -> dict[int, dict[str, float | str]]:
+def time_spikingjelly(Ts: list[int], implementations: list[str], timeout: int
+                      ) -> dict[int, dict[str, float | str]]:
     """``{T: {label: ms or a reason}}`` for each CUDA implementation of SpikingJelly's LIF."""
     out: dict[int, dict[str, float | str]] = {T: {} for T in Ts}
-    for impl in ("cuda", "triton", "torch"):
+    for impl in implementations:
         label = f"spikingjelly LIFNode ({impl})"
         env = {**os.environ, "SJ_LIF_CUDA_IMPLEMENTATION": impl}
         try:
             done = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--sj-worker",
                                    ",".join(map(str, Ts))], capture_output=True, text=True, env=env,
-                                  timeout=180)
+                                  timeout=timeout)
             stdout, failed = done.stdout, done.returncode != 0
             reason = (done.stderr.strip().splitlines() or ["?"])[-1][:120]
         except subprocess.TimeoutExpired as exc:
-            stdout, failed, reason = exc.stdout or "", True, "timed out after 180 s"
+            stdout, failed, reason = exc.stdout or "", True, f"timed out after {timeout} s"
             stdout = stdout.decode() if isinstance(stdout, bytes) else stdout
         for line in stdout.splitlines():
             if line.startswith("{"):
@@ -183,6 +184,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sj-worker", help=argparse.SUPPRESS)
     parser.add_argument("--skip-correctness", action="store_true")
+    parser.add_argument("--sj", nargs="*", default=["cuda", "triton", "torch"],
+                        help="SpikingJelly CUDA implementations to time (none: skip SpikingJelly)")
+    parser.add_argument("--sj-timeout", type=int, default=120, help="seconds per implementation")
     args = parser.parse_args()
     if args.sj_worker:
         sj_worker([int(T) for T in args.sj_worker.split(",")])
@@ -200,7 +204,7 @@ def main() -> int:
         return 1
     Ts = [4, 8, 32]
     ours_by_T = {T: time_spikegrad(T) for T in Ts}
-    sj_by_T = time_spikingjelly(Ts)
+    sj_by_T = time_spikingjelly(Ts, args.sj, args.sj_timeout)
     for T in Ts:
         rows = {**ours_by_T[T], **sj_by_T[T]}
         elements = T * SHAPE[0] * SHAPE[1] * SHAPE[2] * SHAPE[3]
