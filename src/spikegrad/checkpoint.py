@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -24,10 +25,19 @@ FORMAT = "spikegrad-checkpoint"
 VERSION = 1
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
+def previous_path(path: str | Path) -> Path:
+    """Where :func:`atomic_torch_save` keeps the file it replaced: ``last.pt`` -> ``last.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def atomic_torch_save(obj: Any, path: str | Path, keep_previous: bool = False) -> None:
     """Write ``obj`` to a temporary file beside ``path``, flush, fsync, then rename over it.
 
-    A crash at any moment leaves either the old file or the new one, never a torn one.
+    A crash at any moment leaves either the old file or the new one, never a torn one; a
+    failed write (disk full) leaves the old one in place. With ``keep_previous`` the replaced
+    file stays as :func:`previous_path` (hard-linked before the rename, so ``path`` exists
+    at every instant), a fallback should the newest file be damaged later.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,6 +47,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if keep_previous and path.is_file():
+            _link_or_copy(path, previous_path(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -48,12 +60,24 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         os.close(dir_fd)
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, model_args: dict[str, Any],
-                    **extra: Any) -> None:
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` a copy of ``src`` atomically (a hard link where the file system allows)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, model_args: dict[str, Any] | None,
+                    keep_previous: bool = False, **extra: Any) -> None:
     """Save ``model`` with the arguments that rebuild it, plus any training state."""
     payload = {"format": FORMAT, "version": VERSION, "model": model.state_dict(),
                "model_args": model_args, **extra}
-    atomic_torch_save(payload, path)
+    atomic_torch_save(payload, path, keep_previous)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -64,9 +88,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as exc:
+        previous = previous_path(path)
+        hint = (f"; the previous checkpoint {str(previous)!r} is kept beside it: use that one "
+                f"(e.g. --resume-from {previous})") if previous.is_file() else ""
         raise UserError(
             f"checkpoint {str(path)!r} cannot be read (truncated, corrupt, or not a spikegrad "
-            f"checkpoint): {str(exc).splitlines()[0]}"
+            f"checkpoint): {str(exc).splitlines()[0]}{hint}"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{str(path)!r} is not a spikegrad checkpoint (no {FORMAT!r} tag)")
