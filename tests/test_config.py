@@ -84,3 +84,11 @@ def test_every_ltl_recipe_names_the_ann_twin_as_its_teacher(path):
 def test_ltl_mode_none_survives_a_command_line_override():
     config = load_config(None, ["ltl.mode=none", "ltl.T_warm=3"])
     assert config.ltl.mode == "none" and config.ltl.T_warm == 3
+
+
+def test_scientific_notation_without_a_dot_is_a_number(tmp_path):
+    """YAML 1.1 reads ``1e-3`` as a string; a float key accepts it (but not 'inf' or words)."""
+    cfg = load_config(write(tmp_path, "optim: {lr: 1e-3}\n"), ["optim.weight_decay=5E-4"])
+    assert cfg.optim.lr == 1e-3 and cfg.optim.weight_decay == 5e-4
+    with pytest.raises(UserError, match=r"'optim\.lr' must be a number, got 'inf'"):
+        load_config(None, ["optim.lr=inf"])

@@ -11,6 +11,7 @@ Every problem is a :class:`~spikegrad.errors.UserError` that names the key: an u
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -118,6 +119,23 @@ class TrainConfig:
     grad_clip: float | None = option(None, gt=0.0, doc="clip the gradient norm (None: off)")
     progress: bool = option(True, doc="progress bar when the terminal is interactive")
     threads: int | None = option(None, gt=0, doc="torch CPU threads (None: torch's default)")
+    checkpoint_every: int = option(0, min=0, doc="also write last.pt every this many iterations "
+                                   "(0: at epoch ends only); a resume continues mid-epoch")
+    nonfinite: str = option("stop", choices=("stop", "skip"),
+                            doc="a NaN/inf loss or gradient: stop the run, or skip the step and "
+                            "count it (nonfinite_steps in metrics.jsonl)")
+
+
+@dataclass
+class DistributedConfig:
+    """Multi-process training under ``torchrun`` (see docs/reliability.md); unused otherwise."""
+
+    backend: str = option("auto", choices=("auto", "gloo", "nccl"),
+                          doc="auto: nccl on CUDA, gloo on CPU")
+    sync_bn: bool = option(False, doc="batch norm statistics over all processes (CUDA only); "
+                           "off: each process normalises over its own T·B/world samples")
+    find_unused_parameters: bool = option(False, doc="DDP: allow parameters without a gradient")
+    timeout_minutes: float = option(30.0, gt=0.0, doc="collective timeout")
 
 
 @dataclass
@@ -178,6 +196,7 @@ class Config:
     train: TrainConfig = option(factory=TrainConfig)
     analysis: AnalysisConfig = option(factory=AnalysisConfig)
     ltl: LTLConfig = option(factory=LTLConfig)
+    distributed: DistributedConfig = option(factory=DistributedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -193,6 +212,9 @@ class Config:
 
 
 # --------------------------------------------------------------------------- loading
+
+
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def _type_name(tp: Any) -> str:
@@ -233,6 +255,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                             f"({type(value).__name__})")
         return value
     if base is float:
+        if isinstance(value, str) and _SCIENTIFIC.match(value):  # YAML 1.1 reads 1e-3 as a string
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"config key {key!r} must be a number, got {value!r} "
                             f"({type(value).__name__})")
