@@ -8,24 +8,46 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
 from spikegrad import __version__
 from spikegrad.errors import UserError
+from spikegrad.resume import TrainingStopped
 
 EXIT_USER_ERROR = 2
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from spikegrad.config import load_config
+    from spikegrad.resume import resume_checkpoint_path
     from spikegrad.run import train
 
-    config = load_config(args.config, args.set)
-    out = args.out or f"runs/{config.name or 'run'}"
-    summary = train(config, out)
-    print(json.dumps(summary, indent=2))
+    resume_from = Path(args.resume_from) if args.resume_from else None
+    if args.config is None:  # resuming without a recipe: the run folder's own config
+        folder = resume_from.parent if resume_from else Path(args.out) if args.out else None
+        if not (args.resume or resume_from) or folder is None:
+            raise UserError("give a recipe (spikegrad train configs/digits.yaml), or resume a run "
+                            "with --resume --out RUN_FOLDER or --resume-from CHECKPOINT")
+        config = load_config(folder / "config.yaml", args.set)
+    else:
+        config = load_config(args.config, args.set)
+    out = args.out or (str(resume_from.parent) if resume_from else f"runs/{config.name or 'run'}")
+    if args.resume and resume_from is None:
+        resume_from = resume_checkpoint_path(out)
+    summary = train(config, out, resume_from=resume_from,
+                    allow_config_change=args.allow_config_change)
+    if _rank() == 0:
+        print(json.dumps(summary, indent=2))
     return 0
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -178,11 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"spikegrad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train from a YAML recipe")
-    p.add_argument("config", help="recipe, e.g. configs/digits.yaml")
+    p = sub.add_parser("train", help="train from a YAML recipe (under torchrun: on every process)")
+    p.add_argument("config", nargs="?", help="recipe, e.g. configs/digits.yaml (optional with "
+                   "--resume: the run folder's config.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set model.T=6 (repeatable)")
     p.add_argument("--out", help="run folder (default runs/<name>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last.pt, mid-epoch if it stopped there")
+    p.add_argument("--resume-from", metavar="CHECKPOINT",
+                   help="continue from this checkpoint (e.g. RUN/last.prev.pt)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume although the config changes what the run computes (e.g. optim.lr)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on its dataset")
@@ -258,8 +287,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as exc:
-        print(f"spikegrad: error: {exc}", file=sys.stderr)
+        where = f" (rank {_rank()})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"spikegrad: error{where}: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except TrainingStopped as exc:
+        if _rank() == 0:
+            print(f"spikegrad: {exc}", file=sys.stderr)
+        return exc.exit_status
     except KeyboardInterrupt:
         print("spikegrad: interrupted", file=sys.stderr)
         return 130

@@ -7,11 +7,16 @@ dataset path). The CLI prints its message and exits with status 2 instead of a t
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 
 class UserError(ValueError):
     """A problem with the user's input; the message says what is wrong and how to fix it."""
+
+
+class TrainingDiverged(UserError):
+    """A non-finite loss or gradient stopped training (``train.nonfinite=stop``)."""
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
@@ -40,3 +45,41 @@ def check_time_major(x, name: str = "input", min_dims: int = 2, T: int | None = 
             f"{name} has T={x.shape[0]} time steps (shape {tuple(x.shape)}) but {T} were expected; "
             "time-major tensors are [T, B, ...]"
         )
+
+
+def check_labels(labels, num_classes: int, name: str = "labels") -> None:
+    """Raise a :class:`UserError` unless ``labels`` are ``[B]`` integer classes in ``[0, num_classes)``."""
+    if labels.is_floating_point() or labels.is_complex() or str(labels.dtype) == "torch.bool":
+        raise UserError(
+            f"{name} must be integer class indices, got dtype {str(labels.dtype).replace('torch.', '')}"
+            " (one-hot or soft labels?); give class indices, e.g. labels.argmax(1).long()"
+        )
+    if labels.dim() != 1:
+        raise UserError(f"{name} must be one class index per sample, shape [B], got shape "
+                        f"{tuple(labels.shape)}")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise UserError(
+            f"{name} must lie in [0, {num_classes}) for a model with {num_classes} classes, found "
+            f"{low if low < 0 else high}; check the dataset's labels and its num_classes"
+        )
+
+
+@contextmanager
+def explain_model_input(inputs, where: str = "the first training batch") -> Iterator[None]:
+    """Turn torch's shape errors on a batch the model cannot take into a :class:`UserError`.
+
+    Used around the first forward pass only, where such an error means the data and the
+    model do not fit (channels, image size, a missing or misplaced time axis).
+    """
+    try:
+        yield
+    except RuntimeError as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "out of memory" in message:
+            raise
+        raise UserError(
+            f"the model cannot take {where} (inputs of shape {tuple(inputs.shape)}): {message}. "
+            "Check that the dataset's samples fit the model: channels (model in_channels), "
+            "image size (model input_size) and, for event data, the time-major [T, B, ...] layout"
+        ) from exc

@@ -150,13 +150,18 @@ class ActivityMonitor:
     def rates(self) -> dict[str, float]:
         return {name: stats["rate"] for name, stats in self.summary().items()}
 
-    def mean_rate(self) -> float | None:
-        """Spikes per neuron per time step over every neuron of the model."""
+    def spike_totals(self) -> tuple[float, float]:
+        """``(spikes, slots)`` over every neuron: slots = neurons × time steps × samples."""
         spikes = slots = 0.0
         for activity in self.activity.values():
             if activity.spikes_per_neuron is not None:
                 spikes += float(activity.spikes_per_neuron.sum())
                 slots += activity.steps_per_neuron * activity.neurons
+        return spikes, slots
+
+    def mean_rate(self) -> float | None:
+        """Spikes per neuron per time step over every neuron of the model."""
+        spikes, slots = self.spike_totals()
         return spikes / slots if slots else None
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
-from spikegrad import lean, models
+from spikegrad import distributed, lean, models
 from spikegrad.config import Config
 from spikegrad.data import DatasetInfo, build_augmentation, build_datasets
 from spikegrad.errors import UserError
@@ -84,8 +84,12 @@ def build_components(
     return components
 
 
-def train(config: Config, out_dir: str | Path | None, verbose: bool = True) -> dict[str, Any]:
-    """Train the run described by ``config`` into ``out_dir``; returns its summary."""
+def train(config: Config, out_dir: str | Path | None, verbose: bool = True,
+          resume_from: str | Path | None = None, allow_config_change: bool = False) -> dict[str, Any]:
+    """Train the run described by ``config`` into ``out_dir``; returns its summary.
+
+    ``resume_from``: a checkpoint to continue from (see :meth:`Trainer.resume`).
+    """
     parts = build_parts(config)
     trainer = Trainer(
         parts.model,
@@ -98,4 +102,9 @@ def train(config: Config, out_dir: str | Path | None, verbose: bool = True) -> d
         model_args=parts.model_args,
         verbose=verbose,
     )
-    return trainer.fit()
+    try:
+        if resume_from is not None:
+            trainer.resume(resume_from, allow_config_change)
+        return trainer.fit()
+    finally:
+        distributed.shutdown()

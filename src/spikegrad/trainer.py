@@ -6,9 +6,11 @@ branches, local tandem learning). Components that do not own the loss compose fr
 one that does.
 
 Each run writes into its folder: ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON
-object per epoch), ``summary.json``, checkpoints ``last.pt`` / ``best.pt``, the last
-evaluation's ``analysis.json`` (activity, SOPs, energy; ``analysis.monitors``) and, with
-``analysis.tensorboard``, TensorBoard events under ``tensorboard/``.
+object per epoch), ``summary.json``, checkpoints ``last.pt`` / ``best.pt`` (plus
+``last.prev.pt``, the one before), the last evaluation's ``analysis.json`` (activity, SOPs,
+energy; ``analysis.monitors``) and, with ``analysis.tensorboard``, TensorBoard events under
+``tensorboard/``. A checkpoint holds everything an exact resume needs
+(:mod:`spikegrad.resume`); multi-process training is in :mod:`spikegrad.distributed`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,14 +31,25 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from spikegrad import distributed
 from spikegrad.analysis import EvalProbe, epoch_fields, write_analysis
-from spikegrad.checkpoint import save_checkpoint
+from spikegrad.checkpoint import load_checkpoint, load_weights, previous_path, save_checkpoint
 from spikegrad.config import AnalysisConfig, Config
 from spikegrad.data.loader import collate_for
-from spikegrad.errors import UserError
+from spikegrad.data.sampler import GlobalBatchSampler, ShardSampler
+from spikegrad.errors import TrainingDiverged, UserError, check_labels, explain_model_input
 from spikegrad.layers import mean_over_time
 from spikegrad.losses import mean_logit_cross_entropy, tet_loss
 from spikegrad.neurons import SpikingNeuron
+from spikegrad.resume import (
+    EpochProgress,
+    StopOnSignal,
+    TrainingStopped,
+    check_resume_config,
+    ignore_stop_signals,
+    rng_state,
+    set_rng_state,
+)
 
 __all__ = [
     "Component", "StepOutput", "Trainer", "evaluate_model", "resolve_device", "seed_everything",
@@ -85,6 +99,8 @@ class Component:
         return base
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs (tensors, numbers, strings, lists, dicts), including the
+        state of any private random generator; checkpointed under ``components[name]``."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -147,13 +163,15 @@ def build_optimizer(config: Config, params: Iterable[nn.Parameter]) -> torch.opt
 def evaluate_model(
     model: nn.Module, loader: Iterable, device: torch.device, amp_dtype: torch.dtype | None = None,
     analysis: AnalysisConfig | None = None, readout_start: int = 0,
+    reduce: Callable[[list[float]], list[float]] | None = None,
 ) -> dict[str, Any]:
     """Test accuracy, loss (of the time-averaged logits) and mean firing rate, in eval mode.
 
     With ``analysis.monitors``, the result also holds ``"analysis"``: per-layer activity,
     SOPs and energy (:class:`spikegrad.analysis.EvalProbe`). The logits are averaged over
     the time steps ``t >= readout_start`` (0: all of them; online local tandem learning
-    reads out from its warm-up step on).
+    reads out from its warm-up step on). ``reduce`` sums the running totals over processes
+    when each evaluates a shard (the ``"analysis"`` detail stays this process's own).
     """
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
@@ -164,14 +182,18 @@ def evaluate_model(
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 outputs = model(inputs)  # (T, B, classes)
             logits = mean_over_time(outputs[readout_start:]).float()
+            check_labels(targets, logits.shape[1], "test labels")
             loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
             correct += int((logits.argmax(1) == targets).sum())
             seen += targets.shape[0]
             monitor.add_samples(targets.shape[0])
+    spikes, slots = monitor.monitor.spike_totals()
+    if reduce is not None:
+        loss_sum, correct, seen, spikes, slots = reduce([loss_sum, correct, seen, spikes, slots])
     if seen == 0:
         raise UserError("the evaluation set is empty")
     result = {"test_loss": loss_sum / seen, "test_acc": correct / seen,
-              "firing_rate": monitor.mean_rate()}
+              "firing_rate": spikes / slots if slots else None}
     detail = monitor.summary()
     if detail is not None:
         result["analysis"] = detail
@@ -211,8 +233,10 @@ class Trainer:
         train = self.config.train
         if train.threads:
             torch.set_num_threads(train.threads)
-        seed_everything(train.seed)
-        self.device = resolve_device(train.device)
+        self.dist = distributed.setup(resolve_device(train.device), self.config.distributed)
+        seed_everything(train.seed + self.dist.rank)  # each process its own augmentation noise
+        self.device = self.dist.device
+        model = distributed.prepare_model(model, self.dist, self.config.distributed)
         self.model = model.to(self.device)
         self.components = list(components)
         owners = [c for c in self.components if type(c).compute_loss is not Component.compute_loss]
@@ -221,20 +245,30 @@ class Trainer:
                             f"{[c.name for c in owners]}")
         self.augment = augment
         self.model_args = model_args
-        self.verbose = verbose
+        self.verbose = verbose and self.dist.is_main
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        generator = torch.Generator().manual_seed(train.seed)
+        self.writes = self.out_dir is not None and self.dist.is_main  # only rank 0 writes
+        # one shuffling generator, seeded alike in every process: the data order
+        self.loader_generator = torch.Generator().manual_seed(train.seed)
+        self.train_sampler = GlobalBatchSampler(
+            len(train_set), self.config.data.batch_size, self.loader_generator, self.dist.rank,
+            self.dist.world_size,
+        )
         pin = self.device.type == "cuda"
         workers = self.config.data.num_workers
-        self.train_loader = DataLoader(
-            train_set, batch_size=self.config.data.batch_size, shuffle=True, generator=generator,
-            num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
-            collate_fn=collate_for(train_set),
-        )
+        loader_args = {"num_workers": workers, "pin_memory": pin, "persistent_workers": workers > 0,
+                       "worker_init_fn": ignore_stop_signals if workers > 0 else None}
+        self.train_loader = DataLoader(train_set, batch_sampler=self.train_sampler,
+                                       generator=self.loader_generator,
+                                       collate_fn=collate_for(train_set), **loader_args)
+        # Workers get their seeds from a generator of their own, drawn once (persistent), not
+        # from the global one: a resumed process then draws from it exactly as the original did.
         self.test_loader = DataLoader(
             test_set, batch_size=self.config.data.eval_batch_size, shuffle=False,
-            num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
-            collate_fn=collate_for(test_set),
+            sampler=ShardSampler(len(test_set), self.dist.rank, self.dist.world_size)
+            if self.dist.enabled else None,
+            generator=torch.Generator().manual_seed(train.seed) if workers > 0 else None,
+            collate_fn=collate_for(test_set), **loader_args,
         )
         if len(self.train_loader) == 0:
             raise UserError("the training set is empty")
@@ -254,8 +288,19 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         #: evaluation averages the logits over t >= readout_start (a component may set it)
         self.readout_start = 0
+        self.progress: EpochProgress | None = None  # the epoch in progress
+        self.wall_seconds_before = 0.0  # spent by earlier processes of a resumed run
+        self._first_forward = True
+        self._stop = StopOnSignal(enabled=False)
+        self._last_saved: str | None = None  # where last.pt stands, in words
+        self._last_pt_is_good = False  # written or resumed from here: worth keeping as previous
+        self._started = time.perf_counter()
         for component in self.components:
             component.attach(self)
+        # under torchrun: the training forward under DDP (model and component parameters)
+        self._parallel_forward = distributed.data_parallel(
+            self.compute_loss, self.model, self.optimizer, self.dist, self.config.distributed
+        )
 
     # ------------------------------------------------------------------ loss and steps
 
@@ -272,10 +317,16 @@ class Trainer:
             out = component.compute_loss(self, inputs, targets)
             if out is not None:
                 return out
-        outputs = self.model(inputs)  # (T, B, classes)
+        if self._first_forward:
+            with explain_model_input(inputs):
+                outputs = self.model(inputs)  # (T, B, classes)
+            self._first_forward = False
+        else:
+            outputs = self.model(inputs)  # (T, B, classes)
         if outputs.dim() != 3:
             raise UserError(f"the model must return per-time-step logits [T, B, classes], got "
                             f"shape {tuple(outputs.shape)}; add a time axis (outputs.unsqueeze(0))")
+        check_labels(targets, outputs.shape[-1], "training labels")
         return StepOutput(self.default_loss(outputs, targets), mean_over_time(outputs))
 
     def autocast(self):
@@ -286,49 +337,114 @@ class Trainer:
         targets = targets.to(self.device, non_blocking=True)
         return inputs, targets
 
-    def train_step(self, inputs: Tensor, targets: Tensor) -> StepOutput:
-        """One optimisation step on a batch already on the device (and augmented)."""
+    def train_step(self, inputs: Tensor, targets: Tensor, weight: float = 1.0) -> StepOutput | None:
+        """One optimisation step on a batch already on the device (and augmented).
+
+        ``weight`` scales this process's loss (see :mod:`spikegrad.distributed`). A
+        non-finite loss or gradient stops training (:class:`TrainingDiverged`) or, with
+        ``train.nonfinite=skip``, skips the update and returns None.
+        """
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            out = self.compute_loss(inputs, targets)
-        if not torch.isfinite(out.loss):
-            raise FloatingPointError(
-                f"the training loss is {out.loss.item()} at iteration {self.iteration}; lower "
-                "optim.lr or enable train.grad_clip"
-            )
+            if self._parallel_forward is not None:
+                out = StepOutput(*self._parallel_forward(inputs, targets))
+            else:
+                out = self.compute_loss(inputs, targets)
         if not out.backpropagated:
-            self.scaler.scale(out.loss).backward()
+            self.scaler.scale(out.loss if weight == 1.0 else out.loss * weight).backward()
+        grad_norm = None
         if self.config.train.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        elif not self.scaler.is_enabled():  # with fp16 scaling, overflow is the scaler's business
+            grads = [p.grad for g in self.optimizer.param_groups for p in g["params"]
+                     if p.grad is not None]
+            grad_norm = nn.utils.get_total_norm(grads) if grads else None
+        finite = self._is_finite(out.loss, grad_norm)
+        if finite:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif self.config.train.nonfinite == "stop":
+            raise self._divergence(out.loss, grad_norm)
         self.scheduler.step()
         self.iteration += 1
         for component in self.components:
             component.on_step_end(self)
-        return out
+        return out if finite else None
 
-    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+    def _is_finite(self, loss: Tensor, grad_norm: Tensor | None) -> bool:
+        """Loss and gradient norm finite here, and on every other process."""
+        ok = torch.isfinite(loss.detach().float())
+        if grad_norm is not None:
+            ok = ok & torch.isfinite(grad_norm)
+        return not self.dist.any(not bool(ok))[0]
+
+    def _divergence(self, loss: Tensor, grad_norm: Tensor | None) -> TrainingDiverged:
+        what = (f"the loss is {loss.item()}" if not torch.isfinite(loss.detach())
+                else f"the gradient norm is {float(grad_norm)}" if grad_norm is not None
+                and not torch.isfinite(grad_norm) else "another process saw a non-finite value")
+        kept = "no checkpoint was written yet"
+        if self.out_dir is not None and self._last_saved is not None:
+            kept = f"{str(self.out_dir / 'last.pt')!r} keeps the last good state: {self._last_saved}"
+        return TrainingDiverged(
+            f"training diverged: {what} in step {self.iteration + 1} (epoch {self.epoch + 1}"
+            f"{f', batch {self.progress.batches + 1}' if self.progress else ''}); "
+            f"{kept}. Lower optim.lr, set train.grad_clip, or set train.nonfinite=skip to skip "
+            "such steps"
+        )
+
+    def _loss_weight(self, batch_index: int, local_size: int) -> float:
+        """``n_r·W / n``: makes DDP's gradient average that of the global batch's mean loss."""
+        if not self.dist.enabled:
+            return 1.0
+        return local_size * self.dist.world_size / self.train_sampler.global_size(batch_index)
+
+    def train_one_epoch(self, epoch: int) -> dict[str, float | None]:
+        """Train (or finish, after a resume) one epoch; the training metrics over all processes."""
+        if self.progress is None:
+            self.progress = self._start_epoch(epoch)
+        p = self.progress
         self.model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
+        tic, seconds_before = time.perf_counter(), p.seconds
         batches = self._progress(self.train_loader, f"epoch {epoch + 1}/{self.config.train.epochs}")
         for inputs, targets in batches:
             inputs, targets = self.to_device(inputs, targets)
             if self.augment is not None:
                 inputs = self.augment(inputs)
-            out = self.train_step(inputs, targets)
-            n = targets.shape[0]
-            loss_sum += out.loss.item() * n
-            correct += int((out.logits.argmax(1) == targets).sum())
-            seen += n
-        return {"train_loss": loss_sum / seen, "train_acc": correct / seen}
+            out = self.train_step(inputs, targets, self._loss_weight(p.batches, targets.shape[0]))
+            p.batches += 1
+            if out is None:
+                p.nonfinite += 1
+            else:
+                n = targets.shape[0]
+                p.loss_sum += out.loss.item() * n
+                p.correct += int((out.logits.argmax(1) == targets).sum())
+                p.seen += n
+            p.seconds = seconds_before + time.perf_counter() - tic
+            self._after_step()
+        loss_sum, correct, seen, nonfinite = self.dist.sum([p.loss_sum, p.correct, p.seen,
+                                                            p.nonfinite])
+        metrics: dict[str, Any] = {"train_loss": loss_sum / seen if seen else None,
+                                   "train_acc": correct / seen if seen else None}
+        if self.config.train.nonfinite == "skip":
+            metrics["nonfinite_steps"] = int(nonfinite)
+        return metrics
+
+    def _start_epoch(self, epoch: int) -> EpochProgress:
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+        for component in self.components:
+            row.update(component.on_epoch_start(self, epoch))
+        return EpochProgress(row=row)
 
     def evaluate(self, loader: DataLoader | None = None) -> dict[str, Any]:
         """Accuracy, loss and mean firing rate of the model on ``loader`` (the test set)."""
-        return evaluate_model(self.model, loader if loader is not None else self.test_loader,
-                              self.device, self.amp_dtype, self.config.analysis,
-                              self.readout_start)
+        if loader is not None:
+            return evaluate_model(self.model, loader, self.device, self.amp_dtype,
+                                  self.config.analysis, self.readout_start)
+        distributed.sync_buffers(self.model, self.dist)  # rank 0's BN statistics everywhere
+        return evaluate_model(self.model, self.test_loader, self.device, self.amp_dtype,
+                              self.config.analysis, self.readout_start,
+                              self.dist.sum if self.dist.enabled else None)  # over the shards
 
     # ------------------------------------------------------------------ the run
 
@@ -350,38 +466,34 @@ class Trainer:
         train = self.config.train
         self._prepare_out_dir()
         tensorboard = None
-        if self.out_dir is not None and self.config.analysis.tensorboard:
+        if self.writes and self.config.analysis.tensorboard:
             from spikegrad.tensorboard_log import TensorBoardLogger
 
             tensorboard = TensorBoardLogger(self.out_dir / "tensorboard")
-        start = time.perf_counter()
-        train_seconds = 0.0
-        for epoch in range(self.epoch, train.epochs):
-            self.epoch = epoch
-            row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
-            for component in self.components:
-                row.update(component.on_epoch_start(self, epoch))
-            tic = time.perf_counter()
-            row.update(self.train_one_epoch(epoch))
-            row["seconds"] = time.perf_counter() - tic
-            train_seconds += row["seconds"]
-            row.update(self.evaluate())
-            detail = row.pop("analysis", None)
-            if detail is not None:
-                row.update(epoch_fields(detail))
-            for component in self.components:
-                row.update(component.epoch_metrics(self))
-            self.epoch = epoch + 1
-            self.history.append(row)
-            self._log_epoch(row)
-            improved = row["test_acc"] > self.best_test_acc
-            self.best_test_acc = max(self.best_test_acc, row["test_acc"])
-            self._save(row, improved)
-            if self.out_dir is not None and detail is not None:
-                write_analysis(self.out_dir, detail, epoch + 1)
-            if tensorboard is not None:
-                tensorboard.log_epoch(row)
-                tensorboard.log_gradients(self.out_dir / "gradients.jsonl")
+        start = self._started = time.perf_counter()
+        with StopOnSignal(enabled=self.out_dir is not None) as self._stop:
+            for epoch in range(self.epoch, train.epochs):
+                self.epoch = epoch
+                row = self.train_one_epoch(epoch)  # starts the epoch, or finishes a resumed one
+                row = {**self.progress.row, **row, "seconds": self.progress.seconds}
+                row.update(self.evaluate())
+                detail = row.pop("analysis", None)
+                if detail is not None:
+                    row.update(epoch_fields(detail))
+                for component in self.components:
+                    row.update(component.epoch_metrics(self))
+                self.epoch, self.progress = epoch + 1, None
+                self.history.append(row)
+                self._log_epoch(row)
+                improved = row["test_acc"] > self.best_test_acc
+                self.best_test_acc = max(self.best_test_acc, row["test_acc"])
+                self._save(row, improved)
+                if self.writes and detail is not None:
+                    write_analysis(self.out_dir, detail, epoch + 1)
+                if tensorboard is not None:
+                    tensorboard.log_epoch(row)
+                    tensorboard.log_gradients(self.out_dir / "gradients.jsonl")
+                self._stop_if_requested(saved=True)
         if tensorboard is not None:
             tensorboard.close()
         summary = {
@@ -390,13 +502,13 @@ class Trainer:
             "best_test_acc": self.best_test_acc,
             "final_test_acc": self.history[-1]["test_acc"] if self.history else None,
             "epochs": self.epoch,
-            "wall_seconds": time.perf_counter() - start,
-            "train_seconds": train_seconds,
+            "wall_seconds": self.wall_seconds_before + time.perf_counter() - start,
+            "train_seconds": sum(row["seconds"] for row in self.history),
             "params": sum(p.numel() for p in self.model.parameters()),
             "firing_rate": self.history[-1]["firing_rate"] if self.history else None,
             "T": getattr(self.model, "T", None),
         }
-        if self.out_dir is not None:
+        if self.writes:
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
@@ -428,21 +540,35 @@ class Trainer:
         )
 
     def _prepare_out_dir(self) -> None:
-        if self.out_dir is None:
+        """Check rank 0 can write the run folder before training starts (all processes stop if
+        not); write ``config.yaml`` and ``metrics.jsonl`` (the rows so far, on a resume)."""
+        error = None
+        if self.writes:
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                probe = self.out_dir / ".write-test"
+                probe.write_text("")
+                probe.unlink()
+            except OSError as exc:
+                error = UserError(f"cannot write to the run folder {str(self.out_dir)!r}: {exc}")
+        self.dist.agree(error)
+        if not self.writes:
             return
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.out_dir / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as exc:
-            raise UserError(f"cannot write to the run folder {str(self.out_dir)!r}: {exc}") from exc
         (self.out_dir / "config.yaml").write_text(self.config.to_yaml())
-        if self.epoch == 0:
-            (self.out_dir / "metrics.jsonl").write_text("")
+        (self.out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        if self._last_saved is None:  # a fresh run: an older run's fallback is no fallback
+            previous_path(self.out_dir / "last.pt").unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ checkpoints and resume
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Everything a checkpoint holds besides the model weights."""
+        """Everything a checkpoint holds besides the model weights (collective under DDP)."""
+        progress = None
+        if self.progress is not None:  # mid-epoch: the training sums over all processes
+            p = self.progress
+            totals = self.dist.sum([p.loss_sum, p.correct, p.seen, p.nonfinite])
+            progress = {**p.to_dict(), "loss_sum": totals[0], "correct": int(totals[1]),
+                        "seen": int(totals[2]), "nonfinite": int(totals[3])}
         return {
             "config": self.config.to_dict(),
             "epoch": self.epoch,
@@ -453,14 +579,135 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "components": {c.name: c.state_dict() for c in self.components},
             "method": self.method_name(),
+            "history": self.history,
+            "progress": progress,
+            "order": {"generator": self.loader_generator.get_state(),
+                      "epoch_start": self.train_sampler.epoch_start_state},
+            "rng": self.dist.gather(rng_state()),  # one entry per process
+            "world_size": self.dist.world_size,
+            "wall_seconds": self.wall_seconds_before + time.perf_counter() - self._started,
         }
 
-    def _save(self, row: dict[str, Any], improved: bool) -> None:
-        if self.out_dir is None:
+    def resume(self, path: str | Path, allow_config_change: bool = False) -> None:
+        """Continue the run saved in checkpoint ``path`` (``fit`` then picks up where it stopped).
+
+        The config must not differ from the stored one except in where and how fast the run
+        goes (:data:`spikegrad.resume.MAY_DIFFER_ON_RESUME`), unless ``allow_config_change``.
+        Rank 0 reads the file and sends it to the other processes.
+        """
+        payload, error = None, None
+        if self.dist.is_main:
+            try:
+                payload = load_checkpoint(path)
+                if not allow_config_change:
+                    check_resume_config(payload["config"], self.config, str(path))
+            except UserError as exc:
+                error = exc
+        self.dist.agree(error)
+        self.restore(self.dist.broadcast(payload), str(path))
+
+    def restore(self, payload: dict[str, Any], source: str = "checkpoint") -> None:
+        """Continue from a checkpoint (:func:`spikegrad.checkpoint.load_checkpoint`'s payload):
+        weights, optimizer, schedule, scaler, components, RNG states, data order, position."""
+        needed = ("optimizer", "scheduler", "scaler", "rng", "order", "history", "progress")
+        missing = [k for k in needed if k not in payload]
+        if missing:
+            raise UserError(f"{source!r} holds no training state to resume from (missing "
+                            f"{', '.join(missing)}); it was written by an older spikegrad or for "
+                            "evaluation only")
+        stored = payload.get("components", {})
+        names = [c.name for c in self.components]
+        if sorted(stored) != sorted(names):
+            raise UserError(f"{source!r} was trained with the components {sorted(stored)} but this "
+                            f"run has {sorted(names)}; resume with the run's own config")
+        load_weights(self.model, payload["model"], source)
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.scaler.load_state_dict(payload["scaler"])
+        for component in self.components:
+            component.load_state_dict(stored[component.name])
+        self.epoch, self.iteration = int(payload["epoch"]), int(payload["iteration"])
+        self.best_test_acc = float(payload["best_test_acc"])
+        self.history = [dict(row) for row in payload["history"]]
+        self.wall_seconds_before = float(payload.get("wall_seconds", 0.0))
+        self._last_saved = self.position()
+        self._last_pt_is_good = self.out_dir is not None and Path(source) == self.out_dir / "last.pt"
+        rng = payload["rng"]
+        if len(rng) == self.dist.world_size:
+            set_rng_state(rng[self.dist.rank])
+        else:
+            set_rng_state(rng[0])
+            if self.verbose:
+                print(f"note: {source!r} was written by {len(rng)} processes, this run has "
+                      f"{self.dist.world_size}: it continues, but not bit for bit", flush=True)
+        self._restore_data_order(payload["order"], payload["progress"])
+
+    def _restore_data_order(self, order: dict[str, Any], progress: dict[str, Any] | None) -> None:
+        """Replay the shuffle. A DataLoader draws its workers' base seed from the shuffling
+        generator whenever it makes an iterator (every epoch, or only the first one with
+        persistent workers), before the sampler draws the permutation."""
+        self.progress = None
+        if progress is not None:  # mid-epoch: the pass that was under way, minus what is done
+            self.progress = EpochProgress.from_dict(progress)
+            if not self.dist.is_main:  # rank 0 carries the sums of the part already trained
+                self.progress.loss_sum, self.progress.correct = 0.0, 0
+                self.progress.seen, self.progress.nonfinite = 0, 0
+            self.train_sampler.resume_at(order["epoch_start"], self.progress.batches)
+        elif self.train_loader.persistent_workers:  # uninterrupted, the next pass draws no seed
+            self.train_sampler.resume_at(order["generator"], 0)
+        else:
+            self.loader_generator.set_state(order["generator"])
+
+    def _after_step(self) -> None:
+        """Every ``train.checkpoint_every`` iterations, and on a stop request, save ``last.pt``."""
+        every = self.config.train.checkpoint_every
+        saved = False
+        if every and self.iteration % every == 0 and self.progress.batches < len(self.train_loader):
+            self._save_checkpoint()
+            saved = True
+        self._stop_if_requested(saved)
+
+    def _stop_if_requested(self, saved: bool) -> None:
+        """If SIGTERM/SIGINT arrived (in any process), save unless just done, and stop."""
+        if not self._stop.enabled or not self.dist.any(self._stop.signum is not None)[0]:
             return
-        with (self.out_dir / "metrics.jsonl").open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        if not saved:
+            self._save_checkpoint()
+        signum = self._stop.signum or signal.SIGTERM
+        raise TrainingStopped(signum, self.out_dir / "last.pt", self.position())
+
+    def _save_checkpoint(self, best: bool = False) -> None:
+        """Write ``last.pt`` (keeping the one before as ``last.prev.pt``) and, if ``best``,
+        ``best.pt``; a failed write leaves the previous files as they were."""
         state = self.checkpoint_state()
-        save_checkpoint(self.out_dir / "last.pt", self.model, self.model_args, **state)
-        if improved:
-            save_checkpoint(self.out_dir / "best.pt", self.model, self.model_args, **state)
+        error = None
+        if self.writes:
+            try:
+                if best:
+                    save_checkpoint(self.out_dir / "best.pt", self.model, self.model_args, **state)
+                save_checkpoint(self.out_dir / "last.pt", self.model, self.model_args,
+                                keep_previous=self._last_pt_is_good, **state)
+            except OSError as exc:
+                kept = ("no earlier checkpoint" if self._last_saved is None else
+                        f"'last.pt' keeps {self._last_saved}")
+                error = UserError(f"cannot write a checkpoint to {str(self.out_dir)!r}: {exc}; "
+                                  f"{kept}. Free space or choose another --out, then --resume")
+        self.dist.agree(error)
+        self._last_saved, self._last_pt_is_good = self.position(), True
+
+    def position(self) -> str:
+        """Where training stands, in words: ``epoch 2, batch 5 (iteration 50)`` or ``the end of
+        epoch 1 (iteration 45)``."""
+        if self.progress is not None and self.progress.batches:
+            return (f"epoch {self.epoch + 1}, batch {self.progress.batches} "
+                    f"(iteration {self.iteration})")
+        if self.progress is not None:  # an epoch about to start
+            return f"the start of epoch {self.epoch + 1} (iteration {self.iteration})"
+        return f"the end of epoch {self.epoch} (iteration {self.iteration})"
+
+    def _save(self, row: dict[str, Any], improved: bool) -> None:
+        if self.writes:
+            with (self.out_dir / "metrics.jsonl").open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        if self.out_dir is not None:
+            self._save_checkpoint(best=improved)

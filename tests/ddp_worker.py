@@ -1,0 +1,53 @@
+"""Run under torchrun by tests/test_distributed.py: train a small fully connected SNN.
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py OUT_DIR
+
+With one process (no torchrun) it trains the same run single-process, for comparison.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from spikegrad import Config, Trainer, layers, neurons, surrogates
+
+SAMPLES = 117  # global batch 32: three full steps and a last one of 21 (11 + 10 over two ranks)
+
+
+def dataset(seed: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(SAMPLES, 6, generator=g)
+    y = (x[:, 0] * x[:, 1] + x[:, 2] > 0).long()
+    return TensorDataset(x, y)
+
+
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        layers.DirectEncoder(4),
+        layers.TimeDistributed(nn.Linear(6, 64)),
+        neurons.LIF(leak=0.5, surrogate=surrogates.Dspike(temperature=3.0)),
+        layers.TimeDistributed(nn.Linear(64, 2)),
+    )
+
+
+def config() -> Config:
+    return Config().with_overrides({
+        "train.epochs": 3, "train.threads": 1, "train.device": "cpu", "train.progress": False,
+        "data.batch_size": 32, "data.eval_batch_size": 25, "optim.name": "sgd", "optim.lr": 0.2,
+    })
+
+
+def main(out_dir: str) -> None:
+    trainer = Trainer(model(), dataset(0), dataset(1), config(), out_dir=out_dir, verbose=False)
+    trainer.fit()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,409 @@
+"""Exact resume after SIGKILL / SIGTERM, safe checkpoint rotation, guards against bad steps."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from spikegrad.checkpoint import atomic_torch_save, load_checkpoint, previous_path
+from spikegrad.cli import main as cli_main
+from spikegrad.config import load_config
+from spikegrad.data.sampler import GlobalBatchSampler
+from spikegrad.demo import recipe_path
+from spikegrad.errors import TrainingDiverged, UserError
+from spikegrad.resume import (
+    StopOnSignal,
+    check_resume_config,
+    config_differences,
+    rng_state,
+    set_rng_state,
+)
+from spikegrad.run import build_parts
+from spikegrad.trainer import Component, StepOutput, Trainer
+
+ITERS_PER_EPOCH = 45  # 1,437 training digits in batches of 32
+
+
+def write_recipe(folder: Path, **train) -> Path:
+    """A tiny digits run: width 0.25, T = 2, three epochs, a checkpoint every 10 iterations."""
+    settings = {"epochs": 3, "threads": 1, "progress": False, "device": "cpu",
+                "checkpoint_every": 10, **train}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tiny.yaml"
+    path.write_text(f"extends: {recipe_path('digits')}\nmodel: {{width: 0.25, T: 2}}\n"
+                    f"train: {json.dumps(settings)}\n")
+    return path
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "spikegrad", *args]
+
+
+def cli_env() -> dict[str, str]:
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cli(*args), capture_output=True, text=True, timeout=300, env=cli_env())
+
+
+def stop_mid_epoch(args: list[str], out: Path, sig: int) -> tuple[subprocess.CompletedProcess, dict]:
+    """Start training, wait for a mid-epoch checkpoint in the second epoch, send ``sig``."""
+    proc = subprocess.Popen(cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env())
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            seen = load_checkpoint(out / "last.pt")
+            if seen["epoch"] >= 1 and seen["progress"] is not None:
+                break
+        except UserError:  # not written yet
+            pass
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), seen
+
+
+def assert_same_run(a: Path, b: Path, epochs: int = 3) -> None:
+    """Bitwise-equal weights, optimizer state and metrics (but the timings)."""
+    ca, cb = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
+    assert ca["model"].keys() == cb["model"].keys()
+    for key in ca["model"]:
+        assert torch.equal(ca["model"][key], cb["model"][key]), key
+    for pa, pb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values(),
+                      strict=True):
+        assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
+    assert (ca["epoch"], ca["iteration"]) == (cb["epoch"], cb["iteration"])
+
+    def rows(folder: Path) -> list[dict]:
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+    assert rows(a) == rows(b)
+    assert len(rows(a)) == epochs
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, Path]:
+    """The recipe and an uninterrupted run of it."""
+    folder = tmp_path_factory.mktemp("reference")
+    recipe = write_recipe(folder)
+    proc = run_cli("train", str(recipe), "--out", str(folder / "run"))
+    assert proc.returncode == 0, proc.stderr
+    return recipe, folder / "run"
+
+
+def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(reference, tmp_path):
+    recipe, uninterrupted = reference
+    out = tmp_path / "run"
+    killed, _ = stop_mid_epoch(["train", str(recipe), "--out", str(out)], out, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] >= 1 and 0 < state["progress"]["batches"] < ITERS_PER_EPOCH
+    assert state["iteration"] == state["epoch"] * ITERS_PER_EPOCH + state["progress"]["batches"]
+    resumed = run_cli("train", str(recipe), "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(uninterrupted, out)
+
+
+def test_sigterm_saves_exits_cleanly_and_resume_is_bitwise_identical(reference, tmp_path):
+    recipe, uninterrupted = reference
+    out = tmp_path / "run"
+    stopped, seen = stop_mid_epoch(["train", str(recipe), "--out", str(out)], out, signal.SIGTERM)
+    assert stopped.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" in stopped.stderr and "--resume" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    state = load_checkpoint(out / "last.pt")
+    assert state["iteration"] > seen["iteration"]  # saved on the signal, not the periodic one
+    assert state["progress"] is not None and state["progress"]["batches"] > 0
+    resumed = run_cli("train", "--out", str(out), "--resume")  # the run folder's own config
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(uninterrupted, out)
+
+
+# --------------------------------------------------------------------------- in-process resume
+
+
+class Crash(Exception):
+    pass
+
+
+class Jitter(Component):
+    """A component with a private generator and counters: its state must survive a resume."""
+
+    name = "jitter"
+
+    def __init__(self, crash: tuple[str, int] | None = None) -> None:
+        self.generator = torch.Generator().manual_seed(7)
+        self.steps, self.crash, self.value = 0, crash, 0.0
+
+    def on_epoch_start(self, trainer, epoch):
+        if self.crash == ("epoch", epoch):
+            raise Crash
+        self.value = float(torch.rand((), generator=self.generator))
+        return {"jitter": self.value}
+
+    def on_step_end(self, trainer):
+        self.steps += 1
+        if self.crash == ("iteration", trainer.iteration):
+            raise Crash
+
+    def epoch_metrics(self, trainer):
+        return {"jitter_steps": self.steps}
+
+    def state_dict(self):
+        return {"generator": self.generator.get_state(), "steps": self.steps, "value": self.value}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(state["generator"])
+        self.steps, self.value = state["steps"], state["value"]
+
+
+def tiny_trainer(out: Path, crash: tuple[str, int] | None = None, **overrides) -> Trainer:
+    config = load_config(recipe_path("digits")).with_overrides({
+        "model.width": 0.25, "model.T": 2, "train.epochs": 2, "train.threads": 1,
+        "train.progress": False, "train.device": "cpu", "train.checkpoint_every": 10,
+        "model.encoder": "poisson", **overrides,
+    })
+    parts = build_parts(config)
+    from spikegrad.data import build_augmentation
+
+    return Trainer(parts.model, parts.train_set, parts.test_set, config,
+                   components=[Jitter(crash)], out_dir=out,
+                   augment=build_augmentation(config.data.augment), model_args=parts.model_args,
+                   verbose=False)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """Uninterrupted in-process runs, one per number of DataLoader workers."""
+    runs = {}
+
+    def run(workers: int) -> Path:
+        if workers not in runs:
+            runs[workers] = tmp_path_factory.mktemp(f"workers{workers}")
+            tiny_trainer(runs[workers], **{"data.num_workers": workers}).fit()
+        return runs[workers]
+
+    return run
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("crash,resumed_at,batches_done", [
+    (("epoch", 1), ITERS_PER_EPOCH, None),  # after the first epoch's checkpoint
+    (("iteration", 60), 50, 5),  # mid-epoch, just before the checkpoint of iteration 60
+])
+def test_resume_restores_components_rng_and_data_order(tmp_path, uninterrupted, workers, crash,
+                                                       resumed_at, batches_done):
+    """Poisson encoding and crop augmentation draw from the global RNG, the component from its
+    own generator; with a DataLoader worker (persistent), the shuffle is drawn differently."""
+    reference = uninterrupted(workers)
+    with pytest.raises(Crash):
+        tiny_trainer(tmp_path / "b", crash, **{"data.num_workers": workers}).fit()
+    trainer = tiny_trainer(tmp_path / "b", **{"data.num_workers": workers})
+    trainer.resume(tmp_path / "b" / "last.pt")
+    assert trainer.iteration == resumed_at
+    assert (trainer.progress and trainer.progress.batches) == batches_done
+    trainer.fit()
+    assert_same_run(reference, tmp_path / "b", epochs=2)
+    assert trainer.components[0].steps == 2 * ITERS_PER_EPOCH
+
+
+def test_rng_state_round_trips_through_a_safe_checkpoint(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    random.gauss(0, 1)  # leaves a cached Gaussian in Python's state
+    atomic_torch_save({"rng": rng_state()}, tmp_path / "rng.pt")
+    first = (random.random(), np.random.rand(), torch.rand(3))
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    again = (random.random(), np.random.rand(), torch.rand(3))
+    assert first[0] == again[0] and first[1] == again[1] and torch.equal(first[2], again[2])
+
+
+def test_global_batch_sampler_matches_a_shuffling_loader_and_shards_it():
+    data = TensorDataset(torch.arange(103))
+    plain = DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(5))
+    expected = [[int(i) for i in b[0]] for epoch in range(2) for b in plain]
+    sampler = GlobalBatchSampler(103, 16, torch.Generator().manual_seed(5))
+    loader = DataLoader(data, batch_sampler=sampler, generator=sampler.generator)
+    assert [[int(i) for i in b[0]] for epoch in range(2) for b in loader] == expected
+    # two processes: contiguous halves of each global batch (the short last one 4 + 3)
+    shards = [GlobalBatchSampler(103, 16, torch.Generator().manual_seed(5), r, 2) for r in (0, 1)]
+    first, second = (list(s) for s in shards)
+    reference = list(GlobalBatchSampler(103, 16, torch.Generator().manual_seed(5)))
+    assert [a + b for a, b in zip(first, second, strict=True)] == reference
+    assert [len(b) for b in second][-1] == 3 and shards[0].global_size(6) == 7
+    # resume: replay a pass from its start state, skipping the batches done
+    sampler = GlobalBatchSampler(103, 16, torch.Generator().manual_seed(9))
+    full = list(sampler)
+    sampler.resume_at(sampler.epoch_start_state, 4)
+    assert list(sampler) == full[4:]
+    with pytest.raises(UserError, match="divisible by the number of processes"):
+        GlobalBatchSampler(103, 15, torch.Generator(), 0, 2)
+
+
+# --------------------------------------------------------------------------- safe checkpoints
+
+
+def test_truncated_newest_checkpoint_gives_a_clear_error_and_the_previous_one_loads(
+        reference, tmp_path, capsys):
+    recipe, uninterrupted = reference
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    newest = out / "last.pt"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 3])
+    with pytest.raises(UserError, match=r"cannot be read.*last\.prev\.pt"):
+        load_checkpoint(newest)
+    previous = load_checkpoint(previous_path(newest))  # the periodic save before the last
+    assert previous["iteration"] == 130 and previous["progress"]["batches"] == 40
+    assert cli_main(["train", str(recipe), "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read" in err and "--resume-from" in err
+    assert cli_main(["train", str(recipe), "--out", str(out), "--resume-from",
+                     str(previous_path(newest))]) == 0
+    assert_same_run(uninterrupted, out)
+    assert load_checkpoint(previous_path(newest))["iteration"] == 130  # the damaged file not kept
+
+
+def test_a_failed_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    trainer = tiny_trainer(tmp_path, **{"train.epochs": 2, "train.checkpoint_every": 0})
+    real_save = torch.save
+    calls = []
+
+    def disk_full(obj, handle, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:  # epoch 1 wrote best.pt and last.pt; then the disk is full
+            handle.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(UserError, match=r"No space left on device; 'last.pt' keeps the end of "
+                                        r"epoch 1 \(iteration 45\)"):
+        trainer.fit()
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    assert not list(tmp_path.glob(".*.tmp"))  # no half-written temporary file left
+
+
+def test_resume_refuses_a_config_that_changes_the_run(tmp_path):
+    stored = load_config(recipe_path("digits")).to_dict()
+    same_run = load_config(recipe_path("digits"), ["train.threads=2", "data.num_workers=2",
+                                                   "train.checkpoint_every=5", "name=x"])
+    assert config_differences(stored, same_run) == []
+    other = load_config(recipe_path("digits"), ["optim.lr=0.05", "model.T=6"])
+    with pytest.raises(UserError, match=r"model\.T: 4 -> 6; optim\.lr: 0\.1 -> 0\.05"):
+        check_resume_config(stored, other, "runs/x/last.pt")
+
+
+# --------------------------------------------------------------------------- guards
+
+
+class Poison(Component):
+    """Makes the loss (or, with ``grad``, only the gradient) non-finite at one iteration."""
+
+    name = "poison"
+
+    def __init__(self, at: int, grad: bool = False) -> None:
+        self.at, self.grad = at, grad
+
+    def compute_loss(self, trainer, inputs, targets):
+        outputs = trainer.model(inputs)
+        if trainer.iteration == self.at:
+            if self.grad:
+                outputs.register_hook(lambda g: torch.full_like(g, float("inf")))
+            else:
+                outputs = outputs * float("nan")
+        return StepOutput(trainer.default_loss(outputs, targets), outputs.mean(0))
+
+
+def poisoned_trainer(out: Path, poison: Poison, **overrides) -> Trainer:
+    config = load_config(recipe_path("digits")).with_overrides({
+        "model.width": 0.25, "model.T": 2, "train.epochs": 2, "train.threads": 1,
+        "train.progress": False, "train.device": "cpu", **overrides,
+    })
+    parts = build_parts(config)
+    return Trainer(parts.model, parts.train_set, parts.test_set, config, components=[poison],
+                   out_dir=out, model_args=parts.model_args, verbose=False)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_nonfinite_step_stops_and_keeps_the_last_good_checkpoint(tmp_path, grad):
+    trainer = poisoned_trainer(tmp_path, Poison(ITERS_PER_EPOCH + 3, grad))
+    what = "gradient norm is (inf|nan)" if grad else "loss is nan"
+    with pytest.raises(TrainingDiverged, match=rf"{what} in step 49 \(epoch 2, batch 4\); "
+                                                r".*last\.pt' keeps the last good state: the end of "
+                                                r"epoch 1 \(iteration 45\)"):
+        trainer.fit()
+    saved = load_checkpoint(tmp_path / "last.pt")
+    assert saved["iteration"] == ITERS_PER_EPOCH
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
+def test_nonfinite_step_can_be_skipped_and_counted(tmp_path):
+    trainer = poisoned_trainer(tmp_path, Poison(ITERS_PER_EPOCH + 3), **{"train.nonfinite": "skip"})
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nonfinite_steps"] for r in rows] == [0, 1]
+    assert trainer.iteration == 2 * ITERS_PER_EPOCH  # the schedule still advanced
+    after = trainer.model.state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+    assert not all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_unwritable_run_folder_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    trainer = poisoned_trainer(blocker / "run", Poison(-1))
+    with pytest.raises(UserError, match="cannot write to the run folder"):
+        trainer.fit()
+    assert trainer.iteration == 0
+
+
+def test_stop_on_signal_defers_the_first_and_honours_a_second_sigint():
+    previous = signal.getsignal(signal.SIGINT)
+    with StopOnSignal() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_bad_labels_and_mismatched_samples_are_explained():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Unflatten(0, (1, -1)))
+    config = load_config(None, ["train.epochs=1", "train.progress=false", "train.device=cpu"])
+
+    def fit(x, y):
+        data = TensorDataset(x, y)
+        Trainer(model, data, data, config, verbose=False).fit()
+
+    with pytest.raises(UserError, match=r"must lie in \[0, 3\).*found 7"):
+        fit(torch.randn(8, 4), torch.tensor([0, 1, 2, 7, 0, 1, 2, 0]))
+    with pytest.raises(UserError, match="integer class indices, got dtype float32"):
+        fit(torch.randn(8, 4), torch.rand(8))
+    with pytest.raises(UserError, match=r"shape \[B\], got shape \(8, 3\)"):
+        fit(torch.randn(8, 4), torch.zeros(8, 3, dtype=torch.long))
+    with pytest.raises(UserError, match=r"cannot take the first training batch \(inputs of shape "
+                                        r"\(8, 5\)\).*channels"):
+        fit(torch.randn(8, 5), torch.zeros(8, dtype=torch.long))
