@@ -407,3 +407,28 @@ def test_bad_labels_and_mismatched_samples_are_explained():
     with pytest.raises(UserError, match=r"cannot take the first training batch \(inputs of shape "
                                         r"\(8, 5\)\).*channels"):
         fit(torch.randn(8, 5), torch.zeros(8, dtype=torch.long))
+
+
+def test_missing_dataset_files_point_to_data_root():
+    from spikegrad.data import register_dataset
+
+    @register_dataset("test_files_on_disk")
+    def files_on_disk(root="data/mine"):
+        return torch.load(f"{root}/train.pt"), torch.load(f"{root}/test.pt"), None
+
+    config = load_config(None, ["data.name=test_files_on_disk", "data.root=/nonexistent"])
+    with pytest.raises(UserError, match=r"dataset 'test_files_on_disk': .*nonexistent/train\.pt.*"
+                                        r"set data\.root to the folder that holds its files"):
+        build_parts(config)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("this must never print",))
+
+
+def test_a_checkpoint_holding_code_is_refused_by_name(tmp_path, capsys):
+    torch.save({"format": "spikegrad-checkpoint", "payload": Exploit()}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match=r"holds a Python object \(print\).*could run code"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert "never print" not in capsys.readouterr().out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import zipfile
@@ -87,7 +88,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"checkpoint {str(path)!r} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as exc:
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if refused is None:
+            raise UserError(f"checkpoint {str(path)!r} cannot be read (corrupt, or not a spikegrad "
+                            f"checkpoint): {str(exc).splitlines()[0]}") from exc
+        raise UserError(
+            f"checkpoint {str(path)!r} holds a Python object ({refused.group(1)}) besides tensors "
+            "and plain data; spikegrad refuses it, since unpickling it could run code. Use only "
+            "checkpoints spikegrad wrote"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         previous = previous_path(path)
         hint = (f"; the previous checkpoint {str(previous)!r} is kept beside it: use that one "
                 f"(e.g. --resume-from {previous})") if previous.is_file() else ""

@@ -320,7 +320,8 @@ def parse_override(item: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as exc:
-        raise UserError(f"override {item!r}: the value is not valid YAML ({exc})") from exc
+        raise UserError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(exc)})"
+                        ) from exc
     return key.strip(), value
 
 
@@ -340,6 +341,13 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str] | Mapping[str
         node[parts[-1]] = value
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: ``line 2, column 1: expected ',' or ']' ...``."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a recipe, following ``extends:`` (relative paths) with later keys winning."""
     path = Path(path)
@@ -350,7 +358,7 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+        raise UserError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from exc
     if not isinstance(data, dict):
         raise UserError(f"config file {str(path)!r} must hold a mapping at the top level")
     parent = data.pop("extends", None)

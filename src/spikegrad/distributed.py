@@ -125,13 +125,18 @@ def setup(device: torch.device, config: DistributedConfig) -> DistributedContext
         dist.init_process_group(
             backend, timeout=datetime.timedelta(minutes=config.timeout_minutes)
         )
+        _joined_here.append(True)
     return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
+_joined_here: list[bool] = []  # non-empty while a process group made by setup() exists
+
+
 def shutdown() -> None:
-    """Leave the process group (at the end of a run)."""
-    if dist.is_available() and dist.is_initialized():
+    """Leave the process group :func:`setup` joined (one the caller made is left alone)."""
+    if _joined_here and dist.is_initialized():
         dist.destroy_process_group()
+    _joined_here.clear()
 
 
 def prepare_model(model: nn.Module, ctx: DistributedContext, config: DistributedConfig) -> nn.Module:

@@ -52,7 +52,11 @@ def build_parts(config: Config) -> RunParts:
     options = dict(data.options)
     if data.root is not None:
         options["root"] = data.root
-    train_set, test_set, info = build_datasets(data.name, **options)
+    try:
+        train_set, test_set, info = build_datasets(data.name, **options)
+    except (FileNotFoundError, NotADirectoryError) as exc:  # a builder without its own message
+        raise UserError(f"dataset {data.name!r}: {exc}; set data.root to the folder that holds "
+                        "its files") from exc
     if info.time_steps is not None and info.time_steps != config.model.T:
         raise UserError(
             f"model.T is {config.model.T} but dataset {data.name!r} gives {info.time_steps} frames "

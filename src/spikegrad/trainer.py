@@ -248,6 +248,8 @@ class Trainer:
         self.verbose = verbose and self.dist.is_main
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.writes = self.out_dir is not None and self.dist.is_main  # only rank 0 writes
+        if len(train_set) == 0:
+            raise UserError("the training set is empty")
         # one shuffling generator, seeded alike in every process: the data order
         self.loader_generator = torch.Generator().manual_seed(train.seed)
         self.train_sampler = GlobalBatchSampler(
@@ -270,8 +272,6 @@ class Trainer:
             generator=torch.Generator().manual_seed(train.seed) if workers > 0 else None,
             collate_fn=collate_for(test_set), **loader_args,
         )
-        if len(self.train_loader) == 0:
-            raise UserError("the training set is empty")
         self.optimizer = build_optimizer(self.config, self.model.parameters())
         iters = len(self.train_loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
