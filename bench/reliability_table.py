@@ -168,6 +168,15 @@ CASES: list[Case] = [
          expect=2),
     Case("config", "unknown command", ["trian", "tiny.yaml"], expect=2),
     Case("config", "bad command-line option", ["eval", "run/last.pt", "--split", "val"], expect=2),
+    Case("other commands", "report of a missing run folder", ["report", "nowhere"], expect=2),
+    Case("other commands", "export of a missing checkpoint", ["export", "nope.pt", "--out", "x.nir"],
+         expect=2),
+    Case("other commands", "export with a malformed input shape",
+         ["export", "run/last.pt", "--out", "x.nir", "--input-shape", "3,a"], expect=2),
+    Case("other commands", "download of a built-in dataset",
+         ["download", "digits", "--root", "d"], expect=2),
+    Case("other commands", "demo into an unwritable folder", ["demo", "--quick", "--out", "file/demo"],
+         expect=2),
     # ------------------------------------------------------------------ data
     Case("data", "labels out of range (API)",
          python=labels("torch.randn(8, 4)", "torch.tensor([0, 1, 2, 7, 0, 1, 2, 0])"), expect=2),
@@ -189,7 +198,21 @@ Trainer(net, data, data, Config().with_overrides({"train.device": "cpu"}), verbo
     Case("data", "empty training set (API)", python=labels("torch.randn(0, 4)",
                                                            "torch.zeros(0, dtype=torch.long)"),
          expect=2),
-    Case("data", "dataset files missing under data.root", python=api("""
+    Case("data", "file dataset without data.root",
+         ["train", "tiny.yaml", "--set", "data.name=cifar10"], expect=2),
+    Case("data", "data.root that does not exist",
+         ["train", "tiny.yaml", "--set", "data.name=cifar10", "--set", "data.root=nothing"],
+         expect=2),
+    Case("data", "data.root with the wrong layout (CIFAR-10)",
+         ["train", "tiny.yaml", "--set", "data.name=cifar10", "--set", "data.root=empty"],
+         expect=2),
+    Case("data", "data.root with the wrong layout (Tiny ImageNet)",
+         ["train", "tiny.yaml", "--set", "data.name=tiny_imagenet", "--set", "data.root=empty"],
+         expect=2),
+    Case("data", "data.root with the wrong layout (N-MNIST events)",
+         ["train", "tiny.yaml", "--set", "data.name=nmnist", "--set", "data.root=empty"],
+         expect=2),
+    Case("data", "a builder of your own whose files are missing", python=api("""
 import torch
 from spikegrad.config import load_config
 from spikegrad.data import register_dataset

@@ -432,3 +432,14 @@ def test_a_checkpoint_holding_code_is_refused_by_name(tmp_path, capsys):
     with pytest.raises(UserError, match=r"holds a Python object \(print\).*could run code"):
         load_checkpoint(tmp_path / "evil.pt")
     assert "never print" not in capsys.readouterr().out
+
+
+def test_resume_into_another_model_is_refused_with_the_differences(reference):
+    recipe, uninterrupted = reference
+    wider = load_config(recipe, ["model.width=0.5"])
+    parts = build_parts(wider)
+    trainer = Trainer(parts.model, parts.train_set, parts.test_set, wider, verbose=False)
+    with pytest.raises(UserError, match=r"cannot resume .*model\.width: 0\.25 -> 0\.5"):
+        trainer.resume(uninterrupted / "last.pt")
+    with pytest.raises(UserError, match=r"do not fit this model \(another architecture\?\)"):
+        trainer.resume(uninterrupted / "last.pt", allow_config_change=True)

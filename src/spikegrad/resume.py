@@ -98,7 +98,7 @@ class EpochProgress:
 #: not what it computes. Any other difference (model, data, optimiser, schedule, epochs,
 #: seed, method sections) would make the resumed run a different experiment.
 MAY_DIFFER_ON_RESUME = (
-    "name", "paper.", "train.device", "train.progress", "train.threads",
+    "name", "paper.", "analysis.", "train.device", "train.progress", "train.threads",
     "train.checkpoint_every", "train.nonfinite", "data.root", "data.num_workers",
     "data.eval_batch_size", "distributed.backend", "distributed.timeout_minutes",
     "distributed.find_unused_parameters",

@@ -471,31 +471,13 @@ class Trainer:
 
             tensorboard = TensorBoardLogger(self.out_dir / "tensorboard")
         start = self._started = time.perf_counter()
-        with StopOnSignal(enabled=self.out_dir is not None) as self._stop:
-            for epoch in range(self.epoch, train.epochs):
-                self.epoch = epoch
-                row = self.train_one_epoch(epoch)  # starts the epoch, or finishes a resumed one
-                row = {**self.progress.row, **row, "seconds": self.progress.seconds}
-                row.update(self.evaluate())
-                detail = row.pop("analysis", None)
-                if detail is not None:
-                    row.update(epoch_fields(detail))
-                for component in self.components:
-                    row.update(component.epoch_metrics(self))
-                self.epoch, self.progress = epoch + 1, None
-                self.history.append(row)
-                self._log_epoch(row)
-                improved = row["test_acc"] > self.best_test_acc
-                self.best_test_acc = max(self.best_test_acc, row["test_acc"])
-                self._save(row, improved)
-                if self.writes and detail is not None:
-                    write_analysis(self.out_dir, detail, epoch + 1)
-                if tensorboard is not None:
-                    tensorboard.log_epoch(row)
-                    tensorboard.log_gradients(self.out_dir / "gradients.jsonl")
-                self._stop_if_requested(saved=True)
-        if tensorboard is not None:
-            tensorboard.close()
+        try:  # a stop on a signal is an exception too: close the TensorBoard file
+            with StopOnSignal(enabled=self.out_dir is not None) as self._stop:
+                for epoch in range(self.epoch, train.epochs):
+                    self._run_epoch(epoch, tensorboard)
+        finally:
+            if tensorboard is not None:
+                tensorboard.close()
         summary = {
             "method": self.method_name(),
             "name": self.config.name,
@@ -511,6 +493,30 @@ class Trainer:
         if self.writes:
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+    def _run_epoch(self, epoch: int, tensorboard: Any = None) -> None:
+        """Train (or finish) one epoch, evaluate, log, write the checkpoints."""
+        self.epoch = epoch
+        row = self.train_one_epoch(epoch)  # starts the epoch, or finishes a resumed one
+        row = {**self.progress.row, **row, "seconds": self.progress.seconds}
+        row.update(self.evaluate())
+        detail = row.pop("analysis", None)
+        if detail is not None:
+            row.update(epoch_fields(detail))
+        for component in self.components:
+            row.update(component.epoch_metrics(self))
+        self.epoch, self.progress = epoch + 1, None
+        self.history.append(row)
+        self._log_epoch(row)
+        improved = row["test_acc"] > self.best_test_acc
+        self.best_test_acc = max(self.best_test_acc, row["test_acc"])
+        self._save(row, improved)
+        if self.writes and detail is not None:
+            write_analysis(self.out_dir, detail, epoch + 1)
+        if tensorboard is not None:
+            tensorboard.log_epoch(row)
+            tensorboard.log_gradients(self.out_dir / "gradients.jsonl")
+        self._stop_if_requested(saved=True)
 
     # ------------------------------------------------------------------ output
 
