@@ -1,8 +1,10 @@
-"""Run under torchrun by tests/test_distributed.py: train a small fully connected SNN.
+"""Run under torchrun by tests/test_distributed.py: train a small fully connected SNN twice.
 
     python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py OUT_DIR
 
-With one process (no torchrun) it trains the same run single-process, for comparison.
+into OUT_DIR/trainer (the trainer computes the loss: DDP) and OUT_DIR/component (a component
+owns the loss and back-propagates it itself: explicit gradient averaging). With one process
+(no torchrun) it trains the same runs single-process, for comparison.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from spikegrad import Config, Trainer, layers, neurons, surrogates
+from spikegrad.trainer import Component, StepOutput
 
 SAMPLES = 117  # global batch 32: three full steps and a last one of 21 (11 + 10 over two ranks)
 
@@ -42,9 +45,27 @@ def config() -> Config:
     })
 
 
+class OwnBackward(Component):
+    """Owns the loss and back-propagates it in two halves of the batch, as local learning does."""
+
+    name = "own_backward"
+
+    def compute_loss(self, trainer, inputs, targets):
+        logits, total = [], 0.0
+        for part_x, part_y in zip(inputs.chunk(2), targets.chunk(2), strict=True):
+            out = trainer.model(part_x).mean(0)  # (b, classes)
+            loss = nn.functional.cross_entropy(out, part_y) * len(part_y) / len(targets)
+            trainer.scaler.scale(loss).backward()
+            logits.append(out.detach())
+            total += loss.detach()
+        return StepOutput(total, torch.cat(logits), backpropagated=True)
+
+
 def main(out_dir: str) -> None:
-    trainer = Trainer(model(), dataset(0), dataset(1), config(), out_dir=out_dir, verbose=False)
-    trainer.fit()
+    for name, components in (("trainer", []), ("component", [OwnBackward()])):
+        trainer = Trainer(model(), dataset(0), dataset(1), config(), components=components,
+                          out_dir=f"{out_dir}/{name}", verbose=False)
+        trainer.fit()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

@@ -37,20 +37,31 @@ def rows(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_process_ddp_matches_one_process_at_the_same_global_batch(tmp_path):
+@pytest.fixture(scope="module")
+def one_and_two(tmp_path_factory) -> tuple[Path, Path]:
+    """tests/ddp_worker.py's runs on one process and on two (torchrun, gloo)."""
+    folder = tmp_path_factory.mktemp("ddp")
+    proc = torchrun(str(ROOT / "tests" / "ddp_worker.py"), str(folder / "two"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp_worker.main(str(folder / "one"))
+    return folder / "one", folder / "two"
+
+
+@pytest.mark.parametrize("run", ["trainer", "component"])
+def test_two_processes_match_one_process_at_the_same_global_batch(one_and_two, run):
     """A network without batch norm: the two runs differ only by floating-point summation order.
 
-    117 samples in global batches of 32: the last step splits 21 samples 11 + 10, which the
-    loss weighting n_r·W/n makes exact; without it the weights differ by ~1e-3 here.
+    ``trainer``: DDP around the trainer's loss; ``component``: a component back-propagates its
+    own loss and the gradients are averaged explicitly. 117 samples in global batches of 32:
+    the last step splits 21 samples 11 + 10, which the weighting n_r·W/n makes exact (without
+    it the weights differ by up to 2e-3 here).
     """
-    proc = torchrun(str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path / "two"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ddp_worker.main(str(tmp_path / "one"))
-    one, two = load_checkpoint(tmp_path / "one" / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
-    assert two["world_size"] == 2 and len(two["rng"]) == 2 and one["iteration"] == two["iteration"] == 12
-    for key, value in one["model"].items():
-        torch.testing.assert_close(two["model"][key], value, rtol=0, atol=1e-6)
-    for a, b in zip(rows(tmp_path / "one"), rows(tmp_path / "two"), strict=True):
+    one, two = (folder / run for folder in one_and_two)
+    a, b = load_checkpoint(one / "last.pt"), load_checkpoint(two / "last.pt")
+    assert b["world_size"] == 2 and len(b["rng"]) == 2 and a["iteration"] == b["iteration"] == 12
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=1e-6)
+    for a, b in zip(rows(one), rows(two), strict=True):
         assert a["train_acc"] == b["train_acc"] and a["test_acc"] == b["test_acc"]
         assert a["firing_rate"] == pytest.approx(b["firing_rate"], rel=1e-6)
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)

@@ -8,9 +8,9 @@ finds its rank in the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) and
 What each process does:
 
 - trains on its slice of every global batch (:class:`spikegrad.data.sampler.GlobalBatchSampler`;
-  ``data.batch_size`` is the global batch), with gradients averaged by
-  ``DistributedDataParallel`` over a module that holds every trained parameter (the model's
-  and any component's), so components that compute their own loss are synchronised too;
+  ``data.batch_size`` is the global batch), with gradients averaged over processes
+  (:class:`ParallelStep`: ``DistributedDataParallel``, or an explicit all-reduce when a
+  component owns the loss);
 - weights its loss by ``n_r·W / n`` (its ``n_r`` of the step's ``n`` samples, ``W``
   processes) so the averaged gradient is that of the mean loss over the whole global batch,
   even when the last batch splits unevenly;
@@ -164,25 +164,66 @@ class _TrainingForward(nn.Module):
         return out.loss, out.logits
 
 
-def data_parallel(
-    forward: Callable[[Tensor, Tensor], Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-    ctx: DistributedContext, config: DistributedConfig,
-) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
-    """``forward(inputs, targets) -> (loss, logits)`` under DDP, or None with one process.
+class ParallelStep:
+    """How a training step is shared between processes; with one process, it does nothing.
 
-    Every parameter the optimizer trains takes part: the model's, and those a component
-    added to the optimizer (shortcut branches, for instance).
+    When the trainer computes the loss, ``DistributedDataParallel`` wraps the training forward
+    (gradients averaged while the backward pass runs). When a component owns the loss, it may
+    run several forward and backward passes of its own (local tandem learning back-propagates
+    each unit at once), which DDP cannot follow: the gradients are then averaged explicitly
+    after the step's backward passes. Either way every parameter the optimizer trains takes
+    part, the model's and those a component added.
+
+    Per step: ``forward(inputs, targets)``, then backward of ``scale_loss(loss, weight)``,
+    then ``sync_gradients(weight)``; ``weight`` is this process's ``n_r·W / n``.
+    ``make_output(loss, logits)`` rebuilds the forward's output from what DDP passes on.
     """
-    if not ctx.enabled:
-        return None
-    own = {id(p) for p in model.parameters()}
-    extra = [p for group in optimizer.param_groups for p in group["params"] if id(p) not in own]
-    module = _TrainingForward(model, extra, forward)
-    return nn.parallel.DistributedDataParallel(
-        module,
-        device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-        find_unused_parameters=config.find_unused_parameters,
-    )
+
+    def __init__(self, forward: Callable[[Tensor, Tensor], Any], model: nn.Module,
+                 optimizer: torch.optim.Optimizer, ctx: DistributedContext,
+                 config: DistributedConfig, component_owns_loss: bool,
+                 make_output: Callable[[Tensor, Tensor], Any]) -> None:
+        self._forward, self.ctx, self._make_output = forward, ctx, make_output
+        own = {id(p) for p in model.parameters()}
+        self.params = [*model.parameters(), *(p for group in optimizer.param_groups
+                                              for p in group["params"] if id(p) not in own)]
+        self.ddp: nn.Module | None = None
+        self.explicit = ctx.enabled and component_owns_loss
+        if ctx.enabled and not component_owns_loss:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                _TrainingForward(model, self.params[len(own):], forward),
+                device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                find_unused_parameters=config.find_unused_parameters,
+            )  # also copies rank 0's parameters and buffers to every process
+        elif self.explicit:
+            for tensor in [*self.params, *model.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+
+    def forward(self, inputs: Tensor, targets: Tensor) -> Any:
+        """``forward(inputs, targets)`` (the trainer's ``compute_loss``), under DDP if it wraps it."""
+        if self.ddp is None:
+            return self._forward(inputs, targets)
+        return self._make_output(*self.ddp(inputs, targets))  # DDP passes (loss, logits) on
+
+    def scale_loss(self, loss: Tensor, weight: float) -> Tensor:
+        """The loss to back-propagate: weighted under DDP (which averages the gradients)."""
+        return loss * weight if self.ddp is not None and weight != 1.0 else loss
+
+    def sync_gradients(self, weight: float) -> None:
+        """Explicit mode: ``g ← (1/W)·Σ_r weight_r·g_r`` over processes, in one all-reduce per
+        dtype. Every process must have gradients for the same parameters."""
+        if not self.explicit:
+            return
+        groups: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
+        for p in self.params:
+            if p.grad is not None:
+                groups.setdefault((p.grad.dtype, p.grad.device), []).append(p.grad)
+        for grads in groups.values():
+            flat = torch.cat([g.reshape(-1) for g in grads])  # (Σ numel,)
+            flat.mul_(weight / self.ctx.world_size)
+            dist.all_reduce(flat)
+            for g, chunk in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+                g.copy_(chunk.view_as(g))
 
 
 def sync_buffers(model: nn.Module, ctx: DistributedContext) -> None:

@@ -297,9 +297,10 @@ class Trainer:
         self._started = time.perf_counter()
         for component in self.components:
             component.attach(self)
-        # under torchrun: the training forward under DDP (model and component parameters)
-        self._parallel_forward = distributed.data_parallel(
-            self.compute_loss, self.model, self.optimizer, self.dist, self.config.distributed
+        # under torchrun: how each step's gradients are averaged over the processes
+        self._parallel = distributed.ParallelStep(
+            self.compute_loss, self.model, self.optimizer, self.dist, self.config.distributed,
+            component_owns_loss=bool(owners), make_output=StepOutput,
         )
 
     # ------------------------------------------------------------------ loss and steps
@@ -346,12 +347,10 @@ class Trainer:
         """
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            if self._parallel_forward is not None:
-                out = StepOutput(*self._parallel_forward(inputs, targets))
-            else:
-                out = self.compute_loss(inputs, targets)
+            out = self._parallel.forward(inputs, targets)
         if not out.backpropagated:
-            self.scaler.scale(out.loss if weight == 1.0 else out.loss * weight).backward()
+            self.scaler.scale(self._parallel.scale_loss(out.loss, weight)).backward()
+        self._parallel.sync_gradients(weight)
         grad_norm = None
         if self.config.train.grad_clip:
             self.scaler.unscale_(self.optimizer)
