@@ -392,13 +392,17 @@ class LocalTandemLearning(Component):
         return f"ltl-{self.mode}"
 
     def state_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "initialised": self.initialised}
+        # the epoch's running loss sums too: a mid-epoch resume reports the same ltl_layer_losses
+        return {"mode": self.mode, "initialised": self.initialised,
+                "loss_sums": dict(self._loss_sums), "loss_counts": dict(self._loss_counts)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("mode", self.mode) != self.mode:
             raise UserError(f"this checkpoint was trained with ltl.mode={state['mode']!r}, not "
                             f"{self.mode!r}")
         self.initialised = bool(state.get("initialised", self.initialised))
+        self._loss_sums = dict(state.get("loss_sums", {}))
+        self._loss_counts = dict(state.get("loss_counts", {}))
 
 
 # --------------------------------------------------------------------------- from a config
