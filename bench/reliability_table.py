@@ -99,9 +99,13 @@ def prepare(work: Path) -> None:
     from spikegrad.demo import recipe_path
 
     (work / "tiny.yaml").write_text(TINY.format(recipe=recipe_path("digits")))
+    (work / "ltl.yaml").write_text(f"extends: {recipe_path('digits_ltl')}\n")
     (work / "bad.yaml").write_text("model: {T: [4\n")
     (work / "file").write_text("")
     subprocess.run([sys.executable, "-m", "spikegrad", "train", "tiny.yaml", "--out", "run"],
+                   check=True, capture_output=True, env=env(), cwd=work)
+    subprocess.run([sys.executable, "-m", "spikegrad", "train", "tiny.yaml", "--out", "ann",
+                    "--set", "model.kind=ann", "--set", "train.epochs=1"],
                    check=True, capture_output=True, env=env(), cwd=work)
     data = (work / "run" / "last.pt").read_bytes()
     (work / "cut.pt").write_bytes(data[: len(data) // 2])
@@ -262,6 +266,12 @@ data = TensorDataset(torch.randn(8, 4), torch.zeros(8, dtype=torch.long))
 Trainer(nn.Linear(4, 3), data, data, Config().with_overrides({"train.device": "cpu"}),
         verbose=False).fit()
 """), expect=2),
+    Case("tensors", "LTL teacher of another width than the student",
+         ["train", "ltl.yaml", "--set", "ltl.teacher_checkpoint=ann/last.pt", "--out", "ltl"],
+         expect=2),
+    Case("tensors", "LTL teacher that is not an ANN",
+         ["train", "ltl.yaml", "--set", "ltl.teacher_checkpoint=run/last.pt", "--out", "ltl"],
+         expect=2),
     # ------------------------------------------------------------------ checkpoints
     Case("checkpoints", "checkpoint missing", ["eval", "nope.pt"], expect=2),
     Case("checkpoints", "truncated checkpoint", ["eval", "cut.pt"], expect=2),

@@ -11,7 +11,7 @@ What each process does:
   ``data.batch_size`` is the global batch), with gradients averaged over processes
   (:class:`ParallelStep`: ``DistributedDataParallel``, or an explicit all-reduce when a
   component owns the loss);
-- weights its loss by ``n_r·W / n`` (its ``n_r`` of the step's ``n`` samples, ``W``
+- weights its contribution by ``n_r·W / n`` (its ``n_r`` of the step's ``n`` samples, ``W``
   processes) so the averaged gradient is that of the mean loss over the whole global batch,
   even when the last batch splits unevenly;
 - evaluates a disjoint shard of the test set; sums of losses, hits and spikes are added over
@@ -20,7 +20,8 @@ What each process does:
 
 Only rank 0 prints, writes ``metrics.jsonl`` and checkpoints. Batch norm normalises over each
 process's ``T·B/W`` samples unless ``distributed.sync_bn`` (CUDA only) converts it to
-``SyncBatchNorm``; its running statistics are rank 0's (DDP broadcasts them every step).
+``SyncBatchNorm``; its running statistics are rank 0's (copied to every process before each
+evaluation; DDP also broadcasts them every step).
 """
 
 from __future__ import annotations

@@ -134,7 +134,8 @@ def check_resume_config(stored: dict[str, Any], current: Config, source: str) ->
         raise UserError(
             f"cannot resume {source!r}: the config differs from the one it was trained with in "
             f"{'; '.join(diffs)}. Resume with the run's own config (drop those --set, or leave "
-            "out the recipe to use the stored one), or start a new run in another --out folder"
+            "out the recipe to use the stored one), pass --allow-config-change to continue under "
+            "the new values, or start a new run in another --out folder"
         )
 
 
