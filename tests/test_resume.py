@@ -443,3 +443,21 @@ def test_resume_into_another_model_is_refused_with_the_differences(reference):
         trainer.resume(uninterrupted / "last.pt")
     with pytest.raises(UserError, match=r"do not fit this model \(another architecture\?\)"):
         trainer.resume(uninterrupted / "last.pt", allow_config_change=True)
+
+
+def test_a_process_with_live_loader_workers_still_exits():
+    """Workers ignore SIGINT only: at exit, multiprocessing ends them with SIGTERM."""
+    script = (
+        "import torch\n"
+        "from torch import nn\n"
+        "from torch.utils.data import TensorDataset\n"
+        "from spikegrad import Config, Trainer\n"
+        "data = TensorDataset(torch.randn(64, 4), torch.zeros(64, dtype=torch.long))\n"
+        "cfg = Config().with_overrides({'data.num_workers': 1, 'data.batch_size': 8,\n"
+        "                               'train.device': 'cpu'})\n"
+        "trainer = Trainer(nn.Linear(4, 2), data, data, cfg, verbose=False)\n"
+        "next(iter(trainer.train_loader))  # persistent workers, left running\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=cli_env())
+    assert proc.returncode == 0, proc.stderr

@@ -200,8 +200,8 @@ class StopOnSignal:
         self._previous = {}
 
 
-def ignore_stop_signals(_worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: workers leave SIGINT/SIGTERM to the main process, which
-    stops them after saving (a Ctrl-C reaches the whole process group)."""
-    for sig in StopOnSignal.SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+def ignore_interrupts(_worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: a Ctrl-C reaches the whole process group; workers leave it
+    to the main process, which stops them after saving. (SIGTERM keeps its default: the
+    main process ends its workers with it when it exits.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

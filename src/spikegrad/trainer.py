@@ -46,7 +46,7 @@ from spikegrad.resume import (
     StopOnSignal,
     TrainingStopped,
     check_resume_config,
-    ignore_stop_signals,
+    ignore_interrupts,
     rng_state,
     set_rng_state,
 )
@@ -259,7 +259,7 @@ class Trainer:
         pin = self.device.type == "cuda"
         workers = self.config.data.num_workers
         loader_args = {"num_workers": workers, "pin_memory": pin, "persistent_workers": workers > 0,
-                       "worker_init_fn": ignore_stop_signals if workers > 0 else None}
+                       "worker_init_fn": ignore_interrupts if workers > 0 else None}
         self.train_loader = DataLoader(train_set, batch_sampler=self.train_sampler,
                                        generator=self.loader_generator,
                                        collate_fn=collate_for(train_set), **loader_args)
