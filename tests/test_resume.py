@@ -285,23 +285,23 @@ def test_truncated_newest_checkpoint_gives_a_clear_error_and_the_previous_one_lo
 
 
 def test_a_failed_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    trainer = tiny_trainer(tmp_path, **{"train.epochs": 2, "train.checkpoint_every": 0})
+    trainer = tiny_trainer(tmp_path, **{"train.epochs": 1})  # a checkpoint every 10 iterations
     real_save = torch.save
     calls = []
 
     def disk_full(obj, handle, *args, **kwargs):
         calls.append(1)
-        if len(calls) > 2:  # epoch 1 wrote best.pt and last.pt; then the disk is full
+        if len(calls) > 1:  # last.pt of iteration 10 is written; then the disk is full
             handle.write(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, handle, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(UserError, match=r"No space left on device; 'last.pt' keeps the end of "
-                                        r"epoch 1 \(iteration 45\)"):
+    with pytest.raises(UserError, match=r"No space left on device; 'last.pt' keeps epoch 1, "
+                                        r"batch 10 \(iteration 10\)"):
         trainer.fit()
     monkeypatch.undo()
-    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 10
     assert not list(tmp_path.glob(".*.tmp"))  # no half-written temporary file left
 
 
