@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from spikegrad import Config, Trainer, layers, neurons, surrogates
+from spikegrad import Config, Trainer, distributed, layers, neurons, surrogates
 from spikegrad.trainer import Component, StepOutput
 
 SAMPLES = 117  # global batch 32: three full steps and a last one of 21 (11 + 10 over two ranks)
@@ -66,8 +66,8 @@ def main(out_dir: str) -> None:
         trainer = Trainer(model(), dataset(0), dataset(1), config(), components=components,
                           out_dir=f"{out_dir}/{name}", verbose=False)
         trainer.fit()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    del trainer
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

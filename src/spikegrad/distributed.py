@@ -27,6 +27,7 @@ evaluation; DDP also broadcasts them every step).
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -134,8 +135,14 @@ _joined_here: list[bool] = []  # non-empty while a process group made by setup()
 
 
 def shutdown() -> None:
-    """Leave the process group :func:`setup` joined (one the caller made is left alone)."""
+    """Leave the process group :func:`setup` joined (one the caller made is left alone).
+
+    Every process first waits for the others, and the DDP objects of finished trainers are
+    collected before the group goes: gloo aborted a process now and then at exit otherwise.
+    """
     if _joined_here and dist.is_initialized():
+        gc.collect()  # a trainer and its DDP wrapper form a reference cycle
+        dist.barrier()
         dist.destroy_process_group()
     _joined_here.clear()
 

@@ -111,4 +111,5 @@ def train(config: Config, out_dir: str | Path | None, verbose: bool = True,
             trainer.resume(resume_from, allow_config_change)
         return trainer.fit()
     finally:
+        del trainer  # its DDP wrapper goes before the process group
         distributed.shutdown()
