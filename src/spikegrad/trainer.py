@@ -69,6 +69,9 @@ class Component:
         """Called before each training epoch; returned fields go into ``metrics.jsonl``."""
         return {}
 
+    def on_backward_end(self, trainer: Trainer) -> None:
+        """Called after backward, before the optimizer step; the gradients are unscaled."""
+
     def on_step_end(self, trainer: Trainer) -> None:
         """Called after every optimizer step (``trainer.iteration`` already advanced)."""
 
@@ -240,9 +243,7 @@ class Trainer:
             raise UserError("the training set is empty")
         self.optimizer = build_optimizer(self.config, self.model.parameters())
         iters = len(self.train_loader)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda it: lr_factor(self.config, it, iters)
-        )
+        self.scheduler = self._build_scheduler()
         self.amp_dtype = None
         if train.amp:
             self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
@@ -256,6 +257,24 @@ class Trainer:
         self.readout_start = 0
         for component in self.components:
             component.attach(self)
+
+    def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        iters = len(self.train_loader)
+        return torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda it: lr_factor(self.config, it, iters)
+        )
+
+    def add_param_group(self, params: Iterable[nn.Parameter]) -> None:
+        """Train parameters that live outside the model (e.g. shortcut branches) with the
+        model's optimizer and learning-rate schedule. Call before the first step (``attach``)."""
+        if self.iteration != 0:
+            raise RuntimeError("add_param_group must be called before training starts")
+        self.optimizer.add_param_group({"params": list(params)})
+        self.scheduler = self._build_scheduler()  # one schedule entry per parameter group
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        """Every parameter the optimizer updates: the model's and any added by components."""
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     # ------------------------------------------------------------------ loss and steps
 
@@ -298,9 +317,11 @@ class Trainer:
             )
         if not out.backpropagated:
             self.scaler.scale(out.loss).backward()
+        self.scaler.unscale_(self.optimizer)  # a no-op without fp16 gradient scaling
         if self.config.train.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+            nn.utils.clip_grad_norm_(self.trained_parameters(), self.config.train.grad_clip)
+        for component in self.components:
+            component.on_backward_end(self)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
