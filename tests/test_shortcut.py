@@ -12,6 +12,7 @@ from spikegrad.checkpoint import load_checkpoint, load_model
 from spikegrad.config import Config, ShortcutConfig, load_config
 from spikegrad.data import build_datasets
 from spikegrad.demo import recipe_path
+from spikegrad.diagnostics import GradientDiagnostics
 from spikegrad.errors import UserError
 from spikegrad.run import build_components, train
 from spikegrad.shortcut import (
@@ -293,3 +294,12 @@ def test_build_components_follows_the_config():
     constant = Config().with_overrides({"shortcut.enabled": True, "shortcut.schedule": "constant",
                                         "shortcut.lambda0": 1.0})
     assert build_components(constant, model)[-1].method_name("sigmoid") == "sigmoid+shortcut"
+
+
+def test_shortcut_and_diagnostics_under_mixed_precision():
+    diagnostics = GradientDiagnostics(interval=1)
+    trainer = toy_trainer(small("plain_cnn"), [diagnostics, ShortcutBackprop()], **{"train.amp": True})
+    trainer.fit()
+    assert all(math.isfinite(r["train_loss"]) for r in trainer.history)
+    assert len(diagnostics.records) == trainer.iteration
+    assert all(math.isfinite(v) for r in diagnostics.records for v in r["norms"].values())
