@@ -121,6 +121,12 @@ def capture_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str
             handle.remove()
 
 
+def _fork_rng():
+    """Restore every generator (CPU and all CUDA devices) on exit."""
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    return torch.random.fork_rng(devices=cuda)
+
+
 def _unit_names(model: nn.Module) -> list[str]:
     units = getattr(model, "units", None)
     return [name for name, _ in units()] if callable(units) else []
@@ -180,11 +186,9 @@ class ShortcutBranches(nn.Module):
         """Probe ``model`` on ``example`` (eval mode, no gradient, RNG untouched) for sizes."""
         names = check_attach_points(model, names)
         was_training = model.training
-        devices = [example.device.index or 0] if example.device.type == "cuda" else []
         model.eval()
         try:
-            with torch.no_grad(), torch.random.fork_rng(devices=devices), \
-                    capture_outputs(model, names) as captured:
+            with torch.no_grad(), _fork_rng(), capture_outputs(model, names) as captured:
                 outputs = model(example)  # (T, B, classes)
         finally:
             model.train(was_training)
@@ -264,7 +268,7 @@ class ShortcutBackprop(Component):
     def build(self, model: nn.Module, example: Tensor) -> ShortcutBranches:
         """Create the branches for ``model`` (sized on ``example``) without a trainer."""
         names = self.attach_names or default_attach_points(model, self.every)
-        with torch.random.fork_rng(devices=[]):
+        with _fork_rng():
             torch.manual_seed(self.seed)
             branches = ShortcutBranches.for_model(model, names, example)
         self.branches = branches.to(example.device)
