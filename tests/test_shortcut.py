@@ -178,7 +178,9 @@ def test_branches_are_removed_at_inference(tmp_path):
     # the model's state dict is the plain SNN's: same keys, no branch parameter anywhere
     assert list(trained.state_dict()) == list(plain.state_dict())
     assert not any("linear" in k and k.startswith("features") for k in trained.state_dict())
-    assert len(trainer.optimizer.param_groups) == 2  # the branches: a separate group
+    groups = trainer.optimizer.param_groups
+    assert len(groups) == 2  # the branches: a separate group, on the same schedule
+    assert groups[1]["lr"] == groups[0]["lr"] < trainer.config.optim.lr
     branch_params = {id(p) for p in component.branches.parameters()}
     assert not branch_params & {id(p) for p in trained.parameters()}
     # no hook is left on the model: evaluation runs the plain network
