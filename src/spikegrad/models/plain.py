@@ -1,6 +1,6 @@
 """A deep plain (non-residual) spiking CNN: the network where depth hurts.
 
-``depth`` conv units ``conv3×3 -> BN -> [avg pool] -> neuron`` in ``len(channels)`` stages of
+``depth`` conv units ``conv3×3 -> [BN] -> [avg pool] -> neuron`` in ``len(channels)`` stages of
 (nearly) equal length; the last unit of every stage but the last halves the map (2×2 average
 pool, skipped below 1×1). Then global average pooling and a linear layer, as in the
 ResNets, so the two families differ only in the identity paths. Units are named
@@ -40,6 +40,7 @@ class PlainCNN(SpikingNetwork):
         depth: number of conv units (at least ``len(channels)``).
         channels: channels per stage before the width multiplier.
         input_size: side of the (square) input, to skip pools below 1×1.
+        batch_norm: batch norm after every convolution (False: biased convolutions instead).
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class PlainCNN(SpikingNetwork):
         encoder: str = "direct",
         activation_max: float = 2.0,
         input_size: int = 32,
+        batch_norm: bool = True,
     ) -> None:
         super().__init__(T, kind, encoder)
         if int(depth) < len(channels):
@@ -69,7 +71,8 @@ class PlainCNN(SpikingNetwork):
             width_out = scaled(base, width)
             for index in range(count):
                 pool = index == count - 1 and stage < len(channels) - 1 and side >= 2
-                units[f"conv{len(units) + 1}"] = ConvUnit(width_in, width_out, act(), pool=pool)
+                units[f"conv{len(units) + 1}"] = ConvUnit(width_in, width_out, act(), pool=pool,
+                                                         batch_norm=batch_norm)
                 width_in, side = width_out, side // 2 if pool else side
         self.features = nn.Sequential(units)
         self.classifier = global_pool_classifier(width_in, num_classes)
