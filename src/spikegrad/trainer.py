@@ -1,14 +1,15 @@
 """One training loop for every method; methods plug in as :class:`Component` objects.
 
-A component may act at the start of each epoch (the adaptive Dspike temperature), after
-each optimisation step (a schedule), or own the loss of a training step (shortcut
-branches, local tandem learning). Components that do not own the loss compose freely with
-one that does.
+A component may act at the start of each epoch (the adaptive Dspike temperature), once
+the gradients exist (gradient diagnostics), after each optimisation step (a schedule), or
+own the loss of a training step (shortcut branches, local tandem learning). Components
+that do not own the loss compose freely with one that does.
 
 Each run writes into its folder: ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON
-object per epoch), ``summary.json``, checkpoints ``last.pt`` / ``best.pt``, the last
-evaluation's ``analysis.json`` (activity, SOPs, energy; ``analysis.monitors``) and, with
-``analysis.tensorboard``, TensorBoard events under ``tensorboard/``.
+object per epoch), ``summary.json``, ``gradients.jsonl`` (the gradient diagnostics
+component), checkpoints ``last.pt`` / ``best.pt``, the last evaluation's ``analysis.json``
+(activity, SOPs, energy; ``analysis.monitors``) and, with ``analysis.tensorboard``,
+TensorBoard events under ``tensorboard/``.
 """
 
 from __future__ import annotations
