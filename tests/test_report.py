@@ -138,10 +138,10 @@ def test_tensorboard_logs_gradient_records(tmp_path):
 def test_report_of_real_runs(real_runs):
     path = write_report([real_runs / "snn", real_runs / "ann"], real_runs / "out" / "r.html")
     page = path.read_text()
-    assert sections(page) == ["Summary", "Loss and accuracy", "Learning rate", "Firing rates",
-                              "Synaptic operations and energy"]
+    assert sections(page) == ["Summary", "Loss and accuracy", "Learning rate", "Gradients",
+                              "Firing rates", "Synaptic operations and energy"]
     assert "1.00×" in page  # the ANN twin's energy ratio in the summary table
-    assert len(images(page)) == 8
+    assert len(images(page)) == 10  # gradients: every run writes gradients.jsonl
 
 
 def test_eval_cli_prints_the_same_analysis_as_training(real_runs, capsys):

@@ -1,4 +1,5 @@
-"""The ``spikegrad`` command line: train, eval, calibrate, demo, report, export, models, recipes, download.
+"""The ``spikegrad`` command line: train, eval, calibrate, demo, report, plot-gradients,
+export, models, recipes, download.
 
 User errors (a bad config key, a missing file, a wrong tensor layout) print one message
 and exit with status 2; no traceback.
@@ -193,6 +194,14 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot_gradients(args: argparse.Namespace) -> int:
+    from spikegrad.gradient_plots import plot_gradients
+
+    out = plot_gradients(args.runs, args.out, labels=args.label or None, title=args.title)
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spikegrad", description="Train spiking neural networks by gradient descent."
@@ -275,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="registered dataset, e.g. cifar10")
     p.add_argument("--root", required=True, help="folder for the dataset files (data.root)")
     p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser("plot-gradients", help="plot the gradient diagnostics of runs side by side")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (holding gradients.jsonl)")
+    p.add_argument("--out", required=True, help="image to write, e.g. gradients.png")
+    p.add_argument("--label", action="append", default=[], help="label of each run, in order")
+    p.add_argument("--title", help="figure title")
+    p.set_defaults(func=_cmd_plot_gradients)
 
     p = sub.add_parser("models", help="list the registered models")
     p.add_argument("pattern", nargs="?", default="*")

@@ -184,6 +184,37 @@ class PaperConfig:
 
 
 @dataclass
+class ShortcutConfig:
+    """Shortcut back-propagation branches (training only; see :mod:`spikegrad.shortcut`).
+
+    Plain shortcut BP: ``schedule: constant, lambda0: 1``; the evolutionary method: ``linear``
+    with ``lambda0: 0.25`` (the defaults).
+    """
+
+    enabled: bool = option(False, doc="train with shortcut branches")
+    attach: list = option(factory=list, doc="module names to branch from ([]: the model's "
+                          "default: ResNet stage ends but the last, else every k-th unit)")
+    every: int | None = option(None, gt=0, doc="branch after every k-th unit (None: about four "
+                               "blocks; ResNets use their stage ends)")
+    schedule: str = option("linear", choices=("constant", "linear", "cosine", "step"),
+                           doc="balance coefficient λ(i) per iteration")
+    lambda0: float = option(0.25, min=0.0, doc="λ at the first iteration")
+    step_fraction: float = option(0.5, gt=0.0, max=1.0, doc="step: drop every this fraction of training")
+    gamma: float = option(0.1, min=0.0, doc="step: factor of each drop")
+    loss: str = option("combined", choices=("combined", "separate"),
+                       doc="combined: one CE on main + λ·Σ branches (the paper); separate: one per head")
+
+
+@dataclass
+class DiagnosticsConfig:
+    """Gradient diagnostics written with every run (``gradients.jsonl``)."""
+
+    gradient_interval: int = option(50, min=0, doc="record gradient norms every this many "
+                                    "iterations (0: off)")
+    histogram_bins: int = option(41, min=2, doc="bins of the first layer's gradient histogram")
+
+
+@dataclass
 class Config:
     """A whole run: what to train, on what, how."""
 
@@ -197,6 +228,8 @@ class Config:
     analysis: AnalysisConfig = option(factory=AnalysisConfig)
     ltl: LTLConfig = option(factory=LTLConfig)
     distributed: DistributedConfig = option(factory=DistributedConfig)
+    shortcut: ShortcutConfig = option(factory=ShortcutConfig)
+    diagnostics: DiagnosticsConfig = option(factory=DiagnosticsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

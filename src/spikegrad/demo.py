@@ -35,6 +35,7 @@ def recipe_path(name: str) -> Path:
 DEMO_ROWS: Sequence[DemoRow] = (
     DemoRow("ann", ("model.kind=ann", "name=digits-ann")),
     DemoRow("dspike"),
+    DemoRow("evolutionary", ("shortcut.enabled=true", "name=digits-evolutionary")),
     # The LTL students learn from the ann row: the ANN twin that digits_ltl.yaml names as its
     # teacher (digits.yaml with model.kind=ann), so it is trained once.
     DemoRow("ltl-offline", (), "digits_ltl", teacher_row="ann"),
@@ -58,13 +59,14 @@ def demo_configs(quick: bool = False, out_dir: str | Path = "runs/demo"
 
 
 def format_table(summaries: Sequence[dict[str, Any]]) -> str:
-    header = (f"{'method':<16} {'test acc':>8} {'best':>7} {'epochs':>6} {'train time':>10} "
+    w = max([16, *(len(s["method"]) for s in summaries)])
+    header = (f"{'method':<{w}} {'test acc':>8} {'best':>7} {'epochs':>6} {'train time':>10} "
               f"{'firing rate':>11}")
     lines = [header, "-" * len(header)]
     for s in summaries:
         rate = "-" if s.get("firing_rate") is None else f"{s['firing_rate']:.3f}"
         lines.append(
-            f"{s['method']:<16} {100 * s['final_test_acc']:7.2f}% {100 * s['best_test_acc']:6.2f}% "
+            f"{s['method']:<{w}} {100 * s['final_test_acc']:7.2f}% {100 * s['best_test_acc']:6.2f}% "
             f"{s['epochs']:>6} {s['train_seconds']:>9.1f}s {rate:>11}"
         )
     return "\n".join(lines)

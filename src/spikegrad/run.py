@@ -12,7 +12,9 @@ from torch.utils.data import Dataset
 from spikegrad import distributed, lean, models
 from spikegrad.config import Config
 from spikegrad.data import DatasetInfo, build_augmentation, build_datasets
+from spikegrad.diagnostics import GradientDiagnostics
 from spikegrad.errors import UserError
+from spikegrad.shortcut import ShortcutBackprop
 from spikegrad.trainer import Component, Trainer, seed_everything
 
 
@@ -76,7 +78,8 @@ def build_parts(config: Config) -> RunParts:
 def build_components(
     config: Config, model: nn.Module, out_dir: str | Path | None = None, verbose: bool = True
 ) -> list[Component]:
-    """The method components a config asks for (none for plain surrogate-gradient BPTT).
+    """The method components a config asks for, plus gradient diagnostics for every run
+    (unless ``diagnostics.gradient_interval`` is 0).
 
     ``out_dir`` is the run folder: an LTL teacher recipe trains into ``out_dir/teacher``.
     """
@@ -85,6 +88,11 @@ def build_components(
         from spikegrad.methods.ltl import build_ltl
 
         components.append(build_ltl(config, out_dir, verbose))
+    if config.diagnostics.gradient_interval:
+        components.append(GradientDiagnostics(config.diagnostics.gradient_interval,
+                                              config.diagnostics.histogram_bins))
+    if config.shortcut.enabled:
+        components.append(ShortcutBackprop.from_config(config.shortcut, seed=config.train.seed))
     return components
 
 

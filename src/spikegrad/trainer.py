@@ -1,16 +1,17 @@
 """One training loop for every method; methods plug in as :class:`Component` objects.
 
-A component may act at the start of each epoch (the adaptive Dspike temperature), after
-each optimisation step (a schedule), or own the loss of a training step (shortcut
-branches, local tandem learning). Components that do not own the loss compose freely with
-one that does.
+A component may act at the start of each epoch (the adaptive Dspike temperature), once
+the gradients exist (gradient diagnostics), after each optimisation step (a schedule), or
+own the loss of a training step (shortcut branches, local tandem learning). Components
+that do not own the loss compose freely with one that does.
 
 Each run writes into its folder: ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON
-object per epoch), ``summary.json``, checkpoints ``last.pt`` / ``best.pt`` (plus
-``last.prev.pt``, the one before), the last evaluation's ``analysis.json`` (activity, SOPs,
-energy; ``analysis.monitors``) and, with ``analysis.tensorboard``, TensorBoard events under
-``tensorboard/``. A checkpoint holds everything an exact resume needs
-(:mod:`spikegrad.resume`); multi-process training is in :mod:`spikegrad.distributed`.
+object per epoch), ``summary.json``, ``gradients.jsonl`` (the gradient diagnostics
+component), checkpoints ``last.pt`` / ``best.pt`` (plus ``last.prev.pt``, the one before),
+the last evaluation's ``analysis.json`` (activity, SOPs, energy; ``analysis.monitors``) and,
+with ``analysis.tensorboard``, TensorBoard events under ``tensorboard/``. A checkpoint holds
+everything an exact resume needs (:mod:`spikegrad.resume`); multi-process training is in
+:mod:`spikegrad.distributed`.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ class Component:
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> dict[str, Any]:
         """Called before each training epoch; returned fields go into ``metrics.jsonl``."""
         return {}
+
+    def on_backward_end(self, trainer: Trainer) -> None:
+        """Called after backward, before the optimizer step; the gradients are unscaled."""
 
     def on_step_end(self, trainer: Trainer) -> None:
         """Called after every optimizer step (``trainer.iteration`` already advanced)."""
@@ -274,9 +278,7 @@ class Trainer:
         )
         self.optimizer = build_optimizer(self.config, self.model.parameters())
         iters = len(self.train_loader)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda it: lr_factor(self.config, it, iters)
-        )
+        self.scheduler = self._build_scheduler()
         self.amp_dtype = None
         if train.amp:
             self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
@@ -302,6 +304,24 @@ class Trainer:
             self.compute_loss, self.model, self.optimizer, self.dist, self.config.distributed,
             component_owns_loss=bool(owners), make_output=StepOutput,
         )
+
+    def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        iters = len(self.train_loader)
+        return torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda it: lr_factor(self.config, it, iters)
+        )
+
+    def add_param_group(self, params: Iterable[nn.Parameter]) -> None:
+        """Train parameters that live outside the model (e.g. shortcut branches) with the
+        model's optimizer and learning-rate schedule. Call before the first step (``attach``)."""
+        if self.iteration != 0:
+            raise RuntimeError("add_param_group must be called before training starts")
+        self.optimizer.add_param_group({"params": list(params)})
+        self.scheduler = self._build_scheduler()  # one schedule entry per parameter group
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        """Every parameter the optimizer updates: the model's and any added by components."""
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     # ------------------------------------------------------------------ loss and steps
 
@@ -351,16 +371,17 @@ class Trainer:
         if not out.backpropagated:
             self.scaler.scale(self._parallel.scale_loss(out.loss, weight)).backward()
         self._parallel.sync_gradients(weight)
+        self.scaler.unscale_(self.optimizer)  # a no-op without fp16 gradient scaling
         grad_norm = None
         if self.config.train.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+            grad_norm = nn.utils.clip_grad_norm_(self.trained_parameters(), self.config.train.grad_clip)
         elif not self.scaler.is_enabled():  # with fp16 scaling, overflow is the scaler's business
-            grads = [p.grad for g in self.optimizer.param_groups for p in g["params"]
-                     if p.grad is not None]
+            grads = [p.grad for p in self.trained_parameters() if p.grad is not None]
             grad_norm = nn.utils.get_total_norm(grads) if grads else None
         finite = self._is_finite(out.loss, grad_norm)
         if finite:
+            for component in self.components:
+                component.on_backward_end(self)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         elif self.config.train.nonfinite == "stop":

@@ -1,0 +1,140 @@
+"""Gradient diagnostics: per-layer gradient norms and the first layer's gradient histogram.
+
+Every ``interval`` training iterations (the first one included), after backward and
+before the optimizer step, :class:`GradientDiagnostics` appends one JSON object to
+``gradients.jsonl`` in the run folder::
+
+    {"epoch": 3, "iteration": 201,
+     "norms": {"features.stem.0.module.0": 0.012, ..., "classifier.module.2": 0.35},
+     "first_layer_hist": {"edges": [-g, ..., g], "counts": [...]}}
+
+``epoch`` and ``iteration`` count from 1 (``iteration`` is the optimizer step the gradient
+belongs to). ``norms`` maps every weight layer of the model (a module with a weight of
+two or more dimensions: convolutions and linear layers, not batch norm), in model order, to
+the L2 norm of its weight gradient; shortcut branches live outside the model and are not
+listed. The histogram bins the first layer's weight gradient on ``bins`` equal bins over
+``[-g, g]``, ``g`` its largest magnitude. Vanishing gradients show as a small ratio of the
+first layer's norm to the last layer's (:func:`norm_ratio`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from spikegrad.errors import UserError
+from spikegrad.trainer import Component, Trainer
+
+__all__ = [
+    "GRADIENTS_FILE", "GradientDiagnostics", "gradient_histogram", "gradient_norms",
+    "norm_ratio", "read_gradients", "weight_layers",
+]
+
+GRADIENTS_FILE = "gradients.jsonl"
+
+
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """``(module name, weight)`` of every convolution / linear layer, in model order."""
+    out = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, nn.Parameter) and weight.dim() >= 2 and weight.requires_grad:
+            out.append((name, weight))
+    return out
+
+
+def gradient_norms(layers: Sequence[tuple[str, nn.Parameter]]) -> dict[str, float]:
+    """``‖∂L/∂W‖₂`` per layer; layers without a gradient are left out."""
+    return {name: float(w.grad.detach().float().norm()) for name, w in layers if w.grad is not None}
+
+
+def gradient_histogram(grad: Tensor, bins: int) -> dict[str, list[float]]:
+    """Counts of ``grad``'s entries on ``bins`` equal bins over ``[-g, g]``, ``g = max|grad|``."""
+    values = grad.detach().float().flatten()
+    g = max(float(values.abs().max()), torch.finfo(torch.float32).tiny)
+    counts = torch.histc(values, bins=bins, min=-g, max=g)
+    edges = torch.linspace(-g, g, bins + 1)
+    return {"edges": edges.tolist(), "counts": [int(c) for c in counts.tolist()]}
+
+
+class GradientDiagnostics(Component):
+    """Records gradient norms (and the first layer's histogram) every ``interval`` steps.
+
+    Records go to ``<run>/gradients.jsonl`` and to :attr:`records`. On resume the file keeps
+    the records up to the checkpoint's iteration.
+    """
+
+    name = "gradient_diagnostics"
+
+    def __init__(self, interval: int = 50, bins: int = 41) -> None:
+        if interval <= 0:
+            raise UserError(f"diagnostics.gradient_interval must be positive, got {interval}")
+        if bins < 2:
+            raise UserError(f"diagnostics.histogram_bins must be at least 2, got {bins}")
+        self.interval = interval
+        self.bins = bins
+        self.records: list[dict[str, Any]] = []
+        self._path: Path | None = None
+        self._layers: list[tuple[str, nn.Parameter]] = []
+
+    def attach(self, trainer: Trainer) -> None:
+        self._layers = weight_layers(trainer.model)
+        if not self._layers:
+            raise UserError("gradient diagnostics found no convolution or linear layer in the "
+                            "model; set diagnostics.gradient_interval=0 to turn them off")
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> dict[str, Any]:
+        if self._path is None and trainer.out_dir is not None:
+            self._path = trainer.out_dir / GRADIENTS_FILE
+            kept = [r for r in read_gradients(self._path) if r["iteration"] <= trainer.iteration] \
+                if trainer.iteration and self._path.exists() else []
+            self._path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        return {}
+
+    def on_backward_end(self, trainer: Trainer) -> None:
+        if trainer.iteration % self.interval:
+            return
+        first = self._layers[0][1]
+        grad = first.grad if first.grad is not None else torch.zeros_like(first)  # none: zero
+        record = {
+            "epoch": trainer.epoch + 1,
+            "iteration": trainer.iteration + 1,
+            "norms": gradient_norms(self._layers),
+            "first_layer_hist": gradient_histogram(grad, self.bins),
+        }
+        self.records.append(record)
+        if self._path is not None:
+            with self._path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def read_gradients(run: str | Path) -> list[dict[str, Any]]:
+    """The records of a run folder (or of a ``gradients.jsonl`` path), in order."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / GRADIENTS_FILE
+    if not path.is_file():
+        raise UserError(f"{str(path)!r} does not exist; gradient diagnostics are written by "
+                        "`spikegrad train` unless diagnostics.gradient_interval is 0")
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{str(path)!r} line {number} is not JSON: {exc}") from exc
+    return records
+
+
+def norm_ratio(record: dict[str, Any]) -> float:
+    """First layer's gradient norm over the last layer's (``nan`` if the last is zero)."""
+    norms = list(record["norms"].values())
+    if not norms:
+        return float("nan")
+    return norms[0] / norms[-1] if norms[-1] > 0 else float("nan")

@@ -1,0 +1,336 @@
+"""Shortcut back-propagation with the evolutionary balance coefficient (NeurIPS 2024).
+
+While training, shortcut branches carry the loss from the output straight to earlier
+blocks of the network. Each branch reads the output of one module (a unit of
+``model.features``, by qualified name), pools it over space and maps it to the classes
+with one linear layer, per time step:
+
+    b_l(x)_t = W_l · mean_space(s_l,t) + c_l        s_l,t: output of block l at step t
+
+and the training loss is one cross-entropy on the combined logits
+
+    o_t = b_n(x)_t + λ(i) · Σ_{l<n} b_l(x)_t        (b_n: the network's own head)
+
+averaged over time like the main head (``CE(mean_t o_t, y)``; with ``train.loss: tet`` the
+per-step TET loss of ``o``). ``λ(i)`` is the balance coefficient at iteration ``i`` of
+``I``: constant (plain shortcut back-propagation with ``λ0 = 1``), linear
+``λ0·(1 - i/I)`` (the evolutionary method, ``λ0 = 0.25``), cosine or step decay. The
+``separate`` variant (classic deep supervision) sums one loss per head instead:
+``L(b_n) + λ(i)·Σ_l L(b_l)``.
+
+The branches live outside the model: their parameters are held here and trained through an
+extra optimizer parameter group, and their forward hooks exist only inside
+:meth:`ShortcutBackprop.compute_loss`. Evaluation, checkpoints' model weights and export
+therefore see exactly the plain SNN, at the same cost.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from spikegrad.errors import UserError, check_time_major, did_you_mean
+from spikegrad.layers import mean_over_time
+from spikegrad.trainer import Component, StepOutput, Trainer
+
+__all__ = [
+    "LOSSES", "SCHEDULES", "ShortcutBackprop", "ShortcutBranch", "ShortcutBranches",
+    "balance_coefficient", "capture_outputs", "combine_logits", "default_attach_points",
+]
+
+SCHEDULES = ("constant", "linear", "cosine", "step")
+LOSSES = ("combined", "separate")
+
+
+def balance_coefficient(
+    schedule: str, iteration: int, total: int, lambda0: float = 0.25,
+    step_fraction: float = 0.5, gamma: float = 0.1,
+) -> float:
+    """λ(i), the weight of the shortcut branches at iteration ``i`` (0-based) of ``total``.
+
+    With progress ``p = clamp(i / I, 0, 1)``:
+
+    - ``constant``: ``λ0``
+    - ``linear``: ``λ0·(1 - p)`` (the evolutionary method)
+    - ``cosine``: ``λ0·(1 + cos(π·p)) / 2``
+    - ``step``: ``λ0·γ^⌊p / f⌋``, a drop by ``γ`` every fraction ``f`` of training.
+    """
+    if schedule not in SCHEDULES:
+        raise UserError(f"shortcut schedule must be one of {list(SCHEDULES)}, got {schedule!r}"
+                        f"{did_you_mean(schedule, SCHEDULES)}")
+    p = min(max(iteration / total, 0.0), 1.0) if total > 0 else 0.0
+    if schedule == "constant":
+        return lambda0
+    if schedule == "linear":
+        return lambda0 * (1.0 - p)
+    if schedule == "cosine":
+        return lambda0 * 0.5 * (1.0 + math.cos(math.pi * p))
+    if not 0.0 < step_fraction <= 1.0:
+        raise UserError(f"shortcut step_fraction must be in (0, 1], got {step_fraction}")
+    return lambda0 * gamma ** math.floor(p / step_fraction + 1e-9)
+
+
+def combine_logits(main: Tensor, branches: Sequence[Tensor], lam: float) -> Tensor:
+    """``o = main + λ·Σ branches`` (any matching shapes, e.g. ``[T, B, classes]``)."""
+    if not branches:
+        return main
+    return main + lam * torch.stack(list(branches)).sum(0)
+
+
+class ShortcutBranch(nn.Module):
+    """Global average pooling over space, then one linear layer, at every time step.
+
+    ``[T, B, C, *space] -> [T, B, C] -> [T, B, classes]``; a ``[T, B, F]`` input (a fully
+    connected unit) goes straight to the linear layer. No neuron: the branch is analog.
+    """
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_time_major(x, "shortcut branch input", min_dims=3)
+        if x.dim() > 3:
+            x = x.flatten(3).mean(3)  # (T, B, C)
+        return self.linear(x)  # (T, B, classes)
+
+
+@contextmanager
+def capture_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor]]:
+    """Record the outputs of the named submodules during forward passes inside the block."""
+    modules = dict(model.named_modules())
+    captured: dict[str, Tensor] = {}
+
+    def hook_for(name: str):
+        def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
+            captured[name] = output
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(hook_for(name)) for name in names]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _fork_rng():
+    """Restore every generator (CPU and all CUDA devices) on exit."""
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    return torch.random.fork_rng(devices=cuda)
+
+
+def _unit_names(model: nn.Module) -> list[str]:
+    units = getattr(model, "units", None)
+    return [name for name, _ in units()] if callable(units) else []
+
+
+def default_attach_points(model: nn.Module, every: int | None = None) -> list[str]:
+    """Where branches go when the config names none.
+
+    A model with ``stage_ends()`` (the ResNets): the end of every stage but the last. Other
+    models with ``units()``: every ``every``-th unit except the last (which feeds the main
+    head); ``every=None`` picks ``max(1, n // 4)`` for ``n`` units, about four blocks.
+    """
+    stage_ends = getattr(model, "stage_ends", None)
+    if callable(stage_ends) and every is None:
+        return list(stage_ends())[:-1]
+    units = _unit_names(model)
+    if not units:
+        raise UserError(f"{type(model).__name__} has no units(); name the modules for the "
+                        "shortcut branches in shortcut.attach")
+    k = every if every is not None else max(1, len(units) // 4)
+    points = [units[i] for i in range(k - 1, len(units) - 1, k)]
+    if not points:
+        raise UserError(f"shortcut.every={k} leaves no attach point in a model of {len(units)} "
+                        "units; lower shortcut.every or name the modules in shortcut.attach")
+    return points
+
+
+def check_attach_points(model: nn.Module, names: Sequence[str]) -> list[str]:
+    """The names, checked against the model's submodules (a typo names the nearest unit)."""
+    if not names:
+        raise UserError("shortcut branches need at least one attach point")
+    modules = dict(model.named_modules())
+    for name in names:
+        if name not in modules or name == "":
+            choices = _unit_names(model) or [n for n in modules if n]
+            raise UserError(f"shortcut attach point {name!r} is not a module of "
+                            f"{type(model).__name__}{did_you_mean(name, choices)}; "
+                            f"its units are: {', '.join(choices[:40])}")
+    if len(set(names)) != len(names):
+        raise UserError(f"shortcut attach points repeat a name: {list(names)}")
+    return list(names)
+
+
+class ShortcutBranches(nn.Module):
+    """The branches of one model, one per attach point, sized by a probe forward pass.
+
+    Held outside the model, so ``model.state_dict()`` stays the plain SNN.
+    """
+
+    def __init__(self, names: Sequence[str], in_features: Sequence[int], num_classes: int) -> None:
+        super().__init__()
+        self.names = list(names)
+        self.heads = nn.ModuleList(ShortcutBranch(f, num_classes) for f in in_features)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, names: Sequence[str], example: Tensor) -> ShortcutBranches:
+        """Probe ``model`` on ``example`` (eval mode, no gradient, RNG untouched) for sizes."""
+        names = check_attach_points(model, names)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), _fork_rng(), capture_outputs(model, names) as captured:
+                outputs = model(example)  # (T, B, classes)
+        finally:
+            model.train(was_training)
+        check_time_major(outputs, "model output", min_dims=3)
+        features = []
+        for name in names:
+            out = captured.get(name)
+            if not isinstance(out, Tensor) or out.dim() < 3:
+                shape = None if not isinstance(out, Tensor) else tuple(out.shape)
+                raise UserError(f"shortcut attach point {name!r} must output a time-major tensor "
+                                f"[T, B, C, ...] on every forward pass, got {shape}")
+            features.append(out.shape[2])
+        return cls(names, features, outputs.shape[-1])
+
+    def forward(self, captured: dict[str, Tensor]) -> list[Tensor]:
+        """Branch logits ``[T, B, classes]`` for the captured block outputs, in order."""
+        return [head(captured[name]) for name, head in zip(self.names, self.heads, strict=True)]
+
+
+def _probe_batch(trainer: Trainer) -> Tensor:
+    """A batch of up to two training samples, collated as the trainer's loader does."""
+    loader = trainer.train_loader
+    inputs, _ = next(iter(DataLoader(loader.dataset, batch_size=2, collate_fn=loader.collate_fn)))
+    return inputs.to(trainer.device)
+
+
+class ShortcutBackprop(Component):
+    """Owns the training loss: the network's head plus the shortcut branches (see module doc).
+
+    Args:
+        attach: qualified module names to branch from; None: :func:`default_attach_points`.
+        every: for models without stage ends, a branch after every ``every``-th unit.
+        schedule, lambda0, step_fraction, gamma: the balance coefficient
+            (:func:`balance_coefficient`).
+        loss: ``combined`` (one loss on the combined logits, the paper's method) or
+            ``separate`` (one loss per head, deep supervision).
+        seed: seeds the branch initialisation without moving the global random stream, so a
+            run sees the same batches and augmentation as its vanilla twin.
+    """
+
+    name = "shortcut"
+
+    def __init__(
+        self,
+        attach: Sequence[str] | None = None,
+        every: int | None = None,
+        schedule: str = "linear",
+        lambda0: float = 0.25,
+        step_fraction: float = 0.5,
+        gamma: float = 0.1,
+        loss: str = "combined",
+        seed: int = 0,
+    ) -> None:
+        if loss not in LOSSES:
+            raise UserError(f"shortcut loss must be one of {list(LOSSES)}, got {loss!r}")
+        balance_coefficient(schedule, 0, 1, lambda0, step_fraction, gamma)  # validate
+        self.attach_names = list(attach) if attach else None
+        self.every = every
+        self.schedule = schedule
+        self.lambda0 = lambda0
+        self.step_fraction = step_fraction
+        self.gamma = gamma
+        self.loss = loss
+        self.seed = seed
+        self.branches: ShortcutBranches | None = None
+        self._lambda_sum = 0.0
+        self._steps = 0
+
+    @classmethod
+    def from_config(cls, section: Any, seed: int = 0) -> ShortcutBackprop:
+        """From a :class:`spikegrad.config.ShortcutConfig`."""
+        return cls(section.attach or None, section.every, section.schedule, section.lambda0,
+                   section.step_fraction, section.gamma, section.loss, seed)
+
+    # -------------------------------------------------------------- set-up
+
+    def build(self, model: nn.Module, example: Tensor) -> ShortcutBranches:
+        """Create the branches for ``model`` (sized on ``example``) without a trainer."""
+        names = self.attach_names or default_attach_points(model, self.every)
+        with _fork_rng():
+            torch.manual_seed(self.seed)
+            branches = ShortcutBranches.for_model(model, names, example)
+        self.branches = branches.to(example.device)
+        return self.branches
+
+    def attach(self, trainer: Trainer) -> None:
+        branches = self.build(trainer.model, _probe_batch(trainer))
+        trainer.add_param_group(branches.parameters())
+
+    # -------------------------------------------------------------- training
+
+    def coefficient(self, iteration: int, total: int) -> float:
+        return balance_coefficient(self.schedule, iteration, total, self.lambda0,
+                                   self.step_fraction, self.gamma)
+
+    def outputs(self, model: nn.Module, inputs: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The main logits and every branch's logits, all ``[T, B, classes]``."""
+        if self.branches is None:
+            raise RuntimeError("ShortcutBackprop.build (or attach) must run before training")
+        with capture_outputs(model, self.branches.names) as captured:
+            main = model(inputs)  # (T, B, classes)
+        check_time_major(main, "model output", min_dims=3)
+        return main, self.branches(captured)
+
+    def compute_loss(self, trainer: Trainer, inputs: Tensor, targets: Tensor) -> StepOutput:
+        lam = self.coefficient(trainer.iteration, trainer.total_iterations)
+        main, branches = self.outputs(trainer.model, inputs)
+        if self.loss == "combined":
+            loss = trainer.default_loss(combine_logits(main, branches, lam), targets)
+        else:
+            loss = trainer.default_loss(main, targets) + lam * sum(
+                trainer.default_loss(b, targets) for b in branches)
+        self._lambda_sum += lam
+        self._steps += 1
+        # Training accuracy is that of the network's own head: what is deployed.
+        return StepOutput(loss, mean_over_time(main).detach())
+
+    def epoch_metrics(self, trainer: Trainer) -> dict[str, Any]:
+        """``shortcut_lambda``: the mean λ over the epoch's training steps."""
+        lam = self._lambda_sum / self._steps if self._steps else self.coefficient(
+            trainer.iteration, trainer.total_iterations)
+        self._lambda_sum, self._steps = 0.0, 0
+        return {"shortcut_lambda": lam}
+
+    def method_name(self, base: str) -> str:
+        suffix = "shortcut" if self.schedule == "constant" else "evolutionary"
+        if self.loss == "separate":
+            suffix += "-separate"
+        return f"{base}+{suffix}"
+
+    # -------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.branches is None:
+            return {}
+        return {"attach": list(self.branches.names), "branches": self.branches.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        if self.branches is None or list(state["attach"]) != self.branches.names:
+            have = None if self.branches is None else self.branches.names
+            raise UserError(f"the checkpoint's shortcut branches attach at {state['attach']}, "
+                            f"this run's at {have}; use the same shortcut.attach")
+        self.branches.load_state_dict(state["branches"])

@@ -1,0 +1,150 @@
+import copy
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from spikegrad import models
+from spikegrad.cli import main
+from spikegrad.config import Config
+from spikegrad.diagnostics import (
+    GradientDiagnostics,
+    gradient_histogram,
+    norm_ratio,
+    read_gradients,
+    weight_layers,
+)
+from spikegrad.errors import UserError
+from spikegrad.gradient_plots import histogram_picks
+from spikegrad.losses import mean_logit_cross_entropy
+from spikegrad.shortcut import ShortcutBackprop
+from spikegrad.trainer import Trainer
+
+
+def small_net() -> nn.Module:
+    return models.create("plain_cnn", depth=4, num_classes=3, in_channels=1, T=2, width=0.125,
+                         input_size=8)
+
+
+def toy_data(n: int = 16) -> TensorDataset:
+    g = torch.Generator().manual_seed(1)
+    return TensorDataset(torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g))
+
+
+def test_histogram_counts_every_entry_on_symmetric_bins():
+    g = torch.randn(1000)
+    hist = gradient_histogram(g, bins=11)
+    m = float(g.abs().max())
+    assert hist["edges"][0] == pytest.approx(-m) and hist["edges"][-1] == pytest.approx(m)
+    assert len(hist["edges"]) == 12 and sum(hist["counts"]) == 1000
+    expected, _ = np.histogram(g.numpy(), bins=11, range=(-m, m))
+    assert hist["counts"] == expected.tolist()
+    assert sum(gradient_histogram(torch.zeros(5), 4)["counts"]) == 5  # all-zero gradient
+
+
+def test_weight_layers_are_the_convolutions_and_linear_layers_in_order():
+    names = [n for n, _ in weight_layers(small_net())]
+    assert names == [f"features.conv{i}.0.module.0" for i in range(1, 5)] + ["classifier.module.2"]
+
+
+def test_the_first_record_holds_the_first_steps_gradient(tmp_path):
+    """One full-batch step: the recorded norms are those of the loss on the initial weights."""
+    torch.manual_seed(0)
+    model = small_net()
+    initial = copy.deepcopy(model)
+    data = toy_data()
+    config = Config().with_overrides({"train.epochs": 3, "data.batch_size": 16, "train.progress": False,
+                                      "train.device": "cpu"})
+    diagnostics = GradientDiagnostics(interval=2, bins=9)
+    Trainer(model, data, data, config, components=[diagnostics], out_dir=tmp_path, verbose=False).fit()
+    mean_logit_cross_entropy(initial(data.tensors[0]), data.tensors[1]).backward()
+    expected = {n: float(w.grad.norm()) for n, w in weight_layers(initial)}
+    records = read_gradients(tmp_path)
+    assert records == diagnostics.records
+    assert [(r["epoch"], r["iteration"]) for r in records] == [(1, 1), (3, 3)]
+    assert set(records[0]) == {"epoch", "iteration", "norms", "first_layer_hist"}
+    assert list(records[0]["norms"]) == list(expected)
+    assert records[0]["norms"] == pytest.approx(expected, rel=1e-5)
+    first_grad = next(iter(weight_layers(initial)))[1].grad
+    hist = gradient_histogram(first_grad, 9)
+    assert records[0]["first_layer_hist"]["edges"] == pytest.approx(hist["edges"], rel=1e-5)
+    assert records[0]["first_layer_hist"]["counts"] == hist["counts"]
+    assert norm_ratio(records[0]) == pytest.approx(expected["features.conv1.0.module.0"]
+                                                   / expected["classifier.module.2"])
+
+
+def test_shortcut_branches_change_the_recorded_gradients_but_are_not_listed():
+    torch.manual_seed(0)
+    plain = small_net()
+    data = toy_data()
+    config = Config().with_overrides({"train.epochs": 1, "data.batch_size": 16, "train.progress": False,
+                                      "train.device": "cpu"})
+    runs = []
+    for loss in (None, "combined", "separate"):
+        net = copy.deepcopy(plain)
+        extra = [ShortcutBackprop(["features.conv2"], schedule="constant", lambda0=1.0, loss=loss)
+                 ] if loss else []
+        diagnostics = GradientDiagnostics(interval=1)
+        Trainer(net, data, data, config, components=[diagnostics, *extra], verbose=False).fit()
+        runs.append(diagnostics.records[0]["norms"])
+    assert list(runs[0]) == list(runs[1]) == list(runs[2])  # branches are not model layers
+    first, last = "features.conv1.0.module.0", "classifier.module.2"
+    assert runs[0][first] != pytest.approx(runs[1][first])
+    assert runs[0][first] != pytest.approx(runs[2][first])
+    # separate losses: the head and the layers past the branch see only the head's own loss
+    for name in (last, "features.conv3.0.module.0", "features.conv4.0.module.0"):
+        assert runs[0][name] == pytest.approx(runs[2][name], rel=1e-5)
+
+
+def test_resume_keeps_the_records_up_to_the_checkpoint(tmp_path):
+    lines = [{"epoch": 1, "iteration": i, "norms": {"a": 1.0}, "first_layer_hist": {}} for i in (1, 5, 9)]
+    (tmp_path / "gradients.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    diagnostics = GradientDiagnostics(interval=4)
+    diagnostics.on_epoch_start(SimpleNamespace(out_dir=tmp_path, iteration=6), 1)
+    assert [r["iteration"] for r in read_gradients(tmp_path)] == [1, 5]
+    fresh = GradientDiagnostics(interval=4)
+    fresh.on_epoch_start(SimpleNamespace(out_dir=tmp_path, iteration=0), 0)
+    assert read_gradients(tmp_path) == []
+
+
+def test_bad_input_is_explained(tmp_path):
+    with pytest.raises(UserError, match="gradient_interval"):
+        GradientDiagnostics(interval=0)
+    with pytest.raises(UserError, match="does not exist"):
+        read_gradients(tmp_path)
+    (tmp_path / "gradients.jsonl").write_text("{not json\n")
+    with pytest.raises(UserError, match="line 1 is not JSON"):
+        read_gradients(tmp_path)
+
+
+def test_histogram_picks_skip_the_initial_record():
+    assert histogram_picks(1) == [0]
+    assert histogram_picks(2) == [1]
+    assert histogram_picks(21) == [2, 10, 20]
+
+
+def test_plot_gradients_cli_draws_several_runs(tmp_path):
+    pytest.importorskip("matplotlib")
+    runs = []
+    for k in range(2):
+        run = tmp_path / f"run{k}"
+        run.mkdir()
+        records = [{"epoch": 1, "iteration": 1 + 5 * i,
+                    "norms": {"a": 0.1 * (k + 1) / (i + 1), "b": 1.0, "c": 2.0},
+                    "first_layer_hist": gradient_histogram(torch.randn(50) / (i + 1), 7)}
+                   for i in range(4)]
+        (run / "gradients.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        runs.append(str(run))
+    out = tmp_path / "plots" / "grads.png"
+    assert main(["plot-gradients", *runs, "--out", str(out), "--label", "a", "--label", "b"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot-gradients", *runs, "--out", str(out), "--label", "a"]) == 2  # one label short
+    proc = subprocess.run([sys.executable, "-m", "spikegrad", "plot-gradients", str(tmp_path / "none"),
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
