@@ -34,7 +34,7 @@ def recipe_path(name: str) -> Path:
 
 DEMO_ROWS: Sequence[DemoRow] = (
     DemoRow("ann", ("model.kind=ann", "name=digits-ann")),
-    DemoRow("dspike"),
+    DemoRow("dspike", ("dspike.adaptive=true", "name=digits-dspike-adaptive")),
     # The LTL students learn from the ann row: the ANN twin that digits_ltl.yaml names as its
     # teacher (digits.yaml with model.kind=ann), so it is trained once.
     DemoRow("ltl-offline", (), "digits_ltl", teacher_row="ann"),
