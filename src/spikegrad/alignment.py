@@ -17,8 +17,9 @@ target is swapped between backward passes.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -45,9 +46,12 @@ Assignment = Mapping[SpikingNeuron, surrogates.Surrogate]
 
 
 def probe_batch(
-    model: nn.Module, dataset: Dataset, size: int, seed: int, device: torch.device | str = "cpu"
+    model: nn.Module, dataset: Dataset, size: int, seed: int, device: torch.device | str = "cpu",
+    collate: Callable[[list], Any] = default_collate,
 ) -> tuple[Tensor, Tensor]:
     """A fixed mini-batch of ``size`` samples drawn with ``seed``, on ``device``, unaugmented.
+
+    ``collate`` batches the samples (pass the training loader's ``collate_fn``).
 
     A spikegrad network's encoder runs here once, under ``seed``, and the batch comes back
     time-major ``[T, B, ...]``: with a stochastic (Poisson) encoder every ±ε pass and every
@@ -57,7 +61,7 @@ def probe_batch(
         raise UserError("cannot draw a probe batch from an empty dataset")
     device = torch.device(device)
     picked = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:size]
-    inputs, targets = default_collate([dataset[int(i)] for i in picked])
+    inputs, targets = collate([dataset[int(i)] for i in picked])
     inputs, targets = inputs.to(device), targets.to(device)
     encode = getattr(model, "encode", None)
     if encode is not None:

@@ -153,8 +153,9 @@ class AdaptiveTemperature(Component):
     def search(self, trainer: Trainer, epoch: int) -> dict[str, dict[str, float]]:
         """One search over every group on the epoch's probe batch; group -> similarities."""
         seed = self.seed * 1_000_003 + epoch
-        inputs, targets = probe_batch(trainer.model, trainer.train_loader.dataset, self.config.batch_size,
-                                      seed, trainer.device)
+        loader = trainer.train_loader
+        inputs, targets = probe_batch(trainer.model, loader.dataset, self.config.batch_size, seed,
+                                      trainer.device, loader.collate_fn)
         generator = torch.Generator().manual_seed(seed)  # the probed weights
         return {g.name: self.search_group(trainer, g, inputs, targets, generator) for g in self.groups}
 
