@@ -18,7 +18,7 @@ from spikegrad.run import build_components, build_parts, train
 from spikegrad.surrogates import Dspike
 from spikegrad.trainer import Trainer
 
-RECIPES = sorted(Path(str(recipe_path("digits"))).parent.glob("*.yaml"))
+DSPIKE_RECIPES = sorted(Path(str(recipe_path("digits"))).parent.glob("*_dspike.yaml"))
 
 
 def tiny_config(**overrides) -> Config:
@@ -140,14 +140,20 @@ def test_bad_dspike_settings_are_user_errors():
     assert build_components(tiny_config(**{"model.kind": "ann"}), None) == []
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
-def test_every_recipe_loads_as_a_valid_config(recipe):
+@pytest.mark.parametrize("recipe", DSPIKE_RECIPES, ids=lambda p: p.name)
+def test_every_dspike_recipe_loads_with_the_papers_accuracy_and_the_search_on(recipe):
     config = load_config(recipe)
-    assert config.name
-    if recipe.name != "digits.yaml":
-        assert config.paper.accuracy is not None and config.paper.source
-        assert config.dspike.adaptive and config.model.surrogate["name"] == "dspike"
-        assert recipe.stem.startswith(config.data.name) and f"_t{config.model.T}_" in recipe.name
+    assert config.paper.accuracy is not None and "Dspike" in config.paper.source
+    assert config.dspike.adaptive and config.model.surrogate == {"name": "dspike", "temperature": 3.0,
+                                                                 "window": 1.0}
+    assert config.model.neuron.leak == 0.25 and config.model.neuron.threshold == 0.5
+    assert config.model.neuron.reset == "hard" and config.model.name == "resnet18"
+    assert recipe.name == f"{config.data.name}_resnet18_t{config.model.T}_dspike.yaml"
+
+
+def test_the_demo_recipe_uses_the_adaptive_temperature():
+    assert len(DSPIKE_RECIPES) == 5
+    assert load_config(recipe_path("digits")).dspike.adaptive
 
 
 def test_fdg_command_writes_a_table_json_and_plot(tmp_path, capsys):
