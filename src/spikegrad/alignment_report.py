@@ -53,8 +53,8 @@ def analyse_checkpoint(
     checkpoint: str | Path,
     layer: str | None = None,
     epsilon: float | None = None,
-    num_weights: int | None = None,
-    batch_size: int = 256,
+    num_weights: int | None = 256,
+    batch_size: int = 128,
     split: str = "train",
     seed: int = 0,
     points: int = 9,
@@ -80,6 +80,9 @@ def analyse_checkpoint(
     for name in names or ():
         if name not in surrogates.available():
             raise unknown_name_error("surrogate", name, surrogates.available())
+    if (num_weights is not None and num_weights <= 0) or batch_size <= 0:
+        raise UserError(f"--num-weights and --batch-size must be positive, got {num_weights} and "
+                        f"{batch_size}")
     if not points >= 1 or not factor >= 1.0:
         raise UserError(f"--points must be >= 1 and --range >= 1, got {points} and {factor}")
     config = from_dict(Config, payload["config"]).with_overrides(overrides)
@@ -161,8 +164,8 @@ def plot_report(report: AlignmentReport, path: str | Path) -> Path:
         ax.set_ylabel("cosine similarity with FDG")
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
-    source = Path(report.checkpoint)
-    fig.suptitle(f"{source.parent.name}/{source.name}: surrogate vs. finite difference gradient of "
+    source = "/".join(Path(report.checkpoint).parts[-3:])
+    fig.suptitle(f"{source}: surrogate vs. finite difference gradient of "
                  f"{report.layer}\n(epsilon {report.epsilon_relative:g} × RMS, {report.probed} weights, "
                  f"{report.batch_size} samples)", fontsize=10)
     path = Path(path)
