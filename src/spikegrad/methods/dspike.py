@@ -108,6 +108,9 @@ class AdaptiveTemperature(Component):
             if layers and neurons:
                 layer_name, layer = layers[0]
                 groups.append(TemperatureGroup(unit_name, f"{unit_name}.{layer_name}", layer, neurons))
+        if not groups:
+            raise UserError("dspike.per_layer found no unit of model.features with both a weight layer "
+                            "and Dspike neurons; use one global temperature (dspike.per_layer=false)")
         return groups
 
     def attach(self, trainer: Trainer) -> None:
