@@ -11,7 +11,7 @@ from spikegrad.alignment import surrogate_gradients
 from spikegrad.checkpoint import load_checkpoint
 from spikegrad.cli import main
 from spikegrad.config import Config, DspikeConfig, load_config
-from spikegrad.demo import recipe_path
+from spikegrad.demo import demo_configs, recipe_path
 from spikegrad.errors import UserError
 from spikegrad.methods.dspike import AdaptiveTemperature, candidate_temperatures, choose_temperature
 from spikegrad.run import build_components, build_parts, train
@@ -151,9 +151,10 @@ def test_every_dspike_recipe_loads_with_the_papers_accuracy_and_the_search_on(re
     assert recipe.name == f"{config.data.name}_resnet18_t{config.model.T}_dspike.yaml"
 
 
-def test_the_demo_recipe_uses_the_adaptive_temperature():
+def test_the_demos_dspike_row_searches_the_temperature():
     assert len(DSPIKE_RECIPES) == 5
-    assert load_config(recipe_path("digits")).dspike.adaptive
+    rows = {row.folder: config for row, config in demo_configs(quick=True)}
+    assert rows["dspike"].dspike.adaptive and not load_config(recipe_path("digits")).dspike.adaptive
 
 
 def test_fdg_command_writes_a_table_json_and_plot(tmp_path, capsys):
