@@ -12,7 +12,7 @@ def test_quick_demo_prints_the_comparison_table(tmp_path):
     table = proc.stdout.split("\n\n")[-1]
     assert "method" in table and "firing rate" in table
     summaries = json.loads((tmp_path / "demo.json").read_text())
-    assert [s["method"] for s in summaries] == ["ann", "dspike", "dspike+evolutionary",
+    assert [s["method"] for s in summaries] == ["ann", "dspike-adaptive", "dspike-adaptive+evolutionary",
                                                 "ltl-offline", "ltl-online"]
     for s in summaries:
         assert s["epochs"] == 2 and 0 <= s["final_test_acc"] <= 1

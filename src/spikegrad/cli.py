@@ -1,5 +1,5 @@
 """The ``spikegrad`` command line: train, eval, calibrate, demo, report, plot-gradients,
-export, models, recipes, download.
+export, models, recipes, download, fdg.
 
 User errors (a bad config key, a missing file, a wrong tensor layout) print one message
 and exit with status 2; no traceback.
@@ -159,6 +159,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fdg(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from spikegrad.alignment_report import analyse_checkpoint, format_report, write_report
+
+    report = analyse_checkpoint(
+        args.checkpoint, layer=args.layer, epsilon=args.epsilon, num_weights=args.num_weights or None,
+        batch_size=args.batch_size, split=args.split, seed=args.seed, points=args.points,
+        factor=args.range, names=args.surrogates.split(",") if args.surrogates else None,
+        device=args.device, overrides=args.set,
+    )
+    print(format_report(report))
+    prefix = args.out or Path(args.checkpoint).with_name("fdg")
+    json_path, png_path = write_report(report, prefix)
+    print(f"\nwrote {json_path} and {png_path} ({report.seconds:.1f}s)")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from spikegrad import models
 
@@ -291,6 +309,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", default=[], help="label of each run, in order")
     p.add_argument("--title", help="figure title")
     p.set_defaults(func=_cmd_plot_gradients)
+
+    p = sub.add_parser("fdg", help="cosine similarity of every surrogate's gradient with the "
+                                   "finite difference gradient, over a sweep of its sharpness")
+    p.add_argument("checkpoint")
+    p.add_argument("--layer", help="probed weight layer (qualified name; default: the first)")
+    p.add_argument("--epsilon", type=float,
+                   help="FDG step as a fraction of the layer's weight RMS (default: dspike.epsilon's)")
+    p.add_argument("--num-weights", type=int, default=256,
+                   help="probe a seeded random subset of K weights (default 256; 0: all)")
+    p.add_argument("--batch-size", type=int, default=128, help="samples in the fixed batch")
+    p.add_argument("--split", choices=("train", "test"), default="train")
+    p.add_argument("--seed", type=int, default=0, help="draws the batch and the probed weights")
+    p.add_argument("--points", type=int, default=9, help="sharpness values per surrogate")
+    p.add_argument("--range", type=float, default=8.0,
+                   help="sweep from default/RANGE to default·RANGE, geometrically (default 8)")
+    p.add_argument("--surrogates", help="comma-separated subset (default: all registered)")
+    p.add_argument("--out", help="output prefix for .json and .png (default: fdg beside the "
+                                 "checkpoint)")
+    p.add_argument("--device", help="override train.device")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the stored config, e.g. --set data.root=/data")
+    p.set_defaults(func=_cmd_fdg)
 
     p = sub.add_parser("models", help="list the registered models")
     p.add_argument("pattern", nargs="?", default="*")

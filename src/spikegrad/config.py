@@ -176,6 +176,37 @@ class LTLConfig:
 
 
 @dataclass
+class DspikeConfig:
+    """Adaptive Dspike temperature (Algorithm 1 of Li et al. 2021; see docs/dspike.md).
+
+    At the start of every ``every``-th epoch (from the second epoch on: before any training,
+    batch norm's running statistics are still the initial ones) the finite difference
+    gradient of the probed layer is compared with the Dspike surrogate gradient for each
+    candidate ``b + j·delta`` (``j`` in ``candidates``, never below ``b_min``), and the
+    most similar candidate is kept.
+    """
+
+    adaptive: bool = option(False, doc="search the temperature during training (model.surrogate "
+                                       "must be dspike; method name dspike-adaptive)")
+    b0: float | None = option(None, gt=0.0, doc="initial temperature (None: model.surrogate's)")
+    delta: float = option(0.5, gt=0.0, doc="Δb, the step between candidates")
+    candidates: list = option(factory=lambda: [-1, 0, 1],
+                              doc="candidate offsets in units of delta (the paper: -1, 0, 1)")
+    b_min: float = option(0.5, gt=0.0, doc="lower bound on the temperature")
+    epsilon: float = option(1.0, gt=0.0,
+                            doc="FDG step as a fraction of the RMS of the probed layer's weights")
+    num_weights: int | None = option(64, gt=0, doc="K, weights probed (a seeded random subset; "
+                                                   "None: all)")
+    batch_size: int = option(64, gt=0, doc="samples in the fixed mini-batch of each search")
+    every: int = option(1, gt=0, doc="search every this many epochs")
+    layer: str | None = option(None, doc="probed layer (qualified name; None: the first weight "
+                                         "layer); ignored with per_layer")
+    per_layer: bool = option(False, doc="one temperature per unit, each chosen by the FDG of the "
+                                        "unit's first weight layer (an extension, off in the paper)")
+    max_stacked: int = option(512, gt=0, doc="samples per stacked FDG forward call (memory bound)")
+
+
+@dataclass
 class PaperConfig:
     """What the paper a recipe mirrors reports (shown by ``spikegrad recipes``; not used in training)."""
 
@@ -230,6 +261,7 @@ class Config:
     distributed: DistributedConfig = option(factory=DistributedConfig)
     shortcut: ShortcutConfig = option(factory=ShortcutConfig)
     diagnostics: DiagnosticsConfig = option(factory=DiagnosticsConfig)
+    dspike: DspikeConfig = option(factory=DspikeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

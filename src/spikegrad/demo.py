@@ -34,8 +34,9 @@ def recipe_path(name: str) -> Path:
 
 DEMO_ROWS: Sequence[DemoRow] = (
     DemoRow("ann", ("model.kind=ann", "name=digits-ann")),
-    DemoRow("dspike"),
-    DemoRow("evolutionary", ("shortcut.enabled=true", "name=digits-evolutionary")),
+    DemoRow("dspike", ("dspike.adaptive=true", "name=digits-dspike-adaptive")),
+    DemoRow("evolutionary", ("dspike.adaptive=true", "shortcut.enabled=true",
+                             "name=digits-dspike-adaptive-evolutionary")),
     # The LTL students learn from the ann row: the ANN twin that digits_ltl.yaml names as its
     # teacher (digits.yaml with model.kind=ann), so it is trained once.
     DemoRow("ltl-offline", (), "digits_ltl", teacher_row="ann"),

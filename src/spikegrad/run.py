@@ -88,6 +88,10 @@ def build_components(
         from spikegrad.methods.ltl import build_ltl
 
         components.append(build_ltl(config, out_dir, verbose))
+    if config.dspike.adaptive and config.model.kind == "snn":  # the ANN twin has no surrogate
+        from spikegrad.methods.dspike import AdaptiveTemperature
+
+        components.append(AdaptiveTemperature(config.dspike, seed=config.train.seed))
     if config.diagnostics.gradient_interval:
         components.append(GradientDiagnostics(config.diagnostics.gradient_interval,
                                               config.diagnostics.histogram_bins))

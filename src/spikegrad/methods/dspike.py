@@ -1,0 +1,190 @@
+"""Adaptive Dspike temperature: Algorithm 1 of Li et al. (NeurIPS 2021) as a trainer component.
+
+At the start of a search epoch, on one fixed mini-batch and with batch norm in eval mode:
+
+1. the finite difference gradient ``ĝ`` of the probed layer's weights (:mod:`spikegrad.fdg`);
+2. for every candidate ``b_c = max(b_min, b + j·Δb)`` the Dspike surrogate gradient ``g(b_c)``
+   of the same weights by BPTT (:mod:`spikegrad.alignment`);
+3. ``b <- argmax_c cos(ĝ, g(b_c))`` (ties go to the candidate closest to the current ``b``);
+4. the epoch trains with ``b``.
+
+One global temperature probed at the first weight layer, as in the paper; with
+``per_layer`` every unit of ``model.features`` has its own temperature, chosen by the FDG of
+the unit's first weight layer while the other units keep theirs (units in order).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from spikegrad.alignment import cosine_similarity, probe_batch, surrogate_gradients
+from spikegrad.config import DspikeConfig
+from spikegrad.errors import UserError
+from spikegrad.fdg import finite_difference_gradient, resolve_layer, sample_weight_indices, weight_layers
+from spikegrad.neurons import SpikingNeuron
+from spikegrad.surrogates import Dspike
+from spikegrad.trainer import Component, Trainer
+
+__all__ = ["AdaptiveTemperature", "TemperatureGroup", "candidate_temperatures", "choose_temperature"]
+
+GLOBAL = "model"  # group name of the single temperature
+
+
+def candidate_temperatures(b: float, delta: float, offsets: Sequence[float], b_min: float) -> list[float]:
+    """``max(b_min, b + j·delta)`` for every offset ``j``, sorted, without duplicates."""
+    return sorted({max(b_min, b + j * delta) for j in offsets})
+
+
+def choose_temperature(candidates: Sequence[float], similarities: Sequence[float], current: float) -> float:
+    """The candidate of highest similarity; among equal ones, the one closest to ``current``."""
+    best = max(similarities)
+    tied = [c for c, s in zip(candidates, similarities, strict=True) if s == best]
+    return min(tied, key=lambda c: abs(c - current))
+
+
+@dataclass
+class TemperatureGroup:
+    """Neurons sharing one temperature and the weight layer whose FDG chooses it."""
+
+    name: str
+    layer_name: str
+    layer: nn.Module
+    neurons: list[SpikingNeuron]
+
+    def set(self, b: float) -> None:
+        for neuron in self.neurons:
+            neuron.surrogate.temperature = b
+
+
+def _dspike_neurons(module: nn.Module) -> list[SpikingNeuron]:
+    return [m for m in module.modules() if isinstance(m, SpikingNeuron) and isinstance(m.surrogate, Dspike)]
+
+
+class AdaptiveTemperature(Component):
+    """Search the Dspike temperature at the start of every ``config.every``-th epoch.
+
+    Metrics per epoch: ``dspike_temperature`` (per-layer: the mean, and
+    ``dspike_temperatures`` unit -> b); on search epochs ``dspike_similarity`` (candidate
+    as a string -> cosine similarity; per-layer: the first unit's, and
+    ``dspike_similarities`` unit -> dict) and ``dspike_search_seconds``.
+    """
+
+    name = "dspike"
+
+    def __init__(self, config: DspikeConfig | None = None, seed: int = 0) -> None:
+        self.config = config if config is not None else DspikeConfig()
+        offsets = self.config.candidates
+        if not offsets or not all(isinstance(j, (int, float)) and not isinstance(j, bool) for j in offsets):
+            raise UserError(f"dspike.candidates must be a non-empty list of numbers (offsets in units "
+                            f"of dspike.delta, e.g. [-1, 0, 1]), got {offsets!r}")
+        if self.config.per_layer and self.config.layer is not None:
+            raise UserError("dspike.layer chooses the probed layer of the single temperature; "
+                            "with dspike.per_layer each unit probes its own, so leave dspike.layer unset")
+        self.seed = seed
+        self.groups: list[TemperatureGroup] = []
+        self.temperatures: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ set-up
+
+    def build_groups(self, model: nn.Module) -> list[TemperatureGroup]:
+        """One group for the whole model, or one per unit of ``model.features`` (per_layer)."""
+        if not _dspike_neurons(model):
+            raise UserError("dspike.adaptive needs spiking neurons with the Dspike surrogate; set "
+                            "model.surrogate.name=dspike (or dspike.adaptive=false)")
+        if not self.config.per_layer:
+            layer_name, layer = resolve_layer(model, self.config.layer)
+            return [TemperatureGroup(GLOBAL, layer_name, layer, _dspike_neurons(model))]
+        if not hasattr(model, "units"):
+            raise UserError("dspike.per_layer needs a model with units() (a spikegrad network)")
+        groups = []
+        for unit_name, unit in model.units():
+            layers, neurons = weight_layers(unit), _dspike_neurons(unit)
+            if layers and neurons:
+                layer_name, layer = layers[0]
+                groups.append(TemperatureGroup(unit_name, f"{unit_name}.{layer_name}", layer, neurons))
+        if not groups:
+            raise UserError("dspike.per_layer found no unit of model.features with both a weight layer "
+                            "and Dspike neurons; use one global temperature (dspike.per_layer=false)")
+        return groups
+
+    def attach(self, trainer: Trainer) -> None:
+        self.groups = self.build_groups(trainer.model)
+        b0 = self.config.b0 if self.config.b0 is not None else self.groups[0].neurons[0].surrogate.temperature
+        for group in self.groups:
+            self.temperatures.setdefault(group.name, b0)
+        self._apply()
+
+    def _apply(self) -> None:
+        for group in self.groups:
+            if group.name in self.temperatures:
+                group.set(self.temperatures[group.name])
+
+    # ------------------------------------------------------------------ the search
+
+    def search_group(
+        self, trainer: Trainer, group: TemperatureGroup, inputs: Tensor, targets: Tensor,
+        generator: torch.Generator,
+    ) -> dict[str, float]:
+        """Choose and set the group's temperature; returns candidate -> similarity."""
+        cfg = self.config
+        weight = group.layer.weight
+        indices = sample_weight_indices(weight.numel(), cfg.num_weights, generator).to(weight.device)
+        rms = float(weight.detach().pow(2).mean().sqrt())
+        if rms == 0.0:
+            raise UserError(f"the weights of {group.layer_name} are all zero; the FDG step "
+                            "dspike.epsilon is relative to their RMS")
+        loss_fn = trainer.default_loss
+        fdg = finite_difference_gradient(trainer.model, group.layer, inputs, targets, cfg.epsilon * rms,
+                                         indices, loss_fn, cfg.max_stacked)
+        current = self.temperatures[group.name]
+        candidates = candidate_temperatures(current, cfg.delta, cfg.candidates, cfg.b_min)
+        assignments = [{n: n.surrogate.with_sharpness(b) for n in group.neurons} for b in candidates]
+        grads = surrogate_gradients(trainer.model, group.layer, inputs, targets, assignments, indices,
+                                    loss_fn)
+        similarities = [cosine_similarity(fdg, g) for g in grads]
+        chosen = choose_temperature(candidates, similarities, current)
+        self.temperatures[group.name] = chosen
+        group.set(chosen)
+        return {f"{b:.6g}": s for b, s in zip(candidates, similarities, strict=True)}
+
+    def search(self, trainer: Trainer, epoch: int) -> dict[str, dict[str, float]]:
+        """One search over every group on the epoch's probe batch; group -> similarities."""
+        seed = self.seed * 1_000_003 + epoch
+        loader = trainer.train_loader
+        inputs, targets = probe_batch(trainer.model, loader.dataset, self.config.batch_size, seed,
+                                      trainer.device, loader.collate_fn)
+        generator = torch.Generator().manual_seed(seed)  # the probed weights
+        return {g.name: self.search_group(trainer, g, inputs, targets, generator) for g in self.groups}
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        if epoch > 0 and epoch % self.config.every == 0:
+            tic = time.perf_counter()
+            similarities = self.search(trainer, epoch)
+            row["dspike_search_seconds"] = time.perf_counter() - tic
+            row["dspike_similarity"] = similarities[self.groups[0].name]
+            if self.config.per_layer:
+                row["dspike_similarities"] = similarities
+        values = [self.temperatures[g.name] for g in self.groups]
+        row["dspike_temperature"] = sum(values) / len(values)
+        if self.config.per_layer:
+            row["dspike_temperatures"] = {g.name: self.temperatures[g.name] for g in self.groups}
+        return row
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def method_name(self, base: str) -> str:
+        return base.replace("dspike", "dspike-adaptive", 1) if "dspike-adaptive" not in base else base
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"temperatures": dict(self.temperatures)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.temperatures.update({str(k): float(v) for k, v in state["temperatures"].items()})
+        self._apply()
