@@ -23,7 +23,7 @@ from spikegrad.diagnostics import (
 from spikegrad.errors import UserError
 from spikegrad.gradient_plots import histogram_picks
 from spikegrad.losses import mean_logit_cross_entropy
-from spikegrad.shortcut import ShortcutBackprop
+from spikegrad.methods.shortcut import ShortcutBackprop
 from spikegrad.trainer import Trainer
 
 

@@ -15,7 +15,7 @@ from spikegrad.demo import recipe_path
 from spikegrad.diagnostics import GradientDiagnostics
 from spikegrad.errors import UserError
 from spikegrad.run import build_components, train
-from spikegrad.shortcut import (
+from spikegrad.methods.shortcut import (
     SCHEDULES,
     ShortcutBackprop,
     ShortcutBranch,

@@ -216,7 +216,7 @@ class PaperConfig:
 
 @dataclass
 class ShortcutConfig:
-    """Shortcut back-propagation branches (training only; see :mod:`spikegrad.shortcut`).
+    """Shortcut back-propagation branches (training only; see :mod:`spikegrad.methods.shortcut`).
 
     Plain shortcut BP: ``schedule: constant, lambda0: 1``; the evolutionary method: ``linear``
     with ``lambda0: 0.25`` (the defaults).

@@ -14,7 +14,7 @@ from spikegrad.config import Config
 from spikegrad.data import DatasetInfo, build_augmentation, build_datasets
 from spikegrad.diagnostics import GradientDiagnostics
 from spikegrad.errors import UserError
-from spikegrad.shortcut import ShortcutBackprop
+from spikegrad.methods.shortcut import ShortcutBackprop
 from spikegrad.trainer import Component, Trainer, seed_everything
 
 
