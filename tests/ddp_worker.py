@@ -2,8 +2,9 @@
 
     python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py OUT_DIR
 
-into OUT_DIR/trainer (the trainer computes the loss: DDP) and OUT_DIR/component (a component
-owns the loss and back-propagates it itself: explicit gradient averaging). With one process
+into OUT_DIR/trainer (the trainer computes the loss: DDP), OUT_DIR/component (a component
+owns the loss and back-propagates it itself: explicit gradient averaging) and OUT_DIR/shortcut
+(a shortcut branch: parameters outside the model, trained with it under DDP). With one process
 (no torchrun) it trains the same runs single-process, for comparison.
 """
 
@@ -16,6 +17,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from spikegrad import Config, Trainer, distributed, layers, neurons, surrogates
+from spikegrad.methods.shortcut import ShortcutBackprop
 from spikegrad.trainer import Component, StepOutput
 
 SAMPLES = 117  # global batch 32: three full steps and a last one of 21 (11 + 10 over two ranks)
@@ -62,7 +64,9 @@ class OwnBackward(Component):
 
 
 def main(out_dir: str) -> None:
-    for name, components in (("trainer", []), ("component", [OwnBackward()])):
+    runs = (("trainer", []), ("component", [OwnBackward()]),
+            ("shortcut", [ShortcutBackprop(attach=["2"], seed=0)]))
+    for name, components in runs:
         trainer = Trainer(model(), dataset(0), dataset(1), config(), components=components,
                           out_dir=f"{out_dir}/{name}", verbose=False)
         trainer.fit()

@@ -106,10 +106,10 @@ def test_resume_keeps_the_records_up_to_the_checkpoint(tmp_path):
     lines = [{"epoch": 1, "iteration": i, "norms": {"a": 1.0}, "first_layer_hist": {}} for i in (1, 5, 9)]
     (tmp_path / "gradients.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     diagnostics = GradientDiagnostics(interval=4)
-    diagnostics.on_epoch_start(SimpleNamespace(out_dir=tmp_path, iteration=6), 1)
+    diagnostics.on_epoch_start(SimpleNamespace(out_dir=tmp_path, iteration=6, writes=True), 1)
     assert [r["iteration"] for r in read_gradients(tmp_path)] == [1, 5]
     fresh = GradientDiagnostics(interval=4)
-    fresh.on_epoch_start(SimpleNamespace(out_dir=tmp_path, iteration=0), 0)
+    fresh.on_epoch_start(SimpleNamespace(out_dir=tmp_path, iteration=0, writes=True), 0)
     assert read_gradients(tmp_path) == []
 
 

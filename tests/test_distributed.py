@@ -47,12 +47,13 @@ def one_and_two(tmp_path_factory) -> tuple[Path, Path]:
     return folder / "one", folder / "two"
 
 
-@pytest.mark.parametrize("run", ["trainer", "component"])
+@pytest.mark.parametrize("run", ["trainer", "component", "shortcut"])
 def test_two_processes_match_one_process_at_the_same_global_batch(one_and_two, run):
     """A network without batch norm: the two runs differ only by floating-point summation order.
 
     ``trainer``: DDP around the trainer's loss; ``component``: a component back-propagates its
-    own loss and the gradients are averaged explicitly. 117 samples in global batches of 32:
+    own loss and the gradients are averaged explicitly; ``shortcut``: a shortcut branch, whose
+    parameters live outside the model, trains with it. 117 samples in global batches of 32:
     the last step splits 21 samples 11 + 10, which the weighting n_r·W/n makes exact (without
     it the weights differ by up to 2e-3 here).
     """
@@ -61,6 +62,10 @@ def test_two_processes_match_one_process_at_the_same_global_batch(one_and_two, r
     assert b["world_size"] == 2 and len(b["rng"]) == 2 and a["iteration"] == b["iteration"] == 12
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=1e-6)
+    if run == "shortcut":
+        for key, value in a["components"]["shortcut"]["branches"].items():
+            torch.testing.assert_close(b["components"]["shortcut"]["branches"][key], value,
+                                       rtol=0, atol=1e-6)
     for a, b in zip(rows(one), rows(two), strict=True):
         assert a["train_acc"] == b["train_acc"] and a["test_acc"] == b["test_acc"]
         assert a["firing_rate"] == pytest.approx(b["firing_rate"], rel=1e-6)

@@ -103,6 +103,19 @@ def test_a_real_run_moves_the_temperature_and_records_it(tmp_path):
     assert state == {"temperatures": {"model": temps[-1]}}
 
 
+def test_the_search_composes_with_shortcut_branches_in_one_run(tmp_path):
+    """Algorithm 1 probes the plain network while the branches train it; both are logged."""
+    summary = train(tiny_config(**{"shortcut.enabled": True}), tmp_path, verbose=False)
+    assert summary["method"] == "dspike-adaptive+evolutionary"
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all({"dspike_temperature", "shortcut_lambda"} <= set(r) for r in rows)
+    assert all(len(r["dspike_similarity"]) == 3 for r in rows[1:])
+    lambdas = [r["shortcut_lambda"] for r in rows]
+    assert lambdas == sorted(lambdas, reverse=True) and 0 < lambdas[-1] < lambdas[0] < 0.25
+    weights = load_checkpoint(tmp_path / "best.pt")["model"]
+    assert not any("branch" in key for key in weights)
+
+
 def test_state_restores_the_temperature_into_a_fresh_model():
     config = tiny_config()
     trainer, search = trainer_for(config)
@@ -137,7 +150,8 @@ def test_bad_dspike_settings_are_user_errors():
         trainer_for(tiny_config(**{"dspike.layer": "features.7"}))
     with pytest.raises(UserError, match=r"dspike\.epsilon"):
         tiny_config(**{"dspike.epsilon": 0})
-    assert build_components(tiny_config(**{"model.kind": "ann"}), None) == []
+    assert not any(isinstance(c, AdaptiveTemperature)
+               for c in build_components(tiny_config(**{"model.kind": "ann"}), None))
 
 
 @pytest.mark.parametrize("recipe", DSPIKE_RECIPES, ids=lambda p: p.name)

@@ -32,20 +32,21 @@ from spikegrad.resume import (
     rng_state,
     set_rng_state,
 )
-from spikegrad.run import build_parts
+from spikegrad.run import build_components, build_parts
 from spikegrad.trainer import Component, StepOutput, Trainer
 
-ITERS_PER_EPOCH = 45  # 1,437 training digits in batches of 32
+ITERS_PER_EPOCH = 45  # 1,433 training digits in batches of 32
 
 
-def write_recipe(folder: Path, **train) -> Path:
-    """A tiny digits run: width 0.25, T = 2, three epochs, a checkpoint every 10 iterations."""
+def write_recipe(folder: Path, extra: str = "", **train) -> Path:
+    """A tiny digits run: width 0.25, T = 2, three epochs, a checkpoint every 10 iterations;
+    ``extra``: more YAML sections."""
     settings = {"epochs": 3, "threads": 1, "progress": False, "device": "cpu",
                 "checkpoint_every": 10, **train}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "tiny.yaml"
     path.write_text(f"extends: {recipe_path('digits')}\nmodel: {{width: 0.25, T: 2}}\n"
-                    f"train: {json.dumps(settings)}\n")
+                    f"train: {json.dumps(settings)}\n{extra}")
     return path
 
 
@@ -94,7 +95,8 @@ def assert_same_run(a: Path, b: Path, epochs: int = 3) -> None:
 
     def rows(folder: Path) -> list[dict]:
         lines = (folder / "metrics.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+        return [{k: v for k, v in json.loads(line).items() if not k.endswith("seconds")}
+                for line in lines]
 
     assert rows(a) == rows(b)
     assert len(rows(a)) == epochs
@@ -136,6 +138,31 @@ def test_sigterm_saves_exits_cleanly_and_resume_is_bitwise_identical(reference, 
     resumed = run_cli("train", "--out", str(out), "--resume")  # the run folder's own config
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(uninterrupted, out)
+
+
+def test_sigkill_then_resume_with_the_adaptive_temperature_and_shortcut_branches(tmp_path):
+    """The methods' own state (Dspike temperature, shortcut branches and their momentum, the
+    gradient records) survives a kill: the resumed run ends bitwise where an uninterrupted one
+    does."""
+    recipe = write_recipe(tmp_path, "dspike: {adaptive: true, num_weights: 16, batch_size: 32}\n"
+                                    "shortcut: {enabled: true}\n"
+                                    "diagnostics: {gradient_interval: 7}\n")
+    uninterrupted = tmp_path / "uninterrupted"
+    proc = run_cli("train", str(recipe), "--out", str(uninterrupted))
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "run"
+    killed, _ = stop_mid_epoch(["train", str(recipe), "--out", str(out)], out, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    state = load_checkpoint(out / "last.pt")
+    assert set(state["components"]) == {"dspike", "shortcut", "gradient_diagnostics"}
+    resumed = run_cli("train", str(recipe), "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(uninterrupted, out)
+    ours, theirs = (load_checkpoint(run / "last.pt")["components"] for run in (out, uninterrupted))
+    assert ours["dspike"] == theirs["dspike"]
+    for key, value in theirs["shortcut"]["branches"].items():
+        assert torch.equal(ours["shortcut"]["branches"][key], value), key
+    assert (out / "gradients.jsonl").read_text() == (uninterrupted / "gradients.jsonl").read_text()
 
 
 # --------------------------------------------------------------------------- in-process resume
@@ -438,7 +465,8 @@ def test_resume_into_another_model_is_refused_with_the_differences(reference):
     recipe, uninterrupted = reference
     wider = load_config(recipe, ["model.width=0.5"])
     parts = build_parts(wider)
-    trainer = Trainer(parts.model, parts.train_set, parts.test_set, wider, verbose=False)
+    trainer = Trainer(parts.model, parts.train_set, parts.test_set, wider, verbose=False,
+                      components=build_components(wider, parts.model))
     with pytest.raises(UserError, match=r"cannot resume .*model\.width: 0\.25 -> 0\.5"):
         trainer.resume(uninterrupted / "last.pt")
     with pytest.raises(UserError, match=r"do not fit this model \(another architecture\?\)"):

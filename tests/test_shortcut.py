@@ -14,7 +14,6 @@ from spikegrad.data import build_datasets
 from spikegrad.demo import recipe_path
 from spikegrad.diagnostics import GradientDiagnostics
 from spikegrad.errors import UserError
-from spikegrad.run import build_components, train
 from spikegrad.methods.shortcut import (
     SCHEDULES,
     ShortcutBackprop,
@@ -23,6 +22,7 @@ from spikegrad.methods.shortcut import (
     combine_logits,
     default_attach_points,
 )
+from spikegrad.run import build_components, train
 from spikegrad.trainer import Component, Trainer, evaluate_model
 
 

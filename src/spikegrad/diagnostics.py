@@ -88,17 +88,23 @@ class GradientDiagnostics(Component):
             raise UserError("gradient diagnostics found no convolution or linear layer in the "
                             "model; set diagnostics.gradient_interval=0 to turn them off")
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> dict[str, Any]:
-        if self._path is None and trainer.out_dir is not None:
+    def _open(self, trainer: Trainer) -> None:
+        """On the first call of a process: start the file, or keep a resumed run's records up
+        to the checkpoint's iteration (a resume may start mid-epoch, without an epoch start)."""
+        if self._path is None and trainer.out_dir is not None and trainer.writes:
             self._path = trainer.out_dir / GRADIENTS_FILE
             kept = [r for r in read_gradients(self._path) if r["iteration"] <= trainer.iteration] \
                 if trainer.iteration and self._path.exists() else []
             self._path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> dict[str, Any]:
+        self._open(trainer)
         return {}
 
     def on_backward_end(self, trainer: Trainer) -> None:
         if trainer.iteration % self.interval:
             return
+        self._open(trainer)
         first = self._layers[0][1]
         grad = first.grad if first.grad is not None else torch.zeros_like(first)  # none: zero
         record = {

@@ -324,7 +324,8 @@ class ShortcutBackprop(Component):
     def state_dict(self) -> dict[str, Any]:
         if self.branches is None:
             return {}
-        return {"attach": list(self.branches.names), "branches": self.branches.state_dict()}
+        return {"attach": list(self.branches.names), "branches": self.branches.state_dict(),
+                "lambda_sum": self._lambda_sum, "steps": self._steps}  # the epoch so far
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
@@ -334,3 +335,4 @@ class ShortcutBackprop(Component):
             raise UserError(f"the checkpoint's shortcut branches attach at {state['attach']}, "
                             f"this run's at {have}; use the same shortcut.attach")
         self.branches.load_state_dict(state["branches"])
+        self._lambda_sum, self._steps = state.get("lambda_sum", 0.0), state.get("steps", 0)
