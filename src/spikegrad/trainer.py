@@ -452,9 +452,11 @@ class Trainer:
 
     def _start_epoch(self, epoch: int) -> EpochProgress:
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+        tic = time.perf_counter()
         for component in self.components:
             row.update(component.on_epoch_start(self, epoch))
-        return EpochProgress(row=row)
+        # the epoch's training time includes what its methods do first (a temperature search)
+        return EpochProgress(row=row, seconds=time.perf_counter() - tic)
 
     def evaluate(self, loader: DataLoader | None = None) -> dict[str, Any]:
         """Accuracy, loss and mean firing rate of the model on ``loader`` (the test set)."""
