@@ -1,8 +1,12 @@
 """``spikegrad demo``: train the built-in digits with each method and compare them.
 
 Each row is a run folder under ``--out`` (default ``runs/demo``); the table shows the test
-accuracy after the last epoch, the epochs, the training time (training epochs only, without
-evaluation) and the mean firing rate of the spiking neurons on the test set.
+accuracy after the last epoch, the epochs, the training time (training epochs and what the
+methods do at their start, such as the temperature search; without evaluation) and the mean
+firing rate of the spiking neurons on the test set.
+
+Rows: the ANN twin; the spiking CNN with the adaptive Dspike temperature; the same with
+evolutionary shortcut branches; offline and online local tandem learning from the ANN row.
 """
 
 from __future__ import annotations
