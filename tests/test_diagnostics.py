@@ -102,6 +102,43 @@ def test_shortcut_branches_change_the_recorded_gradients_but_are_not_listed():
         assert runs[0][name] == pytest.approx(runs[2][name], rel=1e-5)
 
 
+def test_records_are_taken_before_gradient_clipping(tmp_path):
+    def first_record(**overrides) -> dict:
+        torch.manual_seed(0)
+        config = Config().with_overrides({"train.epochs": 1, "train.progress": False,
+                                          "data.batch_size": 16, "train.device": "cpu",
+                                          **overrides})
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        Trainer(small_net(), toy_data(), toy_data(), config,
+                components=[GradientDiagnostics(interval=1)], out_dir=out, verbose=False).fit()
+        return read_gradients(out)[0]
+
+    plain, clipped = first_record(), first_record(**{"train.grad_clip": 1e-6})
+    assert plain["norms"] == clipped["norms"] and plain["first_layer_hist"] == clipped["first_layer_hist"]
+
+
+def test_an_fp16_overflow_skips_the_step_and_its_record(tmp_path):
+    """With loss scaling an overflow is routine: the scaler skips the step and lowers the
+    scale; it is neither a divergence nor a record of infinite gradients."""
+    torch.manual_seed(0)
+    model = small_net()
+    config = Config().with_overrides({"train.epochs": 1, "train.progress": False,
+                                      "data.batch_size": 16, "train.device": "cpu",
+                                      "train.grad_clip": 1.0})
+    trainer = Trainer(model, toy_data(), toy_data(), config,
+                      components=[GradientDiagnostics(interval=1)], out_dir=tmp_path, verbose=False)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    first = next(model.parameters())
+    first.register_hook(lambda g: g * float("inf"))  # as an fp16 gradient overflows
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    x, y = next(iter(trainer.train_loader))
+    trainer.components[0].on_epoch_start(trainer, 0)
+    assert trainer.train_step(x, y) is not None  # not counted as non-finite, not raised
+    assert all(torch.equal(v, dict(model.named_parameters())[k]) for k, v in before.items())
+    assert trainer.scaler.get_scale() == 2.0 ** 15  # lowered by the backoff factor
+    assert read_gradients(tmp_path) == []
+
+
 def test_resume_keeps_the_records_up_to_the_checkpoint(tmp_path):
     lines = [{"epoch": 1, "iteration": i, "norms": {"a": 1.0}, "first_layer_hist": {}} for i in (1, 5, 9)]
     (tmp_path / "gradients.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))

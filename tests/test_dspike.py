@@ -139,6 +139,20 @@ def test_per_layer_temperatures_one_per_unit(tmp_path):
     assert rows[-1]["dspike_temperature"] == pytest.approx(sum(temps.values()) / 3)
 
 
+def test_fdg_command_on_event_frames_keeps_time_first(tmp_path, capsys):
+    """Event datasets yield [T, ...] samples; the probe batch must be [T, B, ...] as in training."""
+    config = load_config(recipe_path("event_digits")).with_overrides({
+        "train.epochs": 1, "train.progress": False, "train.threads": 1, "model.width": 0.25,
+        "data.batch_size": 64,
+    })
+    train(config, tmp_path / "run", verbose=False)
+    code = main(["fdg", str(tmp_path / "run" / "last.pt"), "--batch-size", "16", "--num-weights",
+                 "8", "--points", "1", "--surrogates", "dspike", "--out", str(tmp_path / "fdg")])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "fdg.json").read_text())
+    assert report["batch_size"] == 16
+
+
 def test_bad_dspike_settings_are_user_errors():
     with pytest.raises(UserError, match=r"dspike\.candidates"):
         AdaptiveTemperature(DspikeConfig(candidates=[]))
@@ -150,6 +164,8 @@ def test_bad_dspike_settings_are_user_errors():
         trainer_for(tiny_config(**{"dspike.layer": "features.7"}))
     with pytest.raises(UserError, match=r"dspike\.epsilon"):
         tiny_config(**{"dspike.epsilon": 0})
+    with pytest.raises(UserError, match=r"below dspike\.b_min"):
+        trainer_for(tiny_config(**{"dspike.b0": 0.1, "dspike.b_min": 0.5}))
     assert not any(isinstance(c, AdaptiveTemperature)
                for c in build_components(tiny_config(**{"model.kind": "ann"}), None))
 

@@ -1,6 +1,7 @@
 """Finite difference gradients and the gradient-alignment analysis."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -210,3 +211,9 @@ def test_alignment_sweep_covers_every_surrogate_and_peaks_at_the_truth():
 def test_default_sweep_is_geometric_around_the_default():
     assert default_sweep(3.0, 3, 8.0) == pytest.approx([3 / 8, 3.0, 24.0])
     assert default_sweep(2.0, 1) == [2.0]
+
+
+def test_cosine_similarity_of_a_non_finite_vector_is_nan_not_zero():
+    assert cosine_similarity(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0])) == pytest.approx(1.0)
+    assert cosine_similarity(torch.zeros(2), torch.tensor([1.0, 2.0])) == 0.0
+    assert math.isnan(cosine_similarity(torch.tensor([1.0, float("nan")]), torch.tensor([1.0, 2.0])))

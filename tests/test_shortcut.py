@@ -245,13 +245,28 @@ def test_component_state_round_trip():
 
 
 def test_the_branches_do_not_move_the_random_stream():
-    """Same seed, same batches and augmentation draws as the vanilla run."""
+    """Same seed, same batches and augmentation draws as the vanilla run: neither building
+    the branches nor attaching them to a trainer (which draws a probe batch) draws from the
+    global generator."""
     model, example = small("plain_cnn"), torch.rand(2, 1, 16, 16)
     torch.manual_seed(3)
     ShortcutBackprop().build(model, example)
     after_build = torch.rand(3)
     torch.manual_seed(3)
     assert torch.equal(torch.rand(3), after_build)
+    torch.manual_seed(3)
+    toy_trainer(small("plain_cnn"), [ShortcutBackprop()])
+    after_attach = torch.rand(3)
+    torch.manual_seed(3)
+    toy_trainer(small("plain_cnn"))
+    assert torch.equal(torch.rand(3), after_attach)
+
+
+def test_an_attach_point_inside_a_time_distributed_layer_is_refused_by_name():
+    model = small("plain_cnn")
+    inner = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))  # [T·B, ...]
+    with pytest.raises(UserError, match=rf"attach point '{inner}' must output .*\[T, B, C"):
+        ShortcutBackprop(attach=[inner]).build(model, torch.rand(2, 1, 16, 16))
 
 
 class TemperatureSetter(Component):

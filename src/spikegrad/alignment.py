@@ -72,8 +72,11 @@ def probe_batch(
 
 
 def cosine_similarity(a: Tensor, b: Tensor) -> float:
-    """``a·b / (|a|·|b|)`` of two flat vectors in float64; 0 if either is zero."""
+    """``a·b / (|a|·|b|)`` of two flat vectors in float64; 0 if either is zero, NaN if either
+    has a non-finite entry."""
     a, b = a.detach().double().flatten(), b.detach().double().flatten()
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return float("nan")
     norms = float(a.norm() * b.norm())
     return float(a @ b) / norms if norms > 0 else 0.0
 

@@ -22,9 +22,10 @@ from spikegrad.alignment import SweepPoint, alignment_sweep, probe_batch
 from spikegrad.checkpoint import load_model
 from spikegrad.config import Config, DspikeConfig, from_dict
 from spikegrad.data import build_datasets
+from spikegrad.data.loader import collate_for
 from spikegrad.errors import UserError, unknown_name_error
 from spikegrad.fdg import finite_difference_gradient, resolve_layer, sample_weight_indices
-from spikegrad.losses import mean_logit_cross_entropy
+from spikegrad.losses import training_loss
 from spikegrad.trainer import resolve_device
 
 __all__ = ["AlignmentReport", "analyse_checkpoint", "format_report", "plot_report", "write_report"]
@@ -94,14 +95,16 @@ def analyse_checkpoint(
     model = model.to(device_)
     layer_name, module = resolve_layer(model, layer)
     dataset = train_set if split == "train" else test_set
-    inputs, targets = probe_batch(model, dataset, batch_size, seed, device_)
+    inputs, targets = probe_batch(model, dataset, batch_size, seed, device_, collate_for(dataset))
     weight = module.weight.detach()
     indices = sample_weight_indices(weight.numel(), num_weights, torch.Generator().manual_seed(seed))
     indices = indices.to(device_)
     absolute = epsilon * float(weight.pow(2).mean().sqrt())
-    fdg = finite_difference_gradient(model, module, inputs, targets, absolute, indices,
-                                     mean_logit_cross_entropy, max_stacked)
-    rows = alignment_sweep(model, module, inputs, targets, fdg, indices, names, points, factor)
+    loss_fn = training_loss(config.train)  # the loss the model was trained with
+    fdg = finite_difference_gradient(model, module, inputs, targets, absolute, indices, loss_fn,
+                                     max_stacked)
+    rows = alignment_sweep(model, module, inputs, targets, fdg, indices, names, points, factor,
+                           loss_fn)
     return AlignmentReport(
         checkpoint=str(checkpoint), layer=layer_name, weights=weight.numel(), probed=len(indices),
         nonzero_fdg=int((fdg != 0).sum()), epsilon_relative=epsilon, epsilon=absolute,

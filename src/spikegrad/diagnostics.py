@@ -1,8 +1,9 @@
 """Gradient diagnostics: per-layer gradient norms and the first layer's gradient histogram.
 
 Every ``interval`` training iterations (the first one included), after backward and
-before the optimizer step, :class:`GradientDiagnostics` appends one JSON object to
-``gradients.jsonl`` in the run folder::
+before gradient clipping and the optimizer step, :class:`GradientDiagnostics` appends one
+JSON object to ``gradients.jsonl`` in the run folder (none for a step whose gradients are
+not finite, which is not taken)::
 
     {"epoch": 3, "iteration": 201,
      "norms": {"features.stem.0.module.0": 0.012, ..., "classifier.module.2": 0.35},
@@ -20,6 +21,7 @@ first layer's norm to the last layer's (:func:`norm_ratio`).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -107,10 +109,13 @@ class GradientDiagnostics(Component):
         self._open(trainer)
         first = self._layers[0][1]
         grad = first.grad if first.grad is not None else torch.zeros_like(first)  # none: zero
+        norms = gradient_norms(self._layers)
+        if not all(math.isfinite(v) for v in norms.values()):
+            return  # a step that will not be taken (fp16 overflow or a non-finite guard)
         record = {
             "epoch": trainer.epoch + 1,
             "iteration": trainer.iteration + 1,
-            "norms": gradient_norms(self._layers),
+            "norms": norms,
             "first_layer_hist": gradient_histogram(grad, self.bins),
         }
         self.records.append(record)

@@ -19,7 +19,7 @@ and ``layer(x; e_i)`` is nonzero in one output channel only (the output channel 
 perturbation to the layer's output, and the rest of the network runs once on the stacked
 batch. Everything is in eval mode (batch norm uses its running statistics, so each sample is
 normalised on its own and stacking changes nothing), and the copies are cut into chunks of at
-most ``max_stacked`` samples to bound memory.
+most ``max_stacked`` samples (but at least one ± pair) to bound memory.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def finite_difference_gradient(
         epsilon: the step, in the units of the weights.
         indices: flat weight indices to probe (default: all).
         loss_fn: ``loss_fn(outputs [T, B, classes], targets) -> scalar``.
-        max_stacked: at most this many samples per forward call (copies × batch).
+        max_stacked: samples per forward call (copies × batch), at least one ± pair (2 × batch).
     """
     _check_layer(layer)
     if not epsilon > 0:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
 import torch.nn.functional as F
 from torch import Tensor
 
 from spikegrad.layers import mean_over_time
+
+if TYPE_CHECKING:
+    from spikegrad.config import TrainConfig
 
 
 def mean_logit_cross_entropy(outputs: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -27,3 +34,11 @@ def tet_loss(
     ce = F.cross_entropy(flat, targets.repeat(T), label_smoothing=label_smoothing)  # mean over t, b
     mse = (outputs - phi).pow(2).mean()  # mean over t, b, classes
     return (1.0 - lam) * ce + lam * mse
+
+
+def training_loss(train: TrainConfig) -> Callable[[Tensor, Tensor], Tensor]:
+    """The loss ``train.loss`` names (``ce`` or ``tet``), with its settings bound."""
+    if train.loss == "tet":
+        return partial(tet_loss, lam=train.tet_lambda, phi=train.tet_phi,
+                       label_smoothing=train.label_smoothing)
+    return partial(mean_logit_cross_entropy, label_smoothing=train.label_smoothing)

@@ -40,7 +40,7 @@ from spikegrad.data.loader import collate_for
 from spikegrad.data.sampler import GlobalBatchSampler, ShardSampler
 from spikegrad.errors import TrainingDiverged, UserError, check_labels, explain_model_input
 from spikegrad.layers import mean_over_time
-from spikegrad.losses import mean_logit_cross_entropy, tet_loss
+from spikegrad.losses import training_loss
 from spikegrad.neurons import SpikingNeuron
 from spikegrad.resume import (
     EpochProgress,
@@ -85,7 +85,8 @@ class Component:
         return {}
 
     def on_backward_end(self, trainer: Trainer) -> None:
-        """Called after backward, before the optimizer step; the gradients are unscaled."""
+        """Called after backward, before gradient clipping and the optimizer step; the gradients
+        are unscaled and may be non-finite (a step the guards or the loss scaler will skip)."""
 
     def on_step_end(self, trainer: Trainer) -> None:
         """Called after every optimizer step (``trainer.iteration`` already advanced)."""
@@ -327,10 +328,7 @@ class Trainer:
 
     def default_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """CE on the time-averaged logits, or TET's per-step loss (``train.loss``)."""
-        train = self.config.train
-        if train.loss == "tet":
-            return tet_loss(outputs, targets, train.tet_lambda, train.tet_phi, train.label_smoothing)
-        return mean_logit_cross_entropy(outputs, targets, train.label_smoothing)
+        return training_loss(self.config.train)(outputs, targets)
 
     def compute_loss(self, inputs: Tensor, targets: Tensor) -> StepOutput:
         """The training loss of one batch: the owning component's, else :meth:`default_loss`."""
@@ -372,16 +370,18 @@ class Trainer:
             self.scaler.scale(self._parallel.scale_loss(out.loss, weight)).backward()
         self._parallel.sync_gradients(weight)
         self.scaler.unscale_(self.optimizer)  # a no-op without fp16 gradient scaling
+        for component in self.components:  # the gradients as computed, before any clipping
+            component.on_backward_end(self)
         grad_norm = None
         if self.config.train.grad_clip:
             grad_norm = nn.utils.clip_grad_norm_(self.trained_parameters(), self.config.train.grad_clip)
-        elif not self.scaler.is_enabled():  # with fp16 scaling, overflow is the scaler's business
+        elif not self.scaler.is_enabled():
             grads = [p.grad for p in self.trained_parameters() if p.grad is not None]
             grad_norm = nn.utils.get_total_norm(grads) if grads else None
-        finite = self._is_finite(out.loss, grad_norm)
+        # with fp16 loss scaling, an overflow of the gradients is the scaler's business: it
+        # skips the step and lowers the scale
+        finite = self._is_finite(out.loss, None if self.scaler.is_enabled() else grad_norm)
         if finite:
-            for component in self.components:
-                component.on_backward_end(self)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         elif self.config.train.nonfinite == "stop":

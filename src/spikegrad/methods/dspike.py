@@ -15,6 +15,7 @@ the unit's first weight layer while the other units keep theirs (units in order)
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -116,6 +117,10 @@ class AdaptiveTemperature(Component):
     def attach(self, trainer: Trainer) -> None:
         self.groups = self.build_groups(trainer.model)
         b0 = self.config.b0 if self.config.b0 is not None else self.groups[0].neurons[0].surrogate.temperature
+        if b0 < self.config.b_min:
+            raise UserError(f"the initial Dspike temperature {b0:g} is below dspike.b_min "
+                            f"{self.config.b_min:g}; raise dspike.b0 (or the surrogate's "
+                            "temperature) or lower dspike.b_min")
         for group in self.groups:
             self.temperatures.setdefault(group.name, b0)
         self._apply()
@@ -148,7 +153,14 @@ class AdaptiveTemperature(Component):
         grads = surrogate_gradients(trainer.model, group.layer, inputs, targets, assignments, indices,
                                     loss_fn)
         similarities = [cosine_similarity(fdg, g) for g in grads]
+        if any(math.isnan(s) for s in similarities):
+            raise UserError(
+                f"the temperature search of {group.layer_name} met a non-finite "
+                f"{'finite difference gradient' if not torch.isfinite(fdg).all() else 'surrogate gradient'} "
+                f"(the loss is not finite at w ± ε); lower dspike.epsilon or optim.lr"
+            )
         chosen = choose_temperature(candidates, similarities, current)
+        chosen = trainer.dist.broadcast(chosen)  # one decision for every process
         self.temperatures[group.name] = chosen
         group.set(chosen)
         return {f"{b:.6g}": s for b, s in zip(candidates, similarities, strict=True)}

@@ -196,10 +196,13 @@ class ShortcutBranches(nn.Module):
         features = []
         for name in names:
             out = captured.get(name)
-            if not isinstance(out, Tensor) or out.dim() < 3:
+            if not isinstance(out, Tensor) or out.dim() < 3 or out.shape[:2] != outputs.shape[:2]:
                 shape = None if not isinstance(out, Tensor) else tuple(out.shape)
-                raise UserError(f"shortcut attach point {name!r} must output a time-major tensor "
-                                f"[T, B, C, ...] on every forward pass, got {shape}")
+                raise UserError(
+                    f"shortcut attach point {name!r} must output a time-major tensor [T, B, C, ...] "
+                    f"with the model output's T and B {tuple(outputs.shape[:2])}, got {shape}; "
+                    "attach to a whole unit (e.g. 'features.0'), not a layer inside TimeDistributed"
+                )
             features.append(out.shape[2])
         return cls(names, features, outputs.shape[-1])
 
@@ -275,7 +278,9 @@ class ShortcutBackprop(Component):
         return self.branches
 
     def attach(self, trainer: Trainer) -> None:
-        branches = self.build(trainer.model, _probe_batch(trainer))
+        with _fork_rng():  # a DataLoader draws its base seed from the global generator
+            example = _probe_batch(trainer)
+        branches = self.build(trainer.model, example)
         trainer.add_param_group(branches.parameters())
 
     # -------------------------------------------------------------- training
