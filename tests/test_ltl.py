@@ -342,3 +342,24 @@ def test_layer_weights_must_match_the_units(tmp_path, teacher_checkpoint):
                             "ltl.layer_weights": [1.0, 2.0]})
     with pytest.raises(UserError, match=r"layer_weights has 2 values but the student has 3 units"):
         train(config, tmp_path, verbose=False)
+
+
+def test_a_teacher_run_stopped_half_way_continues_instead_of_starting_over(tmp_path, monkeypatch):
+    import spikegrad.run as run_module
+    from spikegrad.methods import ltl as ltl_module
+
+    config = load_config(recipe_path("digits")).with_overrides({
+        "model.kind": "ann", "model.width": 0.25, "train.epochs": 1, "train.threads": 1,
+        "train.progress": False, "data.batch_size": 128,
+    })
+    folder = tmp_path / "teacher"
+    run_module.train(config, folder, verbose=False)
+    (folder / "summary.json").unlink()  # as if stopped before the end
+    calls = []
+    real_train = run_module.train
+    monkeypatch.setattr(run_module, "train",
+                        lambda *a, **k: calls.append(k.get("resume_from")) or real_train(*a, **k))
+    ltl_module._train_teacher(config, folder, verbose=False)
+    assert calls == [folder / "last.pt"] and (folder / "summary.json").is_file()
+    ltl_module._train_teacher(config, folder, verbose=False)  # finished: reused, not retrained
+    assert len(calls) == 1

@@ -334,9 +334,11 @@ def test_a_failed_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
 
 def test_resume_refuses_a_config_that_changes_the_run(tmp_path):
     stored = load_config(recipe_path("digits")).to_dict()
-    same_run = load_config(recipe_path("digits"), ["train.threads=2", "data.num_workers=2",
-                                                   "train.checkpoint_every=5", "name=x"])
+    same_run = load_config(recipe_path("digits"), ["train.threads=2", "train.checkpoint_every=5",
+                                                   "name=x"])
     assert config_differences(stored, same_run) == []
+    workers = load_config(recipe_path("digits"), ["data.num_workers=2"])  # another data order
+    assert config_differences(stored, workers) == ["data.num_workers: 0 -> 2"]
     other = load_config(recipe_path("digits"), ["optim.lr=0.05", "model.T=6"])
     with pytest.raises(UserError, match=r"model\.T: 4 -> 6; optim\.lr: 0\.1 -> 0\.05"):
         check_resume_config(stored, other, "runs/x/last.pt")
@@ -346,14 +348,17 @@ def test_resume_refuses_a_config_that_changes_the_run(tmp_path):
 
 
 class Poison(Component):
-    """Makes the loss (or, with ``grad``, only the gradient) non-finite at one iteration."""
+    """Makes the loss (or, with ``grad``, only the gradient; with ``inputs``, the input the
+    network sees) non-finite at one iteration."""
 
     name = "poison"
 
-    def __init__(self, at: int, grad: bool = False) -> None:
-        self.at, self.grad = at, grad
+    def __init__(self, at: int, grad: bool = False, inputs: bool = False) -> None:
+        self.at, self.grad, self.inputs = at, grad, inputs
 
     def compute_loss(self, trainer, inputs, targets):
+        if self.inputs and trainer.iteration == self.at:
+            inputs = inputs * float("inf")
         outputs = trainer.model(inputs)
         if trainer.iteration == self.at:
             if self.grad:
@@ -489,3 +494,22 @@ def test_a_process_with_live_loader_workers_still_exits():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, env=cli_env())
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_skipped_step_leaves_the_batch_norm_statistics_as_they_were(tmp_path):
+    """An infinite input reaches batch norm in the forward pass; skipping the step must also
+    undo its update of the running statistics."""
+    trainer = poisoned_trainer(tmp_path, Poison(ITERS_PER_EPOCH + 3, inputs=True),
+                               **{"train.nonfinite": "skip", "train.epochs": 2})
+    trainer.fit()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nonfinite_steps"] for r in rows] == [0, 1]
+    saved = load_checkpoint(tmp_path / "last.pt")["model"]
+    assert all(torch.isfinite(v).all() for k, v in saved.items() if "running" in k)
+    assert rows[-1]["test_acc"] > 0.5
+
+
+def test_an_empty_checkpoint_file_is_a_clear_error(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"")
+    with pytest.raises(UserError, match=r"cannot be read \(truncated.*EOFError"):
+        load_checkpoint(tmp_path / "last.pt")

@@ -95,13 +95,16 @@ class EpochProgress:
 # ----------------------------------------------------------------------------- config checks
 
 #: config keys that may change between a run and its resumption: where and how fast it runs,
-#: not what it computes. Any other difference (model, data, optimiser, schedule, epochs,
-#: seed, method sections) would make the resumed run a different experiment.
+#: not what it computes (``train.device`` and ``train.threads`` change the order of float
+#: sums, so such a resume is the same experiment but not bitwise the same run). Any other
+#: difference (model, data, optimiser, schedule, epochs, seed, method sections) would make
+#: the resumed run a different experiment. ``data.num_workers`` is not here: the loader
+#: draws its workers' seeds from the shuffling generator (once with persistent workers,
+#: every epoch without), so the number of workers changes the data order.
 MAY_DIFFER_ON_RESUME = (
     "name", "paper.", "analysis.", "train.device", "train.progress", "train.threads",
-    "train.checkpoint_every", "train.nonfinite", "data.root", "data.num_workers",
-    "data.eval_batch_size", "distributed.backend", "distributed.timeout_minutes",
-    "distributed.find_unused_parameters",
+    "train.checkpoint_every", "train.nonfinite", "data.root", "data.eval_batch_size",
+    "distributed.backend", "distributed.timeout_minutes", "distributed.find_unused_parameters",
 )
 
 
@@ -146,6 +149,9 @@ def resume_checkpoint_path(out_dir: str | Path) -> Path:
         previous = path.with_name("last.prev.pt")
         hint = (f"; {str(previous)!r} exists (a crash during a save?): resume from it with "
                 f"--resume-from {previous}") if previous.is_file() else ""
+        if not hint and (path.parent / "teacher" / "last.pt").is_file():
+            hint = ("; the LTL teacher stopped before the student started. Run the same command "
+                    "without --resume: the teacher continues from teacher/last.pt")
         raise UserError(f"nothing to resume: {str(path)!r} does not exist{hint}. Train without "
                         "--resume to start the run")
     return path

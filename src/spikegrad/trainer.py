@@ -364,6 +364,9 @@ class Trainer:
         ``train.nonfinite=skip``, skips the update and returns None.
         """
         self.optimizer.zero_grad(set_to_none=True)
+        skip = self.config.train.nonfinite == "skip"
+        # a skipped step must not leave its forward pass in the batch-norm statistics
+        buffers = [b.detach().clone() for b in self.model.buffers()] if skip else []
         with self.autocast():
             out = self._parallel.forward(inputs, targets)
         if not out.backpropagated:
@@ -384,8 +387,11 @@ class Trainer:
         if finite:
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        elif self.config.train.nonfinite == "stop":
+        elif not skip:
             raise self._divergence(out.loss, grad_norm)
+        else:
+            for buffer, saved in zip(self.model.buffers(), buffers, strict=True):
+                buffer.copy_(saved)
         self.scheduler.step()
         self.iteration += 1
         for component in self.components:

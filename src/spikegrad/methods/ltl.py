@@ -384,9 +384,13 @@ class LocalTandemLearning(Component):
         return {}
 
     def epoch_metrics(self, trainer: Trainer) -> dict[str, Any]:
-        """``ltl_layer_losses``: unit name -> mean MSE over the epoch (per step, online)."""
-        return {"ltl_layer_losses": {name: self._loss_sums[name] / self._loss_counts[name]
-                                     for name in self.unit_names if self._loss_counts.get(name)}}
+        """``ltl_layer_losses``: unit name -> mean MSE over the epoch (per step, online), over
+        every process under torchrun."""
+        names = [n for n in self.unit_names if self._loss_counts.get(n)]
+        totals = trainer.dist.sum([self._loss_sums[n] for n in names]
+                                  + [self._loss_counts[n] for n in names])
+        sums, counts = totals[:len(names)], totals[len(names):]
+        return {"ltl_layer_losses": {n: s / c for n, s, c in zip(names, sums, counts, strict=True)}}
 
     def method_name(self, base: str) -> str:
         return f"ltl-{self.mode}"
@@ -450,11 +454,14 @@ def _train_teacher(config: Config, folder: Path, verbose: bool) -> nn.Module:
     from spikegrad.config import load_config
     from spikegrad.run import train
 
-    done = (folder / "summary.json").is_file() and (folder / "last.pt").is_file()
-    if not (done and load_config(folder / "config.yaml") == config):
+    started = (folder / "last.pt").is_file() and (folder / "config.yaml").is_file() \
+        and load_config(folder / "config.yaml") == config
+    if not (started and (folder / "summary.json").is_file()):
+        resume = folder / "last.pt" if started else None  # a teacher run stopped half-way
         if verbose:
-            print(f"== LTL teacher: training {config.name or 'the ANN'} into {folder}", flush=True)
-        train(config, folder, verbose=verbose)
+            print(f"== LTL teacher: {'continuing' if resume else 'training'} "
+                  f"{config.name or 'the ANN'} in {folder}", flush=True)
+        train(config, folder, verbose=verbose, resume_from=resume)
     model, _ = load_model(folder / "last.pt")
     return model
 
