@@ -4,7 +4,7 @@
 
 into OUT_DIR/trainer (the trainer computes the loss: DDP), OUT_DIR/component (a component
 owns the loss and back-propagates it itself: explicit gradient averaging) and OUT_DIR/shortcut
-(a shortcut branch: parameters outside the model, trained with it under DDP). With one process
+(a shortcut branch: parameters outside the model, averaged with the model's). With one process
 (no torchrun) it trains the same runs single-process, for comparison.
 """
 
