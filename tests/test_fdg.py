@@ -88,6 +88,8 @@ def test_batched_fdg_equals_the_loop_in_a_residual_block_with_poisson_input():
     slow = finite_difference_gradient_loop(model, layer, encoded, y, eps, indices)
     assert (slow != 0).any()
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-9)
+    with pytest.raises(UserError, match=r"stochastic \(Poisson\) encoder needs an encoded batch"):
+        finite_difference_gradient(model, layer, x, y, eps, indices)  # static images
 
 
 @pytest.mark.parametrize("layer_name", ["features.0.0.module.0", "classifier.module.1"])

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from spikegrad.errors import UserError, unknown_name_error
+from spikegrad.layers import PoissonEncoder
 from spikegrad.losses import mean_logit_cross_entropy
 
 __all__ = [
@@ -188,6 +189,10 @@ def finite_difference_gradient(
         indices = torch.arange(layer.weight.numel())
     indices = indices.to(layer.weight.device)
     batch_dim = _batch_dim(model, inputs)
+    if batch_dim == 0 and any(isinstance(m, PoissonEncoder) for m in model.modules()):
+        raise UserError("FDG of a model with a stochastic (Poisson) encoder needs an encoded "
+                        "batch [T, B, ...] (inputs = model.encode(x)): every stacked copy would "
+                        "otherwise draw other input spikes")
     batch = inputs.shape[batch_dim]
     copies_per_call = max(2, (max_stacked // max(1, batch)) // 2 * 2)  # even: ± pairs together
     perturbed = indices.repeat_interleave(2)  # (2K,): i, i, j, j, ...

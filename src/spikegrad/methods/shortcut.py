@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from spikegrad.errors import UserError, check_time_major, did_you_mean
+from spikegrad.errors import UserError, check_labels, check_time_major, did_you_mean
 from spikegrad.layers import mean_over_time
 from spikegrad.trainer import Component, StepOutput, Trainer
 
@@ -301,6 +301,7 @@ class ShortcutBackprop(Component):
     def compute_loss(self, trainer: Trainer, inputs: Tensor, targets: Tensor) -> StepOutput:
         lam = self.coefficient(trainer.iteration, trainer.total_iterations)
         main, branches = self.outputs(trainer.model, inputs)
+        check_labels(targets, main.shape[-1], "training labels")
         if self.loss == "combined":
             loss = trainer.default_loss(combine_logits(main, branches, lam), targets)
         else:
