@@ -107,6 +107,7 @@ def prepare(work: Path) -> None:
     subprocess.run([sys.executable, "-m", "spikegrad", "train", "tiny.yaml", "--out", "ann",
                     "--set", "model.kind=ann", "--set", "train.epochs=1"],
                    check=True, capture_output=True, env=env(), cwd=work)
+    (work / "zero.pt").write_bytes(b"")
     data = (work / "run" / "last.pt").read_bytes()
     (work / "cut.pt").write_bytes(data[: len(data) // 2])
     shutil.copytree(work / "run", work / "damaged")
@@ -292,6 +293,7 @@ Trainer(nn.Linear(4, 3), data, data, Config().with_overrides({"train.device": "c
     # ------------------------------------------------------------------ checkpoints
     Case("checkpoints", "checkpoint missing", ["eval", "nope.pt"], expect=2),
     Case("checkpoints", "truncated checkpoint", ["eval", "cut.pt"], expect=2),
+    Case("checkpoints", "empty (0-byte) checkpoint", ["eval", "zero.pt"], expect=2),
     Case("checkpoints", "not a spikegrad checkpoint", ["eval", "foreign.pt"], expect=2),
     Case("checkpoints", "a pickle that would run code", ["eval", "evil.pt"], expect=2),
     Case("checkpoints", "unknown format version", ["eval", "v9.pt"], expect=2),
@@ -303,6 +305,9 @@ Trainer(nn.Linear(4, 3), data, data, Config().with_overrides({"train.device": "c
          ["train", "tiny.yaml", "--out", "damaged", "--resume"], expect=2),
     Case("checkpoints", "--resume with a config that changes the run",
          ["train", "tiny.yaml", "--out", "run", "--resume", "--set", "optim.lr=0.05"], expect=2),
+    Case("checkpoints", "--resume with another number of loader workers",
+         ["train", "tiny.yaml", "--out", "run", "--resume", "--set", "data.num_workers=1"],
+         expect=2),
     Case("checkpoints", "--resume into another architecture",
          ["train", "tiny.yaml", "--out", "run", "--resume", "--set", "model.width=0.5",
           "--allow-config-change"], expect=2),

@@ -33,8 +33,14 @@ from spikegrad.errors import UserError
 from spikegrad.trainer import Component, Trainer
 
 __all__ = [
-    "GRADIENTS_FILE", "GradientDiagnostics", "gradient_histogram", "gradient_norms",
-    "norm_ratio", "read_gradients", "weight_layers",
+    "GRADIENTS_FILE",
+    "GradientDiagnostics",
+    "gradient_histogram",
+    "gradient_norms",
+    "norm_ratio",
+    "read_gradients",
+    "read_jsonl",
+    "weight_layers",
 ]
 
 GRADIENTS_FILE = "gradients.jsonl"
@@ -132,15 +138,21 @@ def read_gradients(run: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise UserError(f"{str(path)!r} does not exist; gradient diagnostics are written by "
                         "`spikegrad train` unless diagnostics.gradient_interval is 0")
-    records = []
+    return read_jsonl(path)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a run's ``.jsonl`` file (one per line; blank lines skipped)."""
+    rows = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise UserError(f"{str(path)!r} line {number} is not JSON: {exc}") from exc
-    return records
+            raise UserError(f"{str(path)!r} line {number} is not JSON ({exc.msg}); the file is "
+                            "damaged or was cut off while being written") from exc
+    return rows
 
 
 def norm_ratio(record: dict[str, Any]) -> float:

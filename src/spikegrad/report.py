@@ -26,12 +26,12 @@ from typing import Any
 import yaml
 
 from spikegrad.analysis import ANALYSIS_FILE
+from spikegrad.diagnostics import GRADIENTS_FILE, read_jsonl
 from spikegrad.errors import UserError
 
 __all__ = ["Run", "find_runs", "load_run", "render_report", "write_report"]
 
 METRICS_FILE = "metrics.jsonl"
-GRADIENTS_FILE = "gradients.jsonl"
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -62,19 +62,6 @@ class Run:
         return any(row.get(key) is not None for row in self.metrics)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{str(path)!r} line {number} is not JSON ({exc.msg}); the file is "
-                            "damaged or was cut off while being written") from exc
-    return rows
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -88,13 +75,13 @@ def load_run(folder: str | Path, label: str | None = None) -> Run:
     if not (folder / METRICS_FILE).is_file():
         raise UserError(f"{str(folder)!r} is not a run folder (it has no {METRICS_FILE}); pass the "
                         "folder that `spikegrad train --out` or `spikegrad demo` wrote")
-    run = Run(folder, label or folder.name, metrics=_read_jsonl(folder / METRICS_FILE))
+    run = Run(folder, label or folder.name, metrics=read_jsonl(folder / METRICS_FILE))
     if (folder / "summary.json").is_file():
         run.summary = _read_json(folder / "summary.json")
     if (folder / ANALYSIS_FILE).is_file():
         run.analysis = _read_json(folder / ANALYSIS_FILE)
     if (folder / GRADIENTS_FILE).is_file():
-        run.gradients = _read_jsonl(folder / GRADIENTS_FILE)
+        run.gradients = read_jsonl(folder / GRADIENTS_FILE)
     if (folder / "config.yaml").is_file():
         try:
             run.config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
