@@ -40,6 +40,8 @@ def run_one(out: Path, row: str, seed: int, epochs: int, extra: list[str]) -> Pa
     overrides = [*ROWS[row], "data.name=cluttered_digits", f"train.epochs={epochs}", f"train.seed={seed}",
                  "train.threads=1", "train.progress=false", f"name=ablation-{row}-seed{seed}", *extra]
     cmd = [sys.executable, "-m", "spikegrad", "train", "configs/digits.yaml", "--out", str(folder)]
+    if (folder / "last.pt").exists():
+        cmd.append("--resume")  # a run stopped half-way continues
     for item in overrides:
         cmd += ["--set", item]
     folder.mkdir(parents=True, exist_ok=True)

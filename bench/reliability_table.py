@@ -308,6 +308,8 @@ Trainer(nn.Linear(4, 3), data, data, Config().with_overrides({"train.device": "c
     Case("checkpoints", "--resume with another number of loader workers",
          ["train", "tiny.yaml", "--out", "run", "--resume", "--set", "data.num_workers=1"],
          expect=2),
+    Case("checkpoints", "training again into a folder that holds a run (no --resume)",
+         ["train", "tiny.yaml", "--out", "run"], expect=2),
     Case("checkpoints", "--resume into another architecture",
          ["train", "tiny.yaml", "--out", "run", "--resume", "--set", "model.width=0.5",
           "--allow-config-change"], expect=2),

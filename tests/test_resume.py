@@ -513,3 +513,12 @@ def test_an_empty_checkpoint_file_is_a_clear_error(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"")
     with pytest.raises(UserError, match=r"cannot be read \(truncated.*EOFError"):
         load_checkpoint(tmp_path / "last.pt")
+
+
+def test_training_into_a_folder_that_holds_a_run_needs_resume_or_overwrite(reference, capsys):
+    recipe, uninterrupted = reference
+    before = (uninterrupted / "last.pt").read_bytes()
+    assert cli_main(["train", str(recipe), "--out", str(uninterrupted)]) == 2
+    assert "already holds a run (last.pt); continue it with --resume, start it over with " \
+        "--overwrite" in capsys.readouterr().err
+    assert (uninterrupted / "last.pt").read_bytes() == before

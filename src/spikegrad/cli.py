@@ -39,6 +39,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = args.out or (str(resume_from.parent) if resume_from else f"runs/{config.name or 'run'}")
     if args.resume and resume_from is None:
         resume_from = resume_checkpoint_path(out)
+    if resume_from is None and not args.overwrite and (Path(out) / "last.pt").is_file():
+        raise UserError(f"{out!r} already holds a run (last.pt); continue it with --resume, "
+                        "start it over with --overwrite, or choose another --out")
     summary = train(config, out, resume_from=resume_from,
                     allow_config_change=args.allow_config_change)
     if _rank() == 0:
@@ -239,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from this checkpoint (e.g. RUN/last.prev.pt)")
     p.add_argument("--allow-config-change", action="store_true",
                    help="resume although the config changes what the run computes (e.g. optim.lr)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out folder that already holds a run")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on its dataset")
