@@ -35,6 +35,7 @@ __all__ = [
     "Assignment",
     "SurrogateSwitch",
     "SweepPoint",
+    "alignment_sweep",
     "cosine_similarity",
     "default_sweep",
     "probe_batch",

@@ -334,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "checkpoint)")
     p.add_argument("--device", help="override train.device")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the stored config, e.g. --set data.root=/data")
+                   help="override a data.* or train.* key of the stored config (the model is "
+                        "the checkpoint's), e.g. --set data.root=/data")
     p.set_defaults(func=_cmd_fdg)
 
     p = sub.add_parser("models", help="list the registered models")
