@@ -80,7 +80,7 @@ def test_train_a_cifar10_recipe_end_to_end(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["test_acc"] == pytest.approx(summary["final_test_acc"])
     # the same data.root key, a missing folder: exit status 2 with the expected layout
-    assert main(["train", str(CONFIG_DIR / "base_cifar10.yaml"), "--out", str(out),
+    assert main(["train", str(CONFIG_DIR / "base_cifar10.yaml"), "--out", str(tmp_path / "run2"),
                  "--set", f"data.root={tmp_path / 'none'}"]) == 2
     assert "cifar-10-python.tar.gz" in capsys.readouterr().err
 
