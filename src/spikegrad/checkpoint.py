@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from spikegrad.errors import UserError
+from spikegrad.errors import UserError, first_line
 
 FORMAT = "spikegrad-checkpoint"
 VERSION = 1
@@ -81,11 +81,6 @@ def save_checkpoint(path: str | Path, model: nn.Module, model_args: dict[str, An
     atomic_torch_save(payload, path, keep_previous)
 
 
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, or its type when the message is empty."""
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
-
-
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint safely; a missing, truncated or foreign file gives a clear error."""
     path = Path(path)
@@ -97,7 +92,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if refused is None:
             raise UserError(f"checkpoint {str(path)!r} cannot be read (corrupt, or not a spikegrad "
-                            f"checkpoint): {_first_line(exc)}") from exc
+                            f"checkpoint): {first_line(exc)}") from exc
         raise UserError(
             f"checkpoint {str(path)!r} holds a Python object ({refused.group(1)}) besides tensors "
             "and plain data; spikegrad refuses it, since unpickling it could run code. Use only "
@@ -109,7 +104,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 f"(e.g. --resume-from {previous})") if previous.is_file() else ""
         raise UserError(
             f"checkpoint {str(path)!r} cannot be read (truncated, corrupt, or not a spikegrad "
-            f"checkpoint): {_first_line(exc)}{hint}"
+            f"checkpoint): {first_line(exc)}{hint}"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{str(path)!r} is not a spikegrad checkpoint (no {FORMAT!r} tag)")

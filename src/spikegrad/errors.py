@@ -65,6 +65,11 @@ def check_labels(labels, num_classes: int, name: str = "labels") -> None:
         )
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when the message is empty."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
 @contextmanager
 def explain_model_input(inputs, where: str = "the first training batch") -> Iterator[None]:
     """Turn torch's shape errors on a batch the model cannot take into a :class:`UserError`.
@@ -75,7 +80,7 @@ def explain_model_input(inputs, where: str = "the first training batch") -> Iter
     try:
         yield
     except RuntimeError as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = first_line(exc)
         if "out of memory" in message:
             raise
         raise UserError(
