@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
+from spikegrad.alignment import probe_batch
 from spikegrad.errors import UserError, check_labels, check_time_major, did_you_mean
 from spikegrad.layers import mean_over_time
 from spikegrad.trainer import Component, StepOutput, Trainer
@@ -211,13 +211,6 @@ class ShortcutBranches(nn.Module):
         return [head(captured[name]) for name, head in zip(self.names, self.heads, strict=True)]
 
 
-def _probe_batch(trainer: Trainer) -> Tensor:
-    """A batch of up to two training samples, collated as the trainer's loader does."""
-    loader = trainer.train_loader
-    inputs, _ = next(iter(DataLoader(loader.dataset, batch_size=2, collate_fn=loader.collate_fn)))
-    return inputs.to(trainer.device)
-
-
 class ShortcutBackprop(Component):
     """Owns the training loss: the network's head plus the shortcut branches (see module doc).
 
@@ -278,8 +271,9 @@ class ShortcutBackprop(Component):
         return self.branches
 
     def attach(self, trainer: Trainer) -> None:
-        with _fork_rng():  # a DataLoader draws its base seed from the global generator
-            example = _probe_batch(trainer)
+        loader = trainer.train_loader  # two samples, drawn without the global generator
+        example, _ = probe_batch(trainer.model, loader.dataset, 2, self.seed, trainer.device,
+                                 loader.collate_fn)
         branches = self.build(trainer.model, example)
         trainer.add_param_group(branches.parameters())
 
