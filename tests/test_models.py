@@ -10,6 +10,8 @@ SMALL = {"width": 0.125, "T": 2}
 def small_input(name: str) -> torch.Tensor:
     size = 8 if name == "digits_cnn" else 16
     channels = 1 if name == "digits_cnn" else 3
+    if name == "cnn1d":  # signals [B, C, L]
+        return torch.rand(3, channels, size)
     return torch.rand(3, channels, size, size)
 
 
@@ -90,7 +92,7 @@ def test_registry_errors_name_the_choices():
 def test_every_model_builds_without_batch_norm(name):
     model = build(name, batch_norm=False)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    weighted = [m for m in model.features.modules() if isinstance(m, torch.nn.Conv2d)]
+    weighted = [m for m in model.features.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d))]
     assert weighted and all(m.bias is not None for m in weighted)  # a bias instead of BN
     out = model(small_input(name))
     assert out.shape == (2, 3, 5)

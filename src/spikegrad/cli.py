@@ -205,8 +205,10 @@ def _cmd_download(args: argparse.Namespace) -> int:
         return "download" in inspect.signature(dataset_builder(name)).parameters
 
     if not downloadable(args.name):
-        why = "is built in (no files)" if args.name in ("digits", "cluttered_digits", "event_digits") \
-            else "cannot be downloaded automatically; see docs/datasets.md for where to get it"
+        why = ("is built in (no files)" if args.name in ("digits", "cluttered_digits", "event_digits")
+               else "comes with its Python package (see docs/datasets.md)"
+               if args.name in ("animal_mnist", "mnist1d")
+               else "cannot be downloaded automatically; see docs/datasets.md for where to get it")
         raise UserError(f"dataset {args.name!r} {why}; downloadable datasets: "
                         + ", ".join(n for n in list_datasets() if downloadable(n)))
     train_set, test_set, info = build_datasets(args.name, root=args.root, download=True)

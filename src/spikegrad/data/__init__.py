@@ -1,12 +1,15 @@
 """Datasets (a registry of builders), batched augmentation and loaders."""
 
 from spikegrad.data import (  # noqa: F401  (register the datasets)
+    animal_mnist,
     cifar,
     cluttered,
     digits,
     event_camera,
     events,
     imagefolder,
+    mnist,
+    mnist1d,
 )
 from spikegrad.data._registry import DatasetInfo, build_datasets, list_datasets, register_dataset
 from spikegrad.data.augment import build_augmentation
