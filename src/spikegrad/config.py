@@ -83,6 +83,12 @@ class DataConfig:
     num_workers: int = option(0, min=0)
     augment: list = option(factory=list, doc='batched augmentation ops, e.g. ["crop:4", "hflip"]')
     options: dict = option(factory=dict, doc="further dataset-specific options")
+    subset: int | None = option(None, gt=0, doc="train on a stratified subset of at most this many "
+                                "training samples (None: all); cut before data.validation")
+    validation: float = option(0.0, min=0.0, max=1.0, doc="fraction in [0, 1) of the training set held "
+                               "out, stratified, and evaluated on instead of the test set (0: the test set)")
+    split_seed: int = option(0, min=0, doc="seed of data.subset and data.validation (not train.seed: "
+                             "every run tunes on the same validation samples)")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from spikegrad import distributed, lean, models
 from spikegrad.config import Config
 from spikegrad.data import DatasetInfo, build_augmentation, build_datasets
+from spikegrad.data.splits import split_training_set
 from spikegrad.diagnostics import GradientDiagnostics
 from spikegrad.errors import UserError
 from spikegrad.methods.shortcut import ShortcutBackprop
@@ -20,11 +21,15 @@ from spikegrad.trainer import Component, Trainer, seed_everything
 
 @dataclass
 class RunParts:
+    """What a run trains: ``test_set`` is the set it evaluates on, which is the validation
+    split cut from the training set when ``data.validation > 0`` (``eval_split`` says which)."""
+
     model: nn.Module
     model_args: dict[str, Any]
     train_set: Dataset
     test_set: Dataset
     info: DatasetInfo
+    eval_split: str = "test"
 
 
 def model_arguments(config: Config, info: DatasetInfo) -> dict[str, Any]:
@@ -49,7 +54,12 @@ def model_arguments(config: Config, info: DatasetInfo) -> dict[str, Any]:
 
 
 def build_parts(config: Config) -> RunParts:
-    """Datasets and model for a config; bad names or options raise a :class:`UserError`."""
+    """Datasets and model for a config; bad names or options raise a :class:`UserError`.
+
+    ``data.subset`` and ``data.validation`` cut the training set (seeded by
+    ``data.split_seed``, see :mod:`spikegrad.data.splits`); with a validation split the test
+    set is dropped and never evaluated.
+    """
     data = config.data
     options = dict(data.options)
     if data.root is not None:
@@ -59,6 +69,11 @@ def build_parts(config: Config) -> RunParts:
     except (FileNotFoundError, NotADirectoryError) as exc:  # a builder without its own message
         raise UserError(f"dataset {data.name!r}: {exc}; set data.root to the folder that holds "
                         "its files") from exc
+    train_set, validation_set = split_training_set(train_set, subset=data.subset,
+                                                   validation=data.validation, seed=data.split_seed)
+    eval_split = "test"
+    if validation_set is not None:
+        test_set, eval_split = validation_set, "validation"
     if info.time_steps is not None and info.time_steps != config.model.T:
         raise UserError(
             f"model.T is {config.model.T} but dataset {data.name!r} gives {info.time_steps} frames "
@@ -72,7 +87,7 @@ def build_parts(config: Config) -> RunParts:
         raise UserError(f"config model: {exc}") from exc
     if config.model.lean_memory:
         lean.make_lean(model)
-    return RunParts(model, model_args, train_set, test_set, info)
+    return RunParts(model, model_args, train_set, test_set, info, eval_split)
 
 
 def build_components(

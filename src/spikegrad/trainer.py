@@ -489,6 +489,11 @@ class Trainer:
             name = component.method_name(name)
         return name
 
+    @property
+    def eval_split(self) -> str:
+        """What ``test_*`` metrics measure: ``validation`` (cut from the training set) or ``test``."""
+        return "validation" if self.config.data.validation > 0 else "test"
+
     def fit(self) -> dict[str, Any]:
         """Train for ``train.epochs`` epochs, evaluating after each; returns the summary."""
         train = self.config.train
@@ -511,6 +516,7 @@ class Trainer:
             "name": self.config.name,
             "best_test_acc": self.best_test_acc,
             "final_test_acc": self.history[-1]["test_acc"] if self.history else None,
+            "eval_split": self.eval_split,
             "epochs": self.epoch,
             "wall_seconds": self.wall_seconds_before + time.perf_counter() - start,
             "train_seconds": sum(row["seconds"] for row in self.history),
@@ -565,9 +571,10 @@ class Trainer:
                                                   "sops", "energy_uj"}
         )
         rate = row.get("firing_rate")
+        evaluated = "val" if self.eval_split == "validation" else "test"
         print(
             f"epoch {row['epoch']:>3}/{self.config.train.epochs}  loss {row['train_loss']:.4f}  "
-            f"train {100 * row['train_acc']:5.1f}%  test {100 * row['test_acc']:5.1f}%  "
+            f"train {100 * row['train_acc']:5.1f}%  {evaluated} {100 * row['test_acc']:5.1f}%  "
             f"lr {row['lr']:.3g}" + (f"  rate {rate:.3f}" if rate is not None else "")
             + extras + f"  {row['seconds']:.1f}s",
             flush=True,
