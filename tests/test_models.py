@@ -80,12 +80,42 @@ def test_vgg_depths():
     assert (convs("vgg11"), convs("vgg13"), convs("vgg16")) == (8, 10, 13)
 
 
+@pytest.mark.parametrize("name,strided", [("vgg11_ltl", [2, 4, 6, 8]), ("vgg16_ltl", [4, 7, 10, 13])])
+def test_ltl_vggs_keep_a_2x2_map_and_two_hidden_fc_layers(name, strided):
+    """The published CIFAR VGG-11 of local tandem learning (and its VGG-16 analogue)."""
+    snn = models.create(name, T=2, batch_norm=False)  # the student: no batch norm
+    ann = models.create(name, kind="ann")  # its teacher twin: batch norm
+    convs = [m for m in snn.features.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [i + 1 for i, c in enumerate(convs) if c.stride == (2, 2)] == strided
+    assert not any(isinstance(m, torch.nn.AvgPool2d) for m in snn.modules())
+    linears = [(m.in_features, m.out_features) for m in snn.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears == [(2048, 512), (512, 512), (512, 10)]
+    x = torch.rand(2, 3, 32, 32)
+    h_s, h_t = snn.encode(x), ann.encode(x)
+    shapes = []
+    for (s_name, s_unit), (t_name, t_unit) in zip(snn.units(), ann.units(), strict=True):
+        h_s, h_t = s_unit(h_s), t_unit(h_t)
+        assert s_name == t_name and h_s.shape[2:] == h_t.shape[2:]  # the twins pair unit by unit
+        shapes.append(tuple(h_s.shape[2:]))
+    assert shapes[len(convs) - 1] == (512, 2, 2) and shapes[len(convs):] == [(512,), (512,)]
+    assert snn(x).shape == (2, 2, 10) and ann(x).shape == (1, 2, 10)
+
+    def weights(model):
+        synapses = (torch.nn.Conv2d, torch.nn.Linear)
+        return [tuple(m.weight.shape) for m in model.modules() if isinstance(m, synapses)]
+
+    assert weights(snn) == weights(ann)  # the same synapses; only the batch norm differs
+    # the plain VGG-11 still halves five times (1×1 at 32×32) and has no hidden layer
+    plain = models.create("vgg11", kind="ann")
+    assert [m.in_features for m in plain.modules() if isinstance(m, torch.nn.Linear)] == [512]
+
+
 def test_registry_errors_name_the_choices():
     with pytest.raises(UserError, match="did you mean 'resnet18'"):
         models.create("resnt18")
     with pytest.raises(UserError, match=r"has no argument 'widht'.*did you mean 'width'"):
         models.create("resnet18", widht=2)
-    assert models.list("vgg*") == ["vgg11", "vgg13", "vgg16"]
+    assert models.list("vgg*") == ["vgg11", "vgg11_ltl", "vgg13", "vgg16", "vgg16_ltl"]
 
 
 @pytest.mark.parametrize("name", models.list())
