@@ -135,3 +135,14 @@ def test_a_validation_run_never_reads_the_test_set(monkeypatch, tmp_path):
     assert summary["eval_split"] == "validation" and 0 <= summary["final_test_acc"] <= 1
     plain = run.build_parts(Config())
     assert plain.eval_split == "test" and len(plain.test_set) == 364
+
+
+def test_the_report_marks_validation_accuracy():
+    from pathlib import Path
+
+    from spikegrad.report import Run, _summary_table
+
+    summary = {"final_test_acc": 0.5, "best_test_acc": 0.6, "eval_split": "validation"}
+    table = _summary_table([Run(Path("a"), "a", summary=summary),
+                            Run(Path("b"), "b", summary={**summary, "eval_split": "test"})])
+    assert table.count("50.00% (validation)") == 1 and "50.00%</td>" in table

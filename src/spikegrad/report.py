@@ -589,7 +589,8 @@ def _summary_table(runs: list[Run]) -> str:
             run.label, s.get("method", "–"), (cfg.get("data") or {}).get("name", "–"),
             (cfg.get("model") or {}).get("name", "–"), _fmt(s.get("T"), "d"),
             _fmt(s.get("epochs", len(run.metrics)), "d"),
-            _fmt(s.get("final_test_acc"), ".2f", 100) + ("%" if s.get("final_test_acc") is not None else ""),
+            _fmt(s.get("final_test_acc"), ".2f", 100) + ("%" if s.get("final_test_acc") is not None else "")
+            + (" (validation)" if s.get("eval_split") == "validation" else ""),
             _fmt(s.get("best_test_acc"), ".2f", 100) + ("%" if s.get("best_test_acc") is not None else ""),
             _fmt(s.get("train_seconds"), ".1f") + (" s" if s.get("train_seconds") is not None else ""),
             _fmt(s.get("firing_rate"), ".3f"), _fmt(totals.get("sops"), ",.0f"),
