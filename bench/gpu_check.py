@@ -11,9 +11,10 @@
    step): spikegrad's Triton kernel (sigmoid and Dspike surrogates, and its forward alone), its
    reference loop, and SpikingJelly's ``LIFNode`` with each CUDA implementation it offers
    (``SJ_LIF_CUDA_IMPLEMENTATION`` = ``cuda``, ``triton``, ``torch``), each in its own process
-   (at most ``--sj-timeout`` seconds; "unavailable: reason" if it fails), with the same
-   dynamics (λ = 0.5, threshold 1, hard reset to 0, sigmoid surrogate of slope 4): its spikes
-   are checked equal to spikegrad's and its input gradient against spikegrad's reference.
+   (at most ``--sj-timeout`` seconds each and ``--sj-budget`` in all; "unavailable: reason" if
+   it fails), with the same dynamics (λ = 0.5, threshold 1, hard reset to 0, sigmoid surrogate
+   of slope 4): its spikes are checked equal to spikegrad's and its input gradient against
+   spikegrad's reference. Each row is printed as soon as it is measured.
 3. The copy floor, measured in the same run: a device-to-device copy that reads and writes
    16 bytes per neuron element (the input read and the spikes written forward; the spike
    gradient read and the input gradient written backward), i.e. ``dst.copy_(src)`` of
@@ -27,6 +28,9 @@
 5. The goals as ratios: neuron fwd+bwd at T = 8 at least 1.5× faster than SpikingJelly's
    fastest implementation and within 2× of the copy floor; the ResNet-18 step at most 1.2× the
    ANN at T·B; peak memory at most 0.6× SpikingJelly's (its lowest).
+
+Under AMP the convolutions hand the neurons float16 currents, which the Triton kernel does not
+take: the "neuron path" column says which time loop ran (the reference loop, in float16).
 
 Tables go to stdout and, with ``--out DIR``, to ``DIR/gpu_check.md``; every number to
 ``DIR/gpu_check.json``. Exit status 1 if a correctness check failed (the timings still run),
@@ -194,12 +198,14 @@ def time_spikegrad(T: int, args, device: torch.device) -> dict[str, dict]:
             def step(n=n):
                 with torch.no_grad():
                     return n(x)
-        out[name] = measure(step, device, args.warmup, args.reps)
+        row = out[name] = measure(step, device, args.warmup, args.reps)
+        print(f"  T={T} {name}: {row['ms']:.4f} ms, peak {fmt(row['peak_mb'], 1)} MiB", flush=True)
     # The floor: a copy reading and writing 16 B per element (2 float32 per element).
     src = torch.randn(2 * x.numel(), device=device)
     dst = torch.empty_like(src)
-    out["copy floor (reads+writes 16 B/element)"] = measure(lambda: dst.copy_(src), device, args.warmup,
-                                                             args.reps)
+    floor = measure(lambda: dst.copy_(src), device, args.warmup, args.reps)
+    out["copy floor (reads+writes 16 B/element)"] = floor
+    print(f"  T={T} copy floor: {floor['ms']:.4f} ms", flush=True)
     return out
 
 
@@ -286,7 +292,10 @@ def time_resnet(args, device: torch.device) -> dict[str, dict]:
             row = measure(training_step(model, x, y, device, amp), device, args.resnet_warmup,
                           args.resnet_reps)
             row["neuron path"] = neuron_path(model, x, device, amp)
-            rows[f"{label}, AMP {'on' if amp else 'off'}"] = row
+            name = f"{label}, AMP {'on' if amp else 'off'}"
+            rows[name] = row
+            print(f"  ResNet-18 {name}: {row['ms']:.2f} ms, peak {fmt(row['peak_mb'], 0)} MiB, neuron path "
+                  f"{row['neuron path']}", flush=True)
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -372,19 +381,25 @@ def run_spikingjelly(args, device: torch.device) -> tuple[dict, dict]:
     resnet: dict[str, dict] = {}
     impls = args.sj if device.type == "cuda" else (["cpu"] if args.sj else [])
     worker_args = [a for a in args.argv if a != "--sj-worker"]
+    deadline = time.time() + args.sj_budget
     for impl in impls:
         label = sj_label(impl)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if device.type == "cuda":
             env["SJ_LIF_CUDA_IMPLEMENTATION"] = impl
         tic = time.time()
-        try:
-            done = subprocess.run([sys.executable, "-m", "bench.gpu_check", *worker_args, "--sj-worker"],
-                                  capture_output=True, text=True, env=env, timeout=args.sj_timeout)
-            stdout, stderr, status = done.stdout, done.stderr, done.returncode
-        except subprocess.TimeoutExpired as exc:
-            stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
-            stderr, status = f"timed out after {args.sj_timeout} s", None
+        limit = int(min(args.sj_timeout, deadline - tic))
+        if limit < 10:
+            stdout, status = "", None
+            stderr = f"skipped: the SpikingJelly budget of {args.sj_budget} s is spent"
+        else:
+            try:
+                done = subprocess.run([sys.executable, "-m", "bench.gpu_check", *worker_args, "--sj-worker"],
+                                      capture_output=True, text=True, env=env, timeout=limit)
+                stdout, stderr, status = done.stdout, done.stderr, done.returncode
+            except subprocess.TimeoutExpired as exc:
+                stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+                stderr, status = f"timed out after {limit} s", None
         rows = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
         for r in rows:
             if "neuron" in r:
@@ -542,7 +557,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sj", nargs="*", default=["cuda", "triton", "torch"],
                         help="SpikingJelly CUDA implementations to time (none: skip SpikingJelly; on the "
                         "CPU one process runs its CPU path)")
-    parser.add_argument("--sj-timeout", type=int, default=90, help="seconds per SpikingJelly process")
+    parser.add_argument("--sj-timeout", type=int, default=60, help="seconds per SpikingJelly process")
+    parser.add_argument("--sj-budget", type=int, default=150, help="seconds for all SpikingJelly processes")
     parser.add_argument("--grid", action="store_true", help="also run the whole spikegrad.fused.check grid")
     parser.add_argument("--skip-correctness", action="store_true")
     parser.add_argument("--no-resnet", action="store_true")
@@ -564,11 +580,12 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: nothing to check (use --device cpu for a dry run)")
         return 2
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # in the SpikingJelly processes too: the same convolutions
     if args.sj_worker:
         sj_worker(args, device)
         return 0
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
         name = torch.cuda.get_device_name(device)
     else:
         name = f"CPU ({os.cpu_count()} cores, dry run)"
@@ -597,9 +614,9 @@ def main(argv: list[str] | None = None) -> int:
                         + "\n".join(f"- {line}" for line in lines))
         result["correctness"] = {"ok": ok, "lines": lines}
     ours = {}
-    for T in args.Ts:
+    for T in args.Ts:  # each row is printed as it is measured: a cut-short run still logs them
         ours[T] = time_spikegrad(T, args, device)
-        print(f"  spikegrad neuron rows, T={T}: done", flush=True)
+    resnet_rows = None if args.no_resnet else time_resnet(args, device)
     sj_neuron, sj_resnet = run_spikingjelly(args, device)
     neuron_summary = {}
     result["neuron"] = {}
@@ -609,12 +626,11 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(table)
         result["neuron"][T] = {"rows": {**ours[T], **sj_neuron[T]}, "summary": neuron_summary[T]}
     resnet_summary = {}
-    if not args.no_resnet:
-        rows = time_resnet(args, device)
-        table, resnet_summary = resnet_table(rows, sj_resnet, args)
+    if resnet_rows is not None:
+        table, resnet_summary = resnet_table(resnet_rows, sj_resnet, args)
         print("\n" + table, flush=True)
         sections.append(table)
-        result["resnet"] = {"rows": rows, "spikingjelly": sj_resnet, "summary": resnet_summary}
+        result["resnet"] = {"rows": resnet_rows, "spikingjelly": sj_resnet, "summary": resnet_summary}
     T_goal = 8 if 8 in args.Ts else args.Ts[0]
     table, goals = goals_table(neuron_summary, resnet_summary, T_goal, dry=device.type != "cuda")
     print("\n" + table, flush=True)

@@ -21,7 +21,7 @@
 #                `mnist` is registered), mixed precision on CUDA; accuracy per epoch
 #   experiments  bash bench/gpu_experiments.sh WORK_DIR MODE, if that file exists
 # Wheels in .whl/ are installed into /tmp/site (put first on PYTHONPATH) when spikingjelly cannot
-# be imported. --cpu-dry-run runs the same steps on the CPU at tiny sizes (the Triton kernels
+# be imported: with pip, or unpacked where pip is missing (they are all pure Python). --cpu-dry-run runs the same steps on the CPU at tiny sizes (the Triton kernels
 # through Triton's interpreter), skipping only what needs CUDA, with the reason in the log.
 # Exit status 0 when every step passed, 1 otherwise, 2 for bad arguments.
 
@@ -82,6 +82,9 @@ FAILED=0
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$ROOT/src:$ROOT"
 export PYTHONUNBUFFERED=1
 export PYTHONDONTWRITEBYTECODE=1
+if [[ -z "${TRITON_CACHE_DIR:-}" ]] && ! [[ -w "${HOME:-/nonexistent}" ]]; then
+    export TRITON_CACHE_DIR=/tmp/triton_cache  # Triton compiles into $HOME/.triton otherwise
+fi
 
 say() {
     printf '%s\n' "$*" | tee -a "$LOG"
@@ -160,8 +163,7 @@ say "# $(date -u '+%Y-%m-%d %H:%M:%S UTC'); repository $ROOT; python $("$PY" --v
 # --- wheels brought along (spikingjelly and its loguru, the dataset packages)
 if ! "$PY" -c "import spikingjelly, loguru" > /dev/null 2>&1; then
     if compgen -G "$ROOT/.whl/*.whl" > /dev/null; then
-        run_step wheels 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-            --upgrade --target /tmp/site "$ROOT"/.whl/*.whl
+        run_step wheels 120 "$PY" -m bench.gpu_session_report install-wheels "$ROOT/.whl" /tmp/site
         export PYTHONPATH="/tmp/site:$PYTHONPATH"
     else
         say "spikingjelly is not importable and there are no wheels in .whl/: its rows will say unavailable"
@@ -189,12 +191,12 @@ JOBS=$(( $(nproc 2> /dev/null || echo 2) / 2 ))
 
 if [[ $MODE == gpu ]]; then
     # --- 2. the Triton correctness grid on CUDA
-    run_step triton_grid 150 "$PY" -m spikegrad.fused.check --backend triton --device cuda --jobs "$JOBS"
+    run_step triton_grid 90 "$PY" -m spikegrad.fused.check --backend triton --device cuda --jobs "$JOBS"
     # --- 3. the CUDA tests
-    run_step cuda_tests 200 "$PY" -m pytest -m cuda -q -rA -p no:cacheprovider --timeout 240 \
+    run_step cuda_tests 150 "$PY" -m pytest -m cuda -q -rA -p no:cacheprovider --timeout 120 \
         --junitxml "$WORK/cuda_tests.xml" tests/test_cuda.py
     # --- 4. timings and memory
-    run_step gpu_check 200 "$PY" -m bench.gpu_check --out "$WORK/gpu_check"
+    run_step gpu_check 150 "$PY" -m bench.gpu_check --out "$WORK/gpu_check"
 else
     run_step triton_grid 600 env TRITON_INTERPRET=1 "$PY" -m spikegrad.fused.check --backend triton \
         --device cpu --jobs "$JOBS"
@@ -235,7 +237,7 @@ with open(path, "w") as f:
     json.dump({"recipe": recipe, "command": "python3 " + command, "note": note,
                "dataset": "digits" if "data.name=digits" in command else dataset}, f)
 PYEOF
-run_step train 150 "$PY" "${TRAIN_ARGS[@]}"
+run_step train 120 "$PY" "${TRAIN_ARGS[@]}"
 
 # --- 6. the experiments hook
 if [[ -f bench/gpu_experiments.sh ]]; then

@@ -3,6 +3,7 @@
     python3 -m bench.gpu_session_report env WORK             # print the environment, write WORK/env.json
     python3 -m bench.gpu_session_report has-dataset mnist    # exit 0 if the dataset is registered
     python3 -m bench.gpu_session_report build RECIPE [--set KEY=VALUE ...]   # datasets + model, no training
+    python3 -m bench.gpu_session_report install-wheels WHEEL_DIR TARGET   # pip, else unpack (pure Python)
     python3 -m bench.gpu_session_report report WORK OUT      # OUT/tables.md and OUT/results.json
 
 ``report`` reads what the session's steps left in WORK (``steps.tsv``, ``env.json``, the step
@@ -101,6 +102,31 @@ def cmd_build(recipe: str, overrides: list[str]) -> int:
     print(f"{config.data.name}: {len(parts.train_set)} train / {len(parts.test_set)} test samples of shape "
           f"{tuple(x.shape)}; {config.model.name}: {sum(p.numel() for p in parts.model.parameters())} "
           f"parameters, logits {tuple(out.shape)}")
+    return 0
+
+
+def cmd_install_wheels(folder: Path, target: Path) -> int:
+    """Install the wheels in ``folder`` into ``target`` without an index or dependencies: with pip,
+    or, where pip is missing or fails, by unpacking them (enough for pure-Python wheels)."""
+    import subprocess
+    import zipfile
+
+    wheels = sorted(folder.glob("*.whl"))
+    if not wheels:
+        print(f"no wheels in {folder}")
+        return 1
+    command = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+               "--no-cache-dir", "--upgrade", "--target", str(target), *map(str, wheels)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode == 0:
+        print(f"pip installed {len(wheels)} wheels into {target}: {', '.join(w.name for w in wheels)}")
+        return 0
+    print(f"pip failed ({(done.stderr.strip().splitlines() or ['?'])[-1]}); unpacking the wheels instead")
+    target.mkdir(parents=True, exist_ok=True)
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(target)
+        print(f"unpacked {wheel.name}")
     return 0
 
 
@@ -256,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "build" and rest:
         overrides = [v for k, v in zip(rest[1::2], rest[2::2], strict=False) if k == "--set"]
         return cmd_build(rest[0], overrides)
+    if command == "install-wheels" and len(rest) == 2:
+        return cmd_install_wheels(Path(rest[0]), Path(rest[1]))
     if command == "report" and len(rest) == 2:
         return cmd_report(Path(rest[0]), Path(rest[1]))
     print(__doc__)

@@ -139,3 +139,18 @@ def test_session_script_parses_and_refuses_bad_arguments(tmp_path):
         done = subprocess.run(["bash", str(SESSION), *args], capture_output=True, text=True, env=no_out,
                               timeout=30)
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
+
+
+def test_wheels_are_unpacked_where_pip_fails(tmp_path, monkeypatch):
+    import zipfile
+
+    wheels = tmp_path / "whl"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "tiny-1.0-py3-none-any.whl", "w") as archive:
+        archive.writestr("tiny/__init__.py", "VALUE = 7\n")
+        archive.writestr("tiny-1.0.dist-info/METADATA", "Name: tiny\nVersion: 1.0\n")
+    failed = subprocess.CompletedProcess([], 1, "", "No module named pip")
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: failed)
+    assert gpu_session_report.main(["install-wheels", str(wheels), str(tmp_path / "site")]) == 0
+    assert (tmp_path / "site" / "tiny" / "__init__.py").read_text() == "VALUE = 7\n"
+    assert gpu_session_report.main(["install-wheels", str(tmp_path / "none"), str(tmp_path / "site")]) == 1
