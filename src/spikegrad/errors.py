@@ -40,6 +40,12 @@ def check_time_major(x, name: str = "input", min_dims: int = 2, T: int | None = 
             f"{name} must be time-major [T, B, ...] with at least {min_dims} dimensions, "
             f"got shape {tuple(x.shape)}; add the time axis first, e.g. x.unsqueeze(0)"
         )
+    if x.shape[0] == 0:
+        raise UserError(f"{name} has no time steps (shape {tuple(x.shape)}, T = 0); time-major "
+                        "tensors are [T, B, ...] with T >= 1")
+    if x.is_complex():
+        raise UserError(f"{name} is complex ({str(x.dtype).replace('torch.', '')}); spiking layers "
+                        "take real tensors, e.g. x.real or x.abs()")
     if T is not None and x.shape[0] != T:
         raise UserError(
             f"{name} has T={x.shape[0]} time steps (shape {tuple(x.shape)}) but {T} were expected; "
