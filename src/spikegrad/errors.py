@@ -14,6 +14,15 @@ from contextlib import contextmanager
 class UserError(ValueError):
     """A problem with the user's input; the message says what is wrong and how to fix it."""
 
+    def __init__(self, *args: object) -> None:
+        # raised in a DataLoader worker, torch re-raises it in the main process with the
+        # worker's traceback as the message: keep the message alone (its last line)
+        if len(args) == 1 and isinstance(args[0], str) and args[0].startswith("Caught ") \
+                and "DataLoader worker" in args[0].split("\n", 1)[0]:
+            last = args[0].rstrip().splitlines()[-1]
+            args = (last.split(": ", 1)[1] if ": " in last else last,)
+        super().__init__(*args)
+
 
 class TrainingDiverged(UserError):
     """A non-finite loss or gradient stopped training (``train.nonfinite=stop``)."""
