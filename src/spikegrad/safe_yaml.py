@@ -93,6 +93,24 @@ def _check(root: Node, source: str) -> None:
                 todo.append((value, depth + 1, name))
 
 
+class _TooDeep(yaml.YAMLError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose scanner refuses nesting beyond ``MAX_DEPTH`` before anything recurses."""
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        if self.flow_level >= MAX_DEPTH:
+            raise _TooDeep(f"line {self.get_mark().line + 1}: values nest deeper than {MAX_DEPTH} levels")
+        super().fetch_flow_collection_start(TokenClass)
+
+    def add_indent(self, column: int) -> bool:
+        if len(self.indents) >= MAX_DEPTH:
+            raise _TooDeep(f"line {self.get_mark().line + 1}: values nest deeper than {MAX_DEPTH} levels")
+        return super().add_indent(column)
+
+
 def load_yaml(text: str, source: str) -> Any:
     """Parse one YAML document with the bounds of the module docstring.
 
@@ -100,13 +118,15 @@ def load_yaml(text: str, source: str) -> Any:
     """
     if len(text) > MAX_BYTES:
         raise UserError(f"{source} is larger than {MAX_BYTES} characters; that is not a recipe")
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
         _check(node, source)
         return loader.construct_document(node)
+    except _TooDeep as exc:
+        raise UserError(f"{source}: {exc}; a recipe is a few levels deep") from exc
     except yaml.YAMLError as exc:
         raise UserError(f"{source} is not valid YAML: {yaml_problem(exc)}") from exc
     except RecursionError as exc:
