@@ -47,6 +47,7 @@ from spikegrad.data import DatasetInfo, build_augmentation, build_datasets
 from spikegrad.data.safe_pickle import load_restricted
 from spikegrad.devices import DeviceModel
 from spikegrad.errors import UserError
+from spikegrad.resume import rng_state
 from spikegrad.trainer import Trainer, evaluate_model
 from tests.fixtures import write_cifar
 
@@ -484,6 +485,9 @@ CONFIG_VALUES = [
     ("seed-2-64", "train.seed=18446744073709551616", "torch's OverflowError", r"train\.seed"),
     ("seed-2-40", "train.seed=1099511627776", "beyond NumPy's 32-bit seeds", r"train\.seed.*<="),
     ("threads-100000", "train.threads=100000", "segfault in torch", r"train\.threads.*per CPU"),
+    ("workers-100000", "data.num_workers=100000", "100000 processes", r"data\.num_workers.*per CPU"),
+    ("timeout-huge", "distributed.timeout_minutes=1e300", "OverflowError under torchrun",
+     r"timeout_minutes.*<="),
     ("betas-out-of-range", "optim.betas=[2, 3]", "traceback in Adam", r"optim\.betas\[0\].*< 1"),
     ("betas-one-value", "optim.betas=[0.9]", "traceback in Adam", r"optim\.betas.*2 values"),
     ("attach-int", "shortcut.attach=[5]", "traceback", r"shortcut\.attach\[0\].*string"),
@@ -598,6 +602,12 @@ def _(tmp: Path) -> str:
     return refused(lambda: load_checkpoint(path), "zip bomb")
 
 
+def _rng_out_of_range() -> list:
+    state = rng_state()
+    state["python"]["state"][624] = 700  # a Mersenne Twister position past its 624 words
+    return [state]
+
+
 PAYLOAD_CASES = [
     ("epoch-negative", {"epoch": -5, "history": []}, r"'epoch'.*>= 0.*-5"),
     ("epoch-huge", {"epoch": 10**6, "history": []}, r"'epoch'.*at most the stored train\.epochs"),
@@ -605,6 +615,9 @@ PAYLOAD_CASES = [
     ("history-not-list", {"history": "x"}, r"'history'"),
     ("history-rows-mismatch", {"epoch": 1, "history": []}, r"'epoch'.*rows in its history"),
     ("rng-wrong", {"rng": [{"python": 1}]}, r"'rng'"),
+    ("rng-out-of-range", {"rng": _rng_out_of_range()}, r"'rng'"),
+    ("generator-wrong-size", {"order": {"generator": torch.zeros(10, dtype=torch.uint8),
+                                        "epoch_start": None}}, r"'order'"),
     ("progress-negative", {"progress": {"row": {}, "batches": -1}}, r"'progress'"),
     ("optimizer-wrong", {"optimizer": {"state": {}, "param_groups": "x"}}, r"'optimizer'"),
     ("model-not-tensors", {"model": {"w": "x"}}, r"'model'.*tensors"),

@@ -220,12 +220,21 @@ def _none(v: Any) -> bool:
     return v is None
 
 
+_GENERATOR = _tensor(torch.uint8, torch.Generator().get_state().numel())  # a CPU generator's state
+
+
+def _mersenne(state: Any) -> bool:
+    """Python's ``random`` state: 624 words below 2^32, then the position (at most 624)."""
+    return _tensor(torch.int64, 625)(state) and bool(
+        ((state[:624] >= 0) & (state[:624] < 2**32)).all()) and 0 <= int(state[624]) <= 624
+
+
 _RNG = _fields(
-    {"python": _fields({"version": _int(), "state": _tensor(torch.int64, 625),
+    {"python": _fields({"version": lambda v: v == 3, "state": _mersenne,
                         "gauss": _either(_none, _real)}),
      "numpy": _fields({"name": lambda v: v == "MT19937", "keys": _tensor(torch.int64, 624),
-                       "pos": _int(), "has_gauss": _int(), "cached": _real}),
-     "torch": _tensor(torch.uint8)},
+                       "pos": lambda v: _int()(v) and v <= 624, "has_gauss": _int(), "cached": _real}),
+     "torch": _GENERATOR},
     {"cuda": lambda v: isinstance(v, (list, tuple)) and all(_tensor(torch.uint8)(t) for t in v)})
 _PROGRESS = _fields({"row": _mapping(), "batches": _int(), "loss_sum": _real, "correct": _int(),
                      "seen": _int(), "nonfinite": _int(), "seconds": _real})
@@ -250,8 +259,7 @@ PAYLOAD_SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "history": (lambda v: isinstance(v, list) and all(_mapping()(row) for row in v),
                 "a list of metrics rows (mappings)"),
     "progress": (_either(_none, _PROGRESS), "null or the epoch in progress"),
-    "order": (_fields({"generator": _tensor(torch.uint8),
-                       "epoch_start": _either(_none, _tensor(torch.uint8))}),
+    "order": (_fields({"generator": _GENERATOR, "epoch_start": _either(_none, _GENERATOR)}),
               "{generator, epoch_start} random generator states"),
     "rng": (lambda v: isinstance(v, list) and len(v) >= 1 and all(_RNG(s) for s in v),
             "a list of random generator states, one per process"),

@@ -91,7 +91,8 @@ class DataConfig:
     root: str | None = option(None, doc="folder holding the dataset files")
     batch_size: int = option(64, gt=0)
     eval_batch_size: int = option(256, gt=0)
-    num_workers: int = option(0, min=0)
+    num_workers: int = option(0, min=0, max=lambda: _thread_limit(),
+                              doc="DataLoader worker processes (0: load in the main process)")
     augment: list[str] = option(factory=list, doc='batched augmentation ops, e.g. ["crop:4", "hflip"]')
     options: dict = option(factory=dict, doc="further dataset-specific options")
 
@@ -149,7 +150,7 @@ class DistributedConfig:
     sync_bn: bool = option(False, doc="batch norm statistics over all processes (CUDA only); "
                            "off: each process normalises over its own T·B/world samples")
     find_unused_parameters: bool = option(False, doc="DDP: allow parameters without a gradient")
-    timeout_minutes: float = option(30.0, gt=0.0, doc="collective timeout")
+    timeout_minutes: float = option(30.0, gt=0.0, max=7 * 24 * 60.0, doc="collective timeout")
 
 
 @dataclass
@@ -309,7 +310,7 @@ def _thread_limit() -> tuple[int, str]:
     cpus = os.cpu_count() or 1
     return (max(THREADS_PER_CPU * cpus, MIN_THREAD_LIMIT),
             f"{THREADS_PER_CPU} per CPU of the {cpus} here, at least {MIN_THREAD_LIMIT}; more "
-            "threads than that only slow torch down, and far more crash it")
+            "only slow the run down, and far more crash it")
 
 
 class _BadValue(UserError):
