@@ -609,20 +609,25 @@ def _rng_out_of_range() -> list:
 
 
 PAYLOAD_CASES = [
-    ("epoch-negative", {"epoch": -5, "history": []}, r"'epoch'.*>= 0.*-5"),
-    ("epoch-huge", {"epoch": 10**6, "history": []}, r"'epoch'.*at most the stored train\.epochs"),
-    ("epoch-string", {"epoch": "3"}, r"'epoch'.*whole number"),
-    ("history-not-list", {"history": "x"}, r"'history'"),
-    ("history-rows-mismatch", {"epoch": 1, "history": []}, r"'epoch'.*rows in its history"),
-    ("rng-wrong", {"rng": [{"python": 1}]}, r"'rng'"),
-    ("rng-out-of-range", {"rng": _rng_out_of_range()}, r"'rng'"),
-    ("generator-wrong-size", {"order": {"generator": torch.zeros(10, dtype=torch.uint8),
-                                        "epoch_start": None}}, r"'order'"),
-    ("progress-negative", {"progress": {"row": {}, "batches": -1}}, r"'progress'"),
-    ("optimizer-wrong", {"optimizer": {"state": {}, "param_groups": "x"}}, r"'optimizer'"),
-    ("model-not-tensors", {"model": {"w": "x"}}, r"'model'.*tensors"),
+    ("epoch-negative", "epoch: -5", {"epoch": -5, "history": []}, r"'epoch'.*>= 0.*-5"),
+    ("epoch-huge", "epoch: 10**6", {"epoch": 10**6, "history": []},
+     r"'epoch'.*at most the stored train\.epochs"),
+    ("epoch-string", "epoch: '3'", {"epoch": "3"}, r"'epoch'.*whole number"),
+    ("history-not-list", "history: 'x'", {"history": "x"}, r"'history'"),
+    ("history-rows-mismatch", "epoch 1 with an empty history", {"epoch": 1, "history": []},
+     r"'epoch'.*rows in its history"),
+    ("rng-wrong", "rng: [{python: 1}]", {"rng": [{"python": 1}]}, r"'rng'"),
+    ("rng-out-of-range", "Python's random state at position 700 of 624", {"rng": _rng_out_of_range()},
+     r"'rng'"),
+    ("generator-wrong-size", "a data-order generator state of 10 bytes",
+     {"order": {"generator": torch.zeros(10, dtype=torch.uint8), "epoch_start": None}}, r"'order'"),
+    ("progress-negative", "an epoch in progress at batch -1", {"progress": {"row": {}, "batches": -1}},
+     r"'progress'"),
+    ("optimizer-wrong", "optimizer param_groups: 'x'", {"optimizer": {"state": {}, "param_groups": "x"}},
+     r"'optimizer'"),
+    ("model-not-tensors", "model weights that are strings", {"model": {"w": "x"}}, r"'model'.*tensors"),
 ]
-for _id, _extra, _needle in PAYLOAD_CASES:
+for _id, _what, _extra, _needle in PAYLOAD_CASES:
     def _payload_case(tmp: Path, _extra: dict = _extra, _needle: str = _needle) -> str:
         path = tiny_checkpoint(tmp)
         payload = torch.load(path, weights_only=True)
@@ -631,7 +636,7 @@ for _id, _extra, _needle in PAYLOAD_CASES:
         return refused(lambda: load_checkpoint(path), "ck.pt", "damaged or was not written by spikegrad",
                        _needle)
 
-    case(f"checkpoint-{_id}", "checkpoints", f"a crafted checkpoint with {_extra}")(_payload_case)
+    case(f"checkpoint-{_id}", "checkpoints", f"a crafted checkpoint with {_what}")(_payload_case)
 
 
 @case("checkpoint-missing-model", "checkpoints", "a checkpoint without its 'model' weights")
