@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +40,24 @@ __all__ = ["IF", "LIF", "ClippedReLU", "SpikingNeuron", "available", "create", "
 
 def _default_surrogate() -> surrogates_module.Surrogate:
     return surrogates_module.Dspike(temperature=3.0)
+
+
+def _finite(name: str, value: Any) -> float:
+    """A neuron parameter as a finite float; a tensor, string, bool or NaN/inf is refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        hint = " (a learnable leak: learnable_leak=True, or neuron type plif)" \
+            if name == "leak" and isinstance(value, Tensor) else ""
+        raise UserError(f"neuron {name} must be a number, got {value!r} ({type(value).__name__})"
+                        f"{hint}")
+    if not math.isfinite(value):
+        raise UserError(f"neuron {name} must be a finite number, got {value}")
+    return float(value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise UserError(f"neuron {name} must be true or false, got {value!r}")
+    return value
 
 
 class SpikingNeuron(nn.Module):
@@ -71,13 +91,18 @@ class SpikingNeuron(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
+        leak, threshold, v_reset, input_scale = (
+            _finite("leak", leak), _finite("threshold", threshold), _finite("v_reset", v_reset),
+            _finite("input_scale", input_scale))
+        detach_reset, learnable_leak = _flag("detach_reset", detach_reset), _flag(
+            "learnable_leak", learnable_leak)
         # Validate once, through the same dataclass the dynamics use.
-        NeuronParams(float(leak), float(threshold), reset, float(v_reset), bool(detach_reset))
-        self.threshold = float(threshold)
+        NeuronParams(leak, threshold, reset, v_reset, detach_reset, input_scale)
+        self.threshold = threshold
         self.reset = reset
-        self.v_reset = float(v_reset)
-        self.detach_reset = bool(detach_reset)
-        self.input_scale = float(input_scale)
+        self.v_reset = v_reset
+        self.detach_reset = detach_reset
+        self.input_scale = input_scale
         self.surrogate = surrogate if surrogate is not None else _default_surrogate()
         if learnable_leak:
             if not 0.0 < leak < 1.0:

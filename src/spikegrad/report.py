@@ -23,11 +23,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from spikegrad.analysis import ANALYSIS_FILE
 from spikegrad.diagnostics import GRADIENTS_FILE, read_jsonl
 from spikegrad.errors import UserError
+from spikegrad.safe_yaml import load_yaml, read_text
 
 __all__ = ["Run", "find_runs", "load_run", "render_report", "write_report"]
 
@@ -69,13 +68,50 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise UserError(f"{str(path)!r} is not valid JSON ({exc.msg})") from exc
 
 
+#: metrics fields the report draws: a number (or null) each, or a mapping of numbers
+_NUMBER_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "firing_rate",
+                  "sops", "energy_uj", "dspike_temperature", "shortcut_lambda")
+_MAPPING_FIELDS = ("firing_rates", "dspike_temperatures", "ltl_layer_losses", "dspike_similarity")
+
+
+def _is_number(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _is_float_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    """``metrics.jsonl``, with a clear error for a line whose drawn fields are not numbers."""
+    rows = read_jsonl(path)
+    for number, row in enumerate(rows, start=1):
+        bad = next((k for k in _NUMBER_FIELDS if not _is_number(row.get(k))), None)
+        expected = "a number"
+        if bad is None:
+            bad = next((k for k in _MAPPING_FIELDS if row.get(k) is not None and not (
+                isinstance(row[k], dict) and all(_is_number(v) for v in row[k].values())
+                and (k != "dspike_similarity" or all(map(_is_float_text, row[k]))))), None)
+            expected = "a mapping of " + ("candidate temperatures" if bad == "dspike_similarity"
+                                          else "names") + " to numbers"
+        if bad is not None:
+            lines = [i for i, line in enumerate(path.read_bytes().splitlines(), 1) if line.strip()]
+            raise UserError(f"{str(path)!r} line {lines[number - 1]}: {bad!r} is {row[bad]!r}, not "
+                            f"{expected}; the file is damaged (fix or delete that line)")
+    return rows
+
+
 def load_run(folder: str | Path, label: str | None = None) -> Run:
     """Read one run folder; it must hold at least ``metrics.jsonl``."""
     folder = Path(folder)
     if not (folder / METRICS_FILE).is_file():
         raise UserError(f"{str(folder)!r} is not a run folder (it has no {METRICS_FILE}); pass the "
                         "folder that `spikegrad train --out` or `spikegrad demo` wrote")
-    run = Run(folder, label or folder.name, metrics=read_jsonl(folder / METRICS_FILE))
+    run = Run(folder, label or folder.name, metrics=_read_metrics(folder / METRICS_FILE))
     if (folder / "summary.json").is_file():
         run.summary = _read_json(folder / "summary.json")
     if (folder / ANALYSIS_FILE).is_file():
@@ -84,8 +120,11 @@ def load_run(folder: str | Path, label: str | None = None) -> Run:
         run.gradients = read_jsonl(folder / GRADIENTS_FILE)
     if (folder / "config.yaml").is_file():
         try:
-            run.config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
-        except yaml.YAMLError:
+            path = folder / "config.yaml"
+            run.config = load_yaml(read_text(path, "run config"), f"run config {str(path)!r}") or {}
+        except UserError:  # the report only shows its dataset and model names
+            run.config = {}
+        if not isinstance(run.config, dict):
             run.config = {}
     return run
 

@@ -36,7 +36,7 @@ from spikegrad import distributed
 from spikegrad.analysis import EvalProbe, epoch_fields, write_analysis
 from spikegrad.checkpoint import load_checkpoint, load_weights, previous_path, save_checkpoint
 from spikegrad.config import AnalysisConfig, Config
-from spikegrad.data.loader import collate_for
+from spikegrad.data.loader import check_dataset, collate_for
 from spikegrad.data.sampler import GlobalBatchSampler, ShardSampler
 from spikegrad.errors import TrainingDiverged, UserError, check_labels, explain_model_input
 from spikegrad.layers import mean_over_time
@@ -188,6 +188,9 @@ def evaluate_model(
                 outputs = model(inputs)  # (T, B, classes)
             logits = mean_over_time(outputs[readout_start:]).float()
             check_labels(targets, logits.shape[1], "test labels")
+            if not torch.isfinite(logits).all():  # an accuracy of NaN logits would mean nothing
+                raise UserError("the model's logits on the test set are NaN or inf; check the model's "
+                                "weights (a diverged checkpoint?) and the test inputs")
             loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
             correct += int((logits.argmax(1) == targets).sum())
             seen += targets.shape[0]
@@ -253,8 +256,8 @@ class Trainer:
         self.verbose = verbose and self.dist.is_main
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.writes = self.out_dir is not None and self.dist.is_main  # only rank 0 writes
-        if len(train_set) == 0:
-            raise UserError("the training set is empty")
+        check_dataset(train_set, "training set", allow_empty=False)
+        check_dataset(test_set, "test set")
         # one shuffling generator, seeded alike in every process: the data order
         self.loader_generator = torch.Generator().manual_seed(train.seed)
         self.train_sampler = GlobalBatchSampler(
