@@ -35,6 +35,7 @@ def train_runs(runs: Path, epochs: int) -> None:
 
 #: the report's images that the screenshots show (the rest are written with --all)
 SHOWN = ("learning-rate-per-epoch", "synaptic-operations-and-energy", "sops-per-epoch",
+         "operations-and-energy-per-epoch",
          "firing-rate-per-layer-and-time-step", "first-layer-gradient-histograms",
          "spike-raster", "membrane")
 
