@@ -171,7 +171,7 @@ def _cmd_fdg(args: argparse.Namespace) -> int:
         args.checkpoint, layer=args.layer, epsilon=args.epsilon, num_weights=args.num_weights or None,
         batch_size=args.batch_size, split=args.split, seed=args.seed, points=args.points,
         factor=args.range, names=args.surrogates.split(",") if args.surrogates else None,
-        device=args.device, overrides=args.set,
+        device=args.device, overrides=args.set, batches=args.batches, extend=args.extend,
     )
     print(format_report(report))
     prefix = args.out or Path(args.checkpoint).with_name("fdg")
@@ -330,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--range", type=float, default=8.0,
                    help="sweep from default/RANGE to default·RANGE, geometrically (default 8)")
     p.add_argument("--surrogates", help="comma-separated subset (default: all registered)")
+    p.add_argument("--batches", type=int, default=3,
+                   help="probe batches (seeds SEED, SEED+1, ...): mean and error bars (default 3)")
+    p.add_argument("--extend", type=int, default=4,
+                   help="points added past an end of the sweep where the best lies (default 4; 0: off)")
     p.add_argument("--out", help="output prefix for .json and .png (default: fdg beside the "
                                  "checkpoint)")
     p.add_argument("--device", help="override train.device")
