@@ -5,7 +5,8 @@ Reads what a run folder holds (``metrics.jsonl``, ``summary.json``, ``config.yam
 accuracy, learning rate, the Dspike temperature and FDG similarities, the shortcut λ,
 per-layer gradient norms and the first layer's gradient histogram, LTL per-layer losses,
 firing rates (per layer, per time step, dead and saturated neurons, membrane statistics),
-SOPs and energy. A section appears only when some run has its data. The PNGs are embedded
+SOPs and energy, spike rasters and membrane traces (``recording.npz``). A section appears
+only when some run has its data. The PNGs are embedded
 as base64, so the page is one file that opens anywhere.
 """
 
@@ -710,6 +711,34 @@ def _ops_per_epoch(runs: list[Run], colors: list) -> tuple[str, str]:
         note = (f" {', '.join(skipped)}: an ANN run without analysis.json; its MACs are not known "
                 "here (analysis.monitors was off).")
     return _png(fig), note
+
+
+@section
+def _recordings(runs: list[Run]) -> Section | None:
+    from spikegrad.recording import RECORDING_FILE, load_recording, membrane_figure, raster_figure
+
+    with_recording = [r for r in runs if (r.folder / RECORDING_FILE).is_file()]
+    if not with_recording:
+        return None
+    images = []
+    for run in with_recording:
+        recording = load_recording(run.folder / RECORDING_FILE)
+        if not recording.layers:
+            continue
+        fig = raster_figure(recording)
+        fig.suptitle(f"{run.label}: spike raster (a mark per spike)", fontsize=9)
+        images.append((f"spike raster of {run.label}", _png(fig)))
+        fig = membrane_figure(recording)
+        fig.suptitle(f"{run.label}: membrane traces of the first sample (circles: spikes)", fontsize=9)
+        images.append((f"membrane traces of {run.label}", _png(fig)))
+    return Section(
+        "Spike rasters and membrane traces",
+        "From RUN/recording.npz, written by `spikegrad eval CHECKPOINT --raster LAYER[,LAYER]`: the "
+        "spikes of the recorded layers on the first samples of the evaluated split (every k-th "
+        "neuron when a layer has more than 128), and the pre-reset potential h of the most "
+        "active neurons and of the silent ones closest to the threshold (dashed).",
+        images,
+    )
 
 
 @section
