@@ -11,10 +11,11 @@ Every problem is a :class:`~spikegrad.errors.UserError` that names the key: an u
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,15 +25,25 @@ import yaml
 from spikegrad.errors import UserError, did_you_mean
 
 
-def option(default: Any = dataclasses.MISSING, *, doc: str = "", choices: Iterable | None = None,
+def option(default: Any = dataclasses.MISSING, *, doc: str = "",
+           choices: Iterable | Callable[[], Iterable] | None = None,
            min: float | None = None, gt: float | None = None, max: float | None = None,
            factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with a docstring and range/choice constraints checked on load."""
-    meta = {"doc": doc, "choices": tuple(choices) if choices else None, "min": min, "gt": gt,
-            "max": max}
+    """A dataclass field with a docstring and range/choice constraints checked on load.
+
+    ``choices`` may be a function returning them (a registry, read when a config is checked);
+    a mapping value is checked by its ``name``.
+    """
+    meta = {"doc": doc, "choices": choices if callable(choices) else tuple(choices) if choices else None,
+            "min": min, "gt": gt, "max": max}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def registry(module: str) -> Callable[[], list[str]]:
+    """Choices read from ``module.available()``, imported only when a config is checked."""
+    return lambda: importlib.import_module(module).available()
 
 
 @dataclass
@@ -63,7 +74,9 @@ class ModelConfig:
     name: str = option("digits_cnn", doc="registered model (spikegrad models lists them)")
     kind: str = option("snn", doc="snn, or ann for the ANN twin", choices=("snn", "ann"))
     T: int = option(4, doc="time steps (ignored by ann)", gt=0)
-    encoder: str = option("direct", doc="direct (repeat) or poisson", choices=("direct", "poisson"))
+    encoder: str | dict = option("direct", choices=registry("spikegrad.encoders"),
+                                 doc="input encoder (spikegrad.encoders): direct, poisson, latency or "
+                                 "delta; or {name: latency, scale: log} with its options")
     width: float = option(1.0, doc="channel width multiplier", gt=0.0)
     activation_max: float = option(2.0, doc="clip of the ANN twin's ReLU", gt=0.0)
     neuron: NeuronConfig = option(factory=NeuronConfig)
@@ -345,9 +358,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
     if value is None:
         return
-    if meta.get("choices") and value not in meta["choices"]:
-        raise UserError(f"config key {key!r} must be one of {list(meta['choices'])}, got {value!r}"
-                        f"{did_you_mean(str(value), map(str, meta['choices']))}")
+    choices = meta.get("choices")
+    choices = tuple(choices()) if callable(choices) else choices
+    name = value.get("name", value) if isinstance(value, Mapping) else value
+    if choices and name not in choices:
+        raise UserError(f"config key {key!r} must be one of {list(choices)}, got {name!r}"
+                        f"{did_you_mean(str(name), map(str, choices))}")
     if meta.get("gt") is not None and not value > meta["gt"]:
         raise UserError(f"config key {key!r} must be > {meta['gt']}, got {value!r}")
     if meta.get("min") is not None and value < meta["min"]:

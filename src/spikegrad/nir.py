@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from spikegrad import __version__
+from spikegrad.encoders import DeltaEncoder, LatencyEncoder
 from spikegrad.errors import UserError
 from spikegrad.layers import DirectEncoder, PoissonEncoder, TimeDistributed
 from spikegrad.models.common import SpikingNetwork
@@ -297,6 +298,12 @@ register_exporter(ClippedReLU)(_refuse("it is an ANN activation; export the spik
 register_exporter(PoissonEncoder)(_refuse(
     "Poisson sampling is not part of NIR; build the model with encoder='direct' and feed "
     "spikes to the graph"))
+register_exporter(LatencyEncoder)(_refuse(
+    "latency coding is not part of NIR; build the model with encoder='direct' and feed the "
+    "coded spikes to the graph"))
+register_exporter(DeltaEncoder)(_refuse(
+    "delta coding is not part of NIR; build the model with encoder='direct' and feed the "
+    "coded spikes to the graph"))
 
 
 @register_exporter(SpikingNetwork)
