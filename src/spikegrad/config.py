@@ -124,8 +124,14 @@ class TrainConfig:
     seed: int = option(0, min=0)
     device: str = option("auto", doc="auto, cpu, cuda, cuda:N or mps")
     amp: bool = option(False, doc="mixed precision (fp16 + grad scaling on CUDA, bf16 on CPU)")
-    loss: str = option("ce", choices=("ce", "tet"),
-                       doc="ce on the time-averaged logits, or TET's per-step loss")
+    loss: str = option("ce", choices=registry("spikegrad.losses"),
+                       doc="ce on the time-averaged logits, tet (TET's per-step loss), spike_count "
+                       "(MSE of output spike counts; needs model.options.readout: spikes) or membrane "
+                       "(CE of each class's highest output over time); spikegrad.losses")
+    correct_rate: float = option(1.0, min=0.0, max=1.0,
+                                 doc="spike_count: target spikes per step of the labelled class")
+    incorrect_rate: float = option(0.0, min=0.0, max=1.0,
+                                   doc="spike_count: target spikes per step of the other classes")
     tet_lambda: float = option(0.05, min=0.0, max=1.0, doc="TET: weight of the MSE term")
     tet_phi: float = option(1.0, doc="TET: MSE target")
     label_smoothing: float = option(0.0, min=0.0, max=1.0)

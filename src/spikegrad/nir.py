@@ -310,7 +310,10 @@ register_exporter(DeltaEncoder)(_refuse(
 def _network(ex: _Exporter, net: nn.Module, sources: list[str], path: str) -> list[str]:
     sources = ex.emit(net.encoder, sources, _join(path, "encoder"))
     sources = ex.emit(net.features, sources, _join(path, "features"))
-    return ex.emit(net.classifier, sources, _join(path, "classifier"))
+    sources = ex.emit(net.classifier, sources, _join(path, "classifier"))
+    if getattr(net, "output_neuron", None) is not None:  # readout "spikes"
+        sources = ex.emit(net.output_neuron, sources, _join(path, "output_neuron"))
+    return sources
 
 
 @register_exporter(BasicBlock)

@@ -157,6 +157,8 @@ class SpikingNetwork(nn.Module):
         self.T = 1 if kind == "ann" else int(T)
         self.input_dims = input_dims
         self.encoder = make_encoder(encoder, self.T)
+        #: a neuron layer after the classifier (``readout="spikes"``, see models.create), or None
+        self.output_neuron: nn.Module | None = None
 
     def encode(self, x: Tensor) -> Tensor:
         """Static ``[B, *sample]`` -> ``[T, B, *sample]``; time-major input passes through."""
@@ -173,7 +175,8 @@ class SpikingNetwork(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.encode(x)  # (T, B, C, H, W)
         x = self.features(x)
-        return self.classifier(x)  # (T, B, classes)
+        x = self.classifier(x)  # (T, B, classes)
+        return x if self.output_neuron is None else self.output_neuron(x)  # logits, or spikes
 
     def units(self) -> list[tuple[str, nn.Module]]:
         """``(name, unit)`` for every unit of ``features``, in order."""
