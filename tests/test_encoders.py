@@ -73,7 +73,7 @@ def test_registry_builds_every_encoder_and_explains_bad_ones():
         encoders.create("rate", 4)
     with pytest.raises(UserError, match="unknown latency scale 'lg'"):
         encoders.create({"name": "latency", "scale": "lg"}, 4)
-    with pytest.raises(UserError, match="encoder 'delta'.*unexpected keyword"):
+    with pytest.raises(UserError, match=r"encoder 'delta'.*unexpected keyword"):
         encoders.create({"name": "delta", "sacle": 1}, 4)
     with pytest.raises(UserError, match="must be positive"):
         DeltaEncoder(4, threshold=0)

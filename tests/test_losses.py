@@ -82,7 +82,7 @@ def test_registry_and_config_choices():
     assert load_config(None, ["train.loss=membrane"]).train.loss == "membrane"
     with pytest.raises(UserError, match=r"train\.loss.*did you mean 'spike_count'"):
         load_config(None, ["train.loss=spike_cont"])
-    with pytest.raises(UserError, match="do not apply to train.loss ce"):
+    with pytest.raises(UserError, match=r"do not apply to train\.loss ce"):
         training_loss(TrainConfig(correct_rate=0.8))
     with pytest.raises(UserError, match="label_smoothing does not apply"):
         training_loss(TrainConfig(loss="spike_count", label_smoothing=0.1))

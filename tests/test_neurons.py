@@ -273,7 +273,7 @@ def test_from_snntorch_refuses_what_has_no_exact_equivalent():
         neurons.LIF.from_snntorch(snn.Leaky(beta=0.9, reset_delay=False), threshold=2.0)
     with pytest.raises(UserError, match="no mapped spikegrad equivalent"):
         neurons.LIF.from_snntorch(snn.Leaky(beta=0.9, reset_delay=False, spike_grad=lambda x: x))
-    with pytest.raises(UserError, match="snntorch.Leaky"):
+    with pytest.raises(UserError, match=r"snntorch\.Leaky"):
         neurons.LIF.from_snntorch(torch.nn.Linear(2, 2))
     custom = neurons.LIF.from_snntorch(snn.Leaky(beta=0.9, reset_delay=False, spike_grad=lambda x: x),
                                        surrogate=surrogates.Dspike(2.0))
