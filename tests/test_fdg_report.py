@@ -149,6 +149,11 @@ def test_fdg_cli_plots_error_bars_and_the_runs_temperature(adaptive_checkpoint, 
     dspike_ax = next(ax for ax in fig.axes if ax.get_title() == "dspike")
     labels = dspike_ax.get_legend_handles_labels()[1]
     assert any(label.startswith("run ended at") for label in labels)
-    assert dspike_ax.containers  # the error bars
+    (bars,) = dspike_ax.containers  # the error bars: ± std of each point
+    segments = bars.lines[2][0].get_segments()
+    dspike_spread = [s for p, s in zip(report["points"], report["spread"], strict=True)
+                     if p["surrogate"] == "dspike"]
+    assert [seg[1][1] - seg[0][1] for seg in segments] == pytest.approx([2 * s for s in dspike_spread])
+    assert max(dspike_spread) > 0
     assert main(["fdg", str(adaptive_checkpoint), "--batches", "0"]) == 2
     assert "--batches must be >= 1" in capsys.readouterr().err

@@ -6,7 +6,9 @@ trains (once; an existing run folder is reused) the demo's five rows with ``--ep
 epochs each into ``--runs``, then writes into ``--out``: the run report's images that the
 docs show (``report-*.png``, cut out of the HTML page; ``--all``: every one),
 ``gradients.png`` of ``spikegrad plot-gradients`` for the Dspike and evolutionary rows, and
-``fdg.png`` of ``spikegrad fdg`` on the Dspike row's ``last.pt``. Images are drawn with the
+``fdg.png`` of ``spikegrad fdg`` on the Dspike row's ``last.pt``. Unless ``--skip raster``,
+``spikegrad eval --raster all`` first records the Dspike row's spikes into its folder (the
+report's raster section; the option appeared after the "before" pictures). Images are drawn with the
 code that is installed, so the same runs give before/after pictures of a change to the
 plotting code. PNGs are saved with a 256-colour palette to keep them small.
 """
@@ -37,7 +39,7 @@ def train_runs(runs: Path, epochs: int) -> None:
 SHOWN = ("learning-rate-per-epoch", "synaptic-operations-and-energy", "sops-per-epoch",
          "operations-and-energy-per-epoch",
          "firing-rate-per-layer-and-time-step", "first-layer-gradient-histograms",
-         "spike-raster", "membrane")
+         "spike-raster", "membrane-traces")
 
 
 def report_images(runs: Path, out: Path, every: bool = False) -> list[Path]:
@@ -74,12 +76,15 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for the PNGs")
     parser.add_argument("--epochs", type=int, default=6, help="epochs per demo row")
     parser.add_argument("--all", action="store_true", help="every image of the report")
-    parser.add_argument("--skip", action="append", default=[], choices=("report", "gradients", "fdg"),
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=("raster", "report", "gradients", "fdg"),
                         help="leave out a kind of image (repeatable)")
     args = parser.parse_args()
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     train_runs(runs, args.epochs)
+    if "raster" not in args.skip:  # spike rasters of the Dspike row, shown by the report
+        cli("eval", str(runs / "dspike" / "last.pt"), "--raster", "all", "--samples", "3")
     if "report" not in args.skip:
         for path in report_images(runs, out, args.all):
             print(path)
