@@ -155,5 +155,9 @@ def test_fdg_cli_plots_error_bars_and_the_runs_temperature(adaptive_checkpoint, 
                      if p["surrogate"] == "dspike"]
     assert [seg[1][1] - seg[0][1] for seg in segments] == pytest.approx([2 * s for s in dspike_spread])
     assert max(dspike_spread) > 0
+    from spikegrad.alignment_report import read_report
+
+    again = read_report(out.with_suffix(".json"))
+    assert again.to_dict() == report and again.points[0].surrogate == "dspike"
     assert main(["fdg", str(adaptive_checkpoint), "--batches", "0"]) == 2
     assert "--batches must be >= 1" in capsys.readouterr().err

@@ -6,7 +6,8 @@ trains (once; an existing run folder is reused) the demo's five rows with ``--ep
 epochs each into ``--runs``, then writes into ``--out``: the run report's images that the
 docs show (``report-*.png``, cut out of the HTML page; ``--all``: every one),
 ``gradients.png`` of ``spikegrad plot-gradients`` for the Dspike and evolutionary rows, and
-``fdg.png`` of ``spikegrad fdg`` on the Dspike row's ``last.pt``. Unless ``--skip raster``,
+``fdg.png`` of ``spikegrad fdg`` on the Dspike row's ``last.pt`` (its JSON is kept in
+``--runs`` and plotted again on later calls). Unless ``--skip raster``,
 ``spikegrad eval --raster all`` first records the Dspike row's spikes into its folder (the
 report's raster section; the option appeared after the "before" pictures). Images are drawn with the
 code that is installed, so the same runs give before/after pictures of a change to the
@@ -92,8 +93,11 @@ def main() -> None:
         cli("plot-gradients", str(runs / "dspike"), str(runs / "evolutionary"),
             "--out", str(out / "gradients.png"))
     if "fdg" not in args.skip:
-        cli("fdg", str(runs / "dspike" / "last.pt"), "--out", str(out / "fdg"))
-        (out / "fdg.json").unlink(missing_ok=True)
+        from spikegrad.alignment_report import plot_report, read_report
+
+        if not (runs / "fdg.json").is_file():  # computed once (minutes); plotted by this code
+            cli("fdg", str(runs / "dspike" / "last.pt"), "--out", str(runs / "fdg"))
+        plot_report(read_report(runs / "fdg.json"), out / "fdg.png")
     for path in sorted(out.glob("*.png")):
         shrink(path)
 

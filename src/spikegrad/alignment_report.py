@@ -45,7 +45,7 @@ from spikegrad.neurons import SpikingNeuron
 from spikegrad.trainer import resolve_device
 
 __all__ = ["FLAT", "AlignmentReport", "Probe", "Sweep", "analyse_checkpoint", "edge", "format_report",
-           "mean_and_spread", "plot_report", "sweep_probes", "write_report"]
+           "mean_and_spread", "plot_report", "read_report", "sweep_probes", "write_report"]
 
 
 @dataclass
@@ -354,6 +354,10 @@ def plot_report(report: AlignmentReport, path: str | Path) -> Path:
         if name in report.at_edge:
             ax.text(0.5, 0.02, "best at the sweep's end:\nthe optimum may lie beyond", color="tab:red",
                     transform=ax.transAxes, ha="center", va="bottom", fontsize=8)
+        elif best.sharpness in (min(xs), max(xs)) and len(xs) > 1:
+            ax.text(0.5, 0.02, f"best at the sweep's end, but flat there\n(within {FLAT:g} of "
+                    "its neighbour): a plateau", color="tab:gray", transform=ax.transAxes,
+                    ha="center", va="bottom", fontsize=8)
         ax.set_xscale("log")
         ticks = xs[:: max(1, len(xs) // 5)]
         ax.set_xticks(ticks, [f"{v:.3g}" for v in ticks])
@@ -384,6 +388,17 @@ def _original_range(default: float, report: AlignmentReport) -> tuple[float, flo
     if report.sweep_points == 1:
         return default, default
     return default / report.factor, default * report.factor
+
+
+def read_report(path: str | Path) -> AlignmentReport:
+    """The :class:`AlignmentReport` of a ``fdg.json`` that :func:`write_report` wrote (to plot
+    it again without recomputing)."""
+    try:
+        data = json.loads(Path(path).read_text())
+        data["points"] = [SweepPoint(**p) for p in data["points"]]
+        return AlignmentReport(**data)
+    except (OSError, json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise UserError(f"{str(path)!r} is not an fdg report ({exc})") from exc
 
 
 def write_report(report: AlignmentReport, prefix: str | Path) -> tuple[Path, Path]:
