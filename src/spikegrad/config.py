@@ -13,12 +13,13 @@ NaN or infinite (no key takes either), or a value out of range. Files are read b
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import os
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from spikegrad.errors import UserError, did_you_mean
 from spikegrad.safe_yaml import load_yaml, read_text, yaml_problem
 
 
-def option(default: Any = dataclasses.MISSING, *, doc: str = "", choices: Iterable | None = None,
+def option(default: Any = dataclasses.MISSING, *, doc: str = "",
+           choices: Iterable | Callable[[], Iterable] | None = None,
            min: float | None = None, gt: float | None = None, max: float | Any | None = None,
            lt: float | None = None, length: int | None = None,
            factory: Any = dataclasses.MISSING) -> Any:
@@ -37,13 +39,19 @@ def option(default: Any = dataclasses.MISSING, *, doc: str = "", choices: Iterab
 
     The bounds apply to a number, or to every number of a list; ``max`` may be a function
     returning ``(bound, reason)`` (a bound that depends on the machine); ``length`` is the
-    required length of a list.
+    required length of a list. ``choices`` may be a function returning them (a registry, read
+    when a config is checked); a mapping value is checked by its ``name``.
     """
-    meta = {"doc": doc, "choices": tuple(choices) if choices else None, "min": min, "gt": gt,
-            "max": max, "lt": lt, "length": length}
+    meta = {"doc": doc, "choices": choices if callable(choices) else tuple(choices) if choices else None,
+            "min": min, "gt": gt, "max": max, "lt": lt, "length": length}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def registry(module: str) -> Callable[[], list[str]]:
+    """Choices read from ``module.available()``, imported only when a config is checked."""
+    return lambda: importlib.import_module(module).available()
 
 
 @dataclass
@@ -74,7 +82,9 @@ class ModelConfig:
     name: str = option("digits_cnn", doc="registered model (spikegrad models lists them)")
     kind: str = option("snn", doc="snn, or ann for the ANN twin", choices=("snn", "ann"))
     T: int = option(4, doc="time steps (ignored by ann)", gt=0)
-    encoder: str = option("direct", doc="direct (repeat) or poisson", choices=("direct", "poisson"))
+    encoder: str | dict = option("direct", choices=registry("spikegrad.encoders"),
+                                 doc="input encoder (spikegrad.encoders): direct, poisson, latency or "
+                                 "delta; or {name: latency, scale: log} with its options")
     width: float = option(1.0, doc="channel width multiplier", gt=0.0)
     activation_max: float = option(2.0, doc="clip of the ANN twin's ReLU", gt=0.0)
     neuron: NeuronConfig = option(factory=NeuronConfig)
@@ -125,8 +135,14 @@ class TrainConfig:
                        "and torch")
     device: str = option("auto", doc="auto, cpu, cuda, cuda:N or mps")
     amp: bool = option(False, doc="mixed precision (fp16 + grad scaling on CUDA, bf16 on CPU)")
-    loss: str = option("ce", choices=("ce", "tet"),
-                       doc="ce on the time-averaged logits, or TET's per-step loss")
+    loss: str = option("ce", choices=registry("spikegrad.losses"),
+                       doc="ce on the time-averaged logits, tet (TET's per-step loss), spike_count "
+                       "(MSE of output spike counts; needs model.options.readout: spikes) or membrane "
+                       "(CE of each class's highest output over time); spikegrad.losses")
+    correct_rate: float = option(1.0, min=0.0, max=1.0,
+                                 doc="spike_count: target spikes per step of the labelled class")
+    incorrect_rate: float = option(0.0, min=0.0, max=1.0,
+                                   doc="spike_count: target spikes per step of the other classes")
     tet_lambda: float = option(0.05, min=0.0, max=1.0, doc="TET: weight of the MSE term")
     tet_phi: float = option(1.0, doc="TET: MSE target")
     label_smoothing: float = option(0.0, min=0.0, max=1.0)
@@ -421,9 +437,12 @@ def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
             if isinstance(item, (int, float)) and not isinstance(item, bool):
                 _check_range(item, {**meta, "length": None, "choices": None}, f"{key}[{index}]")
         return
-    if meta.get("choices") and value not in meta["choices"]:
-        raise UserError(f"config key {key!r} must be one of {list(meta['choices'])}, got {value!r}"
-                        f"{did_you_mean(str(value), map(str, meta['choices']))}")
+    choices = meta.get("choices")
+    choices = tuple(choices()) if callable(choices) else choices
+    name = value.get("name", value) if isinstance(value, Mapping) else value
+    if choices and name not in choices:
+        raise UserError(f"config key {key!r} must be one of {list(choices)}, got {name!r}"
+                        f"{did_you_mean(str(name), map(str, choices))}")
     if meta.get("gt") is not None and not value > meta["gt"]:
         raise UserError(f"config key {key!r} must be > {meta['gt']}, got {value!r}")
     if meta.get("min") is not None and value < meta["min"]:

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from spikegrad import __version__
+from spikegrad.encoders import DeltaEncoder, LatencyEncoder
 from spikegrad.errors import UserError, first_line
 from spikegrad.layers import DirectEncoder, PoissonEncoder, TimeDistributed
 from spikegrad.models.common import SpikingNetwork
@@ -298,13 +299,22 @@ register_exporter(ClippedReLU)(_refuse("it is an ANN activation; export the spik
 register_exporter(PoissonEncoder)(_refuse(
     "Poisson sampling is not part of NIR; build the model with encoder='direct' and feed "
     "spikes to the graph"))
+register_exporter(LatencyEncoder)(_refuse(
+    "latency coding is not part of NIR; build the model with encoder='direct' and feed the "
+    "coded spikes to the graph"))
+register_exporter(DeltaEncoder)(_refuse(
+    "delta coding is not part of NIR; build the model with encoder='direct' and feed the "
+    "coded spikes to the graph"))
 
 
 @register_exporter(SpikingNetwork)
 def _network(ex: _Exporter, net: nn.Module, sources: list[str], path: str) -> list[str]:
     sources = ex.emit(net.encoder, sources, _join(path, "encoder"))
     sources = ex.emit(net.features, sources, _join(path, "features"))
-    return ex.emit(net.classifier, sources, _join(path, "classifier"))
+    sources = ex.emit(net.classifier, sources, _join(path, "classifier"))
+    if getattr(net, "output_neuron", None) is not None:  # readout "spikes"
+        sources = ex.emit(net.output_neuron, sources, _join(path, "output_neuron"))
+    return sources
 
 
 @register_exporter(BasicBlock)

@@ -155,20 +155,39 @@ def check_arguments(name: str, builder: Callable[..., Any], kwargs: Mapping[str,
                                 f"{_show(high)}], got {value!r}")
 
 
-def create(name: str, **kwargs: Any) -> nn.Module:
+#: what a spiking network's output is: the classifier's per-step values, or the spikes of a
+#: neuron layer after it (same neuron and surrogate as the network; for spike-count losses)
+READOUTS = ("logits", "spikes")
+
+
+def create(name: str, readout: str = "logits", **kwargs: Any) -> nn.Module:
     """Build the registered model ``name``; an unknown keyword argument or a value of the wrong
-    type or range is named in the error."""
+    type or range is named in the error.
+
+    ``readout="spikes"`` puts a spiking neuron layer after the classifier of a spiking
+    network (``model.output_neuron``), so the outputs are spikes ``[T, B, classes]``.
+    """
     model = entry(name)
     accepted = model.arguments()
     for key in kwargs:
         if key not in accepted:
             raise UserError(
                 f"model {name!r} has no argument {key!r}{did_you_mean(key, accepted)}; "
-                f"it accepts: {', '.join(accepted)}"
+                f"it accepts: {', '.join([*accepted, 'readout'])}"
             )
+    if readout not in READOUTS:
+        raise unknown_name_error("readout", readout, READOUTS)
     check_arguments(name, model.builder, kwargs)
     try:
-        return model.builder(**model.fixed, **kwargs)
+        built = model.builder(**model.fixed, **kwargs)
     except (MemoryError, OverflowError) as exc:
         raise UserError(f"model {name!r} with {kwargs} does not fit in memory ({exc}); choose "
                         "smaller sizes (width, channels, input_size)") from exc
+    if readout == "spikes":
+        from spikegrad.models.common import SpikingNetwork, activation_factory
+
+        if not isinstance(built, SpikingNetwork) or built.kind != "snn":
+            raise UserError(f"readout 'spikes' needs a spiking network (kind snn); {name!r} with "
+                            f"kind {kwargs.get('kind', 'snn')!r} reads out logits")
+        built.output_neuron = activation_factory("snn", kwargs.get("neuron"), kwargs.get("surrogate"))()
+    return built

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import nn
 
 from spikegrad.layers import TimeDistributed
@@ -33,7 +36,7 @@ class DigitsCNN(SpikingNetwork):
         neuron: NeuronSpec = None,
         surrogate: SurrogateSpec = None,
         width: float = 1.0,
-        encoder: str = "direct",
+        encoder: str | Mapping[str, Any] = "direct",
         activation_max: float = 2.0,
         input_size: int = 8,
         batch_norm: bool = True,

@@ -10,7 +10,8 @@ ResNets, so the two families differ only in the identity paths. Units are named
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -54,7 +55,7 @@ class PlainCNN(SpikingNetwork):
         neuron: NeuronSpec = None,
         surrogate: SurrogateSpec = None,
         width: float = 1.0,
-        encoder: str = "direct",
+        encoder: str | Mapping[str, Any] = "direct",
         activation_max: float = 2.0,
         input_size: int = 32,
         batch_norm: bool = True,

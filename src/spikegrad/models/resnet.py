@@ -12,7 +12,8 @@ Each block is one *unit* of ``features`` (named ``layer{stage}_{index}``), after
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -91,7 +92,7 @@ class SpikingResNet(SpikingNetwork):
         neuron: NeuronSpec = None,
         surrogate: SurrogateSpec = None,
         width: float = 1.0,
-        encoder: str = "direct",
+        encoder: str | Mapping[str, Any] = "direct",
         activation_max: float = 2.0,
         stem: str = "cifar",
         batch_norm: bool = True,

@@ -9,7 +9,8 @@ the 8×8 digits) are skipped. Optional hidden fully connected units precede the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -57,7 +58,7 @@ class SpikingVGG(SpikingNetwork):
         neuron: NeuronSpec = None,
         surrogate: SurrogateSpec = None,
         width: float = 1.0,
-        encoder: str = "direct",
+        encoder: str | Mapping[str, Any] = "direct",
         activation_max: float = 2.0,
         input_size: int = 32,
         hidden_fc: Sequence[int] = (),
