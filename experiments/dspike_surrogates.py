@@ -13,7 +13,7 @@ weight decay 5e-4, cosine schedule); only the surrogate and the learning rate di
 Scales (``--scale``):
 
 - ``small`` (default; about 2 h on 2 CPU cores): width 0.25 (8-16-32 channels), T = 4, a
-  stratified subset of 2,000 training images, 15 epochs of batch 64 (470 steps), random crop
+  stratified subset of 1,500 training images, 15 epochs of batch 64 (360 steps), random crop
   of 2 pixels; validation splits of 10% (Animal-MNIST) and 2% (MNIST, about 1,000 images);
   learning rates 0.03, 0.1, 0.3; 5 seeds, 2 tuning seeds.
 - ``large`` (GPU): width 1 (32-64-128), T = 4, the whole training set, 40 epochs, 10% validation,
@@ -43,7 +43,7 @@ ARMS: dict[str, dict[str, Any]] = {
 }
 
 SCALES: dict[str, dict[str, Any]] = {
-    "small": {"datasets": {"animal_mnist": 0.1, "mnist": 0.02}, "width": 0.25, "T": 4, "subset": 2000,
+    "small": {"datasets": {"animal_mnist": 0.1, "mnist": 0.02}, "width": 0.25, "T": 4, "subset": 1500,
               "epochs": 15, "batch": 64, "grid": [0.03, 0.1, 0.3], "seeds": [0, 1, 2, 3, 4],
               "tuning_seeds": [100, 101], "augment": ["crop:2"]},
     "large": {"datasets": {"animal_mnist": 0.1, "mnist": 0.1}, "width": 1.0, "T": 4, "subset": None,

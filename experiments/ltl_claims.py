@@ -21,7 +21,7 @@ steps). LTL against BPTT at equal epochs is reported beside it.
     python -m experiments.ltl_claims --out DIR --device cuda --scale large
 
 Scales: ``small`` (default; about 2 h on 2 CPU cores): width 0.25 (8-16-32 channels), a
-stratified subset of 5,000 training images (five epochs = 395 steps: a tenth of CIFAR's step
+stratified subset of 10,000 training images (five epochs = 785 steps: a fifth of CIFAR's step
 count, so the step-count condition of the claim is met only at the large scale); teacher 20
 epochs; 2% validation; 5 seeds, 2 tuning seeds. ``large`` (GPU): width 1, the whole training
 set (five epochs ≈ 3,900-4,700 steps), teacher 30 epochs, 10% validation, 10 seeds, 3 tuning
@@ -42,7 +42,7 @@ PUBLISHED = {"T": 16, "surrogate": {"name": "rectangle", "width": 0.4, "height":
              "epochs": 5, "batch": 64}
 
 SCALES: dict[str, dict[str, Any]] = {
-    "small": {"dataset": "mnist", "validation": 0.02, "width": 0.25, "subset": 5000, "T": 16,
+    "small": {"dataset": "mnist", "validation": 0.02, "width": 0.25, "subset": 10000, "T": 16,
               "teacher_epochs": 20, "teacher_grid": [0.03, 0.1, 0.3], "bptt_grid": [3e-4, 1e-3, 3e-3],
               "seeds": [0, 1, 2, 3, 4], "tuning_seeds": [100, 101], "augment": ["crop:2"]},
     "large": {"dataset": "mnist", "validation": 0.1, "width": 1.0, "subset": None, "T": 16,

@@ -236,7 +236,7 @@ def load_run(folder: Path, protocol: Protocol = PROTOCOL) -> dict[str, Any]:
     eval_acc = [r["test_acc"] for r in rows]
     train_acc = [r["train_acc"] for r in rows]
     curves: dict[str, list] = {"train_acc": train_acc, "eval_acc": eval_acc}
-    for key in {k for r in rows for k in r}:
+    for key in dict.fromkeys(k for r in rows for k in r):  # in the order the rows name them
         if key in ("train_acc", "test_acc"):
             continue
         values = [r.get(key) for r in rows]
@@ -341,8 +341,8 @@ class Runner:
         split = data_overrides(data.name, data.options,
                                validation=data.validation if phase == "tune" else None,
                                split_seed=data.split_seed, subset=data.subset)
-        config = load_config(recipe_file(arm.recipe), self.experiment.extra_overrides)
-        config = config.with_overrides(arm.overrides).with_overrides(split)
+        config = load_config(recipe_file(arm.recipe)).with_overrides(arm.overrides).with_overrides(split)
+        config = config.with_overrides(self.experiment.extra_overrides)  # --set wins over the arm's own
         run: dict[str, Any] = {
             arm.lr_key: lr, "train.epochs": arm.epochs, "train.seed": seed,
             "train.device": self.device, "train.progress": False,

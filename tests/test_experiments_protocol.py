@@ -207,3 +207,10 @@ def test_tiny_experiment_tables_and_verify(tmp_path):
     assert not report["bitwise"] and report["first_differing_epoch"] == 2
     with pytest.raises(UserError, match="no final run of arm 'digits/atan' with seed 9"):
         verify(path, "digits/atan", 9, tmp_path / "v", verbose=False)
+
+
+def test_costs_measures_a_network():
+    from experiments.costs import measure
+
+    cost = measure("digits", ["model.width=0.25", "model.T=2"], samples=16)
+    assert cost["train_ms"] > 0 and cost["eval_ms"] > 0
