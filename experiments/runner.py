@@ -541,10 +541,22 @@ class Runner:
 
     def write(self, results: dict[str, Any]) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / RESULTS).write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
+        (self.out / RESULTS).write_text(json.dumps(_finite(results), indent=1, allow_nan=False,
+                                                   default=_json_default) + "\n")
         (self.out / TABLE).write_text(markdown(results))
         plot_curves(results, self.out / PLOT)
         self.log(f"\nwrote {self.out / RESULTS}, {self.out / TABLE}, {self.out / PLOT}")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (strict JSON; a diverged loss)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _json_default(value: Any) -> Any:

@@ -79,6 +79,11 @@ def _args(scale: str):
     return argparse.Namespace(smoke=False, scale=scale, datasets=None)
 
 
-def test_results_json_is_plain_json(smoke):
+@pytest.mark.slow
+def test_results_json_is_strict_json(smoke):
     out, _ = smoke
-    json.loads((out / "results.json").read_text())  # no NaN/Infinity tokens beyond JSON's own
+
+    def refuse(constant):
+        raise AssertionError(f"results.json holds {constant}, which is not JSON")
+
+    json.loads((out / "results.json").read_text(), parse_constant=refuse)

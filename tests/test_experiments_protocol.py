@@ -214,3 +214,10 @@ def test_costs_measures_a_network():
 
     cost = measure("digits", ["model.width=0.25", "model.T=2"], samples=16)
     assert cost["train_ms"] > 0 and cost["eval_ms"] > 0
+
+
+def test_results_json_is_strict():
+    from experiments.runner import _finite
+
+    value = {"a": [float("nan"), 1.0, (float("inf"),)], "b": "x"}
+    assert _finite(value) == {"a": [None, 1.0, [None]], "b": "x"}
