@@ -873,6 +873,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arm", help="with --verify: the arm")
     parser.add_argument("--seed", type=int, help="with --verify: the seed")
     parser.add_argument("--phase", choices=("final", "tune"), default="final", help="with --verify")
+    parser.add_argument("--lr", type=float, help="with --verify --phase tune: the learning rate of the run")
     parser.add_argument("--quiet", action="store_true")
 
 
@@ -914,8 +915,8 @@ def main(module: str, build: Callable[[argparse.Namespace], Experiment],
         if args.verify:
             if args.arm is None or args.seed is None:
                 raise UserError("--verify needs --arm and --seed (which stored run to train again)")
-            verify(args.verify, args.arm, args.seed, args.out, phase=args.phase, device=args.device,
-                   threads=args.threads, verbose=not args.quiet)
+            verify(args.verify, args.arm, args.seed, args.out, phase=args.phase, lr=args.lr,
+                   device=args.device, threads=args.threads, verbose=not args.quiet)
             return None
         args.device = args.device or "cpu"
         experiment = apply_common(build(args), args)

@@ -221,3 +221,18 @@ def test_results_json_is_strict():
 
     value = {"a": [float("nan"), 1.0, (float("inf"),)], "b": "x"}
     assert _finite(value) == {"a": [None, 1.0, [None]], "b": "x"}
+
+
+def test_verify_command_line_errors(tmp_path, capsys):
+    from experiments import ltl_claims
+    from experiments.runner import main
+
+    def run(*argv):
+        with pytest.raises(SystemExit) as exc:
+            main("experiments.ltl_claims", ltl_claims.build, ltl_claims.add_arguments,
+                 argv=["--out", str(tmp_path), *argv])
+        assert exc.value.code == 2
+        return capsys.readouterr().err
+
+    assert "--verify needs --arm and --seed" in run("--verify", "results.json")
+    assert "does not exist" in run("--verify", str(tmp_path / "none.json"), "--arm", "a", "--seed", "0")
