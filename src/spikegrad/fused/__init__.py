@@ -127,8 +127,9 @@ class FusedNeuron(torch.autograd.Function):
         v0, leak, *saved = ctx.saved_tensors
         want_x, want_v0, want_leak = ctx.needs_input_grad[:3]
         like = saved[0]  # [T, N]; the backends take grad_s in the input's dtype
-        grad_s = like.new_zeros(like.shape, dtype=ctx.dtype) if grad_s is None else grad_s.contiguous()
-        grad_v_final = None if grad_v_final is None else grad_v_final.contiguous()
+        grad_s = like.new_zeros(like.shape, dtype=ctx.dtype) if grad_s is None else \
+            grad_s.to(ctx.dtype).contiguous()
+        grad_v_final = None if grad_v_final is None else grad_v_final.to(ctx.dtype).contiguous()
         dx, dv0, dleak = ctx.ops.backward(tuple(saved), v0, grad_s, grad_v_final, ctx.neuron, ctx.params,
                                           ctx.surrogate, want_v0 and v0 is not None, want_leak)
         if want_leak:
