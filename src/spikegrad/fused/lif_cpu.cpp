@@ -82,9 +82,9 @@ inline float widen(Half v) {
   // normal: rebias the exponent by 127 - 15; infinity / NaN: move the all-ones exponent to 255
   const uint32_t rebiased = (em << 13) + (em >= 0x7c00u ? 0x70000000u : 0x38000000u);
   // subnormal or zero: mantissa * 2^-24, exact in float
-  const float magnitude = em < 0x0400u ? static_cast<float>(em) * 5.9604644775390625e-8f
-                                       : __builtin_bit_cast(float, rebiased);
-  return __builtin_bit_cast(float, __builtin_bit_cast(uint32_t, magnitude) | sign);
+  const uint32_t scaled = __builtin_bit_cast(uint32_t, static_cast<float>(static_cast<int32_t>(em)) *
+                                                           5.9604644775390625e-8f);
+  return __builtin_bit_cast(float, (em < 0x0400u ? scaled : rebiased) | sign);
 }
 
 template <typename S>
