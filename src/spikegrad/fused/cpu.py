@@ -8,7 +8,7 @@ source, flags, compiler and CPU, and rebuilt only when one of them changes. Flag
 ``leak·u + scale·x`` rounds exactly as the reference's two products and sum; no
 ``-ffast-math``) and ``-fno-trapping-math`` (floating-point exceptions are not observed, so
 the compiler may evaluate both sides of a select, which lets the float16 conversions'
-loops vectorise: 13-17 times faster forward and backward; no result changes). If ``-march=native`` or OpenMP is
+loops vectorise; no result changes). If ``-march=native`` or OpenMP is
 refused, it retries without them. If no build works, :func:`library` warns once and returns
 ``None``; callers then use the reference loop.
 
