@@ -4,11 +4,15 @@
     TRITON_INTERPRET=1 PYTHONPATH=src:. python3 -m bench.gpu_check --device cpu --tiny   # CPU dry run
 
 1. Correctness on the benchmark shapes: spikegrad's Triton kernel against its reference loop
-   (bit-identical spikes, gradients within 1e-6 of the largest). ``--grid`` also runs the whole
-   grid of :mod:`spikegrad.fused.check` (``bench/gpu_session.sh`` runs it as a step of its own).
+   (bit-identical spikes, gradients within 1e-6 of the largest), and on the same currents in
+   float16 and bfloat16 against the reference loop in float32 on those values (the rules of
+   :mod:`spikegrad.fused.check`: spikes equal, gradients within one rounding). ``--grid`` also
+   runs the whole grid of :mod:`spikegrad.fused.check` (``bench/gpu_session.sh`` runs it as a
+   step of its own).
 2. Neuron forward+backward on ``[T, 32, 128, 16, 16]`` float32, T = 4, 8, 32 (CUDA events,
    median of ``--reps`` after ``--warmup``; peak memory above what was allocated before the
-   step): spikegrad's Triton kernel (sigmoid and Dspike surrogates, and its forward alone), its
+   step): spikegrad's Triton kernel (sigmoid and Dspike surrogates, its forward alone, and the
+   mixed-precision path on the same currents in float16), its
    reference loop, and SpikingJelly's ``LIFNode`` with each CUDA implementation it offers
    (``SJ_LIF_CUDA_IMPLEMENTATION`` = ``cuda``, ``triton``, ``torch``), each in its own process
    (at most ``--sj-timeout`` seconds each and ``--sj-budget`` in all; "unavailable: reason" if
@@ -29,8 +33,10 @@
    fastest implementation and within 2× of the copy floor; the ResNet-18 step at most 1.2× the
    ANN at T·B; peak memory at most 0.6× SpikingJelly's (its lowest).
 
-Under AMP the convolutions hand the neurons float16 currents, which the Triton kernel does not
-take: the "neuron path" column says which time loop ran (the reference loop, in float16).
+Under AMP the convolutions hand the neurons float16 currents (bfloat16 on the CPU), and
+``backend: auto`` runs the fused kernel on them (float32 arithmetic inside, half-precision
+spikes and gradients). The "neuron path" column says which time loop the network's spiking
+neurons ran and on which dtype, counted over all of them (e.g. ``triton (float16) ×17``).
 
 Tables go to stdout and, with ``--out DIR``, to ``DIR/gpu_check.md``; every number to
 ``DIR/gpu_check.json``. Exit status 1 if a correctness check failed (the timings still run),
@@ -146,11 +152,11 @@ def triton_here(device: torch.device) -> bool:
 def correctness(args, device: torch.device) -> tuple[bool, list[str]]:
     """Triton against the reference on the benchmark shapes (and the whole grid with ``--grid``)."""
     from spikegrad import neurons, surrogates
+    from spikegrad.dynamics import NeuronParams
+    from spikegrad.fused import check
 
     lines, ok = [], True
     if args.grid:
-        from spikegrad.fused import check
-
         tic = time.time()
         cases, failures = check.run_checks("triton", device.type)
         lines += [f"FAIL {line}" for line in failures]
@@ -171,6 +177,16 @@ def correctness(args, device: torch.device) -> tuple[bool, list[str]]:
             lines.append(f"T={T} {type(sg).__name__}: spikes {'identical' if same else 'DIFFER'}, "
                          f"max gradient error {err:.2g} (relative to the largest)")
             ok &= same and err <= 1e-6
+            for dtype in (torch.float16, torch.bfloat16):
+                label = f"T={T} {type(sg).__name__} {str(dtype)[6:]}"
+                failures, flips = check.compare_half("triton", x.to(dtype).requires_grad_(True),
+                                                     NeuronParams(0.5), sg, None, label)
+                lines += [f"FAIL {line}" for line in failures]
+                if not failures:
+                    lines.append(f"{label}: spikes identical to the float32 reference on the same values"
+                                 + (f" but for {flips} flips inside the rounding band" if flips else "")
+                                 + ("" if flips else ", gradients within one rounding of its own"))
+                ok &= not failures
     return ok, lines
 
 
@@ -180,24 +196,29 @@ def time_spikegrad(T: int, args, device: torch.device) -> dict[str, dict]:
     x = neuron_input(T, args.shape, device).requires_grad_(True)
     up = upstream(x)
     fused = "triton" if triton_here(device) else None
+    half = x.detach().half().requires_grad_(True)
+    inputs = {torch.float32: (x, up), torch.float16: (half, up.half())}
+    f32, f16, sigmoid = torch.float32, torch.float16, surrogates.Sigmoid(4.0)
     rows = []
     if fused:
-        rows += [(f"spikegrad {fused} (sigmoid)", fused, surrogates.Sigmoid(4.0), True),
-                 (f"spikegrad {fused} (dspike)", fused, surrogates.Dspike(3.0), True),
-                 (f"spikegrad {fused} forward only (sigmoid)", fused, surrogates.Sigmoid(4.0), False)]
+        rows += [(f"spikegrad {fused} (sigmoid)", fused, sigmoid, True, f32),
+                 (f"spikegrad {fused} (dspike)", fused, surrogates.Dspike(3.0), True, f32),
+                 (f"spikegrad {fused} forward only (sigmoid)", fused, sigmoid, False, f32),
+                 (f"spikegrad {fused} float16 (sigmoid)", fused, sigmoid, True, f16)]
     if device.type == "cpu":
-        rows.append(("spikegrad cpu kernel (sigmoid)", "cpu", surrogates.Sigmoid(4.0), True))
-    rows.append(("spikegrad reference loop (sigmoid)", "reference", surrogates.Sigmoid(4.0), True))
+        rows.append(("spikegrad cpu kernel (sigmoid)", "cpu", sigmoid, True, f32))
+    rows.append(("spikegrad reference loop (sigmoid)", "reference", sigmoid, True, f32))
     out = {}
-    for name, backend, sg, backward in rows:
+    for name, backend, sg, backward, dtype in rows:
         n = neurons.LIF(leak=0.5, surrogate=sg, backend=backend)
+        xd, upd = inputs[dtype]
         if backward:
-            def step(n=n):
-                return torch.autograd.grad(n(x), x, up)
+            def step(n=n, xd=xd, upd=upd):
+                return torch.autograd.grad(n(xd), xd, upd)
         else:
-            def step(n=n):
+            def step(n=n, xd=xd):
                 with torch.no_grad():
-                    return n(x)
+                    return n(xd)
         row = out[name] = measure(step, device, args.warmup, args.reps)
         print(f"  T={T} {name}: {row['ms']:.4f} ms, peak {fmt(row['peak_mb'], 1)} MiB", flush=True)
     # The floor: a copy reading and writing 16 B per element (2 float32 per element).
@@ -256,27 +277,30 @@ def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: to
 
 
 def neuron_path(model: nn.Module, x: torch.Tensor, device: torch.device, amp: bool) -> str:
-    """Which time loop the model's first spiking neuron runs on this input (``-`` for an ANN)."""
+    """Which time loop the model's spiking neurons run on this input, and on which dtype, counted
+    over all of them (e.g. ``triton (float16) ×17``; ``-`` for an ANN)."""
     from spikegrad import fused
     from spikegrad.neurons import SpikingNeuron
 
-    neuron = next((m for m in model.modules() if isinstance(m, SpikingNeuron)), None)
-    if neuron is None:
+    spiking = [m for m in model.modules() if isinstance(m, SpikingNeuron)]
+    if not spiking:
         return "-"
-    seen: list[str] = []
+    seen: dict[str, int] = {}
 
     def hook(module, inputs):
-        seen.append(f"{fused.resolve_backend(module.backend, inputs[0], module.params)} "
-                     f"({str(inputs[0].dtype).replace('torch.', '')})")
+        path = (f"{fused.resolve_backend(module.backend, inputs[0], module.params)} "
+                f"({str(inputs[0].dtype).replace('torch.', '')})")
+        seen[path] = seen.get(path, 0) + 1
 
-    handle = neuron.register_forward_pre_hook(hook)
+    handles = [m.register_forward_pre_hook(hook) for m in spiking]
     dtype = amp_dtype(device, amp)
     try:
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             model(x)
     finally:
-        handle.remove()
-    return seen[0] if seen else "?"
+        for handle in handles:
+            handle.remove()
+    return ", ".join(f"{path} ×{count}" for path, count in seen.items()) or "?"
 
 
 def time_resnet(args, device: torch.device) -> dict[str, dict]:
@@ -444,7 +468,8 @@ def neuron_table(T: int, rows: dict, args) -> tuple[str, dict]:
     lines = [f"### Neuron forward+backward, [{T}, {', '.join(map(str, args.shape))}] float32",
              "",
              f"copy floor {floor:.4f} ms = 16 B/element at {16 * elements / floor / 1e6:.0f} GB/s "
-             "(read+write)",
+             "(read+write); the float16 row runs the same currents in float16 (mixed precision), whose "
+             "own floor is half of this (8 B/element)",
              "",
              "| contender | median ms | × spikegrad triton | × floor | peak MiB | check |",
              "|---|---|---|---|---|---|"]

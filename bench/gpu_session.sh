@@ -190,8 +190,8 @@ JOBS=$(( $(nproc 2> /dev/null || echo 2) / 2 ))
 (( JOBS < 1 )) && JOBS=1
 
 if [[ $MODE == gpu ]]; then
-    # --- 2. the Triton correctness grid on CUDA
-    run_step triton_grid 90 "$PY" -m spikegrad.fused.check --backend triton --device cuda --jobs "$JOBS"
+    # --- 2. the Triton correctness grid on CUDA (212 cases: float32, float64, float16, bfloat16)
+    run_step triton_grid 120 "$PY" -m spikegrad.fused.check --backend triton --device cuda --jobs "$JOBS"
     # --- 3. the CUDA tests
     run_step cuda_tests 150 "$PY" -m pytest -m cuda -q -rA -p no:cacheprovider --timeout 120 \
         --junitxml "$WORK/cuda_tests.xml" tests/test_cuda.py

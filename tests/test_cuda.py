@@ -1,8 +1,10 @@
 """The CUDA paths, on a real GPU: ``pytest -m cuda`` (every test here is skipped without one).
 
-The Triton kernels against the reference loop on CUDA (and past 2^31 elements), no host
-synchronisation inside the fused neuron, the neuron under autocast, mixed-precision training
-with its gradient scaler checkpointed and resumed exactly, pinned-memory loading, the command
+The Triton kernels against the reference loop on CUDA (and past 2^31 elements; float16 and
+bfloat16 against the float32 reference on the same values), no host synchronisation inside
+the fused neuron, the neuron under autocast running the kernel on half-precision currents,
+the trainer's mixed-precision steps running it too, mixed-precision training with its
+gradient scaler checkpointed and resumed exactly, pinned-memory loading, the command
 line on ``train.device: cuda``, and the multi-process code paths through NCCL under torchrun.
 """
 
@@ -22,7 +24,7 @@ from spikegrad import Config, Trainer, fused, layers, neurons, surrogates
 from spikegrad.checkpoint import load_checkpoint, load_model
 from spikegrad.data import build_augmentation, build_datasets
 from spikegrad.demo import recipe_path
-from spikegrad.dynamics import NeuronParams, neuron_multistep
+from spikegrad.dynamics import NeuronParams, NeuronState, neuron_multistep
 from spikegrad.fused import check
 from spikegrad.trainer import Component, evaluate_model
 from tests import cuda_ddp_worker
@@ -48,14 +50,17 @@ def currents(shape, dtype=torch.float32, seed=0) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the kernels
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("reset", ["hard", "soft"])
 @pytest.mark.parametrize("name", ["sigmoid", "dspike", "rectangle"])
 def test_triton_equals_reference_on_cuda(name, reset, dtype):
     """Bit-identical spikes and final states, gradients (input, initial state, learnable leak)
-    within the tolerances of spikegrad.fused.check, on shapes that end inside a block."""
+    within the tolerances of spikegrad.fused.check, on shapes that end inside a block; float16 and
+    bfloat16 against the float32 reference on the same values (spikes equal, states and gradients
+    within one rounding), with a float32 leak as under autocast."""
     for shape, learnable in (((6, 3, 1029), True), ((8, 64, 4096), False)):
-        leak = torch.tensor(0.7, dtype=dtype, device=CUDA, requires_grad=True) if learnable else 0.7
+        leak_dtype = torch.float32 if dtype in check.HALF_DTYPES else dtype
+        leak = torch.tensor(0.7, dtype=leak_dtype, device=CUDA, requires_grad=True) if learnable else 0.7
         params = NeuronParams(leak, 0.9, reset, -0.2 if reset == "hard" else 0.0, False, 0.8)
         v0 = (torch.rand(shape[1:], dtype=dtype, device=CUDA) * 0.5).requires_grad_(True)
         failures = check.compare("triton", currents(shape, dtype), params, surrogates.create(name), v0,
@@ -86,13 +91,14 @@ def test_triton_beyond_two_to_the_31_elements():
     torch.cuda.empty_cache()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("learnable", [False, True])
-def test_fused_neuron_never_waits_for_the_gpu(learnable):
+def test_fused_neuron_never_waits_for_the_gpu(learnable, dtype):
     """Forward and backward enqueue work only: a synchronising call would stall the stream twice per
-    layer and step (``set_sync_debug_mode('error')`` raises on any)."""
+    layer and step (``set_sync_debug_mode('error')`` raises on any), in float32 and in float16."""
     neuron = neurons.create("plif" if learnable else "lif", leak=0.6, surrogate=surrogates.Dspike(2.0),
                             backend="triton").to(CUDA)
-    x = currents((4, 32, 600))
+    x = currents((4, 32, 600), dtype)
     for watch in (False, True):  # the first call compiles and caches the constants; the second reuses
         torch.cuda.set_sync_debug_mode("error" if watch else "default")
         try:
@@ -103,17 +109,21 @@ def test_fused_neuron_never_waits_for_the_gpu(learnable):
     reference = neurons.create("plif" if learnable else "lif", leak=0.6, surrogate=surrogates.Dspike(2.0),
                                backend="reference").to(CUDA)
     reference.load_state_dict(neuron.state_dict())
-    s_ref = reference(x)
-    g_ref = torch.autograd.grad(s_ref, [x, *reference.parameters()], torch.ones_like(s_ref))
-    assert torch.equal(spikes, s_ref)
+    x32 = x.detach().float().requires_grad_(True)  # the yardstick: float32 on the same values
+    s_ref = reference(x32)
+    g_ref = torch.autograd.grad(s_ref, [x32, *reference.parameters()], torch.ones_like(s_ref))
+    assert spikes.dtype == dtype and torch.equal(spikes.float(), s_ref)
+    rtol = 1e-5 if dtype == torch.float32 else 2.0**-11
     for a, b in zip(grads, g_ref, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max()))
+        torch.testing.assert_close(a.float(), b, rtol=rtol, atol=1e-6 * float(b.abs().max()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_fused_neuron_under_autocast(dtype):
-    """Half-precision currents (a convolution under autocast) run the reference loop in that
-    precision with the same results; float32 currents inside autocast still run the kernel."""
+    """Half-precision currents (a convolution under autocast) run the fused kernel: spikes and state
+    in that dtype, equal to the float32 reference loop on the same values; gradients through the
+    scaler equal to that reference's within one rounding. float32 currents inside autocast run the
+    kernel in float32. A state of another dtype than the input falls back to the reference."""
     conv = layers.TimeDistributed(nn.Conv2d(3, 8, 3, padding=1)).to(CUDA)
     neuron = neurons.LIF(leak=0.5, surrogate=surrogates.Dspike(3.0)).to(CUDA)
     images = torch.rand(4, 2, 3, 16, 16, device=CUDA, requires_grad=True)
@@ -121,11 +131,22 @@ def test_fused_neuron_under_autocast(dtype):
     with torch.autocast("cuda", dtype=dtype):
         current = conv(images)
         assert current.dtype == dtype
-        assert fused.resolve_backend("auto", current, neuron.params) == "reference"
+        assert fused.resolve_backend("auto", current, neuron.params) == "triton"
         spikes = neuron(current)
-        s_ref, _, _ = neuron_multistep(current, neuron.params, neuron.surrogate)
-        assert spikes.dtype == dtype and torch.equal(spikes, s_ref)
-        loss = spikes.float().mean()
+        yard = current.detach().float().requires_grad_(True)
+        s_ref, _, _ = neuron_multistep(yard, neuron.params, neuron.surrogate)
+        assert spikes.dtype == dtype and torch.equal(spikes.float(), s_ref)
+        # weights exact in dtype and 2^14 spikes: the spikes' gradient (weights × scale / 2^14) reaches
+        # the kernel unrounded
+        assert spikes.numel() == 2**14
+        weights = torch.linspace(-1, 1, spikes[0].numel(), device=CUDA).to(dtype).float()
+        weights = weights.view(spikes[0].shape)
+        loss = (spikes.float() * weights).mean()
+    (grad,) = torch.autograd.grad(scaler.scale(loss), current, retain_graph=True)
+    (g_ref,) = torch.autograd.grad((s_ref * weights).mean() * scaler.get_scale(), yard)
+    assert grad.dtype == dtype and torch.isfinite(grad).all() and g_ref.abs().max() > 0
+    u = check.UNIT_ROUNDOFF[dtype]
+    assert ((grad.float() - g_ref).abs() <= u * g_ref.abs() + 1e-6 * g_ref.abs().max()).all()
     scaler.scale(loss).backward()
     scaler.unscale_(torch.optim.SGD(conv.parameters(), lr=0.1))
     assert all(torch.isfinite(p.grad).all() for p in conv.parameters())
@@ -136,9 +157,37 @@ def test_fused_neuron_under_autocast(dtype):
         spikes = neuron(x)
         assert spikes.dtype == torch.float32
         assert torch.equal(spikes, neuron_multistep(x, neuron.params, neuron.surrogate)[0])
-    with pytest.warns(RuntimeWarning, match="cannot run"):
-        fused._warned.clear()
-        assert fused.resolve_backend("triton", current, neuron.params) == "reference"
+    fused._warned.clear()
+    with pytest.warns(RuntimeWarning, match="cannot run a state whose dtype"):
+        state = NeuronState(torch.zeros(current.shape[1:], device=CUDA))
+        assert fused.resolve_backend("triton", current, neuron.params, state) == "reference"
+
+
+def test_amp_training_step_runs_the_fused_kernel(tmp_path, monkeypatch):
+    """``train.amp: true``: every spiking neuron gets float16 currents and runs the Triton kernel, forward
+    and backward, in the trainer's own steps."""
+    from spikegrad.fused import triton_lif
+
+    calls = {"forward": 0, "backward": 0}
+    for name in calls:
+        original = getattr(triton_lif.TritonOps, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(triton_lif.TritonOps, name, counted)
+    trainer = amp_trainer(tmp_path, 3)
+    seen = []
+    for module in trainer.model.modules():
+        if isinstance(module, neurons.SpikingNeuron):
+            module.register_forward_pre_hook(lambda m, inp: seen.append(
+                (fused.resolve_backend(m.backend, inp[0], m.params), inp[0].dtype)))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert seen and set(seen) == {("triton", torch.float16)}, set(seen)
+    assert calls["forward"] >= 3 and calls["backward"] >= 3, calls
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
 # ----------------------------------------------------------------------------- training on CUDA

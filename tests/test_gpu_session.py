@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,8 +49,17 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
         for amp in ("off", "on"):
             assert result["resnet"]["spikingjelly"]["spikingjelly LIFNode (cpu)"][amp]["logit_error"] < 1e-5
     resnet = result["resnet"]["rows"]
-    assert len(resnet) == 6 and resnet["SNN, fused neurons (auto), AMP off"]["neuron path"] == "cpu (float32)"
-    assert resnet["SNN, fused neurons (auto), AMP on"]["neuron path"] == "reference (bfloat16)"
+    paths = {name: row["neuron path"] for name, row in resnet.items()}
+    assert len(resnet) == 6
+    assert re.fullmatch(r"cpu \(float32\) ×\d+", paths["SNN, fused neurons (auto), AMP off"]), paths
+    # under autocast the neurons get bfloat16 currents and the fused kernel runs them
+    assert re.fullmatch(r"cpu \(bfloat16\) ×\d+", paths["SNN, fused neurons (auto), AMP on"]), paths
+    assert re.fullmatch(r"reference \(bfloat16\) ×\d+", paths["SNN, reference neurons, AMP on"]), paths
+    assert paths["ANN at batch T·B, AMP on"] == "-"
+    assert "spikegrad triton float16 (sigmoid)" in rows
+    lines = result["correctness"]["lines"]
+    assert any("Sigmoid float16: spikes identical to the float32 reference" in line for line in lines)
+    assert any("Dspike bfloat16: spikes identical to the float32 reference" in line for line in lines)
     assert all(g["status"].startswith("dry run") for g in result["goals"])
     markdown = (tmp_path / "gpu_check.md").read_text()
     assert "### Goals" in markdown and "### Spiking ResNet-18 training step" in markdown
