@@ -522,3 +522,30 @@ def test_training_into_a_folder_that_holds_a_run_needs_resume_or_overwrite(refer
     assert "already holds a run (last.pt); continue it with --resume, start it over with " \
         "--overwrite" in capsys.readouterr().err
     assert (uninterrupted / "last.pt").read_bytes() == before
+
+
+def test_a_checkpoint_written_by_an_earlier_spikegrad_resumes_exactly(tmp_path):
+    """``tests/data/checkpoint_v1``: a run stopped mid-epoch (iteration 15 of 24) by the
+    spikegrad of ``make_fixture.py`` there, with the dspike, shortcut and gradient-diagnostics
+    components; resumed here, it ends where that spikegrad's uninterrupted run ended."""
+    fixture = Path(__file__).resolve().parent / "data" / "checkpoint_v1"
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("config.yaml", "last.pt", "metrics.jsonl", "gradients.jsonl"):
+        shutil.copy(fixture / name, out / name)
+    assert load_checkpoint(out / "last.pt")["iteration"] == 15
+    assert cli_main(["train", "--resume", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in
+                (fixture / "uninterrupted_metrics.jsonl").read_text().splitlines()]
+    assert rows[0] == json.loads((fixture / "metrics.jsonl").read_text())  # kept as written
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "dspike_temperature",
+                "shortcut_lambda", "firing_rate", "sops"):
+        assert rows[1][key] == pytest.approx(expected[1][key], rel=1e-4, abs=1e-6), key
+    ours = [json.loads(line) for line in (out / "gradients.jsonl").read_text().splitlines()]
+    theirs = [json.loads(line) for line in
+              (fixture / "uninterrupted_gradients.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in ours] == [r["iteration"] for r in theirs]
+    for a, b in zip(ours, theirs, strict=True):
+        assert a["norms"] == pytest.approx(b["norms"], rel=1e-4, abs=1e-9)

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from spikegrad import __version__
 from spikegrad.errors import UserError
@@ -57,19 +58,14 @@ def _rank() -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
-    from spikegrad.checkpoint import load_model
-    from spikegrad.config import Config, from_dict
-    from spikegrad.data import build_datasets
+    from spikegrad.build import datasets_from_config, from_checkpoint
     from spikegrad.data.loader import collate_for
     from spikegrad.methods.ltl import readout_start
     from spikegrad.trainer import evaluate_model, resolve_device
 
-    model, payload = load_model(args.checkpoint)
-    config = from_dict(Config, payload["config"]).with_overrides(args.set)
-    options = dict(config.data.options)
-    if config.data.root is not None:
-        options["root"] = config.data.root
-    train_set, test_set, _ = build_datasets(config.data.name, **options)
+    run = from_checkpoint(args.checkpoint, args.set)
+    model, config = run.model, run.config
+    train_set, test_set, _ = datasets_from_config(config.data)
     dataset = test_set if args.split == "test" else train_set
     loader = DataLoader(dataset, batch_size=config.data.eval_batch_size,
                         collate_fn=collate_for(dataset))
@@ -78,26 +74,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                             analysis=config.analysis if args.analysis else None,
                             readout_start=readout_start(config, getattr(model, "T", 1)))
     result.update({"checkpoint": args.checkpoint, "split": args.split,
-                   "method": payload.get("method"), "epoch": payload.get("epoch")})
+                   "method": run.payload.get("method"), "epoch": run.payload.get("epoch")})
     print(json.dumps(result, indent=2))
     return 0
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from spikegrad.build import datasets_from_config, from_checkpoint
     from spikegrad.calibration import calibrate
-    from spikegrad.checkpoint import load_model
-    from spikegrad.config import Config, from_dict
-    from spikegrad.data import build_datasets
     from spikegrad.devices import DeviceModel
     from spikegrad.methods.ltl import readout_start
 
-    model, payload = load_model(args.checkpoint)
-    teacher = load_model(args.teacher)[0] if args.teacher else None
-    config = from_dict(Config, payload["config"]).with_overrides(args.set)
-    options = dict(config.data.options)
-    if config.data.root is not None:
-        options["root"] = config.data.root
-    train_set, test_set, _ = build_datasets(config.data.name, **options)
+    run = from_checkpoint(args.checkpoint, args.set)
+    model, config = run.model, run.config
+    teacher = from_checkpoint(args.teacher).model if args.teacher else None
+    train_set, test_set, _ = datasets_from_config(config.data)
     devices = DeviceModel(args.sigma, args.stuck_at_zero, args.stuck_at_max, args.bits,
                           args.threshold_sigma, args.seed)
     result = calibrate(model, devices, train_set, test_set, config, args.method, args.steps,
@@ -133,30 +124,27 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _checkpoint_input_shape(payload: dict) -> tuple[int, ...]:
+def _checkpoint_input_shape(run: Any) -> tuple[int, ...]:
     """One input sample's shape for a checkpoint's model: its arguments, else its dataset."""
-    kwargs = payload["model_args"]["kwargs"]
+    kwargs = run.payload["model_args"]["kwargs"]
     if "input_size" in kwargs and "in_channels" in kwargs:
         return (kwargs["in_channels"], kwargs["input_size"], kwargs["input_size"])
-    from spikegrad.config import Config, from_dict
-    from spikegrad.data import build_datasets
+    from spikegrad.build import datasets_from_config
 
-    data = from_dict(Config, payload["config"]).data
-    options = dict(data.options, **({"root": data.root} if data.root is not None else {}))
     try:
-        return tuple(build_datasets(data.name, **options)[2].sample_shape)
+        return tuple(datasets_from_config(run.config.data)[2].sample_shape)
     except UserError as exc:
         raise UserError(f"cannot tell the input shape from the checkpoint ({exc}); pass "
                         "--input-shape C,H,W") from exc
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from spikegrad.checkpoint import load_model
+    from spikegrad.build import from_checkpoint
     from spikegrad.nir import write_nir
 
-    model, payload = load_model(args.checkpoint)
-    shape = _parse_shape(args.input_shape) if args.input_shape else _checkpoint_input_shape(payload)
-    path = write_nir(model, args.out, shape, dt=args.dt, fold_gain=not args.keep_gain,
+    run = from_checkpoint(args.checkpoint)
+    shape = _parse_shape(args.input_shape) if args.input_shape else _checkpoint_input_shape(run)
+    path = write_nir(run.model, args.out, shape, dt=args.dt, fold_gain=not args.keep_gain,
                      pooling=args.pooling)
     print(f"NIR graph of {args.checkpoint} (input {shape}, dt {args.dt:g} s) written to {path}")
     return 0

@@ -32,14 +32,17 @@ update. :class:`DeviceSync` does this after each optimizer step of a :class:`Tra
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from spikegrad.component import Component
 from spikegrad.errors import UserError
 from spikegrad.neurons import SpikingNeuron
-from spikegrad.trainer import Component, Trainer
+
+if TYPE_CHECKING:
+    from spikegrad.trainer import Trainer
 
 __all__ = ["DeviceModel", "DeviceSync", "ImperfectDevices", "quantise"]
 

@@ -24,13 +24,17 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from spikegrad.component import Component
+from spikegrad.config import DiagnosticsConfig
 from spikegrad.errors import UserError
-from spikegrad.trainer import Component, Trainer
+
+if TYPE_CHECKING:
+    from spikegrad.trainer import Trainer
 
 __all__ = [
     "GRADIENTS_FILE",
@@ -70,6 +74,9 @@ def gradient_histogram(grad: Tensor, bins: int) -> dict[str, list[float]]:
     return {"edges": edges.tolist(), "counts": [int(c) for c in counts.tolist()]}
 
 
+_DEFAULT = DiagnosticsConfig()  # the constructor's defaults are the config's
+
+
 class GradientDiagnostics(Component):
     """Records gradient norms (and the first layer's histogram) every ``interval`` steps.
 
@@ -79,7 +86,8 @@ class GradientDiagnostics(Component):
 
     name = "gradient_diagnostics"
 
-    def __init__(self, interval: int = 50, bins: int = 41) -> None:
+    def __init__(self, *, interval: int = _DEFAULT.gradient_interval,
+                 bins: int = _DEFAULT.histogram_bins) -> None:
         if interval <= 0:
             raise UserError(f"diagnostics.gradient_interval must be positive, got {interval}")
         if bins < 2:
@@ -89,6 +97,11 @@ class GradientDiagnostics(Component):
         self.records: list[dict[str, Any]] = []
         self._path: Path | None = None
         self._layers: list[tuple[str, nn.Parameter]] = []
+
+    @classmethod
+    def from_config(cls, section: DiagnosticsConfig) -> GradientDiagnostics:
+        """From the ``diagnostics`` section (``gradient_interval`` > 0)."""
+        return cls(interval=section.gradient_interval, bins=section.histogram_bins)
 
     def attach(self, trainer: Trainer) -> None:
         self._layers = weight_layers(trainer.model)

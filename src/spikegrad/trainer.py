@@ -3,7 +3,8 @@
 A component may act at the start of each epoch (the adaptive Dspike temperature), once
 the gradients exist (gradient diagnostics), after each optimisation step (a schedule), or
 own the loss of a training step (shortcut branches, local tandem learning). Components
-that do not own the loss compose freely with one that does.
+that do not own the loss compose freely with one that does. Given no components, the
+trainer builds those the config's method sections ask for (:mod:`spikegrad.build`).
 
 Each run writes into its folder: ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON
 object per epoch), ``summary.json``, ``gradients.jsonl`` (the gradient diagnostics
@@ -18,24 +19,24 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from spikegrad import distributed
 from spikegrad.analysis import EvalProbe, epoch_fields, write_analysis
+from spikegrad.build.components import build_components
 from spikegrad.checkpoint import load_checkpoint, load_weights, previous_path, save_checkpoint
+from spikegrad.component import Component, StepOutput
 from spikegrad.config import AnalysisConfig, Config
+from spikegrad.data.augment import build_augmentation
 from spikegrad.data.loader import collate_for
 from spikegrad.data.sampler import GlobalBatchSampler, ShardSampler
 from spikegrad.errors import TrainingDiverged, UserError, check_labels, explain_model_input
@@ -51,72 +52,25 @@ from spikegrad.resume import (
     rng_state,
     set_rng_state,
 )
+from spikegrad.seeding import seed_everything
 
 __all__ = [
     "Component", "StepOutput", "Trainer", "evaluate_model", "resolve_device", "seed_everything",
 ]
 
 
-@dataclass
-class StepOutput:
-    """What a training step's loss computation returns: the loss and ``[B, classes]`` logits.
-
-    ``backpropagated`` is True when the component already ran the backward passes itself
-    (local learning back-propagates each unit or time step as soon as its loss exists, so no
-    graph spans the whole network); the trainer then only steps the optimizer.
-    """
-
-    loss: Tensor
-    logits: Tensor
-    backpropagated: bool = False
-
-
-class Component:
-    """A part of a training method. Every hook is optional; the defaults do nothing."""
-
-    #: key under which the component's state is checkpointed
-    name: str = "component"
-
-    def attach(self, trainer: Trainer) -> None:
-        """Called once, after the model, optimizer and loaders exist."""
-
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> dict[str, Any]:
-        """Called before each training epoch; returned fields go into ``metrics.jsonl``."""
-        return {}
-
-    def on_backward_end(self, trainer: Trainer) -> None:
-        """Called after backward, before gradient clipping and the optimizer step; the gradients
-        are unscaled and may be non-finite (a step the guards or the loss scaler will skip)."""
-
-    def on_step_end(self, trainer: Trainer) -> None:
-        """Called after every optimizer step (``trainer.iteration`` already advanced)."""
-
-    def compute_loss(self, trainer: Trainer, inputs: Tensor, targets: Tensor) -> StepOutput | None:
-        """Return a :class:`StepOutput` to own the training loss, or None to leave it."""
-        return None
-
-    def epoch_metrics(self, trainer: Trainer) -> dict[str, Any]:
-        """Fields added to the epoch's metrics line after training and evaluation."""
-        return {}
-
-    def method_name(self, base: str) -> str:
-        """The run's method name given the name built so far (e.g. ``dspike+shortcut``)."""
-        return base
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything a resume needs (tensors, numbers, strings, lists, dicts), including the
-        state of any private random generator; checkpointed under ``components[name]``."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved."""
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def _created(model: nn.Module | Callable[[], nn.Module], seed: int) -> nn.Module:
+    """``model``, or what the factory ``model()`` returns once every generator is seeded."""
+    if isinstance(model, nn.Module):
+        return model
+    if not callable(model):
+        raise UserError(f"Trainer needs an nn.Module or a function returning one, got "
+                        f"{type(model).__name__}")
+    seed_everything(seed)  # the initial weights depend on the seed alone
+    created = model()
+    if not isinstance(created, nn.Module):
+        raise UserError(f"the model factory returned {type(created).__name__}, not an nn.Module")
+    return created
 
 
 def resolve_device(name: str) -> torch.device:
@@ -210,25 +164,30 @@ class Trainer:
 
     Args:
         model: any module mapping a batch to per-time-step logits ``[T, B, classes]`` (the
-            registered networks, or your own built from spikegrad's layers).
+            registered networks, or your own built from spikegrad's layers), or a function of
+            no arguments returning one: it is called after seeding every generator with
+            ``train.seed``, so the initial weights are reproducible.
         train_set, test_set: datasets yielding ``(input, label)``.
         config: the run configuration (``optim``, ``schedule``, ``train``, ``data`` batch sizes
-            and augmentation); defaults when None.
-        components: method parts (adaptive Dspike, shortcut branches, LTL...).
+            and augmentation, and the method sections); defaults when None.
+        components: method parts (adaptive Dspike, shortcut branches, LTL...). None: those the
+            config's method sections ask for (:func:`spikegrad.build.build_components`); a
+            section that cannot apply to the model is a :class:`UserError` saying why.
         out_dir: run folder; nothing is written when None.
-        augment: a batched augmentation ``f(x) -> x`` applied to training batches.
+        augment: a batched augmentation ``f(x) -> x`` applied to training batches; None:
+            ``data.augment``.
         model_args: ``{"name", "kwargs"}`` that rebuild the model from the registry, stored in
             checkpoints so ``spikegrad eval`` can load them.
     """
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Callable[[], nn.Module],
         train_set: Dataset,
         test_set: Dataset,
         config: Config | None = None,
         *,
-        components: Sequence[Component] = (),
+        components: Sequence[Component] | None = None,
         out_dir: str | Path | None = None,
         augment: Callable[[Tensor], Tensor] | None = None,
         model_args: dict[str, Any] | None = None,
@@ -239,15 +198,20 @@ class Trainer:
         if train.threads:
             torch.set_num_threads(train.threads)
         self.dist = distributed.setup(resolve_device(train.device), self.config.distributed)
+        model = _created(model, train.seed)
+        if components is None:  # what the config's method sections ask for
+            components = build_components(self.config, model)
         seed_everything(train.seed + self.dist.rank)  # each process its own augmentation noise
         self.device = self.dist.device
         model = distributed.prepare_model(model, self.dist, self.config.distributed)
         self.model = model.to(self.device)
         self.components = list(components)
-        owners = [c for c in self.components if type(c).compute_loss is not Component.compute_loss]
+        owners = [c for c in self.components if c.owns_loss]
         if len(owners) > 1:
             raise UserError("only one training component may own the loss, got "
                             f"{[c.name for c in owners]}")
+        if augment is None:
+            augment = build_augmentation(self.config.data.augment)
         self.augment = augment
         self.model_args = model_args
         self.verbose = verbose and self.dist.is_main
@@ -294,6 +258,7 @@ class Trainer:
         self.progress: EpochProgress | None = None  # the epoch in progress
         self.wall_seconds_before = 0.0  # spent by earlier processes of a resumed run
         self._first_forward = True
+        self._output_steps: int | None = None  # T of the training outputs (summary of a custom model)
         self._stop = StopOnSignal(enabled=False)
         self._last_saved: str | None = None  # where last.pt stands, in words
         self._last_pt_is_good = False  # written or resumed from here: worth keeping as previous
@@ -342,6 +307,7 @@ class Trainer:
             self._first_forward = False
         else:
             outputs = self.model(inputs)  # (T, B, classes)
+        self._output_steps = outputs.shape[0]
         if outputs.dim() != 3:
             raise UserError(f"the model must return per-time-step logits [T, B, classes], got "
                             f"shape {tuple(outputs.shape)}; add a time axis (outputs.unsqueeze(0))")
@@ -478,16 +444,24 @@ class Trainer:
 
     def method_name(self) -> str:
         """``ann``, or the surrogate's name, refined by each component (``dspike+shortcut``)."""
-        kind = getattr(self.model, "kind", "snn")
-        if kind == "ann":
+        neurons = [m for m in self.model.modules() if isinstance(m, SpikingNeuron)]
+        if getattr(self.model, "kind", "snn") == "ann" or not neurons:  # no spiking neuron
             name = "ann"
         else:
             names = {getattr(m.surrogate, "registry_name", type(m.surrogate).__name__.lower())
-                     for m in self.model.modules() if isinstance(m, SpikingNeuron)}
+                     for m in neurons}
             name = names.pop() if len(names) == 1 else "snn"
         for component in self.components:
             name = component.method_name(name)
         return name
+
+    def time_steps(self) -> int | None:
+        """The model's ``T``: its own attribute, else its encoder's, else the time axis of the
+        last training output (None before any)."""
+        for module in self.model.modules():  # the model first, then its encoder
+            if isinstance(getattr(module, "T", None), int):
+                return module.T
+        return self._output_steps
 
     def fit(self) -> dict[str, Any]:
         """Train for ``train.epochs`` epochs, evaluating after each; returns the summary."""
@@ -508,7 +482,7 @@ class Trainer:
                 tensorboard.close()
         summary = {
             "method": self.method_name(),
-            "name": self.config.name,
+            "name": self.config.name or (self.model_args or {}).get("name") or type(self.model).__name__,
             "best_test_acc": self.best_test_acc,
             "final_test_acc": self.history[-1]["test_acc"] if self.history else None,
             "epochs": self.epoch,
@@ -516,7 +490,7 @@ class Trainer:
             "train_seconds": sum(row["seconds"] for row in self.history),
             "params": sum(p.numel() for p in self.model.parameters()),
             "firing_rate": self.history[-1]["firing_rate"] if self.history else None,
-            "T": getattr(self.model, "T", None),
+            "T": self.time_steps(),
         }
         if self.writes:
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -650,16 +624,18 @@ class Trainer:
                             f"{', '.join(missing)}); it was written by an older spikegrad or for "
                             "evaluation only")
         stored = payload.get("components", {})
-        names = [c.name for c in self.components]
-        if sorted(stored) != sorted(names):
+        # a component without state (gradient diagnostics) may come or go
+        have = {c.name: c for c in self.components if c.name in stored or c.state_dict()}
+        if sorted(n for n in stored if stored[n] or n in have) != sorted(have):
             raise UserError(f"{source!r} was trained with the components {sorted(stored)} but this "
-                            f"run has {sorted(names)}; resume with the run's own config")
+                            f"run has {sorted(c.name for c in self.components)}; resume with the "
+                            "run's own config")
         load_weights(self.model, payload["model"], source)
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.scaler.load_state_dict(payload["scaler"])
-        for component in self.components:
-            component.load_state_dict(stored[component.name])
+        for name, component in have.items():
+            component.load_state_dict(stored[name])
         self.epoch, self.iteration = int(payload["epoch"]), int(payload["iteration"])
         self.best_test_acc = float(payload["best_test_acc"])
         self.history = [dict(row) for row in payload["history"]]

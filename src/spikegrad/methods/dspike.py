@@ -19,18 +19,21 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from spikegrad.alignment import cosine_similarity, probe_batch, surrogate_gradients
+from spikegrad.component import Component
 from spikegrad.config import DspikeConfig
 from spikegrad.errors import UserError
 from spikegrad.fdg import finite_difference_gradient, resolve_layer, sample_weight_indices, weight_layers
 from spikegrad.neurons import SpikingNeuron
 from spikegrad.surrogates import Dspike
-from spikegrad.trainer import Component, Trainer
+
+if TYPE_CHECKING:
+    from spikegrad.trainer import Trainer
 
 __all__ = ["AdaptiveTemperature", "TemperatureGroup", "candidate_temperatures", "choose_temperature"]
 
@@ -78,7 +81,7 @@ class AdaptiveTemperature(Component):
 
     name = "dspike"
 
-    def __init__(self, config: DspikeConfig | None = None, seed: int = 0) -> None:
+    def __init__(self, config: DspikeConfig | None = None, *, seed: int = 0) -> None:
         self.config = config if config is not None else DspikeConfig()
         offsets = self.config.candidates
         if not offsets or not all(isinstance(j, (int, float)) and not isinstance(j, bool) for j in offsets):
@@ -90,6 +93,11 @@ class AdaptiveTemperature(Component):
         self.seed = seed
         self.groups: list[TemperatureGroup] = []
         self.temperatures: dict[str, float] = {}
+
+    @classmethod
+    def from_config(cls, section: DspikeConfig, *, seed: int = 0) -> AdaptiveTemperature:
+        """From the ``dspike`` section; ``seed`` (``train.seed``) draws the probe batches and weights."""
+        return cls(section, seed=seed)
 
     # ------------------------------------------------------------------ set-up
 

@@ -27,27 +27,28 @@ back-propagated at once. Inference averages the readout over ``t >= T_warm`` (th
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from spikegrad.component import Component, StepOutput
 from spikegrad.config import Config, LTLConfig
 from spikegrad.data.loader import collate_for
 from spikegrad.errors import UserError
 from spikegrad.methods.teacher_init import init_student_from_teacher
 from spikegrad.neurons import streaming
-from spikegrad.trainer import Component, StepOutput, Trainer
+
+if TYPE_CHECKING:
+    from spikegrad.trainer import Trainer
 
 __all__ = [
-    "LocalTandemLearning", "build_ltl", "distillation_loss", "normalised_targets",
-    "offline_unit_outputs", "online_running_rates", "pair_units", "percentile", "readout_start",
-    "resolve_T_warm", "resolve_teacher", "teacher_activations",
+    "LocalTandemLearning", "distillation_loss", "normalised_targets", "offline_unit_outputs",
+    "online_running_rates", "pair_units", "percentile", "readout_start", "resolve_T_warm",
+    "teacher_activations",
 ]
 
 DEFAULT_PERCENTILE = {"offline": 99.9, "online": 99.0}
@@ -221,12 +222,16 @@ def readout_start(config: Config, T: int) -> int:
 # --------------------------------------------------------------------------- the component
 
 
+_DEFAULT = LTLConfig()  # the constructor's defaults are the config's
+
+
 class LocalTandemLearning(Component):
     """LTL as a trainer component: owns the loss and back-propagates unit by unit (or step by step).
 
     Args:
         teacher: the trained ANN twin of the student (``kind="ann"``, ``T = 1``).
         mode: ``"offline"`` or ``"online"``.
+        The other arguments default to the ``ltl`` section's defaults:
         percentile: p of the target normalisation (None: 99.9 offline, 99 online).
         layer_weights: ``C_l`` per unit (None or empty: 1 each).
         T_warm: online: first step with a loss and in the readout (None: ``⌊3T/4⌋``).
@@ -242,14 +247,15 @@ class LocalTandemLearning(Component):
     def __init__(
         self,
         teacher: nn.Module,
-        mode: str = "offline",
-        percentile: float | None = None,
+        mode: str,
+        *,
+        percentile: float | None = _DEFAULT.percentile,
         layer_weights: Sequence[float] | None = None,
-        T_warm: int | None = None,
-        distill: float = 0.0,
-        distill_temperature: float = 4.0,
-        student_init: str = "random",
-        init_batches: int = 4,
+        T_warm: int | None = _DEFAULT.T_warm,
+        distill: float = _DEFAULT.distill,
+        distill_temperature: float = _DEFAULT.distill_temperature,
+        student_init: str = _DEFAULT.student_init,
+        init_batches: int = _DEFAULT.init_batches,
     ) -> None:
         if mode not in DEFAULT_PERCENTILE:
             raise UserError(f"LTL mode must be 'offline' or 'online', got {mode!r}")
@@ -272,6 +278,14 @@ class LocalTandemLearning(Component):
         self.unit_names: list[str] = []
         self._loss_sums: dict[str, float] = {}
         self._loss_counts: dict[str, int] = {}
+
+    @classmethod
+    def from_config(cls, section: LTLConfig, *, teacher: nn.Module) -> LocalTandemLearning:
+        """From the ``ltl`` section (``mode`` offline or online) and the resolved ANN teacher."""
+        return cls(teacher, section.mode, percentile=section.percentile,
+                   layer_weights=section.layer_weights, T_warm=section.T_warm,
+                   distill=section.distill, distill_temperature=section.distill_temperature,
+                   student_init=section.student_init, init_batches=section.init_batches)
 
     # ---------------------------------------------------------------- set-up
 
@@ -407,70 +421,3 @@ class LocalTandemLearning(Component):
         self.initialised = bool(state.get("initialised", self.initialised))
         self._loss_sums = dict(state.get("loss_sums", {}))
         self._loss_counts = dict(state.get("loss_counts", {}))
-
-
-# --------------------------------------------------------------------------- from a config
-
-
-def _recipe_file(name: str) -> Path:
-    path = Path(name)
-    if path.is_file():
-        return path
-    from spikegrad.recipes import CONFIG_DIR
-
-    packaged = CONFIG_DIR / f"{path.stem if path.suffix == '.yaml' else name}.yaml"
-    if packaged.is_file():
-        return packaged
-    raise UserError(f"ltl.teacher_recipe {name!r} is neither a file nor a packaged recipe")
-
-
-def resolve_teacher(ltl: LTLConfig, out_dir: str | Path | None, verbose: bool = True) -> nn.Module:
-    """The teacher: loaded from ``ltl.teacher_checkpoint``, or ``ltl.teacher_recipe`` trained first.
-
-    A recipe teacher trains into ``<out_dir>/teacher`` (a temporary folder without ``out_dir``);
-    a finished teacher run there with the same config is reused.
-    """
-    from spikegrad.checkpoint import load_model
-    from spikegrad.config import load_config
-
-    if ltl.teacher_checkpoint is not None:
-        model, _ = load_model(ltl.teacher_checkpoint)
-        return model
-    if ltl.teacher_recipe is None:
-        raise UserError("LTL needs a teacher: set ltl.teacher_checkpoint (a trained ANN twin) or "
-                        "ltl.teacher_recipe (a recipe with model.kind: ann, trained first)")
-    config = load_config(_recipe_file(ltl.teacher_recipe), ltl.teacher_set)
-    if config.ltl.mode != "none" or config.model.kind != "ann":
-        raise UserError(f"the teacher recipe {ltl.teacher_recipe!r} must train an ANN (model.kind: "
-                        "ann, ltl.mode: none); add 'model.kind=ann' to ltl.teacher_set")
-    if out_dir is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            return _train_teacher(config, Path(tmp), verbose)
-    return _train_teacher(config, Path(out_dir) / "teacher", verbose)
-
-
-def _train_teacher(config: Config, folder: Path, verbose: bool) -> nn.Module:
-    from spikegrad.checkpoint import load_model
-    from spikegrad.config import load_config
-    from spikegrad.run import train
-
-    started = (folder / "last.pt").is_file() and (folder / "config.yaml").is_file() \
-        and load_config(folder / "config.yaml") == config
-    if not (started and (folder / "summary.json").is_file()):
-        resume = folder / "last.pt" if started else None  # a teacher run stopped half-way
-        if verbose:
-            print(f"== LTL teacher: {'continuing' if resume else 'training'} "
-                  f"{config.name or 'the ANN'} in {folder}", flush=True)
-        train(config, folder, verbose=verbose, resume_from=resume)
-    model, _ = load_model(folder / "last.pt")
-    return model
-
-
-def build_ltl(config: Config, out_dir: str | Path | None = None, verbose: bool = True
-              ) -> LocalTandemLearning:
-    """The LTL component a config's ``ltl`` section asks for (its teacher resolved)."""
-    ltl = config.ltl
-    return LocalTandemLearning(
-        resolve_teacher(ltl, out_dir, verbose), ltl.mode, ltl.percentile, ltl.layer_weights,
-        ltl.T_warm, ltl.distill, ltl.distill_temperature, ltl.student_init, ltl.init_batches,
-    )

@@ -29,19 +29,25 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from spikegrad.alignment import probe_batch
+from spikegrad.component import Component, StepOutput
+from spikegrad.config import ShortcutConfig
 from spikegrad.errors import UserError, check_labels, check_time_major, did_you_mean
-from spikegrad.layers import mean_over_time
-from spikegrad.trainer import Component, StepOutput, Trainer
+from spikegrad.layers import TimeDistributed, mean_over_time
+from spikegrad.neurons import ClippedReLU, SpikingNeuron
+
+if TYPE_CHECKING:
+    from spikegrad.trainer import Trainer
 
 __all__ = [
     "LOSSES", "SCHEDULES", "ShortcutBackprop", "ShortcutBranch", "ShortcutBranches",
-    "balance_coefficient", "capture_outputs", "combine_logits", "default_attach_points",
+    "attach_candidates", "balance_coefficient", "capture_outputs", "combine_logits",
+    "default_attach_points",
 ]
 
 SCHEDULES = ("constant", "linear", "cosine", "step")
@@ -132,6 +138,23 @@ def _unit_names(model: nn.Module) -> list[str]:
     return [name for name, _ in units()] if callable(units) else []
 
 
+def attach_candidates(model: nn.Module) -> list[str]:
+    """Names of the modules a branch can read: the model's units (``units()``), else every
+    activation (spiking neuron, clipped or plain ReLU) outside a :class:`TimeDistributed`,
+    whose output is time-major ``[T, B, C, ...]``."""
+    units = _unit_names(model)
+    if units:
+        return units
+    folded = {id(m) for td in model.modules() if isinstance(td, TimeDistributed) for m in td.modules()}
+    return [name for name, m in model.named_modules()
+            if isinstance(m, (SpikingNeuron, ClippedReLU, nn.ReLU)) and id(m) not in folded]
+
+
+def _choices(model: nn.Module) -> str:
+    names = attach_candidates(model)
+    return ", ".join(repr(n) for n in names[:40]) if names else "none found"
+
+
 def default_attach_points(model: nn.Module, every: int | None = None) -> list[str]:
     """Where branches go when the config names none.
 
@@ -144,8 +167,9 @@ def default_attach_points(model: nn.Module, every: int | None = None) -> list[st
         return list(stage_ends())[:-1]
     units = _unit_names(model)
     if not units:
-        raise UserError(f"{type(model).__name__} has no units(); name the modules for the "
-                        "shortcut branches in shortcut.attach")
+        raise UserError(f"{type(model).__name__} has no units() to place shortcut branches by "
+                        f"default; name the modules to branch from in shortcut.attach (its "
+                        f"time-major activations: {_choices(model)})")
     k = every if every is not None else max(1, len(units) // 4)
     points = [units[i] for i in range(k - 1, len(units) - 1, k)]
     if not points:
@@ -161,10 +185,10 @@ def check_attach_points(model: nn.Module, names: Sequence[str]) -> list[str]:
     modules = dict(model.named_modules())
     for name in names:
         if name not in modules or name == "":
-            choices = _unit_names(model) or [n for n in modules if n]
+            choices = attach_candidates(model) or [n for n in modules if n]
             raise UserError(f"shortcut attach point {name!r} is not a module of "
                             f"{type(model).__name__}{did_you_mean(name, choices)}; "
-                            f"its units are: {', '.join(choices[:40])}")
+                            f"it can branch from: {', '.join(choices[:40])}")
     if len(set(names)) != len(names):
         raise UserError(f"shortcut attach points repeat a name: {list(names)}")
     return list(names)
@@ -201,7 +225,8 @@ class ShortcutBranches(nn.Module):
                 raise UserError(
                     f"shortcut attach point {name!r} must output a time-major tensor [T, B, C, ...] "
                     f"with the model output's T and B {tuple(outputs.shape[:2])}, got {shape}; "
-                    "attach to a whole unit (e.g. 'features.0'), not a layer inside TimeDistributed"
+                    f"attach to a whole unit or activation ({_choices(model)}), not a layer inside "
+                    "TimeDistributed"
                 )
             features.append(out.shape[2])
         return cls(names, features, outputs.shape[-1])
@@ -209,6 +234,9 @@ class ShortcutBranches(nn.Module):
     def forward(self, captured: dict[str, Tensor]) -> list[Tensor]:
         """Branch logits ``[T, B, classes]`` for the captured block outputs, in order."""
         return [head(captured[name]) for name, head in zip(self.names, self.heads, strict=True)]
+
+
+_DEFAULT = ShortcutConfig()  # the constructor's defaults are the config's
 
 
 class ShortcutBackprop(Component):
@@ -230,12 +258,13 @@ class ShortcutBackprop(Component):
     def __init__(
         self,
         attach: Sequence[str] | None = None,
-        every: int | None = None,
-        schedule: str = "linear",
-        lambda0: float = 0.25,
-        step_fraction: float = 0.5,
-        gamma: float = 0.1,
-        loss: str = "combined",
+        *,
+        every: int | None = _DEFAULT.every,
+        schedule: str = _DEFAULT.schedule,
+        lambda0: float = _DEFAULT.lambda0,
+        step_fraction: float = _DEFAULT.step_fraction,
+        gamma: float = _DEFAULT.gamma,
+        loss: str = _DEFAULT.loss,
         seed: int = 0,
     ) -> None:
         if loss not in LOSSES:
@@ -254,10 +283,11 @@ class ShortcutBackprop(Component):
         self._steps = 0
 
     @classmethod
-    def from_config(cls, section: Any, seed: int = 0) -> ShortcutBackprop:
-        """From a :class:`spikegrad.config.ShortcutConfig`."""
-        return cls(section.attach or None, section.every, section.schedule, section.lambda0,
-                   section.step_fraction, section.gamma, section.loss, seed)
+    def from_config(cls, section: ShortcutConfig, *, seed: int = 0) -> ShortcutBackprop:
+        """From the ``shortcut`` section; ``seed`` (``train.seed``) initialises the branches."""
+        return cls(section.attach or None, every=section.every, schedule=section.schedule,
+                   lambda0=section.lambda0, step_fraction=section.step_fraction,
+                   gamma=section.gamma, loss=section.loss, seed=seed)
 
     # -------------------------------------------------------------- set-up
 
