@@ -100,7 +100,7 @@ def main() -> None:
     try:
         sync()
         tic = time.perf_counter()
-        similarities = search.search(trainer, epoch=1)
+        similarities = search.search(trainer.context, epoch=1)
         sync()
         total = time.perf_counter() - tic
     finally:

@@ -188,8 +188,8 @@ def test_online_gradient_equals_the_per_step_truncated_reference():
 
 
 def fake_trainer(model):
-    return SimpleNamespace(model=model, scaler=torch.amp.GradScaler("cpu", enabled=False),
-                           config=Config())
+    """What LTL uses of its training context: the model, a backward function, the config."""
+    return SimpleNamespace(model=model, backward=lambda loss: loss.backward(), config=Config())
 
 
 def test_offline_component_gradients_are_the_weighted_local_losses():

@@ -34,7 +34,7 @@ from spikegrad import distributed
 from spikegrad.analysis import EvalProbe, epoch_fields, write_analysis
 from spikegrad.build.components import build_components
 from spikegrad.checkpoint import load_checkpoint, load_weights, previous_path, save_checkpoint
-from spikegrad.component import Component, StepOutput
+from spikegrad.component import Component, Position, StepOutput, TrainingContext
 from spikegrad.config import AnalysisConfig, Config
 from spikegrad.data.augment import build_augmentation
 from spikegrad.data.loader import collate_for
@@ -248,13 +248,9 @@ class Trainer:
         if train.amp:
             self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=train.amp and self.device.type == "cuda")
-        self.epoch = 0
-        self.iteration = 0
-        self.total_iterations = train.epochs * iters
+        self._position = Position(total_iterations=train.epochs * iters)
         self.best_test_acc = -1.0
         self.history: list[dict[str, Any]] = []
-        #: evaluation averages the logits over t >= readout_start (a component may set it)
-        self.readout_start = 0
         self.progress: EpochProgress | None = None  # the epoch in progress
         self.wall_seconds_before = 0.0  # spent by earlier processes of a resumed run
         self._first_forward = True
@@ -263,8 +259,17 @@ class Trainer:
         self._last_saved: str | None = None  # where last.pt stands, in words
         self._last_pt_is_good = False  # written or resumed from here: worth keeping as previous
         self._started = time.perf_counter()
+        #: what the components see of the run
+        self.context = TrainingContext(
+            model=self.model, config=self.config, device=self.device, dist=self.dist,
+            train_set=train_set, collate_fn=self.train_loader.collate_fn, position=self._position,
+            default_loss=self.default_loss, backward=self.backward,
+            add_param_group=self.add_param_group, run_dir=self.out_dir if self.writes else None,
+        )
         for component in self.components:
-            component.attach(self)
+            component.attach(self.context)
+        #: evaluation averages the logits over t >= readout_start (a component may declare it)
+        self.readout_start = max((c.readout_start for c in self.components), default=0)
         # under torchrun: how each step's gradients are averaged over the processes
         self._parallel = distributed.ParallelStep(
             self.compute_loss, self.model, self.optimizer, self.dist, self.config.distributed,
@@ -276,6 +281,18 @@ class Trainer:
         return torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: lr_factor(self.config, it, iters)
         )
+
+    # position in training, shared with the components' context
+    epoch = property(lambda self: self._position.epoch,
+                     lambda self, value: setattr(self._position, "epoch", value))
+    iteration = property(lambda self: self._position.iteration,
+                         lambda self, value: setattr(self._position, "iteration", value))
+    total_iterations = property(lambda self: self._position.total_iterations,
+                                lambda self, value: setattr(self._position, "total_iterations", value))
+
+    def backward(self, loss: Tensor) -> None:
+        """Back-propagate ``loss``, scaled when fp16 mixed precision scales gradients."""
+        self.scaler.scale(loss).backward()
 
     def add_param_group(self, params: Iterable[nn.Parameter]) -> None:
         """Train parameters that live outside the model (e.g. shortcut branches) with the
@@ -298,7 +315,7 @@ class Trainer:
     def compute_loss(self, inputs: Tensor, targets: Tensor) -> StepOutput:
         """The training loss of one batch: the owning component's, else :meth:`default_loss`."""
         for component in self.components:
-            out = component.compute_loss(self, inputs, targets)
+            out = component.compute_loss(self.context, inputs, targets)
             if out is not None:
                 return out
         if self._first_forward:
@@ -336,11 +353,11 @@ class Trainer:
         with self.autocast():
             out = self._parallel.forward(inputs, targets)
         if not out.backpropagated:
-            self.scaler.scale(self._parallel.scale_loss(out.loss, weight)).backward()
+            self.backward(self._parallel.scale_loss(out.loss, weight))
         self._parallel.sync_gradients(weight)
         self.scaler.unscale_(self.optimizer)  # a no-op without fp16 gradient scaling
         for component in self.components:  # the gradients as computed, before any clipping
-            component.on_backward_end(self)
+            component.on_backward_end(self.context)
         grad_norm = None
         if self.config.train.grad_clip:
             grad_norm = nn.utils.clip_grad_norm_(self.trained_parameters(), self.config.train.grad_clip)
@@ -361,7 +378,7 @@ class Trainer:
         self.scheduler.step()
         self.iteration += 1
         for component in self.components:
-            component.on_step_end(self)
+            component.on_step_end(self.context)
         return out if finite else None
 
     def _is_finite(self, loss: Tensor, grad_norm: Tensor | None) -> bool:
@@ -426,7 +443,7 @@ class Trainer:
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
         tic = time.perf_counter()
         for component in self.components:
-            row.update(component.on_epoch_start(self, epoch))
+            row.update(component.on_epoch_start(self.context, epoch))
         # the epoch's training time includes what its methods do first (a temperature search)
         return EpochProgress(row=row, seconds=time.perf_counter() - tic)
 
@@ -506,7 +523,7 @@ class Trainer:
         if detail is not None:
             row.update(epoch_fields(detail))
         for component in self.components:
-            row.update(component.epoch_metrics(self))
+            row.update(component.epoch_metrics(self.context))
         self.epoch, self.progress = epoch + 1, None
         self.history.append(row)
         self._log_epoch(row)

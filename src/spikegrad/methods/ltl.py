@@ -20,7 +20,7 @@ as it exists, so at most one unit's graph is alive.
 local in time too and memory does not grow with ``T``. Running sums ``S_{l,t} = S_{l,t-1} +
 s_{l,t}`` (the past detached) give rates ``r_{l,t} = S_{l,t}/(t+1)``; from ``t = T_warm`` on
 each step adds ``Σ_l C_l·MSE(r_{l,t}, â_l) + CE(readout(r_{L,t}), y)`` and is
-back-propagated at once. Inference averages the readout over ``t >= T_warm`` (the trainer's
+back-propagated at once. Inference averages the readout over ``t >= T_warm`` (the component's
 ``readout_start``; ``spikegrad eval`` reads it from the stored config).
 """
 
@@ -28,22 +28,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from spikegrad.component import Component, StepOutput
+from spikegrad.component import Component, StepOutput, TrainingContext
 from spikegrad.config import Config, LTLConfig
 from spikegrad.data.loader import collate_for
 from spikegrad.errors import UserError
 from spikegrad.methods.teacher_init import init_student_from_teacher
 from spikegrad.neurons import streaming
-
-if TYPE_CHECKING:
-    from spikegrad.trainer import Trainer
 
 __all__ = [
     "LocalTandemLearning", "distillation_loss", "normalised_targets", "offline_unit_outputs",
@@ -243,6 +240,7 @@ class LocalTandemLearning(Component):
     """
 
     name = "ltl"
+    owns_loss = True
 
     def __init__(
         self,
@@ -289,12 +287,12 @@ class LocalTandemLearning(Component):
 
     # ---------------------------------------------------------------- set-up
 
-    def attach(self, trainer: Trainer) -> None:
-        student = trainer.model
-        dataset = trainer.train_loader.dataset
+    def attach(self, ctx: TrainingContext) -> None:
+        student = ctx.model
+        dataset = ctx.train_set
         example = collate_for(dataset)([dataset[i] for i in range(min(2, len(dataset)))])[0]
-        self.teacher.to(trainer.device).eval().requires_grad_(False)
-        self.unit_names = pair_units(student, self.teacher, example.to(trainer.device))
+        self.teacher.to(ctx.device).eval().requires_grad_(False)
+        self.unit_names = pair_units(student, self.teacher, example.to(ctx.device))
         if not self.layer_weights:
             self.layer_weights = [1.0] * len(self.unit_names)
         if len(self.layer_weights) != len(self.unit_names):
@@ -305,12 +303,12 @@ class LocalTandemLearning(Component):
             if T is None:
                 raise UserError("online LTL needs the student's number of time steps (model.T)")
             self.T_warm = resolve_T_warm(self.T_warm_option, T)
-            trainer.readout_start = self.T_warm
+            self.readout_start = self.T_warm  # inference reads out t >= T_warm too
         if self.student_init == "teacher" and not self.initialised:
-            loader = DataLoader(dataset, batch_size=trainer.config.data.batch_size, shuffle=False,
+            loader = DataLoader(dataset, batch_size=ctx.config.data.batch_size, shuffle=False,
                                 collate_fn=collate_for(dataset))
             init_student_from_teacher(student, self.teacher, self.estimate_percentiles(
-                loader, trainer.device))
+                loader, ctx.device))
             self.initialised = True
 
     def estimate_percentiles(self, loader: DataLoader, device: torch.device) -> list[float]:
@@ -332,9 +330,9 @@ class LocalTandemLearning(Component):
         activations, logits = teacher_activations(self.teacher, inputs)
         return [normalised_targets(a, self.percentile) for a in activations], logits
 
-    def _readout_loss(self, trainer: Trainer, logits: Tensor, targets: Tensor,
+    def _readout_loss(self, ctx: TrainingContext, logits: Tensor, targets: Tensor,
                       teacher_logits: Tensor) -> Tensor:
-        loss = F.cross_entropy(logits, targets, label_smoothing=trainer.config.train.label_smoothing)
+        loss = F.cross_entropy(logits, targets, label_smoothing=ctx.config.train.label_smoothing)
         if self.distill > 0:
             loss = loss + self.distill * distillation_loss(logits, teacher_logits,
                                                            self.distill_temperature)
@@ -344,34 +342,34 @@ class LocalTandemLearning(Component):
         self._loss_sums[name] = self._loss_sums.get(name, 0.0) + float(loss.detach()) * n
         self._loss_counts[name] = self._loss_counts.get(name, 0) + n
 
-    def compute_loss(self, trainer: Trainer, inputs: Tensor, targets: Tensor) -> StepOutput:
+    def compute_loss(self, ctx: TrainingContext, inputs: Tensor, targets: Tensor) -> StepOutput:
         unit_targets, teacher_logits = self.targets(inputs)
         if self.mode == "offline":
-            return self._offline(trainer, inputs, targets, unit_targets, teacher_logits)
-        return self._online(trainer, inputs, targets, unit_targets, teacher_logits)
+            return self._offline(ctx, inputs, targets, unit_targets, teacher_logits)
+        return self._online(ctx, inputs, targets, unit_targets, teacher_logits)
 
-    def _offline(self, trainer: Trainer, inputs: Tensor, targets: Tensor,
+    def _offline(self, ctx: TrainingContext, inputs: Tensor, targets: Tensor,
                  unit_targets: list[Tensor], teacher_logits: Tensor) -> StepOutput:
-        model, n = trainer.model, targets.shape[0]
+        model, n = ctx.model, targets.shape[0]
         total = 0.0
         last = None
         outputs = offline_unit_outputs(model, model.encode(inputs))
         for (name, spikes), target, weight in zip(outputs, unit_targets, self.layer_weights,
                                                   strict=True):
             loss = F.mse_loss(spikes.mean(0).float(), target)  # rate over T vs â_l
-            trainer.scaler.scale(weight * loss).backward()
+            ctx.backward(weight * loss)
             self._record(name, loss, n)
             total += weight * loss.item()
             last = spikes.detach()
         logits = model.classifier(last).mean(0)  # (B, classes), readout averaged over T
-        readout = self._readout_loss(trainer, logits.float(), targets, teacher_logits)
-        trainer.scaler.scale(readout).backward()
+        readout = self._readout_loss(ctx, logits.float(), targets, teacher_logits)
+        ctx.backward(readout)
         total += readout.item()
         return StepOutput(torch.tensor(total), logits.detach(), backpropagated=True)
 
-    def _online(self, trainer: Trainer, inputs: Tensor, targets: Tensor,
+    def _online(self, ctx: TrainingContext, inputs: Tensor, targets: Tensor,
                 unit_targets: list[Tensor], teacher_logits: Tensor) -> StepOutput:
-        model, n = trainer.model, targets.shape[0]
+        model, n = ctx.model, targets.shape[0]
         total, readout_sum = 0.0, None
         x = model.encode(inputs)  # (T, B, ...)
         for _, rates, last in online_running_rates(model, x, self.T_warm):
@@ -382,8 +380,8 @@ class LocalTandemLearning(Component):
                 self._record(name, unit_loss, n)
                 loss = loss + weight * unit_loss
             logits_t = model.classifier(rates[-1].detach().unsqueeze(0))[0]  # readout of r_{L,t}
-            loss = loss + self._readout_loss(trainer, logits_t.float(), targets, teacher_logits)
-            trainer.scaler.scale(loss).backward()
+            loss = loss + self._readout_loss(ctx, logits_t.float(), targets, teacher_logits)
+            ctx.backward(loss)
             total += loss.item()
             with torch.no_grad():
                 step_logits = model.classifier(last.unsqueeze(0))[0]  # inference readout at t
@@ -393,15 +391,15 @@ class LocalTandemLearning(Component):
 
     # ---------------------------------------------------------------- bookkeeping
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> dict[str, Any]:
+    def on_epoch_start(self, ctx: TrainingContext, epoch: int) -> dict[str, Any]:
         self._loss_sums, self._loss_counts = {}, {}
         return {}
 
-    def epoch_metrics(self, trainer: Trainer) -> dict[str, Any]:
+    def epoch_metrics(self, ctx: TrainingContext) -> dict[str, Any]:
         """``ltl_layer_losses``: unit name -> mean MSE over the epoch (per step, online), over
         every process under torchrun."""
         names = [n for n in self.unit_names if self._loss_counts.get(n)]
-        totals = trainer.dist.sum([self._loss_sums[n] for n in names]
+        totals = ctx.dist.sum([self._loss_sums[n] for n in names]
                                   + [self._loss_counts[n] for n in names])
         sums, counts = totals[:len(names)], totals[len(names):]
         return {"ltl_layer_losses": {n: s / c for n, s, c in zip(names, sums, counts, strict=True)}}

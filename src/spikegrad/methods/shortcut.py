@@ -29,20 +29,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from spikegrad.alignment import probe_batch
-from spikegrad.component import Component, StepOutput
+from spikegrad.component import Component, StepOutput, TrainingContext
 from spikegrad.config import ShortcutConfig
 from spikegrad.errors import UserError, check_labels, check_time_major, did_you_mean
 from spikegrad.layers import TimeDistributed, mean_over_time
 from spikegrad.neurons import ClippedReLU, SpikingNeuron
-
-if TYPE_CHECKING:
-    from spikegrad.trainer import Trainer
 
 __all__ = [
     "LOSSES", "SCHEDULES", "ShortcutBackprop", "ShortcutBranch", "ShortcutBranches",
@@ -254,6 +251,7 @@ class ShortcutBackprop(Component):
     """
 
     name = "shortcut"
+    owns_loss = True
 
     def __init__(
         self,
@@ -300,12 +298,11 @@ class ShortcutBackprop(Component):
         self.branches = branches.to(example.device)
         return self.branches
 
-    def attach(self, trainer: Trainer) -> None:
-        loader = trainer.train_loader  # two samples, drawn without the global generator
-        example, _ = probe_batch(trainer.model, loader.dataset, 2, self.seed, trainer.device,
-                                 loader.collate_fn)
-        branches = self.build(trainer.model, example)
-        trainer.add_param_group(branches.parameters())
+    def attach(self, ctx: TrainingContext) -> None:
+        # two samples, drawn without the global generator
+        example, _ = probe_batch(ctx.model, ctx.train_set, 2, self.seed, ctx.device, ctx.collate_fn)
+        branches = self.build(ctx.model, example)
+        ctx.add_param_group(branches.parameters())
 
     # -------------------------------------------------------------- training
 
@@ -322,24 +319,24 @@ class ShortcutBackprop(Component):
         check_time_major(main, "model output", min_dims=3)
         return main, self.branches(captured)
 
-    def compute_loss(self, trainer: Trainer, inputs: Tensor, targets: Tensor) -> StepOutput:
-        lam = self.coefficient(trainer.iteration, trainer.total_iterations)
-        main, branches = self.outputs(trainer.model, inputs)
+    def compute_loss(self, ctx: TrainingContext, inputs: Tensor, targets: Tensor) -> StepOutput:
+        lam = self.coefficient(ctx.iteration, ctx.total_iterations)
+        main, branches = self.outputs(ctx.model, inputs)
         check_labels(targets, main.shape[-1], "training labels")
         if self.loss == "combined":
-            loss = trainer.default_loss(combine_logits(main, branches, lam), targets)
+            loss = ctx.default_loss(combine_logits(main, branches, lam), targets)
         else:
-            loss = trainer.default_loss(main, targets) + lam * sum(
-                trainer.default_loss(b, targets) for b in branches)
+            loss = ctx.default_loss(main, targets) + lam * sum(
+                ctx.default_loss(b, targets) for b in branches)
         self._lambda_sum += lam
         self._steps += 1
         # Training accuracy is that of the network's own head: what is deployed.
         return StepOutput(loss, mean_over_time(main).detach())
 
-    def epoch_metrics(self, trainer: Trainer) -> dict[str, Any]:
+    def epoch_metrics(self, ctx: TrainingContext) -> dict[str, Any]:
         """``shortcut_lambda``: the mean λ over the epoch's training steps."""
         lam = self._lambda_sum / self._steps if self._steps else self.coefficient(
-            trainer.iteration, trainer.total_iterations)
+            ctx.iteration, ctx.total_iterations)
         self._lambda_sum, self._steps = 0.0, 0
         return {"shortcut_lambda": lam}
 
