@@ -25,13 +25,17 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from spikegrad.config import Config
 from spikegrad.errors import UserError
+
+if TYPE_CHECKING:
+    from spikegrad.component import StepOutput
 
 # ----------------------------------------------------------------------------- RNG states
 
@@ -83,6 +87,17 @@ class EpochProgress:
     seen: int = 0
     nonfinite: int = 0
     seconds: float = 0.0
+
+    def record(self, out: StepOutput | None, targets: Tensor) -> None:
+        """One more batch: its loss and hits, or (``out`` None) a skipped non-finite step."""
+        self.batches += 1
+        if out is None:
+            self.nonfinite += 1
+            return
+        n = targets.shape[0]
+        self.loss_sum += out.loss.item() * n
+        self.correct += int((out.logits.argmax(1) == targets).sum())
+        self.seen += n
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

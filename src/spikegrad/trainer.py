@@ -17,7 +17,6 @@ everything an exact resume needs (:mod:`spikegrad.resume`); multi-process traini
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import sys
@@ -31,27 +30,22 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from spikegrad import distributed
-from spikegrad.analysis import EvalProbe, epoch_fields, write_analysis
+from spikegrad.analysis import EvalProbe, epoch_fields
 from spikegrad.build.components import build_components
-from spikegrad.checkpoint import load_checkpoint, load_weights, previous_path, save_checkpoint
+from spikegrad.checkpoint import load_weights
 from spikegrad.component import Component, Position, StepOutput, TrainingContext
 from spikegrad.config import AnalysisConfig, Config
 from spikegrad.data.augment import build_augmentation
 from spikegrad.data.loader import collate_for
 from spikegrad.data.sampler import GlobalBatchSampler, ShardSampler
+from spikegrad.diagnostics import GRADIENTS_FILE
+from spikegrad.distributed import DistributedContext
 from spikegrad.errors import TrainingDiverged, UserError, check_labels, explain_model_input
 from spikegrad.layers import mean_over_time
 from spikegrad.losses import training_loss
 from spikegrad.neurons import SpikingNeuron
-from spikegrad.resume import (
-    EpochProgress,
-    StopOnSignal,
-    TrainingStopped,
-    check_resume_config,
-    ignore_interrupts,
-    rng_state,
-    set_rng_state,
-)
+from spikegrad.resume import EpochProgress, StopOnSignal, TrainingStopped, ignore_interrupts, set_rng_state
+from spikegrad.rundir import RunFolder
 from spikegrad.seeding import seed_everything
 
 __all__ = [
@@ -71,6 +65,30 @@ def _created(model: nn.Module | Callable[[], nn.Module], seed: int) -> nn.Module
     if not isinstance(created, nn.Module):
         raise UserError(f"the model factory returned {type(created).__name__}, not an nn.Module")
     return created
+
+
+def _loaders(train_set: Dataset, test_set: Dataset, config: Config, dist: DistributedContext
+             ) -> tuple[torch.Generator, GlobalBatchSampler, DataLoader, DataLoader]:
+    """The shuffling generator (seeded alike in every process: the data order), the global
+    batch sampler, and the training and test loaders (each process its shard)."""
+    generator = torch.Generator().manual_seed(config.train.seed)
+    sampler = GlobalBatchSampler(len(train_set), config.data.batch_size, generator, dist.rank,
+                                 dist.world_size)
+    workers = config.data.num_workers
+    loader_args = {"num_workers": workers, "pin_memory": dist.device.type == "cuda",
+                   "persistent_workers": workers > 0,
+                   "worker_init_fn": ignore_interrupts if workers > 0 else None}
+    train_loader = DataLoader(train_set, batch_sampler=sampler, generator=generator,
+                              collate_fn=collate_for(train_set), **loader_args)
+    # Workers get their seeds from a generator of their own, drawn once (persistent), not
+    # from the global one: a resumed process then draws from it exactly as the original did.
+    test_loader = DataLoader(
+        test_set, batch_size=config.data.eval_batch_size, shuffle=False,
+        sampler=ShardSampler(len(test_set), dist.rank, dist.world_size) if dist.enabled else None,
+        generator=torch.Generator().manual_seed(config.train.seed) if workers > 0 else None,
+        collate_fn=collate_for(test_set), **loader_args,
+    )
+    return generator, sampler, train_loader, test_loader
 
 
 def resolve_device(name: str) -> torch.device:
@@ -215,40 +233,19 @@ class Trainer:
         self.augment = augment
         self.model_args = model_args
         self.verbose = verbose and self.dist.is_main
-        self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.writes = self.out_dir is not None and self.dist.is_main  # only rank 0 writes
+        #: the run folder and its bookkeeping (files, checkpoints; rank 0 writes)
+        self.run = RunFolder(out_dir, self.dist)
         if len(train_set) == 0:
             raise UserError("the training set is empty")
-        # one shuffling generator, seeded alike in every process: the data order
-        self.loader_generator = torch.Generator().manual_seed(train.seed)
-        self.train_sampler = GlobalBatchSampler(
-            len(train_set), self.config.data.batch_size, self.loader_generator, self.dist.rank,
-            self.dist.world_size,
-        )
-        pin = self.device.type == "cuda"
-        workers = self.config.data.num_workers
-        loader_args = {"num_workers": workers, "pin_memory": pin, "persistent_workers": workers > 0,
-                       "worker_init_fn": ignore_interrupts if workers > 0 else None}
-        self.train_loader = DataLoader(train_set, batch_sampler=self.train_sampler,
-                                       generator=self.loader_generator,
-                                       collate_fn=collate_for(train_set), **loader_args)
-        # Workers get their seeds from a generator of their own, drawn once (persistent), not
-        # from the global one: a resumed process then draws from it exactly as the original did.
-        self.test_loader = DataLoader(
-            test_set, batch_size=self.config.data.eval_batch_size, shuffle=False,
-            sampler=ShardSampler(len(test_set), self.dist.rank, self.dist.world_size)
-            if self.dist.enabled else None,
-            generator=torch.Generator().manual_seed(train.seed) if workers > 0 else None,
-            collate_fn=collate_for(test_set), **loader_args,
-        )
+        self.loader_generator, self.train_sampler, self.train_loader, self.test_loader = _loaders(
+            train_set, test_set, self.config, self.dist)
         self.optimizer = build_optimizer(self.config, self.model.parameters())
-        iters = len(self.train_loader)
         self.scheduler = self._build_scheduler()
         self.amp_dtype = None
         if train.amp:
             self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=train.amp and self.device.type == "cuda")
-        self._position = Position(total_iterations=train.epochs * iters)
+        self._position = Position(total_iterations=train.epochs * len(self.train_loader))
         self.best_test_acc = -1.0
         self.history: list[dict[str, Any]] = []
         self.progress: EpochProgress | None = None  # the epoch in progress
@@ -256,15 +253,13 @@ class Trainer:
         self._first_forward = True
         self._output_steps: int | None = None  # T of the training outputs (summary of a custom model)
         self._stop = StopOnSignal(enabled=False)
-        self._last_saved: str | None = None  # where last.pt stands, in words
-        self._last_pt_is_good = False  # written or resumed from here: worth keeping as previous
         self._started = time.perf_counter()
         #: what the components see of the run
         self.context = TrainingContext(
             model=self.model, config=self.config, device=self.device, dist=self.dist,
             train_set=train_set, collate_fn=self.train_loader.collate_fn, position=self._position,
             default_loss=self.default_loss, backward=self.backward,
-            add_param_group=self.add_param_group, run_dir=self.out_dir if self.writes else None,
+            add_param_group=self.add_param_group, run_dir=self.run.local_path,
         )
         for component in self.components:
             component.attach(self.context)
@@ -392,14 +387,11 @@ class Trainer:
         what = (f"the loss is {loss.item()}" if not torch.isfinite(loss.detach())
                 else f"the gradient norm is {float(grad_norm)}" if grad_norm is not None
                 and not torch.isfinite(grad_norm) else "another process saw a non-finite value")
-        kept = "no checkpoint was written yet"
-        if self.out_dir is not None and self._last_saved is not None:
-            kept = f"{str(self.out_dir / 'last.pt')!r} keeps the last good state: {self._last_saved}"
         return TrainingDiverged(
             f"training diverged: {what} in step {self.iteration + 1} (epoch {self.epoch + 1}"
             f"{f', batch {self.progress.batches + 1}' if self.progress else ''}); "
-            f"{kept}. Lower optim.lr, set train.grad_clip, or set train.nonfinite=skip to skip "
-            "such steps"
+            f"{self.run.last_good_state()}. Lower optim.lr, set train.grad_clip, or set "
+            "train.nonfinite=skip to skip such steps"
         )
 
     def _loss_weight(self, batch_index: int, local_size: int) -> float:
@@ -415,24 +407,15 @@ class Trainer:
         p = self.progress
         self.model.train()
         tic, seconds_before = time.perf_counter(), p.seconds
-        batches = self._progress(self.train_loader, f"epoch {epoch + 1}/{self.config.train.epochs}")
-        for inputs, targets in batches:
+        for inputs, targets in self._progress(self.train_loader, epoch):
             inputs, targets = self.to_device(inputs, targets)
             if self.augment is not None:
                 inputs = self.augment(inputs)
             out = self.train_step(inputs, targets, self._loss_weight(p.batches, targets.shape[0]))
-            p.batches += 1
-            if out is None:
-                p.nonfinite += 1
-            else:
-                n = targets.shape[0]
-                p.loss_sum += out.loss.item() * n
-                p.correct += int((out.logits.argmax(1) == targets).sum())
-                p.seen += n
+            p.record(out, targets)
             p.seconds = seconds_before + time.perf_counter() - tic
             self._after_step()
-        loss_sum, correct, seen, nonfinite = self.dist.sum([p.loss_sum, p.correct, p.seen,
-                                                            p.nonfinite])
+        loss_sum, correct, seen, nonfinite = self.dist.sum([p.loss_sum, p.correct, p.seen, p.nonfinite])
         metrics: dict[str, Any] = {"train_loss": loss_sum / seen if seen else None,
                                    "train_acc": correct / seen if seen else None}
         if self.config.train.nonfinite == "skip":
@@ -480,37 +463,39 @@ class Trainer:
                 return module.T
         return self._output_steps
 
-    def fit(self) -> dict[str, Any]:
-        """Train for ``train.epochs`` epochs, evaluating after each; returns the summary."""
-        train = self.config.train
-        self._prepare_out_dir()
-        tensorboard = None
-        if self.writes and self.config.analysis.tensorboard:
-            from spikegrad.tensorboard_log import TensorBoardLogger
-
-            tensorboard = TensorBoardLogger(self.out_dir / "tensorboard")
-        start = self._started = time.perf_counter()
-        try:  # a stop on a signal is an exception too: close the TensorBoard file
-            with StopOnSignal(enabled=self.out_dir is not None) as self._stop:
-                for epoch in range(self.epoch, train.epochs):
-                    self._run_epoch(epoch, tensorboard)
-        finally:
-            if tensorboard is not None:
-                tensorboard.close()
-        summary = {
+    def summary(self, wall_seconds: float) -> dict[str, Any]:
+        """What ``summary.json`` holds: method, name, accuracies, times, size, activity, ``T``."""
+        return {
             "method": self.method_name(),
             "name": self.config.name or (self.model_args or {}).get("name") or type(self.model).__name__,
             "best_test_acc": self.best_test_acc,
             "final_test_acc": self.history[-1]["test_acc"] if self.history else None,
             "epochs": self.epoch,
-            "wall_seconds": self.wall_seconds_before + time.perf_counter() - start,
+            "wall_seconds": wall_seconds,
             "train_seconds": sum(row["seconds"] for row in self.history),
             "params": sum(p.numel() for p in self.model.parameters()),
             "firing_rate": self.history[-1]["firing_rate"] if self.history else None,
             "T": self.time_steps(),
         }
-        if self.writes:
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    def fit(self) -> dict[str, Any]:
+        """Train for ``train.epochs`` epochs, evaluating after each; returns the summary."""
+        self.run.prepare(self.config, self.history)
+        tensorboard = None
+        if self.run.writes and self.config.analysis.tensorboard:
+            from spikegrad.tensorboard_log import TensorBoardLogger
+
+            tensorboard = TensorBoardLogger(self.run.path / "tensorboard")
+        start = self._started = time.perf_counter()
+        try:  # a stop on a signal is an exception too: close the TensorBoard file
+            with StopOnSignal(enabled=self.run.enabled) as self._stop:
+                for epoch in range(self.epoch, self.config.train.epochs):
+                    self._run_epoch(epoch, tensorboard)
+        finally:
+            if tensorboard is not None:
+                tensorboard.close()
+        summary = self.summary(self.wall_seconds_before + time.perf_counter() - start)
+        self.run.write_summary(summary)
         return summary
 
     def _run_epoch(self, epoch: int, tensorboard: Any = None) -> None:
@@ -529,20 +514,23 @@ class Trainer:
         self._log_epoch(row)
         improved = row["test_acc"] > self.best_test_acc
         self.best_test_acc = max(self.best_test_acc, row["test_acc"])
-        self._save(row, improved)
-        if self.writes and detail is not None:
-            write_analysis(self.out_dir, detail, epoch + 1)
+        self.run.append_metrics(row)
+        if self.run.enabled:
+            self.save_checkpoint(best=improved)
+        self.run.write_analysis(detail, epoch + 1)
         if tensorboard is not None:
             tensorboard.log_epoch(row)
-            tensorboard.log_gradients(self.out_dir / "gradients.jsonl")
+            tensorboard.log_gradients(self.run.path / GRADIENTS_FILE)
         self._stop_if_requested(saved=True)
 
     # ------------------------------------------------------------------ output
 
-    def _progress(self, loader: DataLoader, desc: str):
+    def _progress(self, loader: DataLoader, epoch: int) -> Iterable:
+        """The loader, behind a progress bar when the terminal is interactive."""
         if self.verbose and self.config.train.progress and sys.stderr.isatty():
             from tqdm import tqdm
 
+            desc = f"epoch {epoch + 1}/{self.config.train.epochs}"
             return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
         return loader
 
@@ -564,36 +552,10 @@ class Trainer:
             flush=True,
         )
 
-    def _prepare_out_dir(self) -> None:
-        """Check rank 0 can write the run folder before training starts (all processes stop if
-        not); write ``config.yaml`` and ``metrics.jsonl`` (the rows so far, on a resume)."""
-        error = None
-        if self.writes:
-            try:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                probe = self.out_dir / ".write-test"
-                probe.write_text("")
-                probe.unlink()
-            except OSError as exc:
-                error = UserError(f"cannot write to the run folder {str(self.out_dir)!r}: {exc}")
-        self.dist.agree(error)
-        if not self.writes:
-            return
-        (self.out_dir / "config.yaml").write_text(self.config.to_yaml())
-        (self.out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        if self._last_saved is None:  # a fresh run: an older run's fallback is no fallback
-            previous_path(self.out_dir / "last.pt").unlink(missing_ok=True)
-
     # ------------------------------------------------------------------ checkpoints and resume
 
-    def checkpoint_state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """Everything a checkpoint holds besides the model weights (collective under DDP)."""
-        progress = None
-        if self.progress is not None:  # mid-epoch: the training sums over all processes
-            p = self.progress
-            totals = self.dist.sum([p.loss_sum, p.correct, p.seen, p.nonfinite])
-            progress = {**p.to_dict(), "loss_sum": totals[0], "correct": int(totals[1]),
-                        "seen": int(totals[2]), "nonfinite": int(totals[3])}
         return {
             "config": self.config.to_dict(),
             "epoch": self.epoch,
@@ -605,10 +567,10 @@ class Trainer:
             "components": {c.name: c.state_dict() for c in self.components},
             "method": self.method_name(),
             "history": self.history,
-            "progress": progress,
+            "progress": self.run.progress_totals(self.progress),  # mid-epoch: sums over processes
             "order": {"generator": self.loader_generator.get_state(),
                       "epoch_start": self.train_sampler.epoch_start_state},
-            "rng": self.dist.gather(rng_state()),  # one entry per process
+            "rng": self.run.rng_states(),  # one entry per process
             "world_size": self.dist.world_size,
             "wall_seconds": self.wall_seconds_before + time.perf_counter() - self._started,
         }
@@ -620,18 +582,9 @@ class Trainer:
         goes (:data:`spikegrad.resume.MAY_DIFFER_ON_RESUME`), unless ``allow_config_change``.
         Rank 0 reads the file and sends it to the other processes.
         """
-        payload, error = None, None
-        if self.dist.is_main:
-            try:
-                payload = load_checkpoint(path)
-                if not allow_config_change:
-                    check_resume_config(payload["config"], self.config, str(path))
-            except UserError as exc:
-                error = exc
-        self.dist.agree(error)
-        self.restore(self.dist.broadcast(payload), str(path))
+        self.load_state_dict(self.run.read_checkpoint(path, self.config, allow_config_change), str(path))
 
-    def restore(self, payload: dict[str, Any], source: str = "checkpoint") -> None:
+    def load_state_dict(self, payload: dict[str, Any], source: str = "checkpoint") -> None:
         """Continue from a checkpoint (:func:`spikegrad.checkpoint.load_checkpoint`'s payload):
         weights, optimizer, schedule, scaler, components, RNG states, data order, position."""
         needed = ("optimizer", "scheduler", "scaler", "rng", "order", "history", "progress")
@@ -657,8 +610,6 @@ class Trainer:
         self.best_test_acc = float(payload["best_test_acc"])
         self.history = [dict(row) for row in payload["history"]]
         self.wall_seconds_before = float(payload.get("wall_seconds", 0.0))
-        self._last_saved = self.position()
-        self._last_pt_is_good = self.out_dir is not None and Path(source) == self.out_dir / "last.pt"
         rng = payload["rng"]
         if len(rng) == self.dist.world_size:
             set_rng_state(rng[self.dist.rank])
@@ -668,6 +619,9 @@ class Trainer:
                 print(f"note: {source!r} was written by {len(rng)} processes, this run has "
                       f"{self.dist.world_size}: it continues, but not bit for bit", flush=True)
         self._restore_data_order(payload["order"], payload["progress"])
+        self.run.resumed_from(source, self.position())
+
+    restore = load_state_dict  # the name it had
 
     def _restore_data_order(self, order: dict[str, Any], progress: dict[str, Any] | None) -> None:
         """Replay the shuffle. A DataLoader draws its workers' base seed from the shuffling
@@ -685,42 +639,27 @@ class Trainer:
         else:
             self.loader_generator.set_state(order["generator"])
 
+    def save_checkpoint(self, best: bool = False) -> None:
+        """Write ``last.pt`` (and ``best.pt`` if ``best``) into the run folder (collective)."""
+        self.run.save_checkpoint(self.model, self.model_args, self.state_dict(), self.position(), best)
+
     def _after_step(self) -> None:
         """Every ``train.checkpoint_every`` iterations, and on a stop request, save ``last.pt``."""
         every = self.config.train.checkpoint_every
         saved = False
         if every and self.iteration % every == 0 and self.progress.batches < len(self.train_loader):
-            self._save_checkpoint()
+            self.save_checkpoint()
             saved = True
         self._stop_if_requested(saved)
 
     def _stop_if_requested(self, saved: bool) -> None:
         """If SIGTERM/SIGINT arrived (in any process), save unless just done, and stop."""
-        if not self._stop.enabled or not self.dist.any(self._stop.signum is not None)[0]:
+        if not self.run.stop_requested(self._stop):
             return
         if not saved:
-            self._save_checkpoint()
+            self.save_checkpoint()
         signum = self._stop.signum or signal.SIGTERM
-        raise TrainingStopped(signum, self.out_dir / "last.pt", self.position())
-
-    def _save_checkpoint(self, best: bool = False) -> None:
-        """Write ``last.pt`` (keeping the one before as ``last.prev.pt``) and, if ``best``,
-        ``best.pt``; a failed write leaves the previous files as they were."""
-        state = self.checkpoint_state()
-        error = None
-        if self.writes:
-            try:
-                if best:
-                    save_checkpoint(self.out_dir / "best.pt", self.model, self.model_args, **state)
-                save_checkpoint(self.out_dir / "last.pt", self.model, self.model_args,
-                                keep_previous=self._last_pt_is_good, **state)
-            except OSError as exc:
-                kept = ("no earlier checkpoint" if self._last_saved is None else
-                        f"'last.pt' keeps {self._last_saved}")
-                error = UserError(f"cannot write a checkpoint to {str(self.out_dir)!r}: {exc}; "
-                                  f"{kept}. Free space or choose another --out, then --resume")
-        self.dist.agree(error)
-        self._last_saved, self._last_pt_is_good = self.position(), True
+        raise TrainingStopped(signum, self.run.last_checkpoint, self.position())
 
     def position(self) -> str:
         """Where training stands, in words: ``epoch 2, batch 5 (iteration 50)`` or ``the end of
@@ -731,10 +670,3 @@ class Trainer:
         if self.progress is not None:  # an epoch about to start
             return f"the start of epoch {self.epoch + 1} (iteration {self.iteration})"
         return f"the end of epoch {self.epoch} (iteration {self.iteration})"
-
-    def _save(self, row: dict[str, Any], improved: bool) -> None:
-        if self.writes:
-            with (self.out_dir / "metrics.jsonl").open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
-        if self.out_dir is not None:
-            self._save_checkpoint(best=improved)
