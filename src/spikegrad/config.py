@@ -6,6 +6,10 @@ another recipe. Command-line overrides use dotted keys: ``--set model.T=6``.
 
 Every problem is a :class:`~spikegrad.errors.UserError` that names the key: an unknown key
 (with the nearest valid one), a value of the wrong type, or a value out of range.
+
+Names that a registry owns (neuron types, neuron backends, surrogates, encoders, learning
+rate and balance schedules, training losses) are read from it; the few choices no registry
+owns (``ltl.mode``, ``shortcut.loss``) are defined here once and used by their methods.
 """
 
 from __future__ import annotations
@@ -21,15 +25,27 @@ from typing import Any
 
 import yaml
 
+from spikegrad import fused, neurons, surrogates
 from spikegrad.errors import UserError, did_you_mean
+from spikegrad.losses import TRAINING_LOSSES
+from spikegrad.models.common import ENCODERS, KINDS
+from spikegrad.schedules import BALANCE_SCHEDULES, LR_SCHEDULES
+
+#: ``ltl.mode``: none, or the two ways of local tandem learning
+LTL_MODES = ("none", "offline", "online")
+#: ``ltl.student_init``: keep the student's weights, or start from the teacher's
+LTL_STUDENT_INITS = ("random", "teacher")
+#: ``shortcut.loss``: one loss on the combined logits (the paper), or one per head
+SHORTCUT_LOSSES = ("combined", "separate")
 
 
 def option(default: Any = dataclasses.MISSING, *, doc: str = "", choices: Iterable | None = None,
            min: float | None = None, gt: float | None = None, max: float | None = None,
-           factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with a docstring and range/choice constraints checked on load."""
+           factory: Any = dataclasses.MISSING, check: Any = None) -> Any:
+    """A dataclass field with a docstring and range/choice constraints checked on load
+    (``check(value)`` returns a problem in words, or None)."""
     meta = {"doc": doc, "choices": tuple(choices) if choices else None, "min": min, "gt": gt,
-            "max": max}
+            "max": max, "check": check}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -39,14 +55,14 @@ def option(default: Any = dataclasses.MISSING, *, doc: str = "", choices: Iterab
 class NeuronConfig:
     """Neuron of every spiking unit (see :mod:`spikegrad.dynamics`)."""
 
-    type: str = option("lif", doc="lif, if or plif (learnable leak)", choices=("lif", "if", "plif"))
+    type: str = option("lif", doc="lif, if or plif (learnable leak)", choices=neurons.available())
     leak: float = option(0.5, doc="λ in u_t = λ·u_(t-1) + I_t (ignored by if)", min=0.0, max=1.0)
     threshold: float = option(1.0, doc="firing threshold", gt=0.0)
     reset: str = option("hard", doc="hard: set to v_reset; soft: subtract threshold",
                         choices=("hard", "soft"))
     v_reset: float = option(0.0, doc="potential after a spike (hard reset)")
     detach_reset: bool = option(False, doc="cut the gradient through the reset")
-    backend: str = option("auto", choices=("auto", "reference", "cpu", "triton"),
+    backend: str = option("auto", choices=fused.BACKENDS,
                           doc="who runs the time loop: auto (a fused kernel where one runs), "
                           "reference (the plain loop), cpu or triton (spikegrad.fused)")
 
@@ -61,14 +77,15 @@ class NeuronConfig:
 @dataclass
 class ModelConfig:
     name: str = option("digits_cnn", doc="registered model (spikegrad models lists them)")
-    kind: str = option("snn", doc="snn, or ann for the ANN twin", choices=("snn", "ann"))
+    kind: str = option("snn", doc="snn, or ann for the ANN twin", choices=KINDS)
     T: int = option(4, doc="time steps (ignored by ann)", gt=0)
-    encoder: str = option("direct", doc="direct (repeat) or poisson", choices=("direct", "poisson"))
+    encoder: str = option("direct", doc="direct (repeat) or poisson", choices=ENCODERS)
     width: float = option(1.0, doc="channel width multiplier", gt=0.0)
     activation_max: float = option(2.0, doc="clip of the ANN twin's ReLU", gt=0.0)
     neuron: NeuronConfig = option(factory=NeuronConfig)
-    surrogate: dict = option(factory=lambda: {"name": "dspike", "temperature": 3.0},
-                             doc="name plus the surrogate's parameters")
+    surrogate: dict = option(factory=lambda: dict(surrogates.DEFAULT),
+                             doc="name plus the surrogate's parameters",
+                             check=lambda value: _check_surrogate(value))
     options: dict = option(factory=dict, doc="further model-specific constructor arguments")
     lean_memory: bool = option(False, doc="keep binary inputs of conv/linear layers as bits and nothing "
                                "in pools for backward (same gradients, less memory; spikegrad.lean)")
@@ -97,7 +114,7 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = option("cosine", choices=("cosine", "constant", "step"),
+    name: str = option("cosine", choices=LR_SCHEDULES,
                        doc="per-iteration learning-rate schedule")
     warmup_epochs: float = option(0.0, min=0.0, doc="linear warm-up from 0")
     min_lr: float = option(0.0, min=0.0, doc="cosine floor")
@@ -111,7 +128,7 @@ class TrainConfig:
     seed: int = option(0, min=0)
     device: str = option("auto", doc="auto, cpu, cuda, cuda:N or mps")
     amp: bool = option(False, doc="mixed precision (fp16 + grad scaling on CUDA, bf16 on CPU)")
-    loss: str = option("ce", choices=("ce", "tet"),
+    loss: str = option("ce", choices=TRAINING_LOSSES,
                        doc="ce on the time-averaged logits, or TET's per-step loss")
     tet_lambda: float = option(0.05, min=0.0, max=1.0, doc="TET: weight of the MSE term")
     tet_phi: float = option(1.0, doc="TET: MSE target")
@@ -153,9 +170,9 @@ class AnalysisConfig:
 
 @dataclass
 class LTLConfig:
-    """Local tandem learning: SNN units learn locally to match an ANN teacher (METHODS.md §3)."""
+    """Local tandem learning: SNN units learn locally to match an ANN teacher (docs/methods.md)."""
 
-    mode: str = option("none", choices=("none", "offline", "online"),
+    mode: str = option("none", choices=LTL_MODES,
                        doc="none, offline (BPTT inside each unit) or online (state detached every step)")
     teacher_checkpoint: str | None = option(None, doc="checkpoint of a trained ANN twin (kind ann)")
     teacher_recipe: str | None = option(
@@ -170,7 +187,7 @@ class LTLConfig:
                                 doc="online: first step with a loss and in the readout; None: 3T/4")
     distill: float = option(0.0, min=0.0, doc="weight of distilling the teacher's logits (0: off)")
     distill_temperature: float = option(4.0, gt=0.0, doc="softmax temperature of the distillation")
-    student_init: str = option("random", choices=("random", "teacher"),
+    student_init: str = option("random", choices=LTL_STUDENT_INITS,
                                doc="random, or teacher: BN folded in, weights scaled by percentiles")
     init_batches: int = option(4, gt=0, doc="teacher init: batches that estimate the percentiles")
 
@@ -211,7 +228,8 @@ class PaperConfig:
     """What the paper a recipe mirrors reports (shown by ``spikegrad recipes``; not used in training)."""
 
     accuracy: float | None = option(None, min=0.0, max=100.0, doc="reported top-1 accuracy, %")
-    source: str = option("", doc="paper and table, with the METHODS.md tag ([paper], [later], ...)")
+    source: str = option("", doc="paper and table, tagged [paper] (stated in the paper), [later] "
+                         "(quoted by later papers) or [open] (our choice); see docs/methods.md")
 
 
 @dataclass
@@ -227,12 +245,12 @@ class ShortcutConfig:
                           "default: ResNet stage ends but the last, else every k-th unit)")
     every: int | None = option(None, gt=0, doc="branch after every k-th unit (None: about four "
                                "blocks; ResNets use their stage ends)")
-    schedule: str = option("linear", choices=("constant", "linear", "cosine", "step"),
+    schedule: str = option("linear", choices=BALANCE_SCHEDULES,
                            doc="balance coefficient λ(i) per iteration")
     lambda0: float = option(0.25, min=0.0, doc="λ at the first iteration")
     step_fraction: float = option(0.5, gt=0.0, max=1.0, doc="step: drop every this fraction of training")
     gamma: float = option(0.1, min=0.0, doc="step: factor of each drop")
-    loss: str = option("combined", choices=("combined", "separate"),
+    loss: str = option("combined", choices=SHORTCUT_LOSSES,
                        doc="combined: one CE on main + λ·Σ branches (the paper); separate: one per head")
 
 
@@ -354,6 +372,20 @@ def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
         raise UserError(f"config key {key!r} must be >= {meta['min']}, got {value!r}")
     if meta.get("max") is not None and value > meta["max"]:
         raise UserError(f"config key {key!r} must be <= {meta['max']}, got {value!r}")
+    problem = meta["check"](value) if meta.get("check") else None
+    if problem:
+        raise UserError(f"config key {key!r}: {problem}")
+
+
+def _check_surrogate(value: Mapping[str, Any]) -> str | None:
+    """``model.surrogate`` names a registered surrogate."""
+    name = value.get("name")
+    if not isinstance(name, str):
+        return "needs a 'name' key, e.g. {name: dspike, temperature: 3.0}"
+    if name.lower() not in surrogates.available():
+        return (f"unknown surrogate {name!r}{did_you_mean(name, surrogates.available())}; "
+                f"available: {', '.join(surrogates.available())}")
+    return None
 
 
 def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:

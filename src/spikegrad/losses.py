@@ -36,6 +36,10 @@ def tet_loss(
     return (1.0 - lam) * ce + lam * mse
 
 
+#: the names ``train.loss`` accepts
+TRAINING_LOSSES = ("ce", "tet")
+
+
 def training_loss(train: TrainConfig) -> Callable[[Tensor, Tensor], Tensor]:
     """The loss ``train.loss`` names (``ce`` or ``tet``), with its settings bound."""
     if train.loss == "tet":

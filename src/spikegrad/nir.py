@@ -51,6 +51,7 @@ from spikegrad.errors import UserError
 from spikegrad.layers import DirectEncoder, PoissonEncoder, TimeDistributed
 from spikegrad.models.common import SpikingNetwork
 from spikegrad.models.resnet import BasicBlock
+from spikegrad.modes import eval_mode
 from spikegrad.neurons import IF, LIF, ClippedReLU, SpikingNeuron
 
 __all__ = ["DEFAULT_DT", "NIRNetwork", "export_nir", "import_nir", "neuron_gain", "register_exporter",
@@ -430,15 +431,11 @@ def export_nir(
     input_shape = input_shape or getattr(model, "input_shape", None)
     if input_shape is None:
         raise UserError("export_nir needs the shape of one input sample, e.g. input_shape=(1, 8, 8)")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         graph = _Graph()
         shape = tuple(int(d) for d in input_shape)
         sources = graph.add("input", nir.Input(input_type={"input": np.array(shape)}), [], shape)
         sources = _Exporter(graph, float(dt)).emit(model, sources, "")
-    finally:
-        model.train(was_training)
     out_shape = graph.shapes[sources[0]]
     graph.add("output", nir.Output(output_type={"output": np.array(out_shape)}), sources, out_shape)
     if fold_gain:

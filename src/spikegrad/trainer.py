@@ -17,7 +17,6 @@ everything an exact resume needs (:mod:`spikegrad.resume`); multi-process traini
 
 from __future__ import annotations
 
-import math
 import signal
 import sys
 import time
@@ -46,10 +45,12 @@ from spikegrad.losses import training_loss
 from spikegrad.neurons import SpikingNeuron
 from spikegrad.resume import EpochProgress, StopOnSignal, TrainingStopped, ignore_interrupts, set_rng_state
 from spikegrad.rundir import RunFolder
+from spikegrad.schedules import lr_factor
 from spikegrad.seeding import seed_everything
 
 __all__ = [
-    "Component", "StepOutput", "Trainer", "evaluate_model", "resolve_device", "seed_everything",
+    "Component", "StepOutput", "Trainer", "evaluate_model", "lr_factor", "resolve_device",
+    "seed_everything",
 ]
 
 
@@ -107,22 +108,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"train.device is {name!r} but CUDA is not available; use train.device=cpu")
     return device
-
-
-def lr_factor(config: Config, iteration: int, iters_per_epoch: int) -> float:
-    """Multiplier of the base learning rate at ``iteration`` (warm-up, then the schedule)."""
-    sched, epochs = config.schedule, config.train.epochs
-    total = max(1, epochs * iters_per_epoch)
-    warmup = int(sched.warmup_epochs * iters_per_epoch)
-    if iteration < warmup:
-        return (iteration + 1) / warmup
-    if sched.name == "constant":
-        return 1.0
-    if sched.name == "step":
-        return sched.gamma ** ((iteration // iters_per_epoch) // sched.step_epochs)
-    progress = (iteration - warmup) / max(1, total - warmup)
-    floor = sched.min_lr / config.optim.lr
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def build_optimizer(config: Config, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:

@@ -13,11 +13,12 @@ Training itself (and training a teacher first) is :func:`spikegrad.run.train`.
 """
 
 from spikegrad.build.components import build_components, load_teacher, teacher_config
-from spikegrad.build.model import build_model, model_arguments
+from spikegrad.build.model import build_model, model_arguments, model_spec
 from spikegrad.build.parts import Checkpointed, RunParts, build_parts, from_checkpoint
 from spikegrad.data.from_config import datasets_from_config
 
 __all__ = [
     "Checkpointed", "RunParts", "build_components", "build_model", "build_parts",
-    "datasets_from_config", "from_checkpoint", "load_teacher", "model_arguments", "teacher_config",
+    "datasets_from_config", "from_checkpoint", "load_teacher", "model_arguments", "model_spec",
+    "teacher_config",
 ]

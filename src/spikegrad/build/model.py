@@ -10,30 +10,28 @@ from spikegrad import lean, models
 from spikegrad.config import Config
 from spikegrad.data import DatasetInfo
 from spikegrad.errors import UserError
+from spikegrad.models import ModelSpec
 from spikegrad.seeding import seed_everything
 
-__all__ = ["build_model", "model_arguments"]
+__all__ = ["build_model", "model_arguments", "model_spec"]
+
+
+def model_spec(config: Config, info: DatasetInfo) -> ModelSpec:
+    """The shared arguments of the network for ``config.model`` and the dataset."""
+    m = config.model
+    return ModelSpec(num_classes=info.num_classes, in_channels=info.in_channels,
+                     input_size=info.input_size, T=info.time_steps or m.T, kind=m.kind,
+                     neuron=m.neuron.kwargs(), surrogate=dict(m.surrogate), width=m.width,
+                     encoder=m.encoder, activation_max=m.activation_max)
 
 
 def model_arguments(config: Config, info: DatasetInfo) -> dict[str, Any]:
-    """``{"name", "kwargs"}`` for :func:`spikegrad.models.create` from the config and dataset
-    (what checkpoints store to rebuild the model)."""
-    m = config.model
-    kwargs: dict[str, Any] = {
-        "num_classes": info.num_classes,
-        "in_channels": info.in_channels,
-        "T": info.time_steps or m.T,
-        "kind": m.kind,
-        "neuron": m.neuron.kwargs(),
-        "surrogate": dict(m.surrogate),
-        "width": m.width,
-        "encoder": m.encoder,
-        "activation_max": m.activation_max,
-    }
-    if "input_size" in models.entry(m.name).arguments():
-        kwargs["input_size"] = info.input_size
-    kwargs.update(m.options)
-    return {"name": m.name, "kwargs": kwargs}
+    """``{"name", "kwargs"}`` for :func:`spikegrad.models.create` (what checkpoints store to
+    rebuild the model): the :func:`model_spec` fields, then ``model.options``."""
+    spec = model_spec(config, info)
+    kwargs = {name: getattr(spec, name) for name in ModelSpec.names()}
+    kwargs.update(config.model.options)
+    return {"name": config.model.name, "kwargs": kwargs}
 
 
 def build_model(config: Config, info: DatasetInfo) -> tuple[nn.Module, dict[str, Any]]:

@@ -36,10 +36,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from spikegrad.component import Component, StepOutput, TrainingContext
-from spikegrad.config import Config, LTLConfig
+from spikegrad.config import LTL_MODES, LTL_STUDENT_INITS, Config, LTLConfig
 from spikegrad.data.loader import collate_for
 from spikegrad.errors import UserError
 from spikegrad.methods.teacher_init import init_student_from_teacher
+from spikegrad.modes import eval_mode
 from spikegrad.neurons import streaming
 
 __all__ = [
@@ -48,7 +49,9 @@ __all__ = [
     "teacher_activations",
 ]
 
+#: p of the target normalisation for each mode (``ltl.mode`` but none), when ltl.percentile is None
 DEFAULT_PERCENTILE = {"offline": 99.9, "online": 99.0}
+assert set(DEFAULT_PERCENTILE) == set(LTL_MODES) - {"none"}
 
 
 # --------------------------------------------------------------------------- targets
@@ -107,21 +110,6 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
 # --------------------------------------------------------------------------- pairing
 
 
-class _EvalMode:
-    """Put modules in eval mode for a block and restore each submodule's flag afterwards."""
-
-    def __init__(self, *models: nn.Module) -> None:
-        self.flags = [(m, m.training) for model in models for m in model.modules()]
-
-    def __enter__(self) -> None:
-        for m, _ in self.flags:
-            m.training = False
-
-    def __exit__(self, *exc) -> None:
-        for m, flag in self.flags:
-            m.training = flag
-
-
 def _check_network(model: nn.Module, role: str) -> None:
     for attr in ("units", "encode", "classifier"):
         if not hasattr(model, attr):
@@ -140,7 +128,7 @@ def pair_units(student: nn.Module, teacher: nn.Module, example: Tensor) -> list[
     _check_network(student, "student")
     _check_network(teacher, "teacher")
     s_units, t_units = student.units(), teacher.units()
-    with _EvalMode(student, teacher):
+    with eval_mode(student, teacher):
         s_h, t_h = student.encode(example), teacher.encode(example)
         for i in range(max(len(s_units), len(t_units))):
             if i >= len(s_units) or i >= len(t_units):
@@ -256,9 +244,11 @@ class LocalTandemLearning(Component):
         init_batches: int = _DEFAULT.init_batches,
     ) -> None:
         if mode not in DEFAULT_PERCENTILE:
-            raise UserError(f"LTL mode must be 'offline' or 'online', got {mode!r}")
-        if student_init not in ("random", "teacher"):
-            raise UserError(f"ltl.student_init must be 'random' or 'teacher', got {student_init!r}")
+            raise UserError(f"LTL mode must be one of {list(DEFAULT_PERCENTILE)}, got {mode!r} "
+                            "(ltl.mode none turns it off)")
+        if student_init not in LTL_STUDENT_INITS:
+            raise UserError(f"ltl.student_init must be one of {list(LTL_STUDENT_INITS)}, got "
+                            f"{student_init!r}")
         if getattr(teacher, "kind", "ann") != "ann" or getattr(teacher, "T", 1) != 1:
             raise UserError("the LTL teacher must be an ANN (model.kind: ann, T = 1); train the "
                             "ANN twin of the student first")

@@ -26,7 +26,6 @@ therefore see exactly the plain SNN, at the same cost.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -36,10 +35,12 @@ from torch import Tensor, nn
 
 from spikegrad.alignment import probe_batch
 from spikegrad.component import Component, StepOutput, TrainingContext
-from spikegrad.config import ShortcutConfig
+from spikegrad.config import SHORTCUT_LOSSES, ShortcutConfig
 from spikegrad.errors import UserError, check_labels, check_time_major, did_you_mean
 from spikegrad.layers import TimeDistributed, mean_over_time
+from spikegrad.modes import eval_mode
 from spikegrad.neurons import ClippedReLU, SpikingNeuron
+from spikegrad.schedules import BALANCE_SCHEDULES, balance
 
 __all__ = [
     "LOSSES", "SCHEDULES", "ShortcutBackprop", "ShortcutBranch", "ShortcutBranches",
@@ -47,36 +48,25 @@ __all__ = [
     "default_attach_points",
 ]
 
-SCHEDULES = ("constant", "linear", "cosine", "step")
-LOSSES = ("combined", "separate")
+_DEFAULT = ShortcutConfig()  # the defaults here are the config's
+SCHEDULES = tuple(BALANCE_SCHEDULES)
+LOSSES = SHORTCUT_LOSSES
 
 
 def balance_coefficient(
-    schedule: str, iteration: int, total: int, lambda0: float = 0.25,
-    step_fraction: float = 0.5, gamma: float = 0.1,
+    schedule: str, iteration: int, total: int, lambda0: float = _DEFAULT.lambda0,
+    step_fraction: float = _DEFAULT.step_fraction, gamma: float = _DEFAULT.gamma,
 ) -> float:
     """λ(i), the weight of the shortcut branches at iteration ``i`` (0-based) of ``total``.
 
-    With progress ``p = clamp(i / I, 0, 1)``:
+    With progress ``p = clamp(i / I, 0, 1)`` (:mod:`spikegrad.schedules`):
 
     - ``constant``: ``λ0``
     - ``linear``: ``λ0·(1 - p)`` (the evolutionary method)
     - ``cosine``: ``λ0·(1 + cos(π·p)) / 2``
     - ``step``: ``λ0·γ^⌊p / f⌋``, a drop by ``γ`` every fraction ``f`` of training.
     """
-    if schedule not in SCHEDULES:
-        raise UserError(f"shortcut schedule must be one of {list(SCHEDULES)}, got {schedule!r}"
-                        f"{did_you_mean(schedule, SCHEDULES)}")
-    p = min(max(iteration / total, 0.0), 1.0) if total > 0 else 0.0
-    if schedule == "constant":
-        return lambda0
-    if schedule == "linear":
-        return lambda0 * (1.0 - p)
-    if schedule == "cosine":
-        return lambda0 * 0.5 * (1.0 + math.cos(math.pi * p))
-    if not 0.0 < step_fraction <= 1.0:
-        raise UserError(f"shortcut step_fraction must be in (0, 1], got {step_fraction}")
-    return lambda0 * gamma ** math.floor(p / step_fraction + 1e-9)
+    return balance(schedule, iteration, total, lambda0, step_fraction, gamma)
 
 
 def combine_logits(main: Tensor, branches: Sequence[Tensor], lam: float) -> Tensor:
@@ -206,13 +196,8 @@ class ShortcutBranches(nn.Module):
     def for_model(cls, model: nn.Module, names: Sequence[str], example: Tensor) -> ShortcutBranches:
         """Probe ``model`` on ``example`` (eval mode, no gradient, RNG untouched) for sizes."""
         names = check_attach_points(model, names)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad(), _fork_rng(), capture_outputs(model, names) as captured:
-                outputs = model(example)  # (T, B, classes)
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.no_grad(), _fork_rng(), capture_outputs(model, names) as captured:
+            outputs = model(example)  # (T, B, classes)
         check_time_major(outputs, "model output", min_dims=3)
         features = []
         for name in names:
@@ -231,9 +216,6 @@ class ShortcutBranches(nn.Module):
     def forward(self, captured: dict[str, Tensor]) -> list[Tensor]:
         """Branch logits ``[T, B, classes]`` for the captured block outputs, in order."""
         return [head(captured[name]) for name, head in zip(self.names, self.heads, strict=True)]
-
-
-_DEFAULT = ShortcutConfig()  # the constructor's defaults are the config's
 
 
 class ShortcutBackprop(Component):

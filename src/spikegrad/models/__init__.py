@@ -8,11 +8,12 @@
 
 from spikegrad.models import cnn, plain, resnet, vgg  # noqa: F401  (register the models)
 from spikegrad.models._registry import create, entry, list_models, register_model
-from spikegrad.models.common import SpikingNetwork, activation_factory
+from spikegrad.models.common import ModelSpec, SpikingNetwork, activation_factory
 
 list = list_models
 
 __all__ = [
+    "ModelSpec",
     "SpikingNetwork",
     "activation_factory",
     "create",
