@@ -22,6 +22,7 @@ from spikegrad.build import (
 from spikegrad.component import Component, StepOutput
 from spikegrad.config import Config, load_config
 from spikegrad.errors import UserError
+from spikegrad.evaluation import evaluate_model
 from spikegrad.methods import (
     AdaptiveTemperature,
     GradientDiagnostics,
@@ -30,7 +31,7 @@ from spikegrad.methods import (
 )
 from spikegrad.run import train
 from spikegrad.seeding import seed_everything
-from spikegrad.trainer import Trainer, evaluate_model
+from spikegrad.trainer import Trainer
 
 __all__ = [
     "AdaptiveTemperature", "Component", "Config", "GradientDiagnostics", "LocalTandemLearning",

@@ -31,7 +31,8 @@ from spikegrad.data import build_augmentation
 from spikegrad.data.loader import collate_for
 from spikegrad.devices import DeviceModel, DeviceSync, ImperfectDevices
 from spikegrad.errors import UserError, unknown_name_error
-from spikegrad.trainer import Trainer, evaluate_model, resolve_device
+from spikegrad.evaluation import evaluate_model
+from spikegrad.trainer import Trainer, resolve_device
 
 __all__ = ["CALIBRATION_METHODS", "calibrate"]
 

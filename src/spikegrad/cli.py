@@ -60,8 +60,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from spikegrad.build import datasets_from_config, from_checkpoint
     from spikegrad.data.loader import collate_for
+    from spikegrad.evaluation import evaluate_model
     from spikegrad.methods.ltl import readout_start
-    from spikegrad.trainer import evaluate_model, resolve_device
+    from spikegrad.trainer import resolve_device
 
     run = from_checkpoint(args.checkpoint, args.set)
     model, config = run.model, run.config
@@ -211,13 +212,7 @@ def _cmd_plot_gradients(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="spikegrad", description="Train spiking neural networks by gradient descent."
-    )
-    parser.add_argument("--version", action="version", version=f"spikegrad {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train from a YAML recipe (under torchrun: on every process)")
     p.add_argument("config", nargs="?", help="recipe, e.g. configs/digits.yaml (optional with "
                    "--resume: the run folder's config.yaml)")
@@ -234,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start over in an --out folder that already holds a run")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on its dataset")
     p.add_argument("checkpoint")
     p.add_argument("--split", choices=("test", "train"), default="test")
@@ -244,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also per-layer firing rates, SOPs and energy (as in analysis.json)")
     p.set_defaults(func=_cmd_eval)
 
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="apply device non-idealities to a trained SNN and "
                        "calibrate it (online LTL or BPTT)")
     p.add_argument("checkpoint", help="the trained SNN")
@@ -261,11 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a key of the stored config, e.g. --set data.batch_size=16")
     p.set_defaults(func=_cmd_calibrate)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train each method on the built-in digits and compare")
     p.add_argument("--out", default="runs/demo", help="folder for the run folders")
     p.add_argument("--quick", action="store_true", help="two epochs per row (a smoke test)")
     p.set_defaults(func=_cmd_demo)
 
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="an HTML page with the plots of one or more runs")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR",
                    help="run folders (a folder of run folders, such as runs/demo, expands)")
@@ -274,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", help="page title")
     p.set_defaults(func=_cmd_report)
 
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a trained spiking model (NIR)")
     p.add_argument("checkpoint")
     p.add_argument("--format", choices=("nir",), default="nir", help="file format (nir)")
@@ -288,14 +293,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", help="one input sample, C,H,W (default: from the checkpoint)")
     p.set_defaults(func=_cmd_export)
 
+
+def _add_recipes(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recipes", help="list the recipes in configs/ with their papers' accuracy")
     p.set_defaults(func=_cmd_recipes)
 
+
+def _add_download(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("download", help="download, check and unpack a dataset into a folder")
     p.add_argument("name", help="registered dataset, e.g. cifar10")
     p.add_argument("--root", required=True, help="folder for the dataset files (data.root)")
     p.set_defaults(func=_cmd_download)
 
+
+def _add_plot_gradients(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot-gradients", help="plot the gradient diagnostics of runs side by side")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (holding gradients.jsonl)")
     p.add_argument("--out", required=True, help="image to write, e.g. gradients.png")
@@ -303,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", help="figure title")
     p.set_defaults(func=_cmd_plot_gradients)
 
+
+def _add_fdg(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fdg", help="cosine similarity of every surrogate's gradient with the "
                                    "finite difference gradient, over a sweep of its sharpness")
     p.add_argument("checkpoint")
@@ -326,9 +339,30 @@ def build_parser() -> argparse.ArgumentParser:
                         "the checkpoint's), e.g. --set data.root=/data")
     p.set_defaults(func=_cmd_fdg)
 
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the registered models")
     p.add_argument("pattern", nargs="?", default="*")
     p.set_defaults(func=_cmd_models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spikegrad", description="Train spiking neural networks by gradient descent."
+    )
+    parser.add_argument("--version", action="version", version=f"spikegrad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_calibrate(sub)
+    _add_demo(sub)
+    _add_report(sub)
+    _add_export(sub)
+    _add_recipes(sub)
+    _add_download(sub)
+    _add_plot_gradients(sub)
+    _add_fdg(sub)
+    _add_models(sub)
     return parser
 
 

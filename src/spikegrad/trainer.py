@@ -29,17 +29,18 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from spikegrad import distributed
-from spikegrad.analysis import EvalProbe, epoch_fields
+from spikegrad.analysis import epoch_fields
 from spikegrad.build.components import build_components
 from spikegrad.checkpoint import load_weights
 from spikegrad.component import Component, Position, StepOutput, TrainingContext
-from spikegrad.config import AnalysisConfig, Config
+from spikegrad.config import Config
 from spikegrad.data.augment import build_augmentation
 from spikegrad.data.loader import collate_for
 from spikegrad.data.sampler import GlobalBatchSampler, ShardSampler
 from spikegrad.diagnostics import GRADIENTS_FILE
 from spikegrad.distributed import DistributedContext
 from spikegrad.errors import TrainingDiverged, UserError, check_labels, explain_model_input
+from spikegrad.evaluation import evaluate_model
 from spikegrad.layers import mean_over_time
 from spikegrad.losses import training_loss
 from spikegrad.neurons import SpikingNeuron
@@ -121,47 +122,6 @@ def build_optimizer(config: Config, params: Iterable[nn.Parameter]) -> torch.opt
     return cls(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
 
 
-@torch.no_grad()
-def evaluate_model(
-    model: nn.Module, loader: Iterable, device: torch.device, amp_dtype: torch.dtype | None = None,
-    analysis: AnalysisConfig | None = None, readout_start: int = 0,
-    reduce: Callable[[list[float]], list[float]] | None = None,
-) -> dict[str, Any]:
-    """Test accuracy, loss (of the time-averaged logits) and mean firing rate, in eval mode.
-
-    With ``analysis.monitors``, the result also holds ``"analysis"``: per-layer activity,
-    SOPs and energy (:class:`spikegrad.analysis.EvalProbe`). The logits are averaged over
-    the time steps ``t >= readout_start`` (0: all of them; online local tandem learning
-    reads out from its warm-up step on). ``reduce`` sums the running totals over processes
-    when each evaluates a shard (the ``"analysis"`` detail stays this process's own).
-    """
-    model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
-    with EvalProbe(model, analysis) as monitor:
-        for inputs, targets in loader:
-            inputs = inputs.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                outputs = model(inputs)  # (T, B, classes)
-            logits = mean_over_time(outputs[readout_start:]).float()
-            check_labels(targets, logits.shape[1], "test labels")
-            loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
-            correct += int((logits.argmax(1) == targets).sum())
-            seen += targets.shape[0]
-            monitor.add_samples(targets.shape[0])
-    spikes, slots = monitor.monitor.spike_totals()
-    if reduce is not None:
-        loss_sum, correct, seen, spikes, slots = reduce([loss_sum, correct, seen, spikes, slots])
-    if seen == 0:
-        raise UserError("the evaluation set is empty")
-    result = {"test_loss": loss_sum / seen, "test_acc": correct / seen,
-              "firing_rate": spikes / slots if slots else None}
-    detail = monitor.summary()
-    if detail is not None:
-        result["analysis"] = detail
-    return result
-
-
 class Trainer:
     """Train and evaluate a model returning logits ``[T, B, classes]`` on a dataset pair.
 
@@ -239,6 +199,10 @@ class Trainer:
         self._output_steps: int | None = None  # T of the training outputs (summary of a custom model)
         self._stop = StopOnSignal(enabled=False)
         self._started = time.perf_counter()
+        self._attach(train_set, owns_loss=bool(owners))
+
+    def _attach(self, train_set: Dataset, owns_loss: bool) -> None:
+        """Give the components their context and attach them; then share the steps over processes."""
         #: what the components see of the run
         self.context = TrainingContext(
             model=self.model, config=self.config, device=self.device, dist=self.dist,
@@ -253,7 +217,7 @@ class Trainer:
         # under torchrun: how each step's gradients are averaged over the processes
         self._parallel = distributed.ParallelStep(
             self.compute_loss, self.model, self.optimizer, self.dist, self.config.distributed,
-            component_owns_loss=bool(owners), make_output=StepOutput,
+            component_owns_loss=owns_loss, make_output=StepOutput,
         )
 
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
