@@ -170,9 +170,13 @@ class AdaptiveTemperature(Component):
         group.set(chosen)
         return {f"{b:.6g}": s for b, s in zip(candidates, similarities, strict=True)}
 
+    def probe_seed(self, epoch: int) -> int:
+        """The seed that draws the probe batch and the probed weights of ``epoch``'s search."""
+        return self.seed * 1_000_003 + epoch
+
     def search(self, ctx: TrainingContext, epoch: int) -> dict[str, dict[str, float]]:
         """One search over every group on the epoch's probe batch; group -> similarities."""
-        seed = self.seed * 1_000_003 + epoch
+        seed = self.probe_seed(epoch)
         inputs, targets = probe_batch(ctx.model, ctx.train_set, self.config.batch_size, seed,
                                       ctx.device, ctx.collate_fn)
         generator = torch.Generator().manual_seed(seed)  # the probed weights

@@ -1,0 +1,1 @@
+"""Generators of documentation tables from real runs: ``python -m tools.<name> --help``."""
