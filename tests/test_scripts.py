@@ -183,6 +183,13 @@ def smoke_reliability_table(tmp_path: Path) -> None:
         "dspik}` | 2 |" in text and "unknown surrogate 'dspik' (did you mean 'dspike'?)" in text
 
 
+def smoke_code_metrics(tmp_path: Path) -> None:
+    out = run_script("tools.code_metrics", "--top", "1")
+    assert "longest files: src/spikegrad/" in out and "longest functions: spikegrad/" in out
+    # the package's modules import one another one way only, even inside functions
+    assert "import cycles (module level): 0" in out and "import cycles (any level): 0" in out
+
+
 SMOKE = {
     "bench.dspike_search": smoke_dspike_search,
     "bench.loader": smoke_loader,
@@ -195,6 +202,7 @@ SMOKE = {
     "experiments.ltl": smoke_ltl,
     "experiments.ltl_devices": smoke_ltl_devices,
     "tools.reliability_table": smoke_reliability_table,
+    "tools.code_metrics": smoke_code_metrics,
 }
 
 

@@ -1,1 +1,4 @@
-"""Generators of documentation tables from real runs: ``python -m tools.<name> --help``."""
+"""Tools over the repository: documentation tables from real runs, code metrics.
+
+``python -m tools.<name> --help``.
+"""
