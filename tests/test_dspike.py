@@ -193,7 +193,7 @@ def test_fdg_command_writes_a_table_json_and_plot(tmp_path, capsys):
     out = tmp_path / "analysis" / "fdg"
     checkpoint = str(tmp_path / "run" / "last.pt")
     code = main(["fdg", checkpoint, "--batch-size", "32", "--num-weights", "24", "--points", "3",
-                 "--surrogates", "dspike,sigmoid", "--out", str(out)])
+                 "--surrogates", "dspike,sigmoid", "--batches", "1", "--extend", "0", "--out", str(out)])
     stdout = capsys.readouterr().out
     assert code == 0
     assert "dspike" in stdout and "sigmoid" in stdout and "cosine" in stdout

@@ -20,7 +20,7 @@ import torch
 from spikegrad import fused, neurons, surrogates
 from spikegrad.dynamics import NeuronParams, NeuronState, neuron_multistep
 from spikegrad.errors import UserError
-from spikegrad.fused import cpu, formulas
+from spikegrad.fused import check, cpu, formulas
 
 pytestmark = pytest.mark.skipif(cpu.library() is None, reason="the fused CPU neuron could not be built")
 
@@ -305,3 +305,92 @@ def test_unwritable_cache_warns_and_uses_the_reference(monkeypatch, tmp_path):
         monkeypatch.undo()
         cpu.library.cache_clear()
     assert cpu.library() is not None
+
+
+def test_check_shards_together_cover_the_whole_grid():
+    cases, failures = check.run_checks("cpu", "cpu", dtypes=(torch.float64,))
+    assert not failures and cases == 53
+    shards = [check.run_checks("cpu", "cpu", dtypes=(torch.float64,), shard=(k, 3)) for k in range(3)]
+    assert [n for n, _ in shards] == [18, 18, 17] and not any(f for _, f in shards)
+    with pytest.raises(ValueError, match="shard 3/3"):
+        check.run_checks("cpu", "cpu", shard=(3, 3))
+
+
+@pytest.mark.slow
+def test_check_command_splits_over_processes():
+    command = [sys.executable, "-m", "spikegrad.fused.check", "--backend", "cpu", "--device", "cpu"]
+    done = subprocess.run([*command, "--jobs", "2"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cpu on cpu: 106/106 cases equal" in done.stdout
+    bad = subprocess.run([*command, "--shard", "2/2"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "need 0 <= K < N" in bad.stderr
+
+
+def test_triton_constants_are_made_once_and_take_a_tensor_leak():
+    """The kernels' constants tensor is cached (a new one per call would be a blocking host-to-device
+    copy on a GPU); a learnable leak enters it as a tensor, never through a host float."""
+    pytest.importorskip("triton")
+    from spikegrad.fused import triton_lif
+
+    values = (0.5, 0.8, 0.9, -0.2, -0.2)
+    first = triton_lif.device_constants(values, torch.float32, torch.device("cpu"))
+    assert triton_lif.device_constants(values, torch.float32, torch.device("cpu")) is first
+    assert first.tolist() == pytest.approx(values)
+    leak = torch.sigmoid(torch.tensor(0.3, requires_grad=True))
+    mixed = triton_lif.device_constants((leak, *values[1:]), torch.float64, torch.device("cpu"))
+    assert mixed.dtype == torch.float64 and not mixed.requires_grad
+    assert mixed[0].item() == leak.item() and mixed[1:].tolist() == pytest.approx(values[1:])
+    # on the CPU a learnable leak is read as a float; on CUDA it stays a tensor (tests/test_cuda.py)
+    assert isinstance(fused.constants(NeuronParams(leak=leak))[0], float)
+
+
+def _compile_for_hopper(kernel, dtype: str, constexprs: dict, ints: dict | None = None):
+    """Compile a Triton kernel ahead of time for an H100/H200 (sm_90) without a GPU."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    constant = {p.name for p in kernel.params if p.is_constexpr}
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constant:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*fp64" if name == "leak_ptr" else f"*{dtype}"
+        else:
+            signature[name] = (ints or {}).get(name, "i32")
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                          options={"enable_fp_fusion": False, "num_warps": 4})
+
+
+@pytest.mark.slow
+def test_triton_kernels_compile_for_hopper():
+    """The GPU compiler (not the interpreter) accepts every surrogate formula and flag: each kernel
+    variant the neurons launch compiles to an sm_90 binary here, with Triton's own ptxas."""
+    pytest.importorskip("triton")
+    from spikegrad.fused import formulas, triton_lif
+
+    if triton_lif.INTERPRET:
+        pytest.skip("TRITON_INTERPRET is set: the kernels are interpreted, not compiled")
+    try:
+        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
+    except ImportError:
+        pytest.skip("this triton has no NVIDIA backend")
+    block = triton_lif.BLOCK
+    for dtype, has_v0, hard, save_h in (("fp32", False, True, True), ("fp32", True, False, False),
+                                        ("fp64", True, True, True)):
+        kernel = _compile_for_hopper(triton_lif._forward_kernel, dtype,
+                                     {"HAS_V0": has_v0, "HARD": hard, "SAVE_H": save_h, "BLOCK": block})
+        assert kernel.asm["cubin"]
+    kinds = [formulas.GIVEN, *formulas.KINDS.values()]
+    for i, kind in enumerate(kinds):
+        flags = {"KIND": kind, "HAS_V0": i % 2 == 0, "HAS_GV": i % 3 == 0, "HARD": i % 2 == 1,
+                 "DETACH": i % 4 == 0, "WANT_V0": i % 2 == 0, "WANT_LEAK": True, "BLOCK": block}
+        kernel = _compile_for_hopper(triton_lif._backward_kernel, "fp32", flags)
+        assert kernel.asm["cubin"], kind
+    # float64, and (T - 1)·N beyond 2^31 passed as a 64-bit integer
+    flags = {"KIND": formulas.KINDS["dspike"], "HAS_V0": True, "HAS_GV": True, "HARD": True, "DETACH": False,
+             "WANT_V0": True, "WANT_LEAK": True, "BLOCK": block}
+    assert _compile_for_hopper(triton_lif._backward_kernel, "fp64", flags, {"last": "i64"}).asm["cubin"]

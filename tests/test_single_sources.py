@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from spikegrad import fused, models, neurons, surrogates
+from spikegrad import encoders, fused, losses, models, neurons, surrogates
 from spikegrad.build import model_arguments
 from spikegrad.config import (
     LTL_MODES,
@@ -19,32 +19,32 @@ from spikegrad.config import (
     ScheduleConfig,
     ShortcutConfig,
     TrainConfig,
+    choices_of,
 )
 from spikegrad.data import build_datasets
 from spikegrad.errors import UserError
-from spikegrad.losses import TRAINING_LOSSES
 from spikegrad.methods.ltl import LocalTandemLearning, pair_units
 from spikegrad.methods.shortcut import ShortcutBranches
 from spikegrad.models import ModelSpec
-from spikegrad.models.common import ENCODERS, KINDS
+from spikegrad.models.common import KINDS
 from spikegrad.modes import eval_mode
 from spikegrad.recipes import CONFIG_DIR, recipe_path
 from spikegrad.schedules import BALANCE_SCHEDULES, LR_SCHEDULES
 
 
 def choices(section, key):
-    return {f.name: f.metadata for f in dataclasses.fields(section)}[key]["choices"]
+    return choices_of({f.name: f.metadata for f in dataclasses.fields(section)}[key])
 
 
 def test_config_choices_are_the_registries_names():
     assert set(choices(NeuronConfig, "type")) == set(neurons.available())
     assert set(choices(NeuronConfig, "backend")) == set(fused.BACKENDS)
     assert set(choices(ModelConfig, "kind")) == set(KINDS)
-    assert set(choices(ModelConfig, "encoder")) == set(ENCODERS)
+    assert set(choices(ModelConfig, "encoder")) == set(encoders.available())
     assert set(choices(ScheduleConfig, "name")) == set(LR_SCHEDULES)
     assert set(choices(ShortcutConfig, "schedule")) == set(BALANCE_SCHEDULES)
     assert set(choices(ShortcutConfig, "loss")) == set(SHORTCUT_LOSSES)
-    assert set(choices(TrainConfig, "loss")) == set(TRAINING_LOSSES)
+    assert set(choices(TrainConfig, "loss")) == set(losses.available())
     assert set(choices(LTLConfig, "mode")) == set(LTL_MODES)
     with pytest.raises(UserError, match=r"'model\.surrogate': unknown surrogate 'dspik' \(did you mean "
                                         r"'dspike'\?\)"):
@@ -53,6 +53,15 @@ def test_config_choices_are_the_registries_names():
         Config().with_overrides({"model.surrogate": {"temperature": 2.0}})
     with pytest.raises(UserError, match="LTL mode must be one of"):
         LocalTandemLearning(models.create("digits_cnn", kind="ann", width=0.25), "none")
+
+
+def test_config_choices_read_a_registry_when_a_config_is_checked(monkeypatch):
+    from spikegrad import schedules
+
+    with pytest.raises(UserError, match=r"'schedule\.name' must be one of"):
+        Config().with_overrides({"schedule.name": "flat"})
+    monkeypatch.setitem(schedules.LR_SCHEDULES, "flat", lambda p, epoch, s, lr: 1.0)
+    assert Config().with_overrides({"schedule.name": "flat"}).schedule.name == "flat"
 
 
 def test_one_default_surrogate_for_the_config_a_neuron_and_a_network():

@@ -73,6 +73,8 @@ def calibrate(
     """
     if method not in CALIBRATION_METHODS:
         raise unknown_name_error("calibration method", method, CALIBRATION_METHODS)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise UserError(f"the calibration budget (--steps) must be a whole number >= 0, got {steps!r}")
     if method == "ltl-online" and teacher is None:
         raise UserError("ltl-online calibration needs the ANN teacher")
     config = calibration_config(config, lr, method)

@@ -66,6 +66,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     run = from_checkpoint(args.checkpoint, args.set)
     model, config = run.model, run.config
+    raster = _raster_layers(args, model)
     train_set, test_set, _ = datasets_from_config(config.data)
     dataset = test_set if args.split == "test" else train_set
     loader = DataLoader(dataset, batch_size=config.data.eval_batch_size,
@@ -76,8 +77,30 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                             readout_start=readout_start(config, getattr(model, "T", 1)))
     result.update({"checkpoint": args.checkpoint, "split": args.split,
                    "method": run.payload.get("method"), "epoch": run.payload.get("epoch")})
+    if raster:
+        from pathlib import Path
+
+        from spikegrad.recording import record_and_plot
+
+        out = args.out or Path(args.checkpoint).parent  # the run folder, where `report` finds it
+        samples = 4 if args.samples is None else args.samples
+        result["raster"] = [str(p) for p in record_and_plot(
+            model, dataset, raster, samples, out, device, collate_for(dataset), args.checkpoint)]
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _raster_layers(args: argparse.Namespace, model) -> list[str]:
+    """The layers of ``eval --raster`` (checked before evaluating); [] without it."""
+    if not args.raster:
+        if args.samples is not None or args.out is not None:
+            raise UserError("--samples and --out go with --raster LAYER[,LAYER] (spike rasters)")
+        return []
+    from spikegrad.recording import resolve_layers
+
+    names = [n.strip() for n in args.raster.split(",") if n.strip()]
+    resolve_layers(model, names)
+    return names
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
@@ -160,7 +183,7 @@ def _cmd_fdg(args: argparse.Namespace) -> int:
         args.checkpoint, layer=args.layer, epsilon=args.epsilon, num_weights=args.num_weights or None,
         batch_size=args.batch_size, split=args.split, seed=args.seed, points=args.points,
         factor=args.range, names=args.surrogates.split(",") if args.surrogates else None,
-        device=args.device, overrides=args.set,
+        device=args.device, overrides=args.set, batches=args.batches, extend=args.extend,
     )
     print(format_report(report))
     prefix = args.out or Path(args.checkpoint).with_name("fdg")
@@ -239,6 +262,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="override train.device")
     p.add_argument("--analysis", action="store_true",
                    help="also per-layer firing rates, SOPs and energy (as in analysis.json)")
+    p.add_argument("--raster", metavar="LAYER[,LAYER]",
+                   help="also record spikes and membrane potentials of these neuron layers ('all': "
+                   "every one) on the first samples: recording.npz, raster.png, membrane.png")
+    p.add_argument("--samples", type=int, help="samples recorded with --raster (default 4)")
+    p.add_argument("--out", help="folder for the --raster files (default: the checkpoint's run folder)")
     p.set_defaults(func=_cmd_eval)
 
 
@@ -331,6 +359,10 @@ def _add_fdg(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--range", type=float, default=8.0,
                    help="sweep from default/RANGE to default·RANGE, geometrically (default 8)")
     p.add_argument("--surrogates", help="comma-separated subset (default: all registered)")
+    p.add_argument("--batches", type=int, default=3,
+                   help="probe batches (seeds SEED, SEED+1, ...): mean and error bars (default 3)")
+    p.add_argument("--extend", type=int, default=4,
+                   help="points added past an end of the sweep where the best lies (default 4; 0: off)")
     p.add_argument("--out", help="output prefix for .json and .png (default: fdg beside the "
                                  "checkpoint)")
     p.add_argument("--device", help="override train.device")

@@ -152,16 +152,27 @@ def read_gradients(run: str | Path) -> list[dict[str, Any]]:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a run's ``.jsonl`` file (one per line; blank lines skipped)."""
+    """The JSON objects of a run's ``.jsonl`` file (one per line; blank lines skipped).
+
+    A line that is not UTF-8, not JSON, or JSON but not an object is a :class:`UserError`
+    naming the line.
+    """
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if not raw.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{str(path)!r} line {number} is not UTF-8 text; the file is damaged "
+                            "(fix or delete that line)") from exc
         except json.JSONDecodeError as exc:
             raise UserError(f"{str(path)!r} line {number} is not JSON ({exc.msg}); the file is "
                             "damaged or was cut off while being written") from exc
+        if not isinstance(row, dict):
+            raise UserError(f"{str(path)!r} line {number} is JSON but not an object ({{...}}), got "
+                            f"{type(row).__name__}; the file is damaged (fix or delete that line)")
+        rows.append(row)
     return rows
 
 

@@ -40,6 +40,9 @@ def evaluate_model(
                 outputs = model(inputs)  # (T, B, classes)
             logits = mean_over_time(outputs[readout_start:]).float()
             check_labels(targets, logits.shape[1], "test labels")
+            if not torch.isfinite(logits).all():  # an accuracy of NaN logits would mean nothing
+                raise UserError("the model's logits on the test set are NaN or inf; check the model's "
+                                "weights (a diverged checkpoint?) and the test inputs")
             loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
             correct += int((logits.argmax(1) == targets).sum())
             seen += targets.shape[0]

@@ -27,7 +27,7 @@ from typing import Any
 
 from spikegrad.errors import UserError, did_you_mean
 
-__all__ = ["BALANCE_SCHEDULES", "LR_SCHEDULES", "balance", "lr_factor"]
+__all__ = ["BALANCE_SCHEDULES", "LR_SCHEDULES", "balance", "balance_schedules", "lr_factor", "lr_schedules"]
 
 
 def _cosine_with_floor(p: float, floor: float) -> float:
@@ -40,6 +40,11 @@ LR_SCHEDULES: dict[str, Callable[[float, int, Any, float], float]] = {
     "constant": lambda p, epoch, s, lr: 1.0,
     "step": lambda p, epoch, s, lr: s.gamma ** (epoch // s.step_epochs),
 }
+
+
+def lr_schedules() -> list[str]:
+    """The names ``schedule.name`` accepts."""
+    return list(LR_SCHEDULES)
 
 
 def lr_factor(config: Any, iteration: int, iters_per_epoch: int) -> float:
@@ -60,6 +65,11 @@ BALANCE_SCHEDULES: dict[str, Callable[[float, float, float, float], float]] = {
     "cosine": lambda p, lambda0, f, gamma: lambda0 * 0.5 * (1.0 + math.cos(math.pi * p)),
     "step": lambda p, lambda0, f, gamma: lambda0 * gamma ** math.floor(p / f + 1e-9),
 }
+
+
+def balance_schedules() -> list[str]:
+    """The names ``shortcut.schedule`` accepts."""
+    return list(BALANCE_SCHEDULES)
 
 
 def balance(schedule: str, iteration: int, total: int, lambda0: float, step_fraction: float,

@@ -19,6 +19,7 @@ changed during training (``Dspike.temperature``) without rebuilding the model.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -65,6 +66,9 @@ class SpikeFunction(torch.autograd.Function):
 
 
 def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise UserError(f"surrogate parameter {name!r} must be a positive finite number, got "
+                        f"{value!r} ({type(value).__name__})")
     value = float(value)
     if not value > 0 or not math.isfinite(value):
         raise UserError(f"surrogate parameter {name!r} must be a positive finite number, got {value}")

@@ -35,7 +35,7 @@ from spikegrad.checkpoint import load_weights
 from spikegrad.component import Component, Position, StepOutput, TrainingContext
 from spikegrad.config import Config
 from spikegrad.data.augment import build_augmentation
-from spikegrad.data.loader import collate_for
+from spikegrad.data.loader import check_dataset, collate_for
 from spikegrad.data.sampler import GlobalBatchSampler, ShardSampler
 from spikegrad.diagnostics import GRADIENTS_FILE
 from spikegrad.distributed import DistributedContext
@@ -180,8 +180,8 @@ class Trainer:
         self.verbose = verbose and self.dist.is_main
         #: the run folder and its bookkeeping (files, checkpoints; rank 0 writes)
         self.run = RunFolder(out_dir, self.dist)
-        if len(train_set) == 0:
-            raise UserError("the training set is empty")
+        check_dataset(train_set, "training set", allow_empty=False)
+        check_dataset(test_set, "test set")
         self.loader_generator, self.train_sampler, self.train_loader, self.test_loader = _loaders(
             train_set, test_set, self.config, self.dist)
         self.optimizer = build_optimizer(self.config, self.model.parameters())

@@ -44,7 +44,8 @@ __all__ = ["BACKENDS", "FusedNeuron", "multistep", "resolve_backend"]
 BACKENDS = ("auto", "reference", "cpu", "triton")
 KERNEL_DTYPES = (torch.float32, torch.float64)
 
-NeuronConstants = tuple[float, float, float, float, float]  # leak, input_scale, threshold, v_reset, v_init
+# leak (a 0-dim CUDA tensor when learnable there), input_scale, threshold, v_reset, v_init
+NeuronConstants = tuple[float | Tensor, float, float, float, float]
 
 
 class KernelOps(Protocol):
@@ -128,8 +129,16 @@ class FusedNeuron(torch.autograd.Function):
 
 
 def constants(params: NeuronParams) -> NeuronConstants:
-    """``(leak, input_scale, threshold, v_reset, v_init)`` as Python floats."""
-    leak = float(params.leak)  # a learnable leak: its current value
+    """``(leak, input_scale, threshold, v_reset, v_init)`` as Python floats.
+
+    A learnable leak on a CUDA device stays a (detached) 0-dim tensor there: reading its
+    value on the host would wait for the GPU; the Triton kernels take it as it is.
+    """
+    leak = params.leak
+    if isinstance(leak, Tensor):
+        leak = leak.detach()
+    if not (isinstance(leak, Tensor) and leak.is_cuda):
+        leak = float(leak)  # a constant leak, or a learnable one on the CPU: its current value
     return leak, float(params.input_scale), float(params.threshold), float(params.v_reset), \
         float(params.initial_potential)
 

@@ -9,6 +9,11 @@ small tensor of the input's dtype, so they round exactly as the reference's Pyth
 kernels launch with ``enable_fp_fusion=False`` so that ``leak·u + scale·x`` is not turned
 into a fused multiply-add, which would round differently and could flip a spike.
 
+No call waits for the GPU: the constants tensor is made once per set of values and device
+and then reused (a fresh ``torch.tensor(..., device="cuda")`` is a blocking host-to-device
+copy, which would stall the stream twice per neuron layer and step), and a learnable leak
+enters it by a copy on the device, never through the host.
+
 Runs on CUDA tensors; with ``TRITON_INTERPRET=1`` set before import, Triton's interpreter
 runs the same kernels on CPU tensors (how the tests check them without a GPU).
 """
@@ -31,7 +36,7 @@ try:
 except ImportError:  # optional: the GPU path needs triton, the rest of spikegrad does not
     triton = None
 
-__all__ = ["TritonOps", "available", "usable"]
+__all__ = ["TritonOps", "available", "device_constants", "usable"]
 
 BLOCK = 512
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -185,6 +190,27 @@ def _dummy(device: torch.device, dtype: torch.dtype) -> Tensor:
     return torch.zeros(1, device=device, dtype=dtype)
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_constants(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+def device_constants(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The kernels' constants ``values`` as a tensor of ``dtype`` on ``device``, without a host sync.
+
+    ``values[0]`` (the leak) may be a 0-dim tensor (a learnable leak, already on ``device``):
+    it is copied in on the device. Every other value is a Python float; the tensor of those
+    is cached, so a constant neuron costs no host-to-device copy after its first call.
+    """
+    leak, rest = values[0], tuple(float(v) for v in values[1:])
+    if not isinstance(leak, Tensor):
+        return _cached_constants((float(leak), *rest), dtype, device)
+    out = torch.empty(len(values), dtype=dtype, device=device)
+    out[1:] = _cached_constants(rest, dtype, device)
+    out[:1] = leak.detach().reshape(1)
+    return out
+
+
 class TritonOps:
     """:class:`spikegrad.fused.KernelOps` on Triton; saves the potentials ``h`` ``[T, N]``."""
 
@@ -193,7 +219,7 @@ class TritonOps:
         spikes, v_final = torch.empty_like(x), x.new_empty(N)
         write_h = save or want_h
         h = torch.empty_like(x) if write_h else _dummy(x.device, x.dtype)
-        consts = torch.tensor(neuron, dtype=x.dtype, device=x.device)
+        consts = device_constants(neuron, x.dtype, x.device)
         grid = (triton.cdiv(N, BLOCK),)
         _forward_kernel[grid](x, v0 if v0 is not None else _dummy(x.device, x.dtype), spikes, v_final, h,
                               consts, T, N, HAS_V0=v0 is not None, HARD=hard, SAVE_H=write_h, BLOCK=BLOCK,
@@ -211,7 +237,7 @@ class TritonOps:
         programs = triton.cdiv(N, BLOCK)
         partials = torch.zeros(programs, dtype=torch.float64, device=h.device) if want_leak else \
             _dummy(h.device, torch.float64)
-        consts = torch.tensor((*neuron, *constants), dtype=h.dtype, device=h.device)
+        consts = device_constants((*neuron, *constants), h.dtype, h.device)
         _backward_kernel[(programs,)](
             h, v0 if v0 is not None else dummy, grad_s, grad_v_final if grad_v_final is not None else dummy,
             g if g is not None else dummy, grad_x, grad_v0, partials, consts, T, N, (T - 1) * N,

@@ -2,8 +2,9 @@
 
 Every registered network is ``encoder -> features -> classifier``:
 
-- ``encoder`` turns a static input ``[B, C, H, W]`` into ``[T, B, C, H, W]`` (direct or
-  Poisson); time-major inputs (event frames) pass through unchanged.
+- ``encoder`` turns a static input ``[B, C, H, W]`` into ``[T, B, C, H, W]`` (direct,
+  Poisson, latency or delta: :mod:`spikegrad.encoders`); time-major inputs (event frames)
+  pass through unchanged, except into an encoder of sequences (delta).
 - ``features`` is an ``nn.Sequential`` of *units*; each unit ends in one activation (a
   spiking neuron, or a clipped ReLU in the ANN twin). Shortcut branches attach to units by
   name; local tandem learning pairs the units of teacher and student one to one.
@@ -26,9 +27,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from spikegrad import neurons, surrogates
+from spikegrad import encoders, neurons, surrogates
 from spikegrad.errors import UserError
-from spikegrad.layers import DirectEncoder, PoissonEncoder, TimeDistributed
+from spikegrad.layers import TimeDistributed
 
 ActivationFactory = Callable[[], nn.Module]
 NeuronSpec = Mapping[str, Any] | str | None
@@ -79,14 +80,13 @@ def activation_factory(
     return lambda: neurons.create(neuron_type, surrogate=make_surrogate(), **params)
 
 
-#: input encoders by name (``model.encoder``)
-ENCODERS: dict[str, Callable[[int], nn.Module]] = {"direct": DirectEncoder, "poisson": PoissonEncoder}
-
-
-def make_encoder(encoder: str, T: int) -> nn.Module:
-    if encoder not in ENCODERS:
-        raise UserError(f"encoder must be one of {sorted(ENCODERS)}, got {encoder!r}")
-    return ENCODERS[encoder](T)
+def make_encoder(encoder: str | Mapping[str, Any], T: int) -> nn.Module:
+    """An encoder of the registry :mod:`spikegrad.encoders`: a name or ``{"name": ..., **options}``."""
+    made = encoders.create(encoder, T)
+    if getattr(made, "mode", None) == "on_off":
+        raise UserError("the delta encoder's on_off mode doubles the input channels, which the "
+                        "registered models' first layer does not take; use mode signed")
+    return made
 
 
 def scaled(channels: int, width: float) -> int:
@@ -108,7 +108,8 @@ class ModelSpec:
         surrogate: surrogate name, mapping ``{"name", **params}`` or instance (copied per neuron);
             None: the default surrogate (:func:`spikegrad.surrogates.default`).
         width: channel width multiplier.
-        encoder: ``direct`` (repeat the input) or ``poisson``.
+        encoder: a name of :mod:`spikegrad.encoders` (``direct`` repeats the input; ``poisson``,
+            ``latency``, ``delta``) or a mapping ``{"name": ..., **options}``.
         activation_max: clip of the ANN twin's ReLU.
         batch_norm: batch norm after each weight layer (False: biased layers instead).
     """
@@ -121,7 +122,7 @@ class ModelSpec:
     neuron: NeuronSpec = None
     surrogate: SurrogateSpec = None
     width: float = 1.0
-    encoder: str = "direct"
+    encoder: str | Mapping[str, Any] = "direct"
     activation_max: float = 2.0
     batch_norm: bool = True
 
@@ -201,7 +202,8 @@ class SpikingNetwork(nn.Module):
     features: nn.Sequential
     classifier: nn.Module
 
-    def __init__(self, T: int, kind: str, encoder: str = "direct", input_dims: int = 3) -> None:
+    def __init__(self, T: int, kind: str, encoder: str | Mapping[str, Any] = "direct",
+                 input_dims: int = 3) -> None:
         """Subclasses built from a :class:`ModelSpec` pass ``spec.T, spec.kind, spec.encoder``."""
         super().__init__()
         if kind not in KINDS:
@@ -212,13 +214,15 @@ class SpikingNetwork(nn.Module):
         self.T = 1 if kind == "ann" else int(T)
         self.input_dims = input_dims
         self.encoder = make_encoder(encoder, self.T)
+        #: a neuron layer after the classifier (``readout="spikes"``, see models.create), or None
+        self.output_neuron: nn.Module | None = None
 
     def encode(self, x: Tensor) -> Tensor:
         """Static ``[B, *sample]`` -> ``[T, B, *sample]``; time-major input passes through."""
         if x.dim() == self.input_dims + 1:
             return self.encoder(x)
-        if x.dim() == self.input_dims + 2:
-            return x
+        if x.dim() == self.input_dims + 2:  # a sequence: coded only by encoders of sequences
+            return self.encoder(x, time_major=True) if getattr(self.encoder, "sequence_input", False) else x
         raise UserError(
             f"{type(self).__name__} expects a static batch with {self.input_dims + 1} dimensions "
             f"[B, ...] or a time-major batch with {self.input_dims + 2} dimensions [T, B, ...], "
@@ -228,7 +232,8 @@ class SpikingNetwork(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.encode(x)  # (T, B, C, H, W)
         x = self.features(x)
-        return self.classifier(x)  # (T, B, classes)
+        x = self.classifier(x)  # (T, B, classes)
+        return x if self.output_neuron is None else self.output_neuron(x)  # logits, or spikes
 
     def units(self) -> list[tuple[str, nn.Module]]:
         """``(name, unit)`` for every unit of ``features``, in order."""
