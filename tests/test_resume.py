@@ -342,6 +342,10 @@ def test_resume_refuses_a_config_that_changes_the_run(tmp_path):
     other = load_config(recipe_path("digits"), ["optim.lr=0.05", "model.T=6"])
     with pytest.raises(UserError, match=r"model\.T: 4 -> 6; optim\.lr: 0\.1 -> 0\.05"):
         check_resume_config(stored, other, "runs/x/last.pt")
+    del stored["train"]["correct_rate"]  # a key an earlier spikegrad did not have: its default
+    assert config_differences(stored, same_run) == []
+    changed = load_config(recipe_path("digits"), ["train.correct_rate=0.5"])
+    assert config_differences(stored, changed) == ["train.correct_rate: '<absent>' -> 0.5"]
 
 
 # --------------------------------------------------------------------------- guards

@@ -134,13 +134,19 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(stored: dict[str, Any], current: Config) -> list[str]:
-    """``"key: stored -> current"`` for every difference that matters on resume."""
+    """``"key: stored -> current"`` for every difference that matters on resume.
+
+    A key the stored config lacks (written by a spikegrad before the key existed) stands for
+    its default, which keeps what that spikegrad computed.
+    """
     old, new = _flatten(stored), _flatten(current.to_dict())
+    default = _flatten(Config().to_dict())
     diffs = []
     for key in sorted(set(old) | set(new)):
         if any(key == k or (k.endswith(".") and key.startswith(k)) for k in MAY_DIFFER_ON_RESUME):
             continue
-        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+        before = old.get(key, default.get(key, "<absent>"))
+        if before != new.get(key, "<absent>"):
             diffs.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
     return diffs
 
