@@ -203,3 +203,37 @@ def test_the_public_api_exports_what_a_user_needs():
                  "build_components", "build_parts", "build_model", "datasets_from_config",
                  "seed_everything", "train", "Trainer", "Component", "models", "data"):
         assert hasattr(spikegrad, name) and name in spikegrad.__all__, name
+
+
+# --------------------------------------------------------------------------- the model spec
+
+
+def test_model_options_readout_and_encoder_mapping_round_trip_through_a_checkpoint(tmp_path):
+    from spikegrad.build import build_model, datasets_from_config
+    from spikegrad.checkpoint import load_model, save_checkpoint
+
+    config = tiny_config(**{"model.options": {"readout": "spikes"}, "model.T": 3,
+                            "model.encoder": {"name": "latency", "scale": "log"}})
+    _, test_set, info = datasets_from_config(config.data)
+    model, args = build_model(config, info)
+    assert args["kwargs"]["readout"] == "spikes" and model.output_neuron is not None
+    save_checkpoint(tmp_path / "m.pt", model, args, config=config.to_dict())
+    rebuilt, _ = load_model(tmp_path / "m.pt")
+    assert isinstance(rebuilt.output_neuron, neurons.LIF) and rebuilt.encoder.scale == "log"
+    x = torch.stack([test_set[i][0] for i in range(4)])
+    with torch.no_grad():
+        model.eval(), rebuilt.eval()
+        assert torch.equal(model(x), rebuilt(x)) and set(model(x).unique().tolist()) <= {0.0, 1.0}
+
+
+def test_model_create_checks_shared_and_own_arguments_by_type_and_size():
+    from spikegrad import models
+
+    with pytest.raises(UserError, match=r"'batch_norm' must be bool, got 'maybe'"):
+        models.create("vgg11", batch_norm="maybe")  # a ModelSpec field
+    with pytest.raises(UserError, match=r"'width' must lie in \(0, 64\]"):
+        models.create("digits_cnn", width=-1.0)
+    with pytest.raises(UserError, match=r"'stem' must be str"):
+        models.create("resnet18", stem=3)  # the network's own argument
+    with pytest.raises(UserError, match=r"'depth' must lie in"):
+        models.create("plain_cnn", depth=0)
