@@ -25,6 +25,8 @@ PUBLIC_MODULES = {
     "spikegrad.fused", "spikegrad.fused.check", "spikegrad.layers", "spikegrad.lean",
     "spikegrad.losses", "spikegrad.methods", "spikegrad.models", "spikegrad.monitors",
     "spikegrad.neurons", "spikegrad.recipes", "spikegrad.surrogates", "spikegrad.cli",
+    "spikegrad.encoders", "spikegrad.recording", "spikegrad.report", "spikegrad.alignment_report",
+    "spikegrad.demo",
 }
 
 
@@ -69,9 +71,10 @@ def test_scripts_import_only_the_public_api():
 
 
 def test_bench_holds_speed_and_memory_benchmarks_only():
+    # gpu_session_report: the tables and environment record of bench/gpu_session.sh's GPU runs
     assert {p.stem for p in (ROOT / "bench").glob("*.py")} == {
-        "__init__", "_harness", "dspike_search", "gpu_check", "loader", "monitor_overhead", "neuron",
-        "train_step"}
+        "__init__", "_harness", "dspike_search", "gpu_check", "gpu_session_report", "loader",
+        "monitor_overhead", "neuron", "train_step"}
 
 
 def test_every_script_has_a_smoke_test():
@@ -142,6 +145,14 @@ def smoke_gpu_check(tmp_path: Path) -> None:
     run_script("bench.gpu_check", timeout=600)
 
 
+def smoke_gpu_session_report(tmp_path: Path) -> None:
+    run_script("bench.gpu_session_report", "report", str(tmp_path / "work"), str(tmp_path / "out"))
+    assert (tmp_path / "out" / "tables.md").is_file() and (tmp_path / "out" / "results.json").is_file()
+    out = run_script("bench.gpu_session_report", "build", "digits.yaml", "--set", "model.width=0.125",
+                     cwd=ROOT / "src" / "spikegrad" / "configs")
+    assert "digits_cnn:" in out and "logits (4, 1, 10)" in out
+
+
 def smoke_dspike_ablation(tmp_path: Path) -> None:
     out = run_script("experiments.dspike_ablation", "--out", str(tmp_path / "runs"), "--seeds", "0",
                      "--rows", "dspike-adaptive", "--epochs", "1", "--plot", str(tmp_path / "b.png"),
@@ -183,6 +194,19 @@ def smoke_reliability_table(tmp_path: Path) -> None:
         "dspik}` | 2 |" in text and "unknown surrogate 'dspik' (did you mean 'dspike'?)" in text
 
 
+def smoke_api_reference(tmp_path: Path) -> None:
+    run_script("tools.api_reference", "--check")  # exit 1 when docs/api.md is stale
+
+
+def smoke_plot_screenshots(tmp_path: Path) -> None:
+    runs, img = tmp_path / "runs", tmp_path / "img"
+    run_script("tools.plot_screenshots", "--runs", str(runs), "--out", str(img), "--epochs", "1",
+               "--skip", "fdg", "--set", "model.width=0.125", "--set", "data.batch_size=256",
+               "--set", "diagnostics.gradient_interval=2", timeout=600)
+    assert (img / "gradients.png").is_file() and (runs / "dspike" / "recording.npz").is_file()
+    assert any(p.name.startswith("report-spike-raster") for p in img.glob("*.png"))
+
+
 def smoke_code_metrics(tmp_path: Path) -> None:
     out = run_script("tools.code_metrics", "--top", "1")
     assert "longest files: src/spikegrad/" in out and "longest functions: spikegrad/" in out
@@ -197,12 +221,15 @@ SMOKE = {
     "bench.neuron": smoke_neuron,
     "bench.train_step": smoke_train_step,
     "bench.gpu_check": smoke_gpu_check,
+    "bench.gpu_session_report": smoke_gpu_session_report,
     "experiments.dspike_ablation": smoke_dspike_ablation,
     "experiments.shortcut_depth": smoke_shortcut_depth,
     "experiments.ltl": smoke_ltl,
     "experiments.ltl_devices": smoke_ltl_devices,
     "tools.reliability_table": smoke_reliability_table,
     "tools.code_metrics": smoke_code_metrics,
+    "tools.api_reference": smoke_api_reference,
+    "tools.plot_screenshots": smoke_plot_screenshots,
 }
 
 
