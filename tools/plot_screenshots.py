@@ -3,8 +3,9 @@
     python tools/plot_screenshots.py --runs runs/screens --out docs/img/after
 
 trains (once; an existing run folder is reused) the demo's five rows with ``--epochs``
-epochs each (and the ``--set`` overrides) into ``--runs``, then writes into ``--out``: the run report's images that the
-docs show (``report-*.png``, cut out of the HTML page; ``--all``: every one),
+epochs each (and the ``--set`` overrides) into ``--runs``, then writes into ``--out``: the
+run report's images that the docs show (``report-*.png``, cut out of the HTML page;
+``--all``: every one),
 ``gradients.png`` of ``spikegrad plot-gradients`` for the Dspike and evolutionary rows, and
 ``fdg.png`` of ``spikegrad fdg`` on the Dspike row's ``last.pt`` (its JSON is kept in
 ``--runs`` and plotted again on later calls). Unless ``--skip raster``,
