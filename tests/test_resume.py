@@ -407,6 +407,40 @@ def test_nonfinite_step_can_be_skipped_and_counted(tmp_path):
     assert not all(torch.equal(before[k], after[k]) for k in before)
 
 
+class HalfNaN(nn.Module):
+    """Logits ``[T=1, B, 2]``: the input itself, NaN for the samples whose first value is < 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x[:, :1] < 0, torch.nan, x)[None]
+
+
+def test_nonfinite_test_logits_are_refused_or_counted_as_wrong():
+    from spikegrad.evaluation import evaluate_model
+
+    x = torch.tensor([[2.0, 1.0], [1.0, 3.0], [-1.0, 0.0], [0.5, 0.0]])
+    loader = DataLoader(TensorDataset(x, torch.tensor([0, 1, 0, 1])), batch_size=3)
+    with pytest.raises(UserError, match="logits on the test set are NaN or inf"):
+        evaluate_model(HalfNaN(), loader, torch.device("cpu"))
+    result = evaluate_model(HalfNaN(), loader, torch.device("cpu"), nonfinite="count")
+    # samples 0 and 1 right, 2 NaN (wrong, out of the loss), 3 wrong
+    expected_loss = nn.functional.cross_entropy(x[[0, 1, 3]], torch.tensor([0, 1, 1])).item()
+    assert result["test_acc"] == 0.5 and result["nonfinite_samples"] == 1
+    assert result["test_loss"] == pytest.approx(expected_loss)
+    nan_only = DataLoader(TensorDataset(x[2:3], torch.tensor([0])))
+    assert evaluate_model(HalfNaN(), nan_only, torch.device("cpu"), nonfinite="count")["test_loss"] is None
+
+
+def test_skipping_nonfinite_steps_trains_on_when_the_test_logits_go_nonfinite(tmp_path):
+    """With ``train.nonfinite: skip`` a learning rate of 1e12 leaves weights whose test logits
+    are infinite: the epoch still ends, those samples counted as wrong."""
+    trainer = poisoned_trainer(tmp_path, Poison(-1), **{"train.nonfinite": "skip", "optim.lr": 1e12,
+                                                       "train.epochs": 1})
+    trainer.fit()
+    (row,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert row["nonfinite_steps"] > 0 and row["nonfinite_samples"] > 0
+    assert row["test_acc"] <= 1 - row["nonfinite_samples"] / len(trainer.test_loader.dataset)
+
+
 def test_unwritable_run_folder_fails_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -335,8 +335,8 @@ Trainer(nn.Linear(4, 3), data, data, Config().with_overrides({"train.device": "c
     Case("faults", "loss becomes NaN/inf, train.nonfinite=skip",
          ["train", "tiny.yaml", "--out", "skip", "--set", "optim.lr=1e12",
           "--set", "train.nonfinite=skip", "--set", "train.epochs=1"], expect=0,
-         show=lambda p, work: "exit 0; metrics.jsonl: " + ", ".join(
-             re.findall(r'"nonfinite_steps": \d+', (work / "skip" / "metrics.jsonl").read_text()))),
+         show=lambda p, work: "exit 0; metrics.jsonl: " + ", ".join(re.findall(
+             r'"nonfinite_(?:steps|samples)": \d+', (work / "skip" / "metrics.jsonl").read_text()))),
     Case("faults", "disk full while writing a checkpoint", python=api("""
 import errno, torch
 from spikegrad import load_config, train

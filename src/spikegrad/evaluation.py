@@ -20,7 +20,7 @@ __all__ = ["evaluate_model"]
 def evaluate_model(
     model: nn.Module, loader: Iterable, device: torch.device, amp_dtype: torch.dtype | None = None,
     analysis: AnalysisConfig | None = None, readout_start: int = 0,
-    reduce: Callable[[list[float]], list[float]] | None = None,
+    reduce: Callable[[list[float]], list[float]] | None = None, nonfinite: str = "refuse",
 ) -> dict[str, Any]:
     """Test accuracy, loss (of the time-averaged logits) and mean firing rate, in eval mode.
 
@@ -29,9 +29,16 @@ def evaluate_model(
     the time steps ``t >= readout_start`` (0: all of them; online local tandem learning
     reads out from its warm-up step on). ``reduce`` sums the running totals over processes
     when each evaluates a shard (the ``"analysis"`` detail stays this process's own).
+
+    Logits that are NaN or infinite mean no prediction: ``nonfinite="refuse"`` raises a
+    :class:`UserError` (an accuracy of them would mean nothing); ``"count"`` (training with
+    ``train.nonfinite: skip``) counts those samples as wrong, leaves them out of the loss
+    (None when no sample is left) and reports how many in ``"nonfinite_samples"``.
     """
+    if nonfinite not in ("refuse", "count"):
+        raise UserError(f"nonfinite must be 'refuse' or 'count', got {nonfinite!r}")
     model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, correct, seen, bad = 0.0, 0, 0, 0
     with EvalProbe(model, analysis) as monitor:
         for inputs, targets in loader:
             inputs = inputs.to(device, non_blocking=True)
@@ -40,20 +47,24 @@ def evaluate_model(
                 outputs = model(inputs)  # (T, B, classes)
             logits = mean_over_time(outputs[readout_start:]).float()
             check_labels(targets, logits.shape[1], "test labels")
-            if not torch.isfinite(logits).all():  # an accuracy of NaN logits would mean nothing
+            finite = torch.isfinite(logits).all(1)  # (B,)
+            if nonfinite == "refuse" and not finite.all():
                 raise UserError("the model's logits on the test set are NaN or inf; check the model's "
                                 "weights (a diverged checkpoint?) and the test inputs")
-            loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
-            correct += int((logits.argmax(1) == targets).sum())
+            loss_sum += float(nn.functional.cross_entropy(logits[finite], targets[finite], reduction="sum"))
+            correct += int(((logits.argmax(1) == targets) & finite).sum())
             seen += targets.shape[0]
+            bad += int((~finite).sum())
             monitor.add_samples(targets.shape[0])
     spikes, slots = monitor.monitor.spike_totals()
     if reduce is not None:
-        loss_sum, correct, seen, spikes, slots = reduce([loss_sum, correct, seen, spikes, slots])
+        loss_sum, correct, seen, spikes, slots, bad = reduce([loss_sum, correct, seen, spikes, slots, bad])
     if seen == 0:
         raise UserError("the evaluation set is empty")
-    result = {"test_loss": loss_sum / seen, "test_acc": correct / seen,
+    result = {"test_loss": loss_sum / (seen - bad) if seen > bad else None, "test_acc": correct / seen,
               "firing_rate": spikes / slots if slots else None}
+    if nonfinite == "count":
+        result["nonfinite_samples"] = int(bad)
     detail = monitor.summary()
     if detail is not None:
         result["analysis"] = detail

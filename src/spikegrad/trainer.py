@@ -381,13 +381,16 @@ class Trainer:
 
     def evaluate(self, loader: DataLoader | None = None) -> dict[str, Any]:
         """Accuracy, loss and mean firing rate of the model on ``loader`` (the test set)."""
+        # skipping non-finite steps, a test sample with non-finite logits counts as wrong
+        nonfinite = "count" if self.config.train.nonfinite == "skip" else "refuse"
         if loader is not None:
             return evaluate_model(self.model, loader, self.device, self.amp_dtype,
-                                  self.config.analysis, self.readout_start)
+                                  self.config.analysis, self.readout_start, nonfinite=nonfinite)
         distributed.sync_buffers(self.model, self.dist)  # rank 0's BN statistics everywhere
         return evaluate_model(self.model, self.test_loader, self.device, self.amp_dtype,
                               self.config.analysis, self.readout_start,
-                              self.dist.sum if self.dist.enabled else None)  # over the shards
+                              self.dist.sum if self.dist.enabled else None,  # over the shards
+                              nonfinite=nonfinite)
 
     # ------------------------------------------------------------------ the run
 
@@ -493,9 +496,12 @@ class Trainer:
                                                   "sops", "energy_uj"}
         )
         rate = row.get("firing_rate")
+        loss, train_acc = row["train_loss"], row["train_acc"]  # None: every step was skipped
         print(
-            f"epoch {row['epoch']:>3}/{self.config.train.epochs}  loss {row['train_loss']:.4f}  "
-            f"train {100 * row['train_acc']:5.1f}%  test {100 * row['test_acc']:5.1f}%  "
+            f"epoch {row['epoch']:>3}/{self.config.train.epochs}  loss "
+            + ("-" if loss is None else f"{loss:.4f}") + "  train "
+            + ("  -  " if train_acc is None else f"{100 * train_acc:5.1f}") + f"%  test "
+            f"{100 * row['test_acc']:5.1f}%  "
             f"lr {row['lr']:.3g}" + (f"  rate {rate:.3f}" if rate is not None else "")
             + extras + f"  {row['seconds']:.1f}s",
             flush=True,
