@@ -91,8 +91,8 @@ def cmd_build(recipe: str, overrides: list[str]) -> int:
     """Load the recipe and build its datasets and model (what training would start with)."""
     import torch
 
+    from spikegrad.build import build_parts
     from spikegrad.config import load_config
-    from spikegrad.run import build_parts
 
     config = load_config(recipe, overrides)
     parts = build_parts(config)

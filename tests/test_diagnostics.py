@@ -132,7 +132,7 @@ def test_an_fp16_overflow_skips_the_step_and_its_record(tmp_path):
     first.register_hook(lambda g: g * float("inf"))  # as an fp16 gradient overflows
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     x, y = next(iter(trainer.train_loader))
-    trainer.components[0].on_epoch_start(trainer, 0)
+    trainer.components[0].on_epoch_start(trainer.context, 0)
     assert trainer.train_step(x, y) is not None  # not counted as non-finite, not raised
     assert all(torch.equal(v, dict(model.named_parameters())[k]) for k, v in before.items())
     assert trainer.scaler.get_scale() == 2.0 ** 15  # lowered by the backoff factor
@@ -143,10 +143,10 @@ def test_resume_keeps_the_records_up_to_the_checkpoint(tmp_path):
     lines = [{"epoch": 1, "iteration": i, "norms": {"a": 1.0}, "first_layer_hist": {}} for i in (1, 5, 9)]
     (tmp_path / "gradients.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     diagnostics = GradientDiagnostics(interval=4)
-    diagnostics.on_epoch_start(SimpleNamespace(out_dir=tmp_path, iteration=6, writes=True), 1)
+    diagnostics.on_epoch_start(SimpleNamespace(run_dir=tmp_path, iteration=6), 1)
     assert [r["iteration"] for r in read_gradients(tmp_path)] == [1, 5]
     fresh = GradientDiagnostics(interval=4)
-    fresh.on_epoch_start(SimpleNamespace(out_dir=tmp_path, iteration=0, writes=True), 0)
+    fresh.on_epoch_start(SimpleNamespace(run_dir=tmp_path, iteration=0), 0)
     assert read_gradients(tmp_path) == []
 
 

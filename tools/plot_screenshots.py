@@ -3,8 +3,9 @@
     python tools/plot_screenshots.py --runs runs/screens --out docs/img/after
 
 trains (once; an existing run folder is reused) the demo's five rows with ``--epochs``
-epochs each into ``--runs``, then writes into ``--out``: the run report's images that the
-docs show (``report-*.png``, cut out of the HTML page; ``--all``: every one),
+epochs each (and the ``--set`` overrides) into ``--runs``, then writes into ``--out``: the
+run report's images that the docs show (``report-*.png``, cut out of the HTML page;
+``--all``: every one),
 ``gradients.png`` of ``spikegrad plot-gradients`` for the Dspike and evolutionary rows, and
 ``fdg.png`` of ``spikegrad fdg`` on the Dspike row's ``last.pt`` (its JSON is kept in
 ``--runs`` and plotted again on later calls). Unless ``--skip raster``,
@@ -24,15 +25,15 @@ import sys
 from pathlib import Path
 
 
-def train_runs(runs: Path, epochs: int) -> None:
+def train_runs(runs: Path, epochs: int, overrides: list[str] = ()) -> None:
+    from spikegrad import train
     from spikegrad.demo import demo_configs
-    from spikegrad.run import train
 
     for row, config in demo_configs(out_dir=runs):
         folder = runs / row.folder
         if (folder / "summary.json").is_file():
             continue
-        config = config.with_overrides({"train.epochs": epochs, "train.progress": False})
+        config = config.with_overrides([*overrides, f"train.epochs={epochs}", "train.progress=false"])
         train(config, folder, verbose=False)
 
 
@@ -80,10 +81,12 @@ def main() -> None:
     parser.add_argument("--skip", action="append", default=[],
                         choices=("raster", "report", "gradients", "fdg"),
                         help="leave out a kind of image (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override of every demo row's config (repeatable), e.g. model.width=0.25")
     args = parser.parse_args()
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_runs(runs, args.epochs)
+    train_runs(runs, args.epochs, args.set)
     if "raster" not in args.skip:  # spike rasters of the Dspike row, shown by the report
         cli("eval", str(runs / "dspike" / "last.pt"), "--raster", "all", "--samples", "3")
     if "report" not in args.skip:

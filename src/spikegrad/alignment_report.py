@@ -36,7 +36,7 @@ from spikegrad.alignment import (
 )
 from spikegrad.checkpoint import load_model
 from spikegrad.config import Config, DspikeConfig, from_dict
-from spikegrad.data import build_datasets
+from spikegrad.data.from_config import datasets_from_config
 from spikegrad.data.loader import collate_for
 from spikegrad.errors import UserError, unknown_name_error
 from spikegrad.fdg import LossFn, finite_difference_gradient, resolve_layer, sample_weight_indices
@@ -250,10 +250,7 @@ def analyse_checkpoint(
     if not points >= 1 or not factor >= 1.0:
         raise UserError(f"--points must be >= 1 and --range >= 1, got {points} and {factor}")
     config = from_dict(Config, payload["config"]).with_overrides(overrides)
-    options = dict(config.data.options)
-    if config.data.root is not None:
-        options["root"] = config.data.root
-    train_set, test_set, _ = build_datasets(config.data.name, **options)
+    train_set, test_set, _ = datasets_from_config(config.data)
     device_ = resolve_device(device or config.train.device)
     model = model.to(device_)
     layer_name, module = resolve_layer(model, layer)

@@ -8,12 +8,16 @@ Every problem is a :class:`~spikegrad.errors.UserError` that names the key: an u
 (with the nearest valid one), a value of the wrong type (list items too), a number that is
 NaN or infinite (no key takes either), or a value out of range. Files are read by
 :mod:`spikegrad.safe_yaml` (bounded size and aliases, duplicate keys refused, UTF-8 only).
+
+Names that a registry owns (neuron types, surrogates, encoders, learning rate and balance
+schedules, training losses) are read from it each time a config is checked, so a name
+registered later counts too; the few choices no registry owns (``ltl.mode``,
+``shortcut.loss``) are defined here once and used by their methods.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import os
 import re
@@ -26,46 +30,58 @@ from typing import Any
 
 import yaml
 
+from spikegrad import encoders, fused, losses, neurons, schedules, surrogates
 from spikegrad.errors import UserError, did_you_mean
+from spikegrad.models.common import KINDS
 from spikegrad.safe_yaml import load_yaml, read_text, yaml_problem
+
+#: ``ltl.mode``: none, or the two ways of local tandem learning
+LTL_MODES = ("none", "offline", "online")
+#: ``ltl.student_init``: keep the student's weights, or start from the teacher's
+LTL_STUDENT_INITS = ("random", "teacher")
+#: ``shortcut.loss``: one loss on the combined logits (the paper), or one per head
+SHORTCUT_LOSSES = ("combined", "separate")
 
 
 def option(default: Any = dataclasses.MISSING, *, doc: str = "",
            choices: Iterable | Callable[[], Iterable] | None = None,
            min: float | None = None, gt: float | None = None, max: float | Any | None = None,
            lt: float | None = None, length: int | None = None,
-           factory: Any = dataclasses.MISSING) -> Any:
+           factory: Any = dataclasses.MISSING, check: Callable[[Any], str | None] | None = None) -> Any:
     """A dataclass field with a docstring and range/choice constraints checked on load.
 
     The bounds apply to a number, or to every number of a list; ``max`` may be a function
     returning ``(bound, reason)`` (a bound that depends on the machine); ``length`` is the
-    required length of a list. ``choices`` may be a function returning them (a registry, read
-    when a config is checked); a mapping value is checked by its ``name``.
+    required length of a list. ``choices`` is a fixed tuple, or a registry's function
+    returning its names (``neurons.available``: read each time a config is checked, see
+    :func:`choices_of`); a mapping value is checked by its ``name``. ``check(value)`` returns
+    a problem in words, or None.
     """
     meta = {"doc": doc, "choices": choices if callable(choices) else tuple(choices) if choices else None,
-            "min": min, "gt": gt, "max": max, "lt": lt, "length": length}
+            "min": min, "gt": gt, "max": max, "lt": lt, "length": length, "check": check}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
 
 
-def registry(module: str) -> Callable[[], list[str]]:
-    """Choices read from ``module.available()``, imported only when a config is checked."""
-    return lambda: importlib.import_module(module).available()
+def choices_of(meta: Mapping[str, Any]) -> tuple | None:
+    """The choices in a field's metadata, now (a registry's names are read at this call)."""
+    choices = meta.get("choices")
+    return tuple(choices()) if callable(choices) else choices
 
 
 @dataclass
 class NeuronConfig:
     """Neuron of every spiking unit (see :mod:`spikegrad.dynamics`)."""
 
-    type: str = option("lif", doc="lif, if or plif (learnable leak)", choices=("lif", "if", "plif"))
+    type: str = option("lif", doc="lif, if or plif (learnable leak)", choices=neurons.available)
     leak: float = option(0.5, doc="λ in u_t = λ·u_(t-1) + I_t (ignored by if)", min=0.0, max=1.0)
     threshold: float = option(1.0, doc="firing threshold", gt=0.0)
     reset: str = option("hard", doc="hard: set to v_reset; soft: subtract threshold",
                         choices=("hard", "soft"))
     v_reset: float = option(0.0, doc="potential after a spike (hard reset)")
     detach_reset: bool = option(False, doc="cut the gradient through the reset")
-    backend: str = option("auto", choices=("auto", "reference", "cpu", "triton"),
+    backend: str = option("auto", choices=fused.BACKENDS,
                           doc="who runs the time loop: auto (a fused kernel where one runs), "
                           "reference (the plain loop), cpu or triton (spikegrad.fused)")
 
@@ -80,16 +96,17 @@ class NeuronConfig:
 @dataclass
 class ModelConfig:
     name: str = option("digits_cnn", doc="registered model (spikegrad models lists them)")
-    kind: str = option("snn", doc="snn, or ann for the ANN twin", choices=("snn", "ann"))
+    kind: str = option("snn", doc="snn, or ann for the ANN twin", choices=KINDS)
     T: int = option(4, doc="time steps (ignored by ann)", gt=0)
-    encoder: str | dict = option("direct", choices=registry("spikegrad.encoders"),
+    encoder: str | dict = option("direct", choices=encoders.available,
                                  doc="input encoder (spikegrad.encoders): direct, poisson, latency or "
                                  "delta; or {name: latency, scale: log} with its options")
     width: float = option(1.0, doc="channel width multiplier", gt=0.0)
     activation_max: float = option(2.0, doc="clip of the ANN twin's ReLU", gt=0.0)
     neuron: NeuronConfig = option(factory=NeuronConfig)
-    surrogate: dict = option(factory=lambda: {"name": "dspike", "temperature": 3.0},
-                             doc="name plus the surrogate's parameters")
+    surrogate: dict = option(factory=lambda: dict(surrogates.DEFAULT),
+                             doc="name plus the surrogate's parameters",
+                             check=lambda value: _check_surrogate(value))
     options: dict = option(factory=dict, doc="further model-specific constructor arguments")
     lean_memory: bool = option(False, doc="keep binary inputs of conv/linear layers as bits and nothing "
                                "in pools for backward (same gradients, less memory; spikegrad.lean)")
@@ -120,7 +137,7 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = option("cosine", choices=("cosine", "constant", "step"),
+    name: str = option("cosine", choices=schedules.lr_schedules,
                        doc="per-iteration learning-rate schedule")
     warmup_epochs: float = option(0.0, min=0.0, doc="linear warm-up from 0")
     min_lr: float = option(0.0, min=0.0, doc="cosine floor")
@@ -135,7 +152,7 @@ class TrainConfig:
                        "and torch")
     device: str = option("auto", doc="auto, cpu, cuda, cuda:N or mps")
     amp: bool = option(False, doc="mixed precision (fp16 + grad scaling on CUDA, bf16 on CPU)")
-    loss: str = option("ce", choices=registry("spikegrad.losses"),
+    loss: str = option("ce", choices=losses.available,
                        doc="ce on the time-averaged logits, tet (TET's per-step loss), spike_count "
                        "(MSE of output spike counts; needs model.options.readout: spikes) or membrane "
                        "(CE of each class's highest output over time); spikegrad.losses")
@@ -184,9 +201,9 @@ class AnalysisConfig:
 
 @dataclass
 class LTLConfig:
-    """Local tandem learning: SNN units learn locally to match an ANN teacher (METHODS.md §3)."""
+    """Local tandem learning: SNN units learn locally to match an ANN teacher (docs/methods.md)."""
 
-    mode: str = option("none", choices=("none", "offline", "online"),
+    mode: str = option("none", choices=LTL_MODES,
                        doc="none, offline (BPTT inside each unit) or online (state detached every step)")
     teacher_checkpoint: str | None = option(None, doc="checkpoint of a trained ANN twin (kind ann)")
     teacher_recipe: str | None = option(
@@ -202,7 +219,7 @@ class LTLConfig:
                                 doc="online: first step with a loss and in the readout; None: 3T/4")
     distill: float = option(0.0, min=0.0, doc="weight of distilling the teacher's logits (0: off)")
     distill_temperature: float = option(4.0, gt=0.0, doc="softmax temperature of the distillation")
-    student_init: str = option("random", choices=("random", "teacher"),
+    student_init: str = option("random", choices=LTL_STUDENT_INITS,
                                doc="random, or teacher: BN folded in, weights scaled by percentiles")
     init_batches: int = option(4, gt=0, doc="teacher init: batches that estimate the percentiles")
 
@@ -243,7 +260,8 @@ class PaperConfig:
     """What the paper a recipe mirrors reports (shown by ``spikegrad recipes``; not used in training)."""
 
     accuracy: float | None = option(None, min=0.0, max=100.0, doc="reported top-1 accuracy, %")
-    source: str = option("", doc="paper and table, with the METHODS.md tag ([paper], [later], ...)")
+    source: str = option("", doc="paper and table, tagged [paper] (stated in the paper), [later] "
+                         "(quoted by later papers) or [open] (our choice); see docs/methods.md")
 
 
 @dataclass
@@ -259,12 +277,12 @@ class ShortcutConfig:
                           "default: ResNet stage ends but the last, else every k-th unit)")
     every: int | None = option(None, gt=0, doc="branch after every k-th unit (None: about four "
                                "blocks; ResNets use their stage ends)")
-    schedule: str = option("linear", choices=("constant", "linear", "cosine", "step"),
+    schedule: str = option("linear", choices=schedules.balance_schedules,
                            doc="balance coefficient λ(i) per iteration")
     lambda0: float = option(0.25, min=0.0, doc="λ at the first iteration")
     step_fraction: float = option(0.5, gt=0.0, max=1.0, doc="step: drop every this fraction of training")
     gamma: float = option(0.1, min=0.0, doc="step: factor of each drop")
-    loss: str = option("combined", choices=("combined", "separate"),
+    loss: str = option("combined", choices=SHORTCUT_LOSSES,
                        doc="combined: one CE on main + λ·Σ branches (the paper); separate: one per head")
 
 
@@ -432,13 +450,16 @@ def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
         return
     if meta.get("length") is not None and len(value) != meta["length"]:
         raise UserError(f"config key {key!r} must hold {meta['length']} values, got {value!r}")
+    problem = meta["check"](value) if meta.get("check") else None
+    if problem:
+        raise UserError(f"config key {key!r}: {problem}")
     if isinstance(value, list):
         for index, item in enumerate(value):
             if isinstance(item, (int, float)) and not isinstance(item, bool):
-                _check_range(item, {**meta, "length": None, "choices": None}, f"{key}[{index}]")
+                _check_range(item, {**meta, "length": None, "choices": None, "check": None},
+                             f"{key}[{index}]")
         return
-    choices = meta.get("choices")
-    choices = tuple(choices()) if callable(choices) else choices
+    choices = choices_of(meta)
     name = value.get("name", value) if isinstance(value, Mapping) else value
     if choices and name not in choices:
         raise UserError(f"config key {key!r} must be one of {list(choices)}, got {name!r}"
@@ -456,6 +477,17 @@ def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
             raise UserError(f"config key {key!r} must be <= {bound} ({reason}), got {value!r}")
     elif limit is not None and value > limit:
         raise UserError(f"config key {key!r} must be <= {limit}, got {value!r}")
+
+
+def _check_surrogate(value: Mapping[str, Any]) -> str | None:
+    """``model.surrogate`` names a registered surrogate."""
+    name = value.get("name")
+    if not isinstance(name, str):
+        return "needs a 'name' key, e.g. {name: dspike, temperature: 3.0}"
+    if name.lower() not in surrogates.available():
+        return (f"unknown surrogate {name!r}{did_you_mean(name, surrogates.available())}; "
+                f"available: {', '.join(surrogates.available())}")
+    return None
 
 
 def _as_dict(section: Any, prefix: str = "") -> dict[str, Any]:

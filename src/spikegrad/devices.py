@@ -38,9 +38,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from spikegrad.component import Component, TrainingContext
 from spikegrad.errors import UserError
 from spikegrad.neurons import SpikingNeuron
-from spikegrad.trainer import Component, Trainer
 
 __all__ = ["DeviceModel", "DeviceSync", "ImperfectDevices", "quantise"]
 
@@ -213,11 +213,11 @@ class DeviceSync(Component):
     def __init__(self, devices: ImperfectDevices) -> None:
         self.devices = devices
 
-    def attach(self, trainer: Trainer) -> None:
-        if self.devices.model is not trainer.model:
+    def attach(self, ctx: TrainingContext) -> None:
+        if self.devices.model is not ctx.model:
             raise UserError("DeviceSync must wrap the devices of the model being trained")
 
-    def on_step_end(self, trainer: Trainer) -> None:
+    def on_step_end(self, ctx: TrainingContext) -> None:
         self.devices.sync()
 
     def state_dict(self) -> dict[str, Any]:

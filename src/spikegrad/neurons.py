@@ -40,10 +40,6 @@ __all__ = ["IF", "LIF", "ClippedReLU", "SpikingNeuron", "available", "create", "
            "surrogate_from_snntorch"]
 
 
-def _default_surrogate() -> surrogates_module.Surrogate:
-    return surrogates_module.Dspike(temperature=3.0)
-
-
 def _finite(name: str, value: Any) -> float:
     """A neuron parameter as a finite float; a tensor, string, bool or NaN/inf is refused."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -71,7 +67,8 @@ class SpikingNeuron(nn.Module):
         reset: ``"hard"`` (set to ``v_reset``) or ``"soft"`` (subtract the threshold).
         v_reset: potential after a spike with hard reset.
         detach_reset: cut the gradient through the reset term.
-        surrogate: a :class:`spikegrad.surrogates.Surrogate`; a fresh ``Dspike(3)`` if None.
+        surrogate: a :class:`spikegrad.surrogates.Surrogate`; a fresh default one
+            (:func:`spikegrad.surrogates.default`, Dspike of temperature 3) if None.
             Each layer owns its instance (no shared default object).
         input_scale: multiplies the input current (``1/tau`` in SpikingJelly's ``decay_input``).
         learnable_leak: learn λ = sigmoid(a) per layer, PLIF-style, starting at ``leak``.
@@ -105,7 +102,7 @@ class SpikingNeuron(nn.Module):
         self.v_reset = v_reset
         self.detach_reset = detach_reset
         self.input_scale = input_scale
-        self.surrogate = surrogate if surrogate is not None else _default_surrogate()
+        self.surrogate = surrogate if surrogate is not None else surrogates_module.default()
         if learnable_leak:
             if not 0.0 < leak < 1.0:
                 raise UserError(f"a learnable leak must start strictly inside (0, 1), got {leak}")

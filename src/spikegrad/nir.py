@@ -53,6 +53,7 @@ from spikegrad.errors import UserError, first_line
 from spikegrad.layers import DirectEncoder, PoissonEncoder, TimeDistributed
 from spikegrad.models.common import SpikingNetwork
 from spikegrad.models.resnet import BasicBlock
+from spikegrad.modes import eval_mode
 from spikegrad.neurons import IF, LIF, ClippedReLU, SpikingNeuron
 
 __all__ = ["DEFAULT_DT", "NIRNetwork", "export_nir", "import_nir", "neuron_gain", "register_exporter",
@@ -461,20 +462,17 @@ def export_nir(
     if input_shape is None:
         raise UserError("export_nir needs the shape of one input sample, e.g. input_shape=(1, 8, 8)")
     shape = _sample_shape(input_shape)
-    was_training = model.training
-    model.eval()
-    try:
-        graph = _Graph()
-        sources = graph.add("input", nir.Input(input_type={"input": np.array(shape)}), [], shape)
-        sources = _Exporter(graph, float(dt)).emit(model, sources, "")
-    except UserError:
-        raise
-    except (RuntimeError, IndexError, ValueError, TypeError) as exc:
-        raise UserError(f"the model cannot take an input sample of shape {shape} (input_shape, "
-                        f"--input-shape): {first_line(exc)}; give one sample's shape as the model was "
-                        "trained, e.g. C,H,W = 1,8,8 for the digits") from exc
-    finally:
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            graph = _Graph()
+            sources = graph.add("input", nir.Input(input_type={"input": np.array(shape)}), [], shape)
+            sources = _Exporter(graph, float(dt)).emit(model, sources, "")
+        except UserError:
+            raise
+        except (RuntimeError, IndexError, ValueError, TypeError) as exc:
+            raise UserError(f"the model cannot take an input sample of shape {shape} (input_shape, "
+                            f"--input-shape): {first_line(exc)}; give one sample's shape as the model "
+                            "was trained, e.g. C,H,W = 1,8,8 for the digits") from exc
     out_shape = graph.shapes[sources[0]]
     graph.add("output", nir.Output(output_type={"output": np.array(out_shape)}), sources, out_shape)
     if fold_gain:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from spikegrad.errors import UserError, unknown_name_error
 
 __all__ = [
+    "DEFAULT",
     "ATan",
     "Dspike",
     "FastSigmoid",
@@ -38,6 +39,7 @@ __all__ = [
     "Triangle",
     "available",
     "create",
+    "default",
     "heaviside",
     "register",
 ]
@@ -136,6 +138,16 @@ def create(name: str, **params: float) -> Surrogate:
         return cls(**params)
     except TypeError as exc:
         raise UserError(f"surrogate {name!r}: {exc}; see help(spikegrad.surrogates.{cls.__name__})") from exc
+
+
+#: the surrogate of a neuron or network given none, and the default of ``model.surrogate``
+DEFAULT: dict = {"name": "dspike", "temperature": 3.0}
+
+
+def default() -> Surrogate:
+    """A fresh instance of :data:`DEFAULT`: Dspike with temperature 3."""
+    params = dict(DEFAULT)
+    return create(params.pop("name"), **params)
 
 
 @register("rectangle")

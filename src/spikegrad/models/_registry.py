@@ -1,10 +1,13 @@
 """Model registry: ``register_model(name, cls, **fixed)``; ``create(name, **kwargs)`` builds.
 
-A registered entry is a class (or function) plus the arguments that define the variant,
-e.g. ``register_model("resnet18", SpikingResNet, blocks=(2, 2, 2, 2))``.
+A registered entry is a network class (or function) taking a :class:`ModelSpec` (the
+arguments every network shares) and keyword arguments of its own architecture, plus the
+ones that define the variant, e.g. ``register_model("resnet18", SpikingResNet,
+blocks=(2, 2, 2, 2))``. ``create`` takes both kinds of argument as keywords (the form stored
+in checkpoints): the :class:`ModelSpec` fields go into the spec, the rest to the builder.
 
-:func:`create` checks every argument before building: its name against the constructor's
-signature, its value against the annotated type (``batch_norm: bool`` refuses ``"maybe"``;
+:func:`create` checks every argument before building: its name against the spec's fields and
+the constructor's signature, its value against the annotated type (``batch_norm: bool`` refuses ``"maybe"``;
 numbers must be finite), and sizes against :data:`SIZE_LIMITS` (``width: -1`` or
 ``num_classes: 0`` are refused, as are sizes that could not fit in memory).
 """
@@ -12,6 +15,7 @@ numbers must be finite), and sizes against :data:`SIZE_LIMITS` (``width: -1`` or
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import fnmatch
 import inspect
 import math
@@ -25,6 +29,7 @@ from typing import Any
 from torch import nn
 
 from spikegrad.errors import UserError, did_you_mean, unknown_name_error
+from spikegrad.models.common import DEFAULT_SPEC, ModelSpec, SpikingNetwork, activation_factory
 
 
 @dataclass(frozen=True)
@@ -33,24 +38,32 @@ class ModelEntry:
     builder: Callable[..., nn.Module]
     fixed: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    #: the defaults of the shared arguments for this network
+    spec: ModelSpec = DEFAULT_SPEC
+
+    def own_arguments(self) -> list[str]:
+        """The builder's own keyword arguments a user may pass (not fixed by the variant)."""
+        params = inspect.signature(self.builder).parameters
+        return [p for p in params if p not in self.fixed and p not in ("self", "spec")]
 
     def arguments(self) -> list[str]:
-        """The keyword arguments a user may pass (the builder's, minus the fixed ones)."""
-        params = inspect.signature(self.builder).parameters
-        return [p for p in params if p not in self.fixed and p != "self"]
+        """Every keyword argument a user may pass: the shared ones, then the network's own."""
+        return [*ModelSpec.names(), *self.own_arguments()]
 
 
 _MODELS: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    name: str, builder: Callable[..., nn.Module], description: str = "", **fixed: Any
+    name: str, builder: Callable[..., nn.Module], description: str = "", *,
+    spec: ModelSpec = DEFAULT_SPEC, **fixed: Any,
 ) -> None:
-    """Register ``builder(**fixed, **user_kwargs)`` under ``name``."""
+    """Register ``builder(spec, **fixed, **user_kwargs)`` under ``name``; ``spec`` gives the
+    defaults of the shared arguments (e.g. one input channel for the digits)."""
     if name in _MODELS:
         raise RuntimeError(f"model {name!r} is registered twice")
     doc = description or (inspect.getdoc(builder) or "").split("\n")[0]
-    _MODELS[name] = ModelEntry(name, builder, dict(fixed), doc)
+    _MODELS[name] = ModelEntry(name, builder, dict(fixed), doc, spec)
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -133,13 +146,18 @@ def _numbers(value: Any) -> list[float]:
     return []
 
 
-def check_arguments(name: str, builder: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
-    """Refuse an argument of the wrong type, a non-finite number or a size out of range."""
+def _hints(target: Any) -> dict[str, Any]:
     try:
-        target = builder.__init__ if inspect.isclass(builder) else builder
-        hints = typing.get_type_hints(target)
+        return typing.get_type_hints(target)
     except Exception:  # an annotation that cannot be resolved: check the names only
-        hints = {}
+        return {}
+
+
+def check_arguments(name: str, builder: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
+    """Refuse an argument of the wrong type, a non-finite number or a size out of range: the
+    shared ones against the :class:`ModelSpec` fields, the others against ``builder``."""
+    own = _hints(builder.__init__ if inspect.isclass(builder) else builder)
+    hints = {**own, **_hints(ModelSpec)}
     for key, value in kwargs.items():
         if key in hints and not _conforms(value, hints[key]):
             raise UserError(f"model {name!r} argument {key!r} must be {_type_text(hints[key])}, got "
@@ -178,16 +196,17 @@ def create(name: str, readout: str = "logits", **kwargs: Any) -> nn.Module:
     if readout not in READOUTS:
         raise unknown_name_error("readout", readout, READOUTS)
     check_arguments(name, model.builder, kwargs)
+    shared = set(ModelSpec.names())
+    spec = dataclasses.replace(model.spec, **{k: v for k, v in kwargs.items() if k in shared})
+    own = {k: v for k, v in kwargs.items() if k not in shared}
     try:
-        built = model.builder(**model.fixed, **kwargs)
+        built = model.builder(spec, **model.fixed, **own)
     except (MemoryError, OverflowError) as exc:
         raise UserError(f"model {name!r} with {kwargs} does not fit in memory ({exc}); choose "
                         "smaller sizes (width, channels, input_size)") from exc
     if readout == "spikes":
-        from spikegrad.models.common import SpikingNetwork, activation_factory
-
         if not isinstance(built, SpikingNetwork) or built.kind != "snn":
             raise UserError(f"readout 'spikes' needs a spiking network (kind snn); {name!r} with "
-                            f"kind {kwargs.get('kind', 'snn')!r} reads out logits")
-        built.output_neuron = activation_factory("snn", kwargs.get("neuron"), kwargs.get("surrogate"))()
+                            f"kind {spec.kind!r} reads out logits")
+        built.output_neuron = activation_factory("snn", spec.neuron, spec.surrogate)()
     return built

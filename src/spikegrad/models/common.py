@@ -12,12 +12,17 @@ Every registered network is ``encoder -> features -> classifier``:
 
 ``kind="ann"`` builds the ANN twin of the same architecture: ``T = 1``, and every neuron
 replaced by ``ClippedReLU(activation_max)``.
+
+What every registered network shares (classes, input, time steps, activation, width, batch
+norm) is one :class:`ModelSpec`; each network's constructor takes a spec plus the arguments
+of its own architecture.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 from torch import Tensor, nn
@@ -36,7 +41,7 @@ KINDS = ("snn", "ann")
 def surrogate_factory(spec: SurrogateSpec) -> Callable[[], surrogates.Surrogate]:
     """A function returning a fresh surrogate per neuron from a name, mapping or instance."""
     if spec is None:
-        return lambda: surrogates.Dspike(temperature=3.0)
+        return surrogates.default
     if isinstance(spec, surrogates.Surrogate):
         return lambda: copy.deepcopy(spec)
     if isinstance(spec, str):
@@ -87,6 +92,56 @@ def make_encoder(encoder: str | Mapping[str, Any], T: int) -> nn.Module:
 def scaled(channels: int, width: float) -> int:
     """Channel count scaled by the width multiplier, at least 1."""
     return max(1, round(channels * width))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The arguments every registered network takes, with their defaults.
+
+    Attributes:
+        num_classes: output classes.
+        in_channels: channels of one input sample.
+        input_size: side of a (square) input image (networks that need it size layers by it).
+        T: time steps (``kind="ann"`` uses 1).
+        kind: ``snn``, or ``ann`` for the ANN twin (clipped ReLU instead of neurons).
+        neuron: neuron type name or mapping of :class:`spikegrad.neurons.SpikingNeuron` arguments.
+        surrogate: surrogate name, mapping ``{"name", **params}`` or instance (copied per neuron);
+            None: the default surrogate (:func:`spikegrad.surrogates.default`).
+        width: channel width multiplier.
+        encoder: a name of :mod:`spikegrad.encoders` (``direct`` repeats the input; ``poisson``,
+            ``latency``, ``delta``) or a mapping ``{"name": ..., **options}``.
+        activation_max: clip of the ANN twin's ReLU.
+        batch_norm: batch norm after each weight layer (False: biased layers instead).
+    """
+
+    num_classes: int = 10
+    in_channels: int = 3
+    input_size: int = 32
+    T: int = 4
+    kind: str = "snn"
+    neuron: NeuronSpec = None
+    surrogate: SurrogateSpec = None
+    width: float = 1.0
+    encoder: str | Mapping[str, Any] = "direct"
+    activation_max: float = 2.0
+    batch_norm: bool = True
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The argument names, in order."""
+        return [f.name for f in fields(cls)]
+
+    def activation(self) -> ActivationFactory:
+        """A factory of fresh activations: the neuron (or the ANN twin's clipped ReLU)."""
+        return activation_factory(self.kind, self.neuron, self.surrogate, self.activation_max)
+
+    def channels(self, base: int) -> int:
+        """``base`` channels scaled by the width multiplier (at least 1)."""
+        return scaled(base, self.width)
+
+
+#: the shared defaults (a network registered with other defaults says so in its entry)
+DEFAULT_SPEC = ModelSpec()
 
 
 class ConvUnit(nn.Sequential):
@@ -149,6 +204,7 @@ class SpikingNetwork(nn.Module):
 
     def __init__(self, T: int, kind: str, encoder: str | Mapping[str, Any] = "direct",
                  input_dims: int = 3) -> None:
+        """Subclasses built from a :class:`ModelSpec` pass ``spec.T, spec.kind, spec.encoder``."""
         super().__init__()
         if kind not in KINDS:
             raise UserError(f"model kind must be one of {KINDS}, got {kind!r}")
