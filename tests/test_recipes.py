@@ -109,20 +109,19 @@ def test_ltl_recipes_train_the_ann_twin_of_their_student():
     import torch
 
     from spikegrad import models
-    from spikegrad.methods.ltl import _recipe_file, pair_units
+    from spikegrad.build import teacher_config
+    from spikegrad.methods.ltl import pair_units
 
     checked = []
     for path in RECIPES:
         student = load_config(path)
         if student.ltl.mode == "none" or student.ltl.teacher_recipe is None:
             continue
-        teacher = load_config(_recipe_file(student.ltl.teacher_recipe), student.ltl.teacher_set)
+        teacher = teacher_config(student.ltl, student.data)
         assert teacher.model.kind == "ann" and teacher.model.name == student.model.name, path.name
         assert teacher.data.name == student.data.name and teacher.model.width == student.model.width
         shape = SAMPLE_SHAPES[student.data.name]
-        common = {"num_classes": 10, "in_channels": shape[0], "width": 0.125}
-        if "input_size" in models.entry(student.model.name).arguments():
-            common["input_size"] = shape[-1]
+        common = {"num_classes": 10, "in_channels": shape[0], "input_size": shape[-1], "width": 0.125}
         s = models.create(student.model.name, T=2, **common, **student.model.options)
         t = models.create(teacher.model.name, kind="ann", **common, **teacher.model.options)
         assert pair_units(s, t, torch.rand(2, *shape))

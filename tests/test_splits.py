@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from spikegrad import run
+from spikegrad.build import datasets_from_config
+from spikegrad.cli import main
 from spikegrad.config import Config, load_config
-from spikegrad.data import build_datasets
+from spikegrad.data import build_datasets, from_config
 from spikegrad.data.splits import allocate, dataset_labels, split_training_set, stratified_cut
 from spikegrad.errors import UserError
 from spikegrad.trainer import Trainer
@@ -70,8 +74,9 @@ def test_bad_values_are_refused():
         split_training_set(data, validation=0.01)
     with pytest.raises(UserError, match=r"data\.subset must be a positive number"):
         split_training_set(data, subset=0)
-    with pytest.raises(UserError, match=r"'data\.validation' must be <= 1\.0"):
-        load_config(None, ["data.validation=1.5"])
+    for value in ("1.5", "1.0", "1"):  # a strict upper bound: all held out would leave no training
+        with pytest.raises(UserError, match=r"'data\.validation' must be < 1\.0"):
+            load_config(None, [f"data.validation={value}"])
     with pytest.raises(UserError, match=r"'data\.validation' must be >= 0\.0"):
         load_config(None, ["data.validation=-0.1"])
     with pytest.raises(UserError, match=r"'data\.subset' must be > 0"):
@@ -109,14 +114,14 @@ class _Untouchable(Dataset):
         raise AssertionError("the test set was read")
 
 
-def test_a_validation_run_never_reads_the_test_set(monkeypatch, tmp_path):
-    real = run.build_datasets
+def test_a_validation_run_never_reads_the_test_set(monkeypatch, tmp_path, capsys):
+    real = from_config.build_datasets
 
     def fake(name, **options):
         train, _, info = real(name, **options)
         return train, _Untouchable(), info
 
-    monkeypatch.setattr(run, "build_datasets", fake)
+    monkeypatch.setattr(from_config, "build_datasets", fake)
     config = Config().with_overrides({
         "data.validation": 0.25, "data.subset": 400, "data.split_seed": 5, "train.epochs": 1,
         "train.threads": 1, "model.width": 0.25, "model.T": 2, "train.progress": False,
@@ -130,11 +135,23 @@ def test_a_validation_run_never_reads_the_test_set(monkeypatch, tmp_path):
     assert other_seed.test_set.indices == parts.test_set.indices  # the split ignores train.seed
     other_split = run.build_parts(config.with_overrides({"data.split_seed": 6}))
     assert other_split.test_set.indices != parts.test_set.indices
-    trainer = Trainer(parts.model, parts.train_set, parts.test_set, config, out_dir=tmp_path, verbose=False)
+    trainer = Trainer(parts.model, parts.train_set, parts.test_set, config, out_dir=tmp_path, verbose=False,
+                      model_args=parts.model_args)
     summary = trainer.fit()
     assert summary["eval_split"] == "validation" and 0 <= summary["final_test_acc"] <= 1
+    assert json.loads((tmp_path / "summary.json").read_text())["eval_split"] == "validation"
+    # every other caller gets the same datasets from the build layer: eval measures the same split
+    train_set, eval_set, _ = datasets_from_config(config.data)
+    assert (train_set.indices, eval_set.indices) == (parts.train_set.indices, parts.test_set.indices)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "last.pt"), "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["split"] == "validation" and result["test_acc"] == summary["final_test_acc"]
+    monkeypatch.undo()
     plain = run.build_parts(Config())
     assert plain.eval_split == "test" and len(plain.test_set) == 364
+    plain_trainer = Trainer(plain.model, plain.train_set, plain.test_set, Config())
+    assert plain_trainer.summary(0.0)["eval_split"] == "test"
 
 
 def test_the_report_marks_validation_accuracy():

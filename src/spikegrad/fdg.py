@@ -24,8 +24,7 @@ most ``max_stacked`` samples (but at least one ± pair) to bound memory.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 from spikegrad.errors import UserError, unknown_name_error
 from spikegrad.layers import PoissonEncoder
 from spikegrad.losses import mean_logit_cross_entropy
+from spikegrad.modes import eval_mode
 
 __all__ = [
     "LossFn",
@@ -65,18 +65,6 @@ def resolve_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Mo
     if name not in found:
         raise unknown_name_error("weight layer", name, found)
     return name, found[name]
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode for the block, then restore each one's own flag."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, flag in flags:
-            module.training = flag
 
 
 def sample_weight_indices(numel: int, k: int | None, generator: torch.Generator | None = None) -> Tensor:

@@ -25,12 +25,12 @@ import torch
 from torch import Tensor, nn
 
 from spikegrad.alignment import cosine_similarity, probe_batch, surrogate_gradients
+from spikegrad.component import Component, TrainingContext
 from spikegrad.config import DspikeConfig
 from spikegrad.errors import UserError
 from spikegrad.fdg import finite_difference_gradient, resolve_layer, sample_weight_indices, weight_layers
 from spikegrad.neurons import SpikingNeuron
 from spikegrad.surrogates import Dspike
-from spikegrad.trainer import Component, Trainer
 
 __all__ = ["AdaptiveTemperature", "TemperatureGroup", "candidate_temperatures", "choose_temperature"]
 
@@ -78,7 +78,7 @@ class AdaptiveTemperature(Component):
 
     name = "dspike"
 
-    def __init__(self, config: DspikeConfig | None = None, seed: int = 0) -> None:
+    def __init__(self, config: DspikeConfig | None = None, *, seed: int = 0) -> None:
         self.config = config if config is not None else DspikeConfig()
         offsets = self.config.candidates
         if not offsets or not all(isinstance(j, (int, float)) and not isinstance(j, bool) for j in offsets):
@@ -90,6 +90,11 @@ class AdaptiveTemperature(Component):
         self.seed = seed
         self.groups: list[TemperatureGroup] = []
         self.temperatures: dict[str, float] = {}
+
+    @classmethod
+    def from_config(cls, section: DspikeConfig, *, seed: int = 0) -> AdaptiveTemperature:
+        """From the ``dspike`` section; ``seed`` (``train.seed``) draws the probe batches and weights."""
+        return cls(section, seed=seed)
 
     # ------------------------------------------------------------------ set-up
 
@@ -114,8 +119,8 @@ class AdaptiveTemperature(Component):
                             "and Dspike neurons; use one global temperature (dspike.per_layer=false)")
         return groups
 
-    def attach(self, trainer: Trainer) -> None:
-        self.groups = self.build_groups(trainer.model)
+    def attach(self, ctx: TrainingContext) -> None:
+        self.groups = self.build_groups(ctx.model)
         b0 = self.config.b0 if self.config.b0 is not None else self.groups[0].neurons[0].surrogate.temperature
         if b0 < self.config.b_min:
             raise UserError(f"the initial Dspike temperature {b0:g} is below dspike.b_min "
@@ -133,7 +138,7 @@ class AdaptiveTemperature(Component):
     # ------------------------------------------------------------------ the search
 
     def search_group(
-        self, trainer: Trainer, group: TemperatureGroup, inputs: Tensor, targets: Tensor,
+        self, ctx: TrainingContext, group: TemperatureGroup, inputs: Tensor, targets: Tensor,
         generator: torch.Generator,
     ) -> dict[str, float]:
         """Choose and set the group's temperature; returns candidate -> similarity."""
@@ -144,13 +149,13 @@ class AdaptiveTemperature(Component):
         if rms == 0.0:
             raise UserError(f"the weights of {group.layer_name} are all zero; the FDG step "
                             "dspike.epsilon is relative to their RMS")
-        loss_fn = trainer.default_loss
-        fdg = finite_difference_gradient(trainer.model, group.layer, inputs, targets, cfg.epsilon * rms,
+        loss_fn = ctx.default_loss
+        fdg = finite_difference_gradient(ctx.model, group.layer, inputs, targets, cfg.epsilon * rms,
                                          indices, loss_fn, cfg.max_stacked)
         current = self.temperatures[group.name]
         candidates = candidate_temperatures(current, cfg.delta, cfg.candidates, cfg.b_min)
         assignments = [{n: n.surrogate.with_sharpness(b) for n in group.neurons} for b in candidates]
-        grads = surrogate_gradients(trainer.model, group.layer, inputs, targets, assignments, indices,
+        grads = surrogate_gradients(ctx.model, group.layer, inputs, targets, assignments, indices,
                                     loss_fn)
         similarities = [cosine_similarity(fdg, g) for g in grads]
         if any(math.isnan(s) for s in similarities):
@@ -160,25 +165,28 @@ class AdaptiveTemperature(Component):
                 f"(the loss is not finite at w ± ε); lower dspike.epsilon or optim.lr"
             )
         chosen = choose_temperature(candidates, similarities, current)
-        chosen = trainer.dist.broadcast(chosen)  # one decision for every process
+        chosen = ctx.dist.broadcast(chosen)  # one decision for every process
         self.temperatures[group.name] = chosen
         group.set(chosen)
         return {f"{b:.6g}": s for b, s in zip(candidates, similarities, strict=True)}
 
-    def search(self, trainer: Trainer, epoch: int) -> dict[str, dict[str, float]]:
-        """One search over every group on the epoch's probe batch; group -> similarities."""
-        seed = self.seed * 1_000_003 + epoch
-        loader = trainer.train_loader
-        inputs, targets = probe_batch(trainer.model, loader.dataset, self.config.batch_size, seed,
-                                      trainer.device, loader.collate_fn)
-        generator = torch.Generator().manual_seed(seed)  # the probed weights
-        return {g.name: self.search_group(trainer, g, inputs, targets, generator) for g in self.groups}
+    def probe_seed(self, epoch: int) -> int:
+        """The seed that draws the probe batch and the probed weights of ``epoch``'s search."""
+        return self.seed * 1_000_003 + epoch
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> dict[str, Any]:
+    def search(self, ctx: TrainingContext, epoch: int) -> dict[str, dict[str, float]]:
+        """One search over every group on the epoch's probe batch; group -> similarities."""
+        seed = self.probe_seed(epoch)
+        inputs, targets = probe_batch(ctx.model, ctx.train_set, self.config.batch_size, seed,
+                                      ctx.device, ctx.collate_fn)
+        generator = torch.Generator().manual_seed(seed)  # the probed weights
+        return {g.name: self.search_group(ctx, g, inputs, targets, generator) for g in self.groups}
+
+    def on_epoch_start(self, ctx: TrainingContext, epoch: int) -> dict[str, Any]:
         row: dict[str, Any] = {}
         if epoch > 0 and epoch % self.config.every == 0:
             tic = time.perf_counter()
-            similarities = self.search(trainer, epoch)
+            similarities = self.search(ctx, epoch)
             row["dspike_search_seconds"] = time.perf_counter() - tic
             row["dspike_similarity"] = similarities[self.groups[0].name]
             if self.config.per_layer:

@@ -7,11 +7,17 @@ from torch import nn
 from spikegrad.errors import UserError
 from spikegrad.layers import TimeDistributed
 from spikegrad.models._registry import register_model
-from spikegrad.models.common import NeuronSpec, SpikingNetwork, SurrogateSpec, activation_factory, scaled
+from spikegrad.models.common import ModelSpec, SpikingNetwork
+
+#: MNIST-1D's defaults: one channel, length 40
+SIGNALS = ModelSpec(in_channels=1, input_size=40)
 
 
 class Conv1dUnit(nn.Sequential):
-    """``conv1d -> [BN] -> [avg pool by 2] -> activation``, the first three folded over time."""
+    """``conv1d -> [BN] -> [avg pool by 2] -> activation``, the first three folded over time.
+
+    Without batch norm the convolution has a bias instead.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, activation: nn.Module, kernel_size: int = 5,
                  pool: bool = False, batch_norm: bool = True) -> None:
@@ -28,38 +34,25 @@ class SpikingCNN1d(SpikingNetwork):
     """Three 1-D conv units (32, 64, 128 channels × width, kernel 5), two pools by 2, a linear head.
 
     ``[B, C, L]`` -> conv -> conv+pool -> conv+pool -> flatten -> linear over
-    ``128·width × L/4`` features; ``input_size`` is the length ``L`` (40 for MNIST-1D, a
-    final length of 10). ``batch_norm=False`` drops the batch norm layers (biased
-    convolutions instead, the local tandem learning student).
+    ``128·width × ⌊⌊L/2⌋/2⌋`` features; ``spec.input_size`` is the length ``L`` (40 for
+    MNIST-1D, a final length of 10). ``batch_norm=False`` drops the batch norm layers
+    (biased convolutions instead, the local tandem learning student).
     """
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        in_channels: int = 1,
-        T: int = 4,
-        kind: str = "snn",
-        neuron: NeuronSpec = None,
-        surrogate: SurrogateSpec = None,
-        width: float = 1.0,
-        encoder: str = "direct",
-        activation_max: float = 2.0,
-        input_size: int = 40,
-        batch_norm: bool = True,
-    ) -> None:
-        super().__init__(T, kind, encoder, input_dims=2)
-        if int(input_size) < 4:
-            raise UserError(f"cnn1d needs signals of length >= 4 (two pools by 2), got {input_size}")
-        act = activation_factory(kind, neuron, surrogate, activation_max)
-        c1, c2, c3 = scaled(32, width), scaled(64, width), scaled(128, width)
+    def __init__(self, spec: ModelSpec = SIGNALS) -> None:
+        super().__init__(spec.T, spec.kind, spec.encoder, input_dims=2)
+        if spec.input_size < 4:
+            raise UserError(f"cnn1d needs signals of length >= 4 (two pools by 2), got {spec.input_size}")
+        act, bn = spec.activation(), spec.batch_norm
+        c1, c2, c3 = spec.channels(32), spec.channels(64), spec.channels(128)
         self.features = nn.Sequential(
-            Conv1dUnit(in_channels, c1, act(), batch_norm=batch_norm),
-            Conv1dUnit(c1, c2, act(), pool=True, batch_norm=batch_norm),
-            Conv1dUnit(c2, c3, act(), pool=True, batch_norm=batch_norm),
+            Conv1dUnit(spec.in_channels, c1, act(), batch_norm=bn),
+            Conv1dUnit(c1, c2, act(), pool=True, batch_norm=bn),
+            Conv1dUnit(c2, c3, act(), pool=True, batch_norm=bn),
         )
         self.classifier = TimeDistributed(
-            nn.Sequential(nn.Flatten(), nn.Linear(c3 * (int(input_size) // 4), num_classes))
+            nn.Sequential(nn.Flatten(), nn.Linear(c3 * (spec.input_size // 2 // 2), spec.num_classes))
         )
 
 
-register_model("cnn1d", SpikingCNN1d)
+register_model("cnn1d", SpikingCNN1d, spec=SIGNALS)
