@@ -26,7 +26,7 @@ therefore see exactly the plain SNN, at the same cost.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from spikegrad.alignment import probe_batch
-from spikegrad.component import Component, StepOutput, TrainingContext
+from spikegrad.component import Component, Objective, StepOutput, TrainingContext
 from spikegrad.config import SHORTCUT_LOSSES, ShortcutConfig
 from spikegrad.errors import UserError, check_labels, check_time_major, did_you_mean
 from spikegrad.layers import TimeDistributed, mean_over_time
@@ -301,15 +301,37 @@ class ShortcutBackprop(Component):
         check_time_major(main, "model output", min_dims=3)
         return main, self.branches(captured)
 
+    def heads(self, model: nn.Module, inputs: Tensor) -> tuple[Tensor, ...]:
+        """``(main, b_1, ..., b_n)``, each ``[T, B, classes]``: what the training loss reads."""
+        main, branches = self.outputs(model, inputs)
+        return (main, *branches)
+
+    def heads_loss(self, loss_fn: Callable[[Tensor, Tensor], Tensor], heads: Sequence[Tensor],
+                   targets: Tensor, lam: float) -> Tensor:
+        """The training loss of ``heads = (main, b_1, ...)`` at balance ``lam``, with ``loss_fn``
+        the run's loss of one output: ``loss_fn(main + λ·Σ b_l)`` (combined) or
+        ``loss_fn(main) + λ·Σ loss_fn(b_l)`` (separate)."""
+        main, *branches = heads
+        if self.loss == "combined":
+            return loss_fn(combine_logits(main, branches, lam), targets)
+        return loss_fn(main, targets) + lam * sum(loss_fn(b, targets) for b in branches)
+
+    def search_objective(self, ctx: TrainingContext) -> Objective:
+        """``(heads, loss)``: the loss the next training step optimises, at its ``λ(i)``, as a
+        function of the heads (for the Dspike temperature search)."""
+        lam = self.coefficient(ctx.iteration, ctx.total_iterations)
+
+        def loss(heads: Sequence[Tensor], targets: Tensor) -> Tensor:
+            return self.heads_loss(ctx.default_loss, heads, targets, lam)
+
+        return self.heads, loss
+
     def compute_loss(self, ctx: TrainingContext, inputs: Tensor, targets: Tensor) -> StepOutput:
         lam = self.coefficient(ctx.iteration, ctx.total_iterations)
-        main, branches = self.outputs(ctx.model, inputs)
+        heads = self.heads(ctx.model, inputs)
+        main = heads[0]
         check_labels(targets, main.shape[-1], "training labels")
-        if self.loss == "combined":
-            loss = ctx.default_loss(combine_logits(main, branches, lam), targets)
-        else:
-            loss = ctx.default_loss(main, targets) + lam * sum(
-                ctx.default_loss(b, targets) for b in branches)
+        loss = self.heads_loss(ctx.default_loss, heads, targets, lam)
         self._lambda_sum += lam
         self._steps += 1
         # Training accuracy is that of the network's own head: what is deployed.
