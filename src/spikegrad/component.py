@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 if TYPE_CHECKING:
     from spikegrad.config import Config
     from spikegrad.distributed import DistributedContext
+    from spikegrad.evaluation import ExtraHeads
 
 __all__ = ["Component", "Objective", "Position", "StepOutput", "TrainingContext"]
 
@@ -159,8 +160,17 @@ class Component:
         output (shortcut branches) gives it here."""
         return None
 
+    def eval_heads(self, ctx: TrainingContext) -> ExtraHeads | None:
+        """Predictions of the component's own (e.g. auxiliary heads) to score in the epoch's
+        evaluation pass (:class:`~spikegrad.evaluation.ExtraHeads`); None: nothing to add."""
+        return None
+
     def epoch_metrics(self, ctx: TrainingContext) -> dict[str, Any]:
         """Fields added to the epoch's metrics line after training and evaluation."""
+        return {}
+
+    def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        """Fields added to ``summary.json``, given the metrics rows of every epoch so far."""
         return {}
 
     def method_name(self, base: str) -> str:

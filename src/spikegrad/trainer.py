@@ -393,14 +393,17 @@ class Trainer:
         """Accuracy, loss and mean firing rate of the model on ``loader`` (the test set)."""
         # skipping non-finite steps, a test sample with non-finite logits counts as wrong
         nonfinite = "count" if self.config.train.nonfinite == "skip" else "refuse"
+        # what the components score in the same pass (shortcut branches); none: the plain pass
+        heads = [h for h in (c.eval_heads(self.context) for c in self.components) if h is not None]
         if loader is not None:
             return evaluate_model(self.model, loader, self.device, self.amp_dtype,
-                                  self.config.analysis, self.readout_start, nonfinite=nonfinite)
+                                  self.config.analysis, self.readout_start, nonfinite=nonfinite,
+                                  heads=heads)
         distributed.sync_buffers(self.model, self.dist)  # rank 0's BN statistics everywhere
         return evaluate_model(self.model, self.test_loader, self.device, self.amp_dtype,
                               self.config.analysis, self.readout_start,
                               self.dist.sum if self.dist.enabled else None,  # over the shards
-                              nonfinite=nonfinite)
+                              nonfinite=nonfinite, heads=heads)
 
     # ------------------------------------------------------------------ the run
 
@@ -438,6 +441,7 @@ class Trainer:
             "params": sum(p.numel() for p in self.model.parameters()),
             "firing_rate": self.history[-1]["firing_rate"] if self.history else None,
             "T": self.time_steps(),
+            **{k: v for c in self.components for k, v in c.summary(self.history).items()},
         }
 
     def fit(self) -> dict[str, Any]:

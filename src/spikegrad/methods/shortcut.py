@@ -20,8 +20,14 @@ per-step TET loss of ``o``). ``λ(i)`` is the balance coefficient at iteration `
 
 The branches live outside the model: their parameters are held here and trained through an
 extra optimizer parameter group, and their forward hooks exist only inside
-:meth:`ShortcutBackprop.compute_loss`. Evaluation, checkpoints' model weights and export
-therefore see exactly the plain SNN, at the same cost.
+:meth:`ShortcutBackprop.compute_loss` and the trainer's evaluation. Checkpoints' model
+weights, ``spikegrad eval`` and export therefore see exactly the plain SNN, at the same cost.
+
+Each epoch's evaluation also scores the branches in the same pass (:class:`ShortcutEvaluation`):
+``test_acc`` stays the network's own head, ``combined_test_acc`` is the output the training
+loss fits at that point (``argmax mean_t(main + λ(i)·Σ b_l)``; with separate losses the
+class of smallest summed loss, ``argmax log softmax(ȳ_main) + λ(i)·Σ log softmax(ȳ_l)``), and
+``branch_test_acc`` each branch alone (attach point -> accuracy).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from spikegrad.alignment import probe_batch
 from spikegrad.component import Component, Objective, StepOutput, TrainingContext
 from spikegrad.config import SHORTCUT_LOSSES, ShortcutConfig
 from spikegrad.errors import UserError, check_labels, check_time_major, did_you_mean
+from spikegrad.evaluation import ExtraHeads
 from spikegrad.layers import TimeDistributed, mean_over_time
 from spikegrad.modes import eval_mode
 from spikegrad.neurons import ClippedReLU, SpikingNeuron
@@ -44,7 +51,7 @@ from spikegrad.schedules import BALANCE_SCHEDULES, balance
 
 __all__ = [
     "LOSSES", "SCHEDULES", "ShortcutBackprop", "ShortcutBranch", "ShortcutBranches",
-    "attach_candidates", "balance_coefficient", "capture_outputs", "combine_logits",
+    "ShortcutEvaluation", "attach_candidates", "balance_coefficient", "capture_outputs", "combine_logits",
     "default_attach_points",
 ]
 
@@ -218,6 +225,43 @@ class ShortcutBranches(nn.Module):
         return [head(captured[name]) for name, head in zip(self.names, self.heads, strict=True)]
 
 
+class ShortcutEvaluation(ExtraHeads):
+    """The branches' predictions, scored in the evaluation pass of the plain network.
+
+    ``combined``: ``mean_t(main + λ·Σ b_l)`` (``loss="combined"``) or
+    ``log softmax(mean_t main) + λ·Σ log softmax(mean_t b_l)`` (``"separate"``: the class whose
+    summed cross-entropies are smallest); each branch ``b_l`` by its attach point. Logits are
+    averaged over ``t >= readout_start`` like the main head's.
+    """
+
+    def __init__(self, branches: ShortcutBranches, lam: float, loss: str) -> None:
+        self.branches, self.lam, self.loss = branches, lam, loss
+        self._captured: dict[str, Tensor] = {}
+
+    def names(self) -> list[str]:
+        return ["combined", *self.branches.names]
+
+    @contextmanager
+    def capture(self, model: nn.Module) -> Iterator[None]:
+        with capture_outputs(model, self.branches.names) as captured:
+            self._captured = captured
+            yield
+
+    def logits(self, outputs: Tensor, readout_start: int) -> dict[str, Tensor]:
+        branches = self.branches(self._captured)  # each (T, B, classes)
+        means = [mean_over_time(b[readout_start:]) for b in branches]
+        if self.loss == "combined":
+            combined = mean_over_time(combine_logits(outputs, branches, self.lam)[readout_start:])
+        else:
+            log_p = torch.log_softmax(mean_over_time(outputs[readout_start:]).float(), 1)
+            combined = log_p + self.lam * sum(torch.log_softmax(m.float(), 1) for m in means)
+        return {"combined": combined, **dict(zip(self.branches.names, means, strict=True))}
+
+    def metrics(self, accuracy: dict[str, float]) -> dict[str, Any]:
+        return {"combined_test_acc": accuracy["combined"],
+                "branch_test_acc": {name: accuracy[name] for name in self.branches.names}}
+
+
 class ShortcutBackprop(Component):
     """Owns the training loss: the network's head plus the shortcut branches (see module doc).
 
@@ -336,6 +380,20 @@ class ShortcutBackprop(Component):
         self._steps += 1
         # Training accuracy is that of the network's own head: what is deployed.
         return StepOutput(loss, mean_over_time(main).detach())
+
+    def eval_heads(self, ctx: TrainingContext) -> ShortcutEvaluation | None:
+        """The branches and the combined output at the current ``λ(i)`` (the next step's), for
+        the epoch's evaluation (``combined_test_acc``, ``branch_test_acc``)."""
+        if self.branches is None:
+            return None
+        return ShortcutEvaluation(self.branches, self.coefficient(ctx.iteration, ctx.total_iterations),
+                                  self.loss)
+
+    def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        """``final_combined_test_acc`` and ``final_branch_test_acc`` of the last evaluation."""
+        last = history[-1] if history else {}
+        return {"final_combined_test_acc": last.get("combined_test_acc"),
+                "final_branch_test_acc": last.get("branch_test_acc")}
 
     def epoch_metrics(self, ctx: TrainingContext) -> dict[str, Any]:
         """``shortcut_lambda``: the mean λ over the epoch's training steps."""
