@@ -26,6 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from spikegrad.errors import check_labels
+
 if TYPE_CHECKING:
     from spikegrad.config import Config
     from spikegrad.distributed import DistributedContext
@@ -78,12 +80,14 @@ class TrainingContext:
         default_loss: Callable[[Tensor, Tensor], Tensor], backward: Callable[[Tensor], None],
         add_param_group: Callable[[Iterable[nn.Parameter]], None], run_dir: Path | None,
         search_objective: Callable[[], Objective] | None = None,
+        check_labels: Callable[[Tensor, int, str], None] | None = None,
     ) -> None:
         self.model, self.config, self.device, self.dist = model, config, device, dist
         self.train_set, self.collate_fn, self.run_dir = train_set, collate_fn, run_dir
         self._position = position
         self._default_loss, self._backward, self._add_param_group = default_loss, backward, add_param_group
         self._search_objective = search_objective
+        self._check_labels = check_labels
 
     @property
     def epoch(self) -> int:
@@ -109,6 +113,14 @@ class TrainingContext:
         if self._search_objective is None:
             return None, self.default_loss
         return self._search_objective()
+
+    def check_labels(self, targets: Tensor, num_classes: int, name: str = "training labels") -> None:
+        """A :class:`~spikegrad.errors.UserError` unless ``targets`` are class indices in
+        ``[0, num_classes)``; free when the trainer already checked the batch on the host."""
+        if self._check_labels is None:
+            check_labels(targets, num_classes, name)
+        else:
+            self._check_labels(targets, num_classes, name)
 
     def backward(self, loss: Tensor) -> None:
         """Back-propagate ``loss`` (scaled for mixed precision when the run uses it)."""

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from spikegrad.alignment import probe_batch
 from spikegrad.component import Component, Objective, StepOutput, TrainingContext
 from spikegrad.config import SHORTCUT_LOSSES, ShortcutConfig
-from spikegrad.errors import UserError, check_labels, check_time_major, did_you_mean
+from spikegrad.errors import UserError, check_time_major, did_you_mean
 from spikegrad.evaluation import ExtraHeads
 from spikegrad.layers import TimeDistributed, mean_over_time
 from spikegrad.modes import eval_mode
@@ -374,7 +374,7 @@ class ShortcutBackprop(Component):
         lam = self.coefficient(ctx.iteration, ctx.total_iterations)
         heads = self.heads(ctx.model, inputs)
         main = heads[0]
-        check_labels(targets, main.shape[-1], "training labels")
+        ctx.check_labels(targets, main.shape[-1], "training labels")
         loss = self.heads_loss(ctx.default_loss, heads, targets, lam)
         self._lambda_sum += lam
         self._steps += 1
