@@ -84,7 +84,7 @@ def test_from_config_takes_every_setting_of_its_section():
         "shortcut.step_fraction": 0.25, "shortcut.gamma": 0.2, "shortcut.loss": "separate",
         "ltl.mode": "online", "ltl.percentile": 97.5, "ltl.layer_weights": [1.0, 2.0],
         "ltl.T_warm": 1, "ltl.distill": 0.5, "ltl.distill_temperature": 2.0,
-        "diagnostics.gradient_interval": 7, "diagnostics.histogram_bins": 5})
+        "ltl.readout_detach": False, "diagnostics.gradient_interval": 7, "diagnostics.histogram_bins": 5})
     shortcut = ShortcutBackprop.from_config(config.shortcut, seed=3)
     assert (shortcut.attach_names, shortcut.schedule, shortcut.lambda0, shortcut.step_fraction,
             shortcut.gamma, shortcut.loss, shortcut.seed) == (["features.1"], "step", 0.5, 0.25, 0.2,
@@ -92,7 +92,8 @@ def test_from_config_takes_every_setting_of_its_section():
     teacher = spikegrad.models.create("digits_cnn", kind="ann", width=0.25)
     ltl = LocalTandemLearning.from_config(config.ltl, teacher=teacher)
     assert (ltl.mode, ltl.percentile, ltl.layer_weights, ltl.T_warm_option, ltl.distill,
-            ltl.distill_temperature) == ("online", 97.5, [1.0, 2.0], 1, 0.5, 2.0)
+            ltl.distill_temperature, ltl.readout_detach) == ("online", 97.5, [1.0, 2.0], 1, 0.5, 2.0,
+                                                             False)
     diagnostics = GradientDiagnostics.from_config(config.diagnostics)
     assert (diagnostics.interval, diagnostics.bins) == (7, 5)
     with pytest.raises(TypeError):

@@ -14,6 +14,7 @@ from spikegrad.config import Config, DspikeConfig, load_config
 from spikegrad.demo import demo_configs, recipe_path
 from spikegrad.errors import UserError
 from spikegrad.methods.dspike import AdaptiveTemperature, candidate_temperatures, choose_temperature
+from spikegrad.modes import eval_mode
 from spikegrad.run import build_components, build_parts, train
 from spikegrad.surrogates import Dspike
 from spikegrad.trainer import Trainer
@@ -114,6 +115,67 @@ def test_the_search_composes_with_shortcut_branches_in_one_run(tmp_path):
     assert lambdas == sorted(lambdas, reverse=True) and 0 < lambdas[-1] < lambdas[0] < 0.25
     weights = load_checkpoint(tmp_path / "best.pt")["model"]
     assert not any("branch" in key for key in weights)
+
+
+@pytest.mark.parametrize("loss", ["combined", "separate"])
+def test_under_shortcut_the_search_differentiates_the_training_loss(monkeypatch, loss):
+    """With branches on, the loss of the FDG and of the surrogate gradients is the loss the
+    training step optimises (main + λ·branches at the next step's λ), not the main head's:
+    the same value on the same batch, and the stacked FDG is that loss's central difference."""
+    config = tiny_config(**{"shortcut.enabled": True, "shortcut.loss": loss, "shortcut.lambda0": 1.0,
+                            "dspike.num_weights": 4})
+    trainer, search = trainer_for(config)
+    trainer.iteration = trainer.total_iterations // 4  # λ = 0.75 on the linear schedule
+    seen = {}
+    real_fdg, real_grads = dspike_module.finite_difference_gradient, dspike_module.surrogate_gradients
+
+    def loss_of(model, loss_fn, inputs, targets):
+        with torch.no_grad(), eval_mode(model):
+            return float(loss_fn(model(inputs), targets))
+
+    def fdg(model, layer, inputs, targets, epsilon, indices, loss_fn, max_stacked):
+        seen.update(fdg_loss=loss_of(model, loss_fn, inputs, targets), inputs=inputs, targets=targets,
+                    epsilon=epsilon, indices=indices, layer=layer)
+        seen["fdg"] = real_fdg(model, layer, inputs, targets, epsilon, indices, loss_fn, max_stacked)
+        return seen["fdg"]
+
+    def grads(model, layer, inputs, targets, assignments, indices, loss_fn):
+        seen["grads_loss"] = loss_of(model, loss_fn, inputs, targets)
+        return real_grads(model, layer, inputs, targets, assignments, indices, loss_fn)
+
+    monkeypatch.setattr(dspike_module, "finite_difference_gradient", fdg)
+    monkeypatch.setattr(dspike_module, "surrogate_gradients", grads)
+    search.search(trainer.context, 1)
+    model, x, y = trainer.model, seen["inputs"], seen["targets"]
+
+    def step_loss():  # what the training step computes, in the probes' eval mode
+        with torch.no_grad(), eval_mode(model):
+            return float(trainer.compute_loss(x, y).loss)
+
+    with torch.no_grad(), eval_mode(model):
+        main_only = float(trainer.default_loss(model(x), y))
+    assert seen["fdg_loss"] == pytest.approx(step_loss(), rel=1e-6)
+    assert seen["grads_loss"] == pytest.approx(step_loss(), rel=1e-6)
+    assert abs(main_only - step_loss()) > 1e-3  # the main head's loss is another loss
+    forward, loss_fn = trainer.context.search_objective()  # what a search calls, as functions
+    with torch.no_grad(), eval_mode(model):
+        assert float(loss_fn(forward(model, x), y)) == pytest.approx(step_loss(), rel=1e-6)
+    flat, expected = seen["layer"].weight.data.view(-1), []
+    for i in seen["indices"].tolist():  # the central difference of the step's loss, by hand
+        original = flat[i].clone()
+        flat[i] = original + seen["epsilon"]
+        plus = step_loss()
+        flat[i] = original - seen["epsilon"]
+        minus = step_loss()
+        flat[i] = original
+        expected.append((plus - minus) / (2 * seen["epsilon"]))
+    assert torch.allclose(seen["fdg"].double(), torch.tensor(expected, dtype=torch.float64), atol=1e-4)
+    assert seen["fdg"].abs().sum() > 0
+
+
+def test_without_branches_the_search_objective_is_the_default_loss():
+    trainer, _ = trainer_for(tiny_config())
+    assert trainer.context.search_objective() == (None, trainer.default_loss)
 
 
 def test_state_restores_the_temperature_into_a_fresh_model():

@@ -223,6 +223,10 @@ class LTLConfig:
                                         doc="C_l per unit; empty: 1 for every unit")
     T_warm: int | None = option(None, min=0,
                                 doc="online: first step with a loss and in the readout; None: 3T/4")
+    readout_detach: bool | None = option(
+        None, doc="online: the readout's running sum detached every step, so step t's readout "
+                  "gradient sees step t's spikes only (None: true, as published); false: the "
+                  "readout of the running rate, whose gradient sees every past step")
     distill: float = option(0.0, min=0.0, doc="weight of distilling the teacher's logits (0: off)")
     distill_temperature: float = option(4.0, gt=0.0, doc="softmax temperature of the distillation")
     student_init: str = option("random", choices=LTL_STUDENT_INITS,

@@ -71,8 +71,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 #: metrics fields the report draws: a number (or null) each, or a mapping of numbers
 _NUMBER_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "firing_rate",
-                  "sops", "energy_uj", "dspike_temperature", "shortcut_lambda")
-_MAPPING_FIELDS = ("firing_rates", "dspike_temperatures", "ltl_layer_losses", "dspike_similarity")
+                  "sops", "energy_uj", "dspike_temperature", "shortcut_lambda", "combined_test_acc")
+_MAPPING_FIELDS = ("firing_rates", "dspike_temperatures", "ltl_layer_losses", "dspike_similarity",
+                   "branch_test_acc")
 
 
 def _is_number(value: Any) -> bool:
@@ -409,20 +410,58 @@ def _small_legend(ax, count: int) -> None:
                 transform=ax.transAxes, ha="right", va="bottom", fontsize=7)
 
 
+def _percent(value: Any) -> str:
+    return _fmt(value, ".1f", 100) + ("%" if value is not None else "")
+
+
+def _shortcut_heads(ax, runs: list[Run], colors: list) -> str:
+    """Test accuracy per epoch of each run's own head (solid), its combined output (dashed)
+    and its branches (dotted, one marker each); returns the final values in words."""
+    from matplotlib.lines import Line2D
+
+    markers, finals = "os^vD<>p*h", []
+    for run, color in zip(runs, colors, strict=True):
+        if not run.has("combined_test_acc"):
+            continue
+        for key, style in (("test_acc", "-"), ("combined_test_acc", "--")):
+            epochs, values = run.series(key)
+            ax.plot(epochs, [100 * v for v in values], style, color=color)
+        epochs, values = run.series("branch_test_acc")
+        branches = list(dict.fromkeys(k for v in values for k in v))
+        for i, name in enumerate(branches):
+            ax.plot(epochs, [100 * v.get(name, math.nan) for v in values], ":", color=color,
+                    marker=markers[i % len(markers)], markersize=4)
+        last = run.metrics[-1] if run.metrics else {}
+        per_branch = ", ".join(f"{name} {_percent(v)}" for name, v in
+                               (last.get("branch_test_acc") or {}).items())
+        finals.append(f"{run.label}: own head {_percent(last.get('test_acc'))}, combined "
+                      f"{_percent(last.get('combined_test_acc'))}, branches {per_branch}")
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Own head, combined output, branches")
+    ax.grid(alpha=0.3)
+    ax.legend([Line2D([], [], color="gray", ls=ls) for ls in ("-", "--", ":")],
+              ["own head (deployed)", "combined (what the loss fits)", "each branch"], fontsize=7)
+    return "Last epoch: " + "; ".join(finals) + "."
+
+
 @section
 def _shortcut(runs: list[Run]) -> Section | None:
     if not any(run.has("shortcut_lambda") for run in runs):
         return None
     colors = _colors(len(runs))
-    fig = _figure(7, 3.8)
-    ax = fig.add_subplot()
+    heads = any(run.has("combined_test_acc") for run in runs)
+    fig = _figure(11 if heads else 7, 3.8)
+    ax = fig.add_subplot(1, 2 if heads else 1, 1)
     shared = _epoch_lines(ax, runs, colors, "shortcut_lambda", marker="o")
     ax.set(xlabel="epoch", ylabel="λ (weight of the shortcut branches)",
            title="Shortcut branch weight λ")
     ax.grid(alpha=0.3)
+    text = _shared_note(shared, "λ schedules")
+    if heads:
+        text = " ".join(t for t in (text, _shortcut_heads(fig.add_subplot(1, 2, 2), runs, colors)) if t)
     _run_legend(fig, runs, colors, "shortcut_lambda")
-    return Section("Shortcut back-propagation", _shared_note(shared, "λ schedules"),
-                   [("shortcut lambda per epoch", _png(fig))])
+    return Section("Shortcut back-propagation", text,
+                   [("shortcut lambda and head accuracies per epoch" if heads
+                     else "shortcut lambda per epoch", _png(fig))])
 
 
 @section

@@ -159,6 +159,7 @@ class RunFolder:
         """The epoch in progress with its training sums over every process (None between epochs)."""
         if progress is None:
             return None
+        progress.flush()  # the running sums kept on the device
         totals = self.dist.sum([progress.loss_sum, progress.correct, progress.seen, progress.nonfinite])
         return {**progress.to_dict(), "loss_sum": totals[0], "correct": int(totals[1]),
                 "seen": int(totals[2]), "nonfinite": int(totals[3])}

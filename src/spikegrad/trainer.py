@@ -17,6 +17,7 @@ everything an exact resume needs (:mod:`spikegrad.resume`); multi-process traini
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import time
@@ -32,7 +33,7 @@ from spikegrad import distributed
 from spikegrad.analysis import epoch_fields
 from spikegrad.build.components import build_components
 from spikegrad.checkpoint import load_weights
-from spikegrad.component import Component, Position, StepOutput, TrainingContext
+from spikegrad.component import Component, Objective, Position, StepOutput, TrainingContext
 from spikegrad.config import Config
 from spikegrad.data.augment import build_augmentation
 from spikegrad.data.from_config import eval_split
@@ -45,6 +46,7 @@ from spikegrad.evaluation import evaluate_model
 from spikegrad.layers import mean_over_time
 from spikegrad.losses import training_loss
 from spikegrad.neurons import SpikingNeuron
+from spikegrad.nonfinite import CHECK_EVERY, FiniteGuard
 from spikegrad.resume import EpochProgress, StopOnSignal, TrainingStopped, ignore_interrupts, set_rng_state
 from spikegrad.rundir import RunFolder
 from spikegrad.schedules import lr_factor
@@ -197,6 +199,16 @@ class Trainer:
         self.progress: EpochProgress | None = None  # the epoch in progress
         self.wall_seconds_before = 0.0  # spent by earlier processes of a resumed run
         self._first_forward = True
+        #: classes of the model's output, once a step has seen them; the labels of a batch on
+        #: the host are then checked there, before the transfer (no device synchronisation)
+        self._num_classes: int | None = None
+        self._labels_checked: int | None = None  # the classes this batch's labels were checked for
+        #: non-finite steps on CUDA with train.nonfinite=stop: recorded on the device, read at
+        #: a cadence (spikegrad.nonfinite); None where the check stays per step
+        self._guard = FiniteGuard(self.device) if (
+            self.device.type == "cuda" and train.nonfinite == "stop" and not self.scaler.is_enabled()
+        ) else None
+        self._in_epoch = False  # inside train_one_epoch's loop, which reads the guard
         self._output_steps: int | None = None  # T of the training outputs (summary of a custom model)
         self._stop = StopOnSignal(enabled=False)
         self._started = time.perf_counter()
@@ -210,6 +222,7 @@ class Trainer:
             train_set=train_set, collate_fn=self.train_loader.collate_fn, position=self._position,
             default_loss=self.default_loss, backward=self.backward,
             add_param_group=self.add_param_group, run_dir=self.run.local_path,
+            search_objective=self.search_objective, check_labels=self.check_labels,
         )
         for component in self.components:
             component.attach(self.context)
@@ -257,6 +270,15 @@ class Trainer:
         """CE on the time-averaged logits, or TET's per-step loss (``train.loss``)."""
         return training_loss(self.config.train)(outputs, targets)
 
+    def search_objective(self) -> Objective:
+        """``(forward, loss_fn)`` of the loss a training step optimises (:data:`Objective`): the
+        first component's that gives one, else ``(None, default_loss)``."""
+        for component in self.components:
+            objective = component.search_objective(self.context)
+            if objective is not None:
+                return objective
+        return None, self.default_loss
+
     def compute_loss(self, inputs: Tensor, targets: Tensor) -> StepOutput:
         """The training loss of one batch: the owning component's, else :meth:`default_loss`."""
         for component in self.components:
@@ -273,8 +295,15 @@ class Trainer:
         if outputs.dim() != 3:
             raise UserError(f"the model must return per-time-step logits [T, B, classes], got "
                             f"shape {tuple(outputs.shape)}; add a time axis (outputs.unsqueeze(0))")
-        check_labels(targets, outputs.shape[-1], "training labels")
+        self.check_labels(targets, outputs.shape[-1])
         return StepOutput(self.default_loss(outputs, targets), mean_over_time(outputs))
+
+    def check_labels(self, targets: Tensor, num_classes: int, name: str = "training labels") -> None:
+        """:func:`spikegrad.errors.check_labels`, unless this batch's labels were already checked
+        on the host for ``num_classes`` (which spares a device synchronisation per step)."""
+        if self._labels_checked != num_classes:
+            check_labels(targets, num_classes, name)
+        self._num_classes = num_classes
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -311,7 +340,11 @@ class Trainer:
             grad_norm = nn.utils.get_total_norm(grads) if grads else None
         # with fp16 loss scaling, an overflow of the gradients is the scaler's business: it
         # skips the step and lowers the scale
-        finite = self._is_finite(out.loss, None if self.scaler.is_enabled() else grad_norm)
+        if self._guard is not None and self._in_epoch:  # read later (spikegrad.nonfinite)
+            self._guard.record(self.iteration, out.loss, grad_norm)
+            finite = True
+        else:
+            finite = self._is_finite(out.loss, None if self.scaler.is_enabled() else grad_norm)
         if finite:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -337,12 +370,31 @@ class Trainer:
         what = (f"the loss is {loss.item()}" if not torch.isfinite(loss.detach())
                 else f"the gradient norm is {float(grad_norm)}" if grad_norm is not None
                 and not torch.isfinite(grad_norm) else "another process saw a non-finite value")
+        return self._diverged(what, self.iteration + 1,
+                              self.progress.batches + 1 if self.progress else None)
+
+    def _diverged(self, what: str, step: int, batch: int | None) -> TrainingDiverged:
         return TrainingDiverged(
-            f"training diverged: {what} in step {self.iteration + 1} (epoch {self.epoch + 1}"
-            f"{f', batch {self.progress.batches + 1}' if self.progress else ''}); "
+            f"training diverged: {what} in step {step} (epoch {self.epoch + 1}"
+            f"{f', batch {batch}' if batch is not None else ''}); "
             f"{self.run.last_good_state()}. Lower optim.lr, set train.grad_clip, or set "
             "train.nonfinite=skip to skip such steps"
         )
+
+    def _check_guard(self) -> None:
+        """Stop if a step since the last read had a non-finite loss or gradient norm here or on
+        another process (CUDA with ``train.nonfinite: stop``; collective under torchrun)."""
+        if self._guard is None:
+            return
+        bad = self._guard.first_bad()
+        if not self.dist.any(bad is not None)[0]:
+            return
+        # the earliest bad step over the processes (the same error everywhere)
+        iteration, loss, norm = min(b for b in self.dist.gather(bad) if b is not None)
+        what = ("another process saw a non-finite value" if bad is None or bad[0] != iteration
+                else f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}")
+        batch = self.progress.batches - (self.iteration - iteration) + 1 if self.progress else None
+        raise self._diverged(what, iteration + 1, batch)
 
     def _loss_weight(self, batch_index: int, local_size: int) -> float:
         """``n_r·W / n``: makes DDP's gradient average that of the global batch's mean loss."""
@@ -357,20 +409,35 @@ class Trainer:
         p = self.progress
         self.model.train()
         tic, seconds_before = time.perf_counter(), p.seconds
-        for inputs, targets in self._progress(self.train_loader, epoch):
-            inputs, targets = self.to_device(inputs, targets)
-            if self.augment is not None:
-                inputs = self.augment(inputs)
-            out = self.train_step(inputs, targets, self._loss_weight(p.batches, targets.shape[0]))
-            p.record(out, targets)
-            p.seconds = seconds_before + time.perf_counter() - tic
-            self._after_step()
+        self._in_epoch = True
+        try:
+            for inputs, targets in self._progress(self.train_loader, epoch):
+                self._train_batch(inputs, targets)
+                p.seconds = seconds_before + time.perf_counter() - tic
+                self._after_step()
+            self._check_guard()
+        finally:
+            self._in_epoch = False
+        p.flush()
         loss_sum, correct, seen, nonfinite = self.dist.sum([p.loss_sum, p.correct, p.seen, p.nonfinite])
         metrics: dict[str, Any] = {"train_loss": loss_sum / seen if seen else None,
                                    "train_acc": correct / seen if seen else None}
         if self.config.train.nonfinite == "skip":
             metrics["nonfinite_steps"] = int(nonfinite)
         return metrics
+
+    def _train_batch(self, inputs: Tensor, targets: Tensor) -> None:
+        """One batch of the epoch as the loader gives it: labels checked on the host once the
+        classes are known, moved to the device, augmented, one step, its sums recorded."""
+        self._labels_checked = None
+        if self._num_classes is not None and targets.device.type == "cpu":
+            check_labels(targets, self._num_classes, "training labels")
+            self._labels_checked = self._num_classes
+        inputs, targets = self.to_device(inputs, targets)
+        if self.augment is not None:
+            inputs = self.augment(inputs)
+        out = self.train_step(inputs, targets, self._loss_weight(self.progress.batches, targets.shape[0]))
+        self.progress.record(out, targets)
 
     def _start_epoch(self, epoch: int) -> EpochProgress:
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
@@ -384,14 +451,17 @@ class Trainer:
         """Accuracy, loss and mean firing rate of the model on ``loader`` (the test set)."""
         # skipping non-finite steps, a test sample with non-finite logits counts as wrong
         nonfinite = "count" if self.config.train.nonfinite == "skip" else "refuse"
+        # what the components score in the same pass (shortcut branches); none: the plain pass
+        heads = [h for h in (c.eval_heads(self.context) for c in self.components) if h is not None]
         if loader is not None:
             return evaluate_model(self.model, loader, self.device, self.amp_dtype,
-                                  self.config.analysis, self.readout_start, nonfinite=nonfinite)
+                                  self.config.analysis, self.readout_start, nonfinite=nonfinite,
+                                  heads=heads)
         distributed.sync_buffers(self.model, self.dist)  # rank 0's BN statistics everywhere
         return evaluate_model(self.model, self.test_loader, self.device, self.amp_dtype,
                               self.config.analysis, self.readout_start,
                               self.dist.sum if self.dist.enabled else None,  # over the shards
-                              nonfinite=nonfinite)
+                              nonfinite=nonfinite, heads=heads)
 
     # ------------------------------------------------------------------ the run
 
@@ -431,6 +501,7 @@ class Trainer:
             "params": sum(p.numel() for p in self.model.parameters()),
             "firing_rate": self.history[-1]["firing_rate"] if self.history else None,
             "T": self.time_steps(),
+            **{k: v for c in self.components for k, v in c.summary(self.history).items()},
         }
 
     def fit(self) -> dict[str, Any]:
@@ -600,10 +671,13 @@ class Trainer:
 
     def save_checkpoint(self, best: bool = False) -> None:
         """Write ``last.pt`` (and ``best.pt`` if ``best``) into the run folder (collective)."""
+        self._check_guard()  # never save the state after a non-finite step
         self.run.save_checkpoint(self.model, self.model_args, self.state_dict(), self.position(), best)
 
     def _after_step(self) -> None:
         """Every ``train.checkpoint_every`` iterations, and on a stop request, save ``last.pt``."""
+        if self._guard is not None and self.iteration % CHECK_EVERY == 0:
+            self._check_guard()
         every = self.config.train.checkpoint_every
         saved = False
         if every and self.iteration % every == 0 and self.progress.batches < len(self.train_loader):

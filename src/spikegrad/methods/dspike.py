@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +65,33 @@ class TemperatureGroup:
 
 def _dspike_neurons(module: nn.Module) -> list[SpikingNeuron]:
     return [m for m in module.modules() if isinstance(m, SpikingNeuron) and isinstance(m.surrogate, Dspike)]
+
+
+class _JoinedHeads(nn.Module):
+    """``forward(model, x)``'s heads joined along the class axis into one ``[T, B, Σ classes]``
+    output, for the FDG and surrogate gradients, which read one output per pass."""
+
+    def __init__(self, model: nn.Module, forward: Callable[[nn.Module, Tensor], Any]) -> None:
+        super().__init__()
+        self.model, self.heads, self.sizes = model, forward, [0]
+        if hasattr(model, "input_dims"):  # how the FDG finds the batch axis
+            self.input_dims = model.input_dims
+
+    def forward(self, x: Tensor) -> Tensor:
+        heads = self.heads(self.model, x)
+        heads = (heads,) if isinstance(heads, Tensor) else tuple(heads)
+        self.sizes = [h.shape[-1] for h in heads]
+        return torch.cat(heads, -1)
+
+
+def _probed(forward: Callable[[nn.Module, Tensor], Any] | None, loss_fn: Callable[[Any, Tensor], Tensor],
+            model: nn.Module) -> tuple[nn.Module, Callable[[Tensor, Tensor], Tensor]]:
+    """The module and the loss of one output that the probes differentiate, from the training
+    step's objective ``(forward, loss_fn)`` (:meth:`TrainingContext.search_objective`)."""
+    if forward is None:
+        return model, loss_fn
+    joined = _JoinedHeads(model, forward)
+    return joined, lambda out, targets: loss_fn(tuple(out.split(joined.sizes, -1)), targets)
 
 
 class AdaptiveTemperature(Component):
@@ -149,13 +176,13 @@ class AdaptiveTemperature(Component):
         if rms == 0.0:
             raise UserError(f"the weights of {group.layer_name} are all zero; the FDG step "
                             "dspike.epsilon is relative to their RMS")
-        loss_fn = ctx.default_loss
-        fdg = finite_difference_gradient(ctx.model, group.layer, inputs, targets, cfg.epsilon * rms,
+        model, loss_fn = _probed(*ctx.search_objective(), ctx.model)  # the training step's loss
+        fdg = finite_difference_gradient(model, group.layer, inputs, targets, cfg.epsilon * rms,
                                          indices, loss_fn, cfg.max_stacked)
         current = self.temperatures[group.name]
         candidates = candidate_temperatures(current, cfg.delta, cfg.candidates, cfg.b_min)
         assignments = [{n: n.surrogate.with_sharpness(b) for n in group.neurons} for b in candidates]
-        grads = surrogate_gradients(ctx.model, group.layer, inputs, targets, assignments, indices,
+        grads = surrogate_gradients(model, group.layer, inputs, targets, assignments, indices,
                                     loss_fn)
         similarities = [cosine_similarity(fdg, g) for g in grads]
         if any(math.isnan(s) for s in similarities):
