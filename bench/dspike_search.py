@@ -6,8 +6,8 @@ Side by side in one process:
 
 1. the mean time of a few training iterations (forward, backward, optimizer step), after one
    warm-up iteration, times the 391 iterations of a CIFAR-10 epoch (50,000 / 128);
-2. the time of one search with the recipe's ``dspike`` settings (probe batch, FDG, one
-   BPTT forward and one backward per candidate), split into its FDG and BPTT parts.
+2. the time of one search with the recipe's ``dspike`` settings (per probe batch: the FDG,
+   one BPTT forward and one backward per candidate), split into its FDG and BPTT parts.
 
 The search cost does not depend on the weights' values (every operation is dense), so an
 untrained model measures it. Run with ``python -m bench.dspike_search``; ``--width 0.5``
@@ -94,9 +94,9 @@ def main() -> None:
         fdg_seconds.append(time.perf_counter() - tic)
         return out
 
-    import spikegrad.methods.dspike as dspike_module
+    import spikegrad.temperature_search as search_module
 
-    dspike_module.finite_difference_gradient = timed_fdg
+    search_module.finite_difference_gradient = timed_fdg
     try:
         sync()
         tic = time.perf_counter()
@@ -104,7 +104,7 @@ def main() -> None:
         sync()
         total = time.perf_counter() - tic
     finally:
-        dspike_module.finite_difference_gradient = original
+        search_module.finite_difference_gradient = original
     d = config.dspike
     result = {
         "recipe": args.recipe, "width": args.width, "device": str(device),
@@ -113,7 +113,8 @@ def main() -> None:
         "search_s": total, "search_fdg_s": sum(fdg_seconds), "search_rest_s": total - sum(fdg_seconds),
         "search_fraction_of_epoch": total / epoch,
         "settings": {"num_weights": d.num_weights, "batch_size": d.batch_size, "epsilon": d.epsilon,
-                     "candidates": d.candidates, "max_stacked": d.max_stacked},
+                     "candidates": d.candidates, "max_stacked": d.max_stacked, "rule": d.rule,
+                     "bn_mode": d.bn_mode, "probe_batches": d.probe_batches},
         "similarities": similarities,
     }
     print(json.dumps(result, indent=2))

@@ -1,22 +1,26 @@
 """The adaptive Dspike temperature (Algorithm 1), its config, recipes and the fdg command."""
 
+import itertools
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
-import spikegrad.methods.dspike as dspike_module
-from spikegrad.alignment import surrogate_gradients
+import spikegrad.temperature_search as search_module
+from spikegrad.alignment import cosine_similarity, probe_batch, surrogate_gradients
 from spikegrad.checkpoint import load_checkpoint
 from spikegrad.cli import main
 from spikegrad.config import Config, DspikeConfig, load_config
 from spikegrad.demo import demo_configs, recipe_path
 from spikegrad.errors import UserError
+from spikegrad.fdg import finite_difference_gradient, sample_weight_indices
 from spikegrad.methods.dspike import AdaptiveTemperature, candidate_temperatures, choose_temperature
 from spikegrad.run import build_components, build_parts, train
 from spikegrad.surrogates import Dspike
-from spikegrad.trainer import Trainer
+from spikegrad.temperature_search import decide
+from spikegrad.trainer import Component, Trainer
 
 DSPIKE_RECIPES = sorted(Path(str(recipe_path("digits"))).parent.glob("*_dspike.yaml"))
 
@@ -50,17 +54,23 @@ def trainer_for(config: Config) -> tuple[Trainer, AdaptiveTemperature]:
     return trainer, components[0]
 
 
-def test_search_picks_the_candidate_whose_gradient_matches_the_fdg(monkeypatch):
+PAPER = {"dspike.rule": "paper", "dspike.bn_mode": "eval", "dspike.probe_batches": 1}
+
+
+@pytest.mark.parametrize("options", [PAPER, {}], ids=["paper", "default"])
+def test_search_picks_the_candidate_whose_gradient_matches_the_fdg(monkeypatch, options):
     """Constructed case: the 'FDG' is the Dspike gradient at b = 2, the search starts at 3."""
-    config = tiny_config(**{"dspike.b0": 3.0, "dspike.delta": 1.0, "dspike.candidates": [-1, 0, 1]})
+    config = tiny_config(**{"dspike.b0": 3.0, "dspike.delta": 1.0, "dspike.candidates": [-1, 0, 1]},
+                         **options)
     trainer, search = trainer_for(config)
     group = search.groups[0]
 
-    def fake_fdg(model, layer, inputs, targets, epsilon, indices, loss_fn, max_stacked):
+    def fake_fdg(model, layer, inputs, targets, epsilon, indices, loss_fn, max_stacked, bn_mode, forward):
         assignment = {n: Dspike(2.0) for n in group.neurons}
-        return surrogate_gradients(model, layer, inputs, targets, [assignment], indices, loss_fn)[0]
+        return surrogate_gradients(model, layer, inputs, targets, [assignment], indices, loss_fn, bn_mode,
+                                   forward)[0]
 
-    monkeypatch.setattr(dspike_module, "finite_difference_gradient", fake_fdg)
+    monkeypatch.setattr(search_module, "finite_difference_gradient", fake_fdg)  # where the search calls it
     row = search.on_epoch_start(trainer, 1)
     assert set(row["dspike_similarity"]) == {"2", "3", "4"}
     assert row["dspike_similarity"]["2"] == pytest.approx(1.0)
@@ -90,7 +100,8 @@ def test_search_leaves_the_global_random_state_and_the_training_mode_alone():
 
 
 def test_a_real_run_moves_the_temperature_and_records_it(tmp_path):
-    summary = train(tiny_config(), tmp_path, verbose=False)
+    """The paper's rule moves b on every search's argmax (the default rule may rightly stay)."""
+    summary = train(tiny_config(**PAPER), tmp_path, verbose=False)
     assert summary["method"] == "dspike-adaptive"
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     temps = [r["dspike_temperature"] for r in rows]
@@ -156,6 +167,12 @@ def test_fdg_command_on_event_frames_keeps_time_first(tmp_path, capsys):
 def test_bad_dspike_settings_are_user_errors():
     with pytest.raises(UserError, match=r"dspike\.candidates"):
         AdaptiveTemperature(DspikeConfig(candidates=[]))
+    with pytest.raises(UserError, match=r"dspike\.rule=significant needs dspike\.probe_batches >= 2"):
+        AdaptiveTemperature(DspikeConfig(rule="significant", probe_batches=1))
+    with pytest.raises(UserError, match=r"dspike\.bn_mode"):
+        tiny_config(**{"dspike.bn_mode": "frozen"})
+    with pytest.raises(UserError, match=r"dspike\.rule"):
+        tiny_config(**{"dspike.rule": "argmax"})
     with pytest.raises(UserError, match="per_layer"):
         AdaptiveTemperature(DspikeConfig(per_layer=True, layer="features.0"))
     with pytest.raises(UserError, match=r"model\.surrogate\.name=dspike"):
@@ -200,6 +217,149 @@ def test_fdg_command_writes_a_table_json_and_plot(tmp_path, capsys):
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["probed"] == 24 and len(report["points"]) == 6
     assert report["epsilon_relative"] == DspikeConfig().epsilon
+    assert report["bn_mode"] == DspikeConfig().bn_mode == "train"
+    assert "batch norm in train mode" in stdout
     assert out.with_suffix(".png").stat().st_size > 10_000
     assert main(["fdg", checkpoint, "--layer", "nope"]) == 2
     assert "unknown weight layer 'nope'" in capsys.readouterr().err
+    assert main(["fdg", checkpoint, "--batch-size", "32", "--num-weights", "24", "--points", "1",
+                 "--surrogates", "dspike", "--bn-mode", "eval", "--out", str(out)]) == 0
+    evaluated = json.loads(out.with_suffix(".json").read_text())
+    assert evaluated["bn_mode"] == "eval" and evaluated["points"][0]["similarity"] != report["points"][0][
+        "similarity"]
+
+
+# --------------------------------------------------------------------------- the decision rule
+
+
+def test_significant_rule_keeps_b_within_the_standard_error_and_moves_beyond_it():
+    candidates = [2.5, 3.0, 3.5]
+    base = torch.tensor([0.40, 0.10, 0.70, 0.55], dtype=torch.float64)  # batch-to-batch spread
+    # 3.5 beats 3.0 by 0.01, 0.03, 0.02, 0.02: mean 0.02, SE = std/2 = 0.0040825 -> moves
+    clear = torch.stack([base - 0.05, base, base + torch.tensor([0.01, 0.03, 0.02, 0.02])], 1)
+    d = decide("significant", candidates, clear, 3.0)
+    assert d.chosen == 3.5
+    assert d.difference[2] == pytest.approx(0.02)
+    assert d.se[2] == pytest.approx(math.sqrt(((0.01 - 0.02) ** 2 + 0.01 ** 2) / 3) / 2)
+    assert d.se[1] == 0.0 and d.mean[1] == pytest.approx(float(base.mean()))
+    # 3.5 beats 3.0 by 0.05, -0.03, 0.04, -0.02: mean 0.01 < SE 0.0212 -> keeps b, the paper's moves
+    noisy = torch.stack([base - 0.05, base, base + torch.tensor([0.05, -0.03, 0.04, -0.02])], 1)
+    assert decide("significant", candidates, noisy, 3.0).chosen == 3.0
+    assert decide("paper", candidates, noisy, 3.0).chosen == 3.5
+    # two winners: the higher mean wins; what a batch adds to every candidate cancels
+    both = torch.stack([base + 0.1, base, base + 0.05], 1)
+    assert decide("significant", candidates, both, 3.0).chosen == 2.5
+    shifted = both + torch.tensor([[5.0], [-3.0], [0.0], [1.0]], dtype=torch.float64)
+    assert decide("significant", candidates, shifted, 3.0).chosen == 2.5
+    tie = torch.stack([base + 0.05, base, base + 0.05], 1)
+    assert decide("significant", [2.0, 3.0, 3.5], tie, 3.0).chosen == 3.5  # closest to b
+    with pytest.raises(UserError, match="at least two probe batches"):
+        decide("significant", candidates, clear[:1], 3.0)
+    with pytest.raises(UserError, match=r"must be one of \['paper', 'significant'\]"):
+        decide("vote", candidates, clear, 3.0)
+
+
+def test_paper_rule_on_one_batch_is_choose_temperature():
+    for candidates, row in [([2.5, 3.0, 3.5], [0.2, 0.1, 0.3]), ([2.5, 3.0, 3.5], [0.2, 0.2, 0.2]),
+                            ([2.5, 3.1, 3.5], [0.3, 0.1, 0.3]), ([0.5, 1.0], [0.4, 0.1])]:
+        got = decide("paper", candidates, torch.tensor([row], dtype=torch.float64), 3.0)
+        assert got.chosen == choose_temperature(candidates, row, 3.0)
+        assert got.mean == row and all(math.isnan(v) for v in got.se)  # no standard error from one batch
+    two = torch.tensor([[0.2, 0.1, 0.3], [0.5, 0.1, 0.3]], dtype=torch.float64)
+    assert decide("paper", [2.5, 3.0, 3.5], two, 3.0).chosen == 2.5  # argmax of the mean
+
+
+def reference_paper_search(trainer, search, epoch):
+    """The search as Algorithm 1 and the code before several batches and batch-norm modes did it:
+    one probe batch seeded by seed·1000003 + epoch, the weights from a generator of that seed,
+    FDG and surrogate gradients in eval mode, the argmax of the cosines."""
+    group, cfg = search.groups[0], search.config
+    seed = search.seed * 1_000_003 + epoch
+    loader = trainer.train_loader
+    inputs, targets = probe_batch(trainer.model, loader.dataset, cfg.batch_size, seed, trainer.device,
+                                  loader.collate_fn)
+    weight = group.layer.weight
+    indices = sample_weight_indices(weight.numel(), cfg.num_weights, torch.Generator().manual_seed(seed))
+    rms = float(weight.detach().pow(2).mean().sqrt())
+    fdg = finite_difference_gradient(trainer.model, group.layer, inputs, targets, cfg.epsilon * rms, indices,
+                                     trainer.default_loss, cfg.max_stacked)
+    current = search.temperatures[group.name]
+    candidates = candidate_temperatures(current, cfg.delta, cfg.candidates, cfg.b_min)
+    assignments = [{n: n.surrogate.with_sharpness(b) for n in group.neurons} for b in candidates]
+    grads = surrogate_gradients(trainer.model, group.layer, inputs, targets, assignments, indices,
+                                trainer.default_loss)
+    sims = [cosine_similarity(fdg, g) for g in grads]
+    chosen = choose_temperature(candidates, sims, current)
+    return {f"{b:.6g}": v for b, v in zip(candidates, sims, strict=True)}, chosen
+
+
+def test_the_paper_options_reproduce_algorithm_1_as_before():
+    trainer, search = trainer_for(tiny_config(**PAPER, **{"train.epochs": 6}))
+    for x, y in trainer.train_loader:  # one epoch: batch norm's statistics let the network fire
+        trainer.train_step(*trainer.to_device(x, y))
+    moved = False
+    for epoch in range(1, 6):
+        trainer.train_step(*trainer.to_device(x, y))  # new weights and statistics between searches
+        expected, chosen = reference_paper_search(trainer, search, epoch)
+        before = search.temperatures["model"]
+        row = search.on_epoch_start(trainer, epoch)
+        assert row["dspike_similarity"] == expected  # exactly: same batch, weights and arithmetic
+        assert row["dspike_temperature"] == chosen and "dspike_similarity_se" not in row
+        moved |= chosen != before
+    assert moved
+
+
+def test_the_default_search_is_deterministic_and_records_its_standard_errors():
+    rows = []
+    for _ in range(2):
+        trainer, search = trainer_for(tiny_config())
+        rows.append(search.on_epoch_start(trainer, 1))
+    assert rows[0] == {**rows[1], "dspike_search_seconds": rows[0]["dspike_search_seconds"]}
+    config = search.config
+    assert (config.rule, config.bn_mode, config.probe_batches) == ("significant", "train", 4)
+    se = rows[0]["dspike_similarity_se"]
+    assert set(se) == set(rows[0]["dspike_similarity"]) == {"2.5", "3", "3.5"}
+    assert se["3"] == 0.0 and se["2.5"] > 0 and se["3.5"] > 0
+
+
+def test_a_real_run_with_the_default_rule_moves_only_beyond_the_standard_error(tmp_path):
+    train(tiny_config(**{"train.epochs": 4}), tmp_path, verbose=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for before, row in itertools.pairwise(rows):
+        b, chosen = before["dspike_temperature"], row["dspike_temperature"]
+        sims, se = row["dspike_similarity"], row["dspike_similarity_se"]
+        beats = {c for c in sims if sims[c] - sims[f"{b:.6g}"] > se[c]}
+        assert (f"{chosen:.6g}" in beats) if chosen != b else not beats
+
+
+def test_the_search_differentiates_the_loss_of_a_component_that_defines_one(monkeypatch):
+    """A component owning the training loss (e.g. shortcut branches) gives the search its objective."""
+
+    def forward(model, inputs):
+        out = model(inputs)
+        return out, 0.5 * out
+
+    def loss_fn(outputs, targets):
+        return sum(trainer.default_loss(o, targets) for o in outputs)
+
+    class Owner(Component):
+        name = "owner"
+
+        def search_objective(self, tr):
+            return forward, loss_fn
+
+    seen = []
+    original = search_module.finite_difference_gradient
+
+    def spy(model, layer, inputs, targets, epsilon, indices, loss, max_stacked, bn_mode, fwd):
+        seen.append((fwd, loss))
+        return original(model, layer, inputs, targets, epsilon, indices, loss, max_stacked, bn_mode, fwd)
+
+    config = tiny_config(**PAPER)
+    parts = build_parts(config)
+    search = AdaptiveTemperature(config.dspike)
+    trainer = Trainer(parts.model, parts.train_set, parts.test_set, config, components=[search, Owner()],
+                      verbose=False)
+    monkeypatch.setattr(search_module, "finite_difference_gradient", spy)
+    search.on_epoch_start(trainer, 1)
+    assert seen == [(forward, loss_fn)]

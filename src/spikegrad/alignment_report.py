@@ -24,7 +24,7 @@ from spikegrad.config import Config, DspikeConfig, from_dict
 from spikegrad.data import build_datasets
 from spikegrad.data.loader import collate_for
 from spikegrad.errors import UserError, unknown_name_error
-from spikegrad.fdg import finite_difference_gradient, resolve_layer, sample_weight_indices
+from spikegrad.fdg import check_bn_mode, finite_difference_gradient, resolve_layer, sample_weight_indices
 from spikegrad.losses import training_loss
 from spikegrad.trainer import resolve_device
 
@@ -40,6 +40,7 @@ class AlignmentReport:
     nonzero_fdg: int
     epsilon_relative: float
     epsilon: float
+    bn_mode: str
     batch_size: int
     split: str
     seed: int
@@ -64,14 +65,17 @@ def analyse_checkpoint(
     device: str | None = None,
     overrides: Sequence[str] = (),
     max_stacked: int = 512,
+    bn_mode: str | None = None,
 ) -> AlignmentReport:
     """Run the analysis on a checkpoint's model and dataset (see the module docstring).
 
     ``epsilon`` is relative to the RMS of the layer's weights (None: the ``dspike.epsilon``
-    default); ``num_weights`` probes a seeded random subset (None: every weight).
+    default); ``num_weights`` probes a seeded random subset (None: every weight); ``bn_mode``
+    is how batch norm normalises (:mod:`spikegrad.fdg`; None: the ``dspike.bn_mode`` default).
     """
     tic = time.perf_counter()
     epsilon = DspikeConfig().epsilon if epsilon is None else epsilon
+    bn_mode = check_bn_mode(DspikeConfig().bn_mode if bn_mode is None else bn_mode)
     if not epsilon > 0:
         raise UserError(f"--epsilon must be positive, got {epsilon}")
     model, payload = load_model(checkpoint)
@@ -102,12 +106,12 @@ def analyse_checkpoint(
     absolute = epsilon * float(weight.pow(2).mean().sqrt())
     loss_fn = training_loss(config.train)  # the loss the model was trained with
     fdg = finite_difference_gradient(model, module, inputs, targets, absolute, indices, loss_fn,
-                                     max_stacked)
+                                     max_stacked, bn_mode)
     rows = alignment_sweep(model, module, inputs, targets, fdg, indices, names, points, factor,
-                           loss_fn)
+                           loss_fn, bn_mode)
     return AlignmentReport(
         checkpoint=str(checkpoint), layer=layer_name, weights=weight.numel(), probed=len(indices),
-        nonzero_fdg=int((fdg != 0).sum()), epsilon_relative=epsilon, epsilon=absolute,
+        nonzero_fdg=int((fdg != 0).sum()), epsilon_relative=epsilon, epsilon=absolute, bn_mode=bn_mode,
         batch_size=len(targets), split=split, seed=seed, seconds=time.perf_counter() - tic, points=rows,
     )
 
@@ -117,7 +121,8 @@ def format_report(report: AlignmentReport) -> str:
     lines = [
         f"FDG of {report.layer}: {report.probed} of {report.weights} weights probed, "
         f"{report.nonzero_fdg} nonzero; epsilon {report.epsilon_relative:g} × weight RMS = "
-        f"{report.epsilon:.4g}; {report.batch_size} {report.split} samples (seed {report.seed})",
+        f"{report.epsilon:.4g}; batch norm in {report.bn_mode} mode; {report.batch_size} {report.split} "
+        f"samples (seed {report.seed})",
         "",
         f"{'surrogate':<13} {'parameter':<14} {'value':>9} {'cosine':>8}",
         "-" * 47,
@@ -170,7 +175,7 @@ def plot_report(report: AlignmentReport, path: str | Path) -> Path:
     source = "/".join(Path(report.checkpoint).parts[-3:])
     fig.suptitle(f"{source}: surrogate vs. finite difference gradient of "
                  f"{report.layer}\n(epsilon {report.epsilon_relative:g} × RMS, {report.probed} weights, "
-                 f"{report.batch_size} samples)", fontsize=10)
+                 f"{report.batch_size} samples, batch norm {report.bn_mode})", fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

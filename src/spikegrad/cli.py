@@ -171,7 +171,7 @@ def _cmd_fdg(args: argparse.Namespace) -> int:
         args.checkpoint, layer=args.layer, epsilon=args.epsilon, num_weights=args.num_weights or None,
         batch_size=args.batch_size, split=args.split, seed=args.seed, points=args.points,
         factor=args.range, names=args.surrogates.split(",") if args.surrogates else None,
-        device=args.device, overrides=args.set,
+        device=args.device, overrides=args.set, bn_mode=args.bn_mode,
     )
     print(format_report(report))
     prefix = args.out or Path(args.checkpoint).with_name("fdg")
@@ -324,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-weights", type=int, default=256,
                    help="probe a seeded random subset of K weights (default 256; 0: all)")
     p.add_argument("--batch-size", type=int, default=128, help="samples in the fixed batch")
+    p.add_argument("--bn-mode", choices=("train", "eval"),
+                   help="batch norm: train (the batch's own statistics) or eval (running statistics); "
+                        "default: dspike.bn_mode's")
     p.add_argument("--split", choices=("train", "test"), default="train")
     p.add_argument("--seed", type=int, default=0, help="draws the batch and the probed weights")
     p.add_argument("--points", type=int, default=9, help="sharpness values per surrogate")

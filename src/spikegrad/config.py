@@ -182,8 +182,8 @@ class DspikeConfig:
     At the start of every ``every``-th epoch (from the second epoch on: before any training,
     batch norm's running statistics are still the initial ones) the finite difference
     gradient of the probed layer is compared with the Dspike surrogate gradient for each
-    candidate ``b + j·delta`` (``j`` in ``candidates``, never below ``b_min``), and the
-    most similar candidate is kept.
+    candidate ``b + j·delta`` (``j`` in ``candidates``, never below ``b_min``) on
+    ``probe_batches`` probe batches, and ``rule`` decides from the cosine similarities.
     """
 
     adaptive: bool = option(False, doc="search the temperature during training (model.surrogate "
@@ -204,6 +204,16 @@ class DspikeConfig:
     per_layer: bool = option(False, doc="one temperature per unit, each chosen by the FDG of the "
                                         "unit's first weight layer (an extension, off in the paper)")
     max_stacked: int = option(512, gt=0, doc="samples per stacked FDG forward call (memory bound)")
+    rule: str = option("significant", choices=("paper", "significant"),
+                       doc="significant: keep b unless a candidate's mean cosine beats b's by more than "
+                           "the standard error of the paired difference over the probe batches; paper: "
+                           "the candidate of highest mean cosine (Algorithm 1)")
+    bn_mode: str = option("train", choices=("train", "eval"),
+                          doc="batch norm in the FDG and surrogate gradients: train (the probe batch's "
+                              "own statistics, as training uses; running statistics untouched) or eval "
+                              "(running statistics, the paper's code)")
+    probe_batches: int = option(4, gt=0, doc="probe batches per search, each with its own weights; the "
+                                             "cosines are averaged (rule significant needs >= 2)")
 
 
 @dataclass
