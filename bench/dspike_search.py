@@ -9,6 +9,9 @@ Side by side in one process:
 2. the time of one search with the recipe's ``dspike`` settings (per probe batch: the FDG,
    one BPTT forward and one backward per candidate), split into its FDG and BPTT parts.
 
+Both in wall-clock and in process CPU time; with ``--threads 1`` on a shared machine the
+CPU-time ratio is the one that does not depend on what else runs.
+
 The search cost does not depend on the weights' values (every operation is dense), so an
 untrained model measures it. Run with ``python -m bench.dspike_search``; ``--width 0.5``
 scales every layer's channels (a quicker, proportionate measurement on a slow CPU).
@@ -68,19 +71,21 @@ def main() -> None:
 
     # training iterations
     trainer.model.train()
-    times = []
+    times, cpu_times = [], []
     for i, (x, y) in enumerate(trainer.train_loader):
         x, y = trainer.to_device(x, y)
         sync()
-        tic = time.perf_counter()
+        tic, cpu = time.perf_counter(), time.process_time()
         trainer.train_step(x, y)
         sync()
         if i > 0:
             times.append(time.perf_counter() - tic)
+            cpu_times.append(time.process_time() - cpu)
         if len(times) == args.iterations:
             break
     iteration = sum(times) / len(times)
     epoch = iteration * ITERATIONS_PER_EPOCH
+    cpu_epoch = sum(cpu_times) / len(cpu_times) * ITERATIONS_PER_EPOCH
 
     # one search, with its FDG part timed on its own
     fdg_seconds = []
@@ -99,10 +104,10 @@ def main() -> None:
     search_module.finite_difference_gradient = timed_fdg
     try:
         sync()
-        tic = time.perf_counter()
+        tic, cpu = time.perf_counter(), time.process_time()
         similarities = search.search(trainer, epoch=1)
         sync()
-        total = time.perf_counter() - tic
+        total, cpu_total = time.perf_counter() - tic, time.process_time() - cpu
     finally:
         search_module.finite_difference_gradient = original
     d = config.dspike
@@ -112,6 +117,9 @@ def main() -> None:
         "train_iteration_s": iteration, "train_epoch_s_extrapolated": epoch,
         "search_s": total, "search_fdg_s": sum(fdg_seconds), "search_rest_s": total - sum(fdg_seconds),
         "search_fraction_of_epoch": total / epoch,
+        # process CPU time: with one thread on a shared CPU, the ratio that does not depend on the load
+        "train_epoch_cpu_s_extrapolated": cpu_epoch, "search_cpu_s": cpu_total,
+        "search_fraction_of_epoch_cpu": cpu_total / cpu_epoch,
         "settings": {"num_weights": d.num_weights, "batch_size": d.batch_size, "epsilon": d.epsilon,
                      "candidates": d.candidates, "max_stacked": d.max_stacked, "rule": d.rule,
                      "bn_mode": d.bn_mode, "probe_batches": d.probe_batches},
@@ -119,7 +127,8 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     print(f"\none search = {100 * total / epoch:.1f}% of one training epoch "
-          f"({total:.1f} s vs. {ITERATIONS_PER_EPOCH} × {iteration:.2f} s = {epoch:.0f} s)")
+          f"({total:.1f} s vs. {ITERATIONS_PER_EPOCH} × {iteration:.2f} s = {epoch:.0f} s); "
+          f"in process CPU time {100 * cpu_total / cpu_epoch:.1f}%")
 
 
 if __name__ == "__main__":

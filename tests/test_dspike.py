@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import spikegrad.methods.dspike as dspike_module
 import spikegrad.temperature_search as search_module
 from spikegrad.alignment import cosine_similarity, probe_batch, surrogate_gradients
 from spikegrad.checkpoint import load_checkpoint
@@ -363,3 +364,18 @@ def test_the_search_differentiates_the_loss_of_a_component_that_defines_one(monk
     monkeypatch.setattr(search_module, "finite_difference_gradient", spy)
     search.on_epoch_start(trainer, 1)
     assert seen == [(forward, loss_fn)]
+
+
+def test_the_significant_rule_compares_with_b_also_when_the_candidates_leave_it_out(monkeypatch):
+    trainer, search = trainer_for(tiny_config(**{"dspike.candidates": [-1, 1], "dspike.probe_batches": 2}))
+    seen = []
+
+    def fake_matrix(model, layer, batches, index_sets, epsilon, assignments, *rest):
+        seen.append(([a[next(iter(a))].temperature for a in assignments], len(batches), len(index_sets)))
+        return torch.tensor([[0.5, 0.4, 0.1], [0.6, 0.5, 0.2]], dtype=torch.float64)
+
+    monkeypatch.setattr(dspike_module, "similarity_matrix", fake_matrix)
+    row = search.on_epoch_start(trainer, 1)
+    assert seen == [([2.5, 3.0, 3.5], 2, 2)]
+    assert row["dspike_temperature"] == 2.5  # beats 3 by 0.1 in both batches (SE 0)
+    assert row["dspike_similarity_se"] == pytest.approx({"2.5": 0.0, "3": 0.0, "3.5": 0.0}, abs=1e-12)

@@ -195,8 +195,8 @@ class DspikeConfig:
     b_min: float = option(0.5, gt=0.0, doc="lower bound on the temperature")
     epsilon: float = option(1.0, gt=0.0,
                             doc="FDG step as a fraction of the RMS of the probed layer's weights")
-    num_weights: int | None = option(64, gt=0, doc="K, weights probed (a seeded random subset; "
-                                                   "None: all)")
+    num_weights: int | None = option(32, gt=0, doc="K, weights probed per probe batch (a seeded random "
+                                                   "subset; None: all; the paper's search: 64)")
     batch_size: int = option(64, gt=0, doc="samples in the fixed mini-batch of each search")
     every: int = option(1, gt=0, doc="search every this many epochs")
     layer: str | None = option(None, doc="probed layer (qualified name; None: the first weight "

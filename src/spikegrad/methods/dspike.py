@@ -12,7 +12,8 @@ its own seeded subset of probed weights) and with batch norm in ``bn_mode``:
    than the standard error of the paired difference over the batches;
 4. the epoch trains with ``b``.
 
-The paper's search is ``rule=paper``, ``bn_mode=eval``, ``probe_batches=1``.
+The paper's search is ``rule=paper``, ``bn_mode=eval``, ``probe_batches=1``,
+``num_weights=64``.
 
 One global temperature probed at the first weight layer, as in the paper; with
 ``per_layer`` every unit of ``model.features`` has its own temperature, chosen by the FDG of
