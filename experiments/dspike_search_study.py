@@ -22,7 +22,11 @@ as the paper's search; ``train``: the batch's own statistics, as in training; se
     each side, and the spread of one search step's decision for ``m`` batches and ``K``
     weights under the paper's rule (argmax of the mean cosine) and the significant rule
     (move only when a candidate's paired mean difference from ``b`` exceeds its standard
-    error), both from ``spikegrad.temperature_search.decide``.
+    error), both from ``spikegrad.temperature_search.decide``;
+(e) the real search (``spikegrad.methods.dspike.AdaptiveTemperature``) from ``--b``,
+    ``--searches`` times with other seeds (so other probe batches and weights), with the
+    paper's settings (``rule=paper``, ``bn_mode=eval``, ``probe_batches=1``, ``num_weights=64``)
+    and with the ``dspike`` defaults (every neuron's surrogate set to Dspike for it).
 
 The searches of (a) and (d) are resampled from the measured batches and weights (``--draws``
 random draws, seeded): a search with ``K`` weights uses a random ``K``-subset of the pool on
@@ -55,16 +59,18 @@ import torch
 from spikegrad import surrogates
 from spikegrad.alignment import cosine_similarity, probe_batch, surrogate_gradients
 from spikegrad.checkpoint import load_model
-from spikegrad.config import Config, from_dict, load_config
+from spikegrad.config import Config, DspikeConfig, from_dict, load_config
 from spikegrad.data import build_datasets
 from spikegrad.data.loader import collate_for
 from spikegrad.demo import recipe_path
 from spikegrad.errors import UserError
 from spikegrad.fdg import BN_MODES, finite_difference_gradient, resolve_layer, sample_weight_indices
 from spikegrad.losses import training_loss
+from spikegrad.methods.dspike import AdaptiveTemperature
 from spikegrad.neurons import SpikingNeuron
 from spikegrad.run import train
 from spikegrad.temperature_search import decide
+from spikegrad.trainer import Trainer
 
 #: built-in models: recipe and overrides (trained with ``spikegrad.run.train``)
 MODELS: dict[str, tuple[str, list[str]]] = {
@@ -72,6 +78,12 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "digits_cnn": ("digits", ["data.name=cluttered_digits", "train.epochs=15", "dspike.adaptive=false"]),
     # the depth experiment's plain 16-layer CNN (sigmoid surrogate, T = 2, 12 epochs)
     "plain16": ("cluttered_digits_plain_cnn_t2", []),
+}
+
+#: the real searches of (e): the paper's settings and the dspike defaults
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"rule": "paper", "bn_mode": "eval", "probe_batches": 1, "num_weights": 64},
+    "default": {},
 }
 
 
@@ -188,6 +200,41 @@ def measure(subject: Subject, s: Settings, device: torch.device) -> dict[str, An
     return out
 
 
+def real_searches(subject: Subject, s: Settings, searches: int) -> dict[str, Any]:
+    """(e): ``searches`` runs of the trainer's search from ``s.b`` per preset; chosen b and seconds."""
+    model = subject.model
+    originals = [n.surrogate for n in subject.neurons]
+    out: dict[str, Any] = {}
+    try:
+        for n in subject.neurons:
+            n.surrogate = subject.base.with_sharpness(s.b)  # the search needs Dspike neurons
+        for preset, overrides in PRESETS.items():
+            dspike = DspikeConfig(**{"adaptive": True, "b0": s.b, "delta": s.delta, **overrides})
+            search = AdaptiveTemperature(dspike)
+            trainer = Trainer(model, subject.dataset, subject.dataset, subject.config, components=[search],
+                              verbose=False)
+            chosen, seconds = [], []
+            for seed in range(searches):
+                search.seed = s.seed * 1_000 + seed
+                search.temperatures["model"] = s.b
+                search.groups[0].set(s.b)
+                tic = time.process_time()
+                search.search(trainer, epoch=1)
+                seconds.append(time.process_time() - tic)
+                chosen.append(search.temperatures["model"])
+            out[preset] = {"settings": {k: getattr(dspike, k) for k in
+                                        ("rule", "bn_mode", "probe_batches", "num_weights", "batch_size",
+                                         "epsilon")},
+                           "chosen": counts(chosen), "p_stay": chosen.count(s.b) / searches,
+                           "cpu_seconds": statistics.fmean(seconds)}
+            print(f"  {subject.name}, {searches} searches with the {preset} settings: "
+                  f"{out[preset]['chosen']}", flush=True)
+    finally:
+        for n, own in zip(subject.neurons, originals, strict=True):
+            n.surrogate = own
+    return out
+
+
 # ----------------------------------------------------------------------------- analysis
 
 
@@ -250,6 +297,9 @@ def analyse_mode(meas: dict[str, Any], subset: torch.Tensor, s: Settings, draws:
     result["cosine_per_temperature"] = {f"{b:g}": mean_std_se(full[:, j].tolist())
                                         for j, b in enumerate(temps)}
     result["best_b_per_batch"] = counts([temps[int(i)] for i in full.argmax(1)])
+    jb = temps.index(s.b)  # paired: what a batch adds to every temperature's cosine cancels
+    result["difference_from_b"] = {f"{b:g}": mean_std_se((full[:, j] - full[:, jb]).tolist())
+                                   for j, b in enumerate(temps)}
     result["span_per_batch"] = mean_std_se((full.max(1).values - full.min(1).values).tolist())
     result["best_b_of_mean"] = temps[int(full.mean(0).argmax())]
     result["nonzero_fdg_fraction"] = float((fdg != 0).double().mean())
@@ -356,10 +406,14 @@ def markdown(study: dict[str, Any]) -> str:
         modes = [m for m in s["modes"] if m in res]
         lines.append("### (a) cosine with the FDG per temperature\n")
         lines.append("mean ± std over batches (SE) [min, max]\n")
-        lines.append("| b | " + " | ".join(f"{m} mode" for m in modes) + " |")
-        lines.append("|---|" + "---|" * len(modes))
+        lines.append("| b | " + " | ".join(f"{m} mode | {m}: minus the cosine at b = {s['b']:g}, paired"
+                                            for m in modes) + " |")
+        lines.append("|---|" + "---|---|" * len(modes))
         for b in res[modes[0]]["cosine_per_temperature"]:
-            cells = [fmt(res[m]["cosine_per_temperature"][b], extremes=True) for m in modes]
+            cells = []
+            for m in modes:
+                cells += [fmt(res[m]["cosine_per_temperature"][b], extremes=True),
+                          fmt(res[m]["difference_from_b"][b])]
             lines.append(f"| {b} | " + " | ".join(cells) + " |")
         lines.append("")
         for m in modes:
@@ -412,6 +466,19 @@ def markdown(study: dict[str, Any]) -> str:
             for k, v in res[m]["batch_to_batch_cosine_vs_k"].items():
                 lines.append(f"| {m} | {k} | {fmt(v)} |")
         lines.append("")
+        if model.get("searches"):
+            lines.append(f"### (e) the trainer's search from b = {s['b']:g}, {study['searches']} seeds per "
+                         "setting\n")
+            lines.append("| settings | rule | bn_mode | probe batches | K | B | chosen | P(stay) "
+                         "| CPU s / search |")
+            lines.append("|---|---|---|---|---|---|---|---|---|")
+            for preset, row in model["searches"].items():
+                c = row["settings"]
+                chosen = ", ".join(f"{b}: {n}" for b, n in row["chosen"].items())
+                lines.append(f"| {preset} | {c['rule']} | {c['bn_mode']} | {c['probe_batches']} | "
+                             f"{c['num_weights']} | {c['batch_size']} | {chosen} | {row['p_stay']:.2f} | "
+                             f"{row['cpu_seconds']:.1f} |")
+            lines.append("")
         lines.append(f"One search step from b = {s['b']:g} (candidates {s['b'] - s['delta']:g}, {s['b']:g}, "
                      f"{s['b'] + s['delta']:g}): how often each b is chosen, P(stay), P(two searches agree), "
                      "mean SE of the paired difference")
@@ -442,19 +509,23 @@ def plot(study: dict[str, Any], path: Path) -> None:
         res = study["models"][name]["results"]
         modes = [m for m in study["settings"]["modes"] if m in res]
         ax = row[0]
+        b0 = study["settings"]["b"]
+        twin = ax.twinx()
         for m in modes:
-            per = res[m]["cosine_per_temperature"]
+            per, diff = res[m]["cosine_per_temperature"], res[m]["difference_from_b"]
             bs = [float(b) for b in per]
-            mean = [per[b]["mean"] for b in per]
-            std = [per[b]["std"] for b in per]
-            se = [per[b]["se"] for b in per]
-            ax.errorbar(bs, mean, yerr=se, marker="o", color=colours.get(m), label=f"{m}: mean ± SE",
-                        capsize=3)
-            ax.fill_between(bs, [a - d for a, d in zip(mean, std, strict=True)],
-                            [a + d for a, d in zip(mean, std, strict=True)], color=colours.get(m), alpha=0.15)
+            ax.plot(bs, [per[b]["mean"] for b in per], marker="o", color=colours.get(m),
+                    label=f"{m}: mean cosine")
+            twin.errorbar(bs, [diff[b]["mean"] for b in diff], yerr=[diff[b]["se"] for b in diff],
+                          linestyle="--", marker=".", color=colours.get(m), capsize=3,
+                          label=f"{m}: minus b = {b0:g}, paired ± SE")
+        twin.set_ylabel(f"cos(b) − cos({b0:g}), paired (dashed)")
+        twin.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_xlabel("Dspike temperature b")
-        ax.set_ylabel("cos(FDG, Dspike gradient)")
-        ax.set_title(f"{name}: (a) cosine per b (band: ± std)")
+        ax.set_ylabel("mean cos(FDG, Dspike gradient)")
+        ax.set_title(f"{name}: (a) cosine per b over the batches")
+        handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+        ax.legend(handles=handles, fontsize=7)
         ax.legend(fontsize=8)
         ax = row[1]
         for m in modes:
@@ -466,6 +537,9 @@ def plot(study: dict[str, Any], path: Path) -> None:
             ax.plot(eps, half, marker="o", color=colours.get(m), label=f"{m}: cos(ĝ_ε, ĝ_ε/2)")
             ax.plot(eps, b2b, marker="s", linestyle="--", color=colours.get(m), label=f"{m}: batch-to-batch")
         ax.set_xscale("log")
+        eps_ticks = study["settings"]["epsilons"]
+        ax.set_xticks(eps_ticks, [f"{e:g}" for e in eps_ticks])
+        ax.minorticks_off()
         ax.set_xlabel("ε (× weight RMS)")
         ax.set_ylabel("cosine")
         ax.set_title("(b) FDG convergence and noise in ε")
@@ -483,6 +557,8 @@ def plot(study: dict[str, Any], path: Path) -> None:
             ax.plot([r["m"] for r in sig], [r["p_agree"] for r in sig], marker="v", linestyle="-.",
                     color=colours.get(m), label=f"{m}: P(agree), significant, K = {k_all}")
         ax.set_xscale("log", base=2)
+        ax.set_xticks(study["ms"], [str(m) for m in study["ms"]])
+        ax.minorticks_off()
         ax.set_xlabel("probe batches averaged, m")
         ax.set_title("(d) noise against batches")
         ax.legend(fontsize=7)
@@ -497,8 +573,9 @@ def plot(study: dict[str, Any], path: Path) -> None:
 
 
 def run_study(subjects: Sequence[tuple[str, Path]], out: Path, s: Settings, draws: int, ks: Sequence[int],
-              ms: Sequence[int], device: torch.device) -> dict[str, Any]:
+              ms: Sequence[int], device: torch.device, searches: int = 0) -> dict[str, Any]:
     study: dict[str, Any] = {"settings": s.key(), "draws": draws, "ks": list(ks), "ms": list(ms),
+                             "searches": searches,
                              "threads": torch.get_num_threads(), "torch": torch.__version__, "models": {}}
     for name, checkpoint in subjects:
         subject = load_subject(name, checkpoint, device)
@@ -515,6 +592,17 @@ def run_study(subjects: Sequence[tuple[str, Path]], out: Path, s: Settings, draw
             cache.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"settings": json.dumps(s.key()), "checkpoint": str(checkpoint), "measurements": meas},
                        cache)
+        real = None
+        if searches:
+            cache_e = out / name / "searches.json"
+            key = json.dumps({"settings": s.key(), "searches": searches, "checkpoint": str(checkpoint),
+                              "presets": PRESETS, "defaults": asdict(DspikeConfig())})
+            if cache_e.exists() and json.loads(cache_e.read_text()).get("key") == key:
+                real = json.loads(cache_e.read_text())["searches"]
+            else:
+                print(f"{name}: {searches} real searches per preset ...", flush=True)
+                real = real_searches(subject, s, searches)
+                cache_e.write_text(json.dumps({"key": key, "searches": real}, indent=1) + "\n")
         summary = json.loads((Path(checkpoint).parent / "summary.json").read_text()) \
             if (Path(checkpoint).parent / "summary.json").exists() else {}
         test_acc = summary.get("final_test_acc", summary.get("test_acc"))
@@ -524,7 +612,7 @@ def run_study(subjects: Sequence[tuple[str, Path]], out: Path, s: Settings, draw
             "probed": len(meas["pool"]), "data": subject.config.data.name,
             "test_acc": f"{100 * test_acc:.1f}%" if isinstance(test_acc, (int, float)) else "n/a",
             "seconds": sum(meas["seconds"].values()), "measure_seconds": meas["seconds"],
-            "results": analyse(meas, s, draws, ks, ms),
+            "results": analyse(meas, s, draws, ks, ms), "searches": real,
         }
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(study, indent=1) + "\n")
@@ -561,6 +649,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--ks", type=int, nargs="+", default=[16, 32, 64], help="K of simulated searches")
     parser.add_argument("--ms", type=int, nargs="+", default=[1, 2, 4, 8],
                         help="batches of simulated searches")
+    parser.add_argument("--searches", type=int, default=10,
+                        help="real searches per preset and model for (e) (0: none)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -581,7 +671,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     subjects += [(name, trained_checkpoint(name, out, args.set, args.threads)) for name in models]
     if not subjects:
         raise UserError("nothing to study: name --models or give --checkpoint NAME=PATH")
-    study = run_study(subjects, out, settings, args.draws, args.ks, args.ms, torch.device(args.device))
+    study = run_study(subjects, out, settings, args.draws, args.ks, args.ms, torch.device(args.device),
+                      args.searches)
     print(markdown(study))
     print(f"\nwrote {out / 'study.json'}, {out / 'study.md'} and {out / 'study.png'}")
     return study

@@ -9,7 +9,7 @@ from spikegrad.errors import UserError
 
 TINY = ["--batches", "3", "--batch-size", "8", "--pool", "6", "--epsilons", "0.5", "1",
         "--epsilon-batches", "2", "--epsilon-weights", "4", "--temperatures", "2.5", "3", "3.5",
-        "--draws", "5", "--ks", "4", "6", "--ms", "1", "2"]
+        "--draws", "5", "--ks", "4", "6", "--ms", "1", "2", "--searches", "1"]
 
 
 @pytest.mark.slow
@@ -41,6 +41,12 @@ def test_the_study_trains_measures_and_reports(tmp_path, capsys):
     assert "(a) cosine with the FDG per temperature" in text and "| train | significant | 2 | 6 |" in text
     assert (out / "study.png").stat().st_size > 10_000
     assert result["settings"]["pool"] == 6
+    searches = model["searches"]  # (e): the trainer's own search, once per preset
+    assert searches["paper"]["settings"]["rule"] == "paper"
+    assert searches["paper"]["settings"]["probe_batches"] == 1
+    assert searches["default"]["settings"]["rule"] == "significant"
+    assert all(sum(row["chosen"].values()) == 1 for row in searches.values())
+    assert "(e) the trainer's search" in text
     # a second run reuses the measurements and the trained model
     capsys.readouterr()
     again = study.main(["--checkpoint", f"digits_cnn={out / 'models' / 'digits_cnn' / 'last.pt'}",
