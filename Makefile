@@ -29,11 +29,11 @@ demo: $(VENV)/.base
 	$(VENV)/bin/spikegrad demo
 
 test: $(VENV)/.test
-	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff check src tests bench examples experiments tools
 	SPIKEGRAD_REQUIRE_PEERS=1 $(PY) -m pytest -q
 
 lint: $(VENV)/.test
-	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff check src tests bench examples experiments tools
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -27,19 +27,16 @@ import time
 import torch
 from torch.utils.data import TensorDataset
 
-from spikegrad import fdg as fdg_module
-from spikegrad import models
-from spikegrad.config import load_config
+from spikegrad import AdaptiveTemperature, Trainer, build_model, load_config
 from spikegrad.data import DatasetInfo
-from spikegrad.demo import recipe_path
-from spikegrad.methods.dspike import AdaptiveTemperature
-from spikegrad.run import model_arguments
-from spikegrad.trainer import Trainer
+from spikegrad.fdg import finite_difference_gradient, sample_weight_indices
+from spikegrad.methods import search_objective
+from spikegrad.recipes import recipe_path
 
 ITERATIONS_PER_EPOCH = 391  # ceil(50,000 / 128)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", default="cifar10_resnet18_t4_dspike")
     parser.add_argument("--iterations", type=int, default=3, help="timed training iterations")
@@ -48,21 +45,20 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key, e.g. --set dspike.num_weights=32")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_config(recipe_path(args.recipe), [
         f"model.width={args.width}", f"train.device={args.device}", "train.progress=false",
-        "dspike.adaptive=true", *args.set,
+        "dspike.adaptive=true", "diagnostics.gradient_interval=0", *args.set,
     ])
     batch = config.data.batch_size
     info = DatasetInfo(num_classes=10, sample_shape=(3, 32, 32))
     n = max(batch * (args.iterations + 1), config.dspike.batch_size)
     data = TensorDataset(torch.rand(n, 3, 32, 32), torch.randint(0, 10, (n,)))
-    margs = model_arguments(config, info)
-    model = models.create(margs["name"], **margs["kwargs"])
-    search = AdaptiveTemperature(config.dspike, seed=0)
-    trainer = Trainer(model, data, data, config, components=[search], verbose=False)
+    model, _ = build_model(config, info)
+    trainer = Trainer(model, data, data, config, verbose=False)  # the config's search component
+    (search,) = trainer.components
     device = trainer.device
 
     def sync() -> None:
@@ -87,29 +83,13 @@ def main() -> None:
     epoch = iteration * ITERATIONS_PER_EPOCH
     cpu_epoch = sum(cpu_times) / len(cpu_times) * ITERATIONS_PER_EPOCH
 
-    # one search, with its FDG part timed on its own
-    fdg_seconds = []
-    original = fdg_module.finite_difference_gradient
-
-    def timed_fdg(*a, **kw):
-        sync()
-        tic = time.perf_counter()
-        out = original(*a, **kw)
-        sync()
-        fdg_seconds.append(time.perf_counter() - tic)
-        return out
-
-    import spikegrad.temperature_search as search_module
-
-    search_module.finite_difference_gradient = timed_fdg
-    try:
-        sync()
-        tic, cpu = time.perf_counter(), time.process_time()
-        similarities = search.search(trainer, epoch=1)
-        sync()
-        total, cpu_total = time.perf_counter() - tic, time.process_time() - cpu
-    finally:
-        search_module.finite_difference_gradient = original
+    # one search, then its FDG part again on its own (same probe batches, weights, step and loss)
+    sync()
+    tic, cpu = time.perf_counter(), time.process_time()
+    similarities = search.search(trainer.context, epoch=1)
+    sync()
+    total, cpu_total = time.perf_counter() - tic, time.process_time() - cpu
+    fdg_seconds = time_fdg(trainer, search, sync)
     d = config.dspike
     result = {
         "recipe": args.recipe, "width": args.width, "device": str(device),
@@ -129,6 +109,29 @@ def main() -> None:
     print(f"\none search = {100 * total / epoch:.1f}% of one training epoch "
           f"({total:.1f} s vs. {ITERATIONS_PER_EPOCH} × {iteration:.2f} s = {epoch:.0f} s); "
           f"in process CPU time {100 * cpu_total / cpu_epoch:.1f}%")
+
+
+def time_fdg(trainer: Trainer, search: AdaptiveTemperature, sync) -> list[float]:
+    """Seconds of each finite difference gradient of the search of epoch 1: its probe batches,
+    probed weights, step, batch-norm mode and loss, as :class:`spikegrad.AdaptiveTemperature`
+    draws them (one FDG per probe batch)."""
+    ctx, d = trainer.context, search.config
+    batches = search.probe_batches(ctx, 1)
+    generator = torch.Generator().manual_seed(search.probe_seed(1))
+    layer = search.groups[0].layer
+    weight = layer.weight
+    epsilon = d.epsilon * float(weight.detach().pow(2).mean().sqrt())
+    forward, loss_fn = search_objective(ctx)
+    seconds = []
+    for inputs, targets in batches:
+        indices = sample_weight_indices(weight.numel(), d.num_weights, generator).to(weight.device)
+        sync()
+        tic = time.perf_counter()
+        finite_difference_gradient(trainer.model, layer, inputs, targets, epsilon, indices, loss_fn,
+                                   d.max_stacked, d.bn_mode, forward)
+        sync()
+        seconds.append(time.perf_counter() - tic)
+    return seconds
 
 
 if __name__ == "__main__":

@@ -64,13 +64,16 @@ def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], make) -> float
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and batches")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and batches (3 and 2)")
+    parser.add_argument("--rounds", type=int, help="rounds (default 7, --quick 3)")
+    parser.add_argument("--batches", type=int, help="batches per evaluation (default 4, --quick 2)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     rounds, n_batches = (3, 2) if args.quick else (7, 4)
+    rounds, n_batches = args.rounds or rounds, args.batches or n_batches
     cases = {
         "digits_cnn (T=4, 1x8x8, batch 256)": (
             models.create("digits_cnn", T=4), torch.rand(n_batches, 256, 1, 8, 8)),

@@ -34,7 +34,7 @@ from bench import _harness
 from bench.neuron import Unbind, spikegrad_twin
 from spikegrad import lean, losses, neurons, surrogates
 from spikegrad.layers import DirectEncoder
-from spikegrad.models.common import ConvUnit, global_pool_classifier
+from spikegrad.models import ConvUnit, global_pool_classifier
 
 CONTENDERS = ["spikegrad", "spikegrad-fused", "spikegrad-reference", "sj-lif", "sj-simple-lif",
               "snntorch-leaky", "norse-lifbox", "ann-tb", "ann-t-times-b"]

@@ -23,7 +23,7 @@ as the paper's search; ``train``: the batch's own statistics, as in training; se
     weights under the paper's rule (argmax of the mean cosine) and the significant rule
     (move only when a candidate's paired mean difference from ``b`` exceeds its standard
     error), both from ``spikegrad.temperature_search.decide``;
-(e) the real search (``spikegrad.methods.dspike.AdaptiveTemperature``) from ``--b``,
+(e) the real search (``spikegrad.AdaptiveTemperature``) from ``--b``,
     ``--searches`` times with other seeds (so other probe batches and weights), with the
     paper's settings (``rule=paper``, ``bn_mode=eval``, ``probe_batches=1``, ``num_weights=64``)
     and with the ``dspike`` defaults (every neuron's surrogate set to Dspike for it).
@@ -56,23 +56,18 @@ from typing import Any
 
 import torch
 
-from spikegrad import surrogates
+from spikegrad import AdaptiveTemperature, Trainer, datasets_from_config, from_checkpoint, surrogates, train
 from spikegrad.alignment import cosine_similarity, probe_batch, surrogate_gradients
-from spikegrad.checkpoint import load_model
-from spikegrad.config import Config, DspikeConfig, from_dict, load_config
-from spikegrad.data import build_datasets
-from spikegrad.data.loader import collate_for
-from spikegrad.demo import recipe_path
+from spikegrad.config import Config, DspikeConfig, load_config
+from spikegrad.data import collate_for
 from spikegrad.errors import UserError
 from spikegrad.fdg import BN_MODES, finite_difference_gradient, resolve_layer, sample_weight_indices
 from spikegrad.losses import training_loss
-from spikegrad.methods.dspike import AdaptiveTemperature
 from spikegrad.neurons import SpikingNeuron
-from spikegrad.run import train
+from spikegrad.recipes import recipe_path
 from spikegrad.temperature_search import decide
-from spikegrad.trainer import Trainer
 
-#: built-in models: recipe and overrides (trained with ``spikegrad.run.train``)
+#: built-in models: recipe and overrides (trained with ``spikegrad.train``)
 MODELS: dict[str, tuple[str, list[str]]] = {
     # the Dspike ablation's fixed-b model: digits_cnn, T = 4, Dspike b = 3, 15 epochs
     "digits_cnn": ("digits", ["data.name=cluttered_digits", "train.epochs=15", "dspike.adaptive=false"]),
@@ -141,14 +136,11 @@ class Subject:
 
 
 def load_subject(name: str, checkpoint: Path, device: torch.device) -> Subject:
-    model, payload = load_model(checkpoint)
+    run = from_checkpoint(checkpoint)
+    model, config = run.model, run.config
     if getattr(model, "kind", "snn") == "ann":
         raise UserError(f"{str(checkpoint)!r} holds an ANN; the study needs a spiking model")
-    config = from_dict(Config, payload["config"])
-    options = dict(config.data.options)
-    if config.data.root is not None:
-        options["root"] = config.data.root
-    train_set, _, _ = build_datasets(config.data.name, **options)
+    train_set, _, _ = datasets_from_config(config.data)
     model = model.to(device)
     layer_name, layer = resolve_layer(model)
     neurons = [m for m in model.modules() if isinstance(m, SpikingNeuron)]
@@ -219,7 +211,7 @@ def real_searches(subject: Subject, s: Settings, searches: int) -> dict[str, Any
                 search.temperatures["model"] = s.b
                 search.groups[0].set(s.b)
                 tic = time.process_time()
-                search.search(trainer, epoch=1)
+                search.search(trainer.context, epoch=1)
                 seconds.append(time.process_time() - tic)
                 chosen.append(search.temperatures["model"])
             out[preset] = {"settings": {k: getattr(dspike, k) for k in

@@ -132,7 +132,7 @@ def test_an_fp16_overflow_skips_the_step_and_its_record(tmp_path):
     first.register_hook(lambda g: g * float("inf"))  # as an fp16 gradient overflows
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     x, y = next(iter(trainer.train_loader))
-    trainer.components[0].on_epoch_start(trainer, 0)
+    trainer.components[0].on_epoch_start(trainer.context, 0)
     assert trainer.train_step(x, y) is not None  # not counted as non-finite, not raised
     assert all(torch.equal(v, dict(model.named_parameters())[k]) for k, v in before.items())
     assert trainer.scaler.get_scale() == 2.0 ** 15  # lowered by the backoff factor
@@ -143,10 +143,10 @@ def test_resume_keeps_the_records_up_to_the_checkpoint(tmp_path):
     lines = [{"epoch": 1, "iteration": i, "norms": {"a": 1.0}, "first_layer_hist": {}} for i in (1, 5, 9)]
     (tmp_path / "gradients.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     diagnostics = GradientDiagnostics(interval=4)
-    diagnostics.on_epoch_start(SimpleNamespace(out_dir=tmp_path, iteration=6, writes=True), 1)
+    diagnostics.on_epoch_start(SimpleNamespace(run_dir=tmp_path, iteration=6), 1)
     assert [r["iteration"] for r in read_gradients(tmp_path)] == [1, 5]
     fresh = GradientDiagnostics(interval=4)
-    fresh.on_epoch_start(SimpleNamespace(out_dir=tmp_path, iteration=0, writes=True), 0)
+    fresh.on_epoch_start(SimpleNamespace(run_dir=tmp_path, iteration=0), 0)
     assert read_gradients(tmp_path) == []
 
 
@@ -185,3 +185,56 @@ def test_plot_gradients_cli_draws_several_runs(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "spikegrad", "plot-gradients", str(tmp_path / "none"),
                            "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def _records(iterations, hist=True):
+    return [{"iteration": i, "norms": {"a": 1.0}, **({"first_layer_hist": {"edges": [-1, 1],
+                                                                         "counts": [1]}} if hist else {})}
+            for i in iterations]
+
+
+def test_histograms_are_compared_at_iterations_every_run_recorded():
+    from spikegrad.gradient_plots import histogram_iterations, nearest_record, shared_limits
+
+    every_5, every_10 = _records(range(0, 101, 5)), _records(range(0, 201, 10))
+    # common: 0, 10, ..., 100 (11 records) -> picks 1, 5, 10 of them
+    assert histogram_iterations([every_5, every_10]) == ([10, 50, 100], True)
+    # nothing in common: the picks of the run with the fewest records, each run's nearest one
+    picks, same = histogram_iterations([_records(range(1, 100, 2)), _records(range(0, 100, 10))])
+    assert not same and picks == [10, 40, 90]
+    assert nearest_record(_records(range(1, 100, 2)), 40)["iteration"] == 39  # earlier on ties
+    assert nearest_record(_records([1, 2], hist=False), 1) is None
+    # one run of 9 records 3, 10, ..., 59: histogram_picks(9) = records 1, 4, 8
+    assert histogram_iterations([_records(range(3, 60, 7))]) == ([10, 31, 59], True)
+    assert shared_limits([0.2, 0.05, 0.001]) == [pytest.approx(0.21), pytest.approx(0.21), None]
+    assert shared_limits([0.2, 0.0199]) == [pytest.approx(0.21), None]  # just over 10x narrower
+
+
+def test_plot_gradients_colours_by_iteration_with_one_colour_bar(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from spikegrad.gradient_plots import plot_gradients
+
+    saved = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+    runs = []
+    for k, step in enumerate((5, 10)):
+        run = tmp_path / f"run{k}"
+        run.mkdir()
+        records = [{"epoch": 1, "iteration": i, "norms": {"a": 1.0 + i, "b": 2.0},
+                    "first_layer_hist": gradient_histogram(torch.randn(50), 7)}
+                   for i in range(0, 41, step)]
+        (run / "gradients.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        runs.append(run)
+    plot_gradients(runs, tmp_path / "g.png")
+    (fig,) = saved
+    colorbar = [ax for ax in fig.axes if ax.get_ylabel() == "iteration (early → late)"]
+    assert len(colorbar) == 1 and colorbar[0].get_ylim() == (0, 40)
+    norm_axes = [ax for ax in fig.axes if ax.get_xlabel() == "weight layer (input → output)"]
+    # iteration 40 has the same colour in both columns
+    last = [ax.get_lines()[-1].get_color() for ax in norm_axes]
+    assert last[0] == last[1]
+    hist_axes = [ax for ax in fig.axes if ax.get_xlabel().startswith("first-layer weight gradient")]
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in hist_axes]
+    assert legends[0] == legends[1] == ["iteration 10", "iteration 20", "iteration 40"]

@@ -13,6 +13,7 @@ import spikegrad.temperature_search as search_module
 from spikegrad.alignment import cosine_similarity, probe_batch, surrogate_gradients
 from spikegrad.checkpoint import load_checkpoint
 from spikegrad.cli import main
+from spikegrad.component import Component
 from spikegrad.config import Config, DspikeConfig, load_config
 from spikegrad.demo import demo_configs, recipe_path
 from spikegrad.errors import UserError
@@ -21,7 +22,7 @@ from spikegrad.methods.dspike import AdaptiveTemperature, candidate_temperatures
 from spikegrad.run import build_components, build_parts, train
 from spikegrad.surrogates import Dspike
 from spikegrad.temperature_search import decide
-from spikegrad.trainer import Component, Trainer
+from spikegrad.trainer import Trainer
 
 DSPIKE_RECIPES = sorted(Path(str(recipe_path("digits"))).parent.glob("*_dspike.yaml"))
 
@@ -72,7 +73,7 @@ def test_search_picks_the_candidate_whose_gradient_matches_the_fdg(monkeypatch, 
                                    forward)[0]
 
     monkeypatch.setattr(search_module, "finite_difference_gradient", fake_fdg)  # where the search calls it
-    row = search.on_epoch_start(trainer, 1)
+    row = search.on_epoch_start(trainer.context, 1)
     assert set(row["dspike_similarity"]) == {"2", "3", "4"}
     assert row["dspike_similarity"]["2"] == pytest.approx(1.0)
     assert row["dspike_similarity"]["3"] < 1.0 - 1e-6
@@ -85,7 +86,7 @@ def test_first_epoch_keeps_b0_and_searches_follow_every(monkeypatch):
     trainer, search = trainer_for(tiny_config(**{"dspike.b0": 2.0, "dspike.every": 2}))
     calls = []
     monkeypatch.setattr(search, "search", lambda tr, epoch: calls.append(epoch) or {"model": {}})
-    rows = [search.on_epoch_start(trainer, e) for e in range(5)]
+    rows = [search.on_epoch_start(trainer.context, e) for e in range(5)]
     assert calls == [2, 4]
     assert [("dspike_similarity" in r) for r in rows] == [False, False, True, False, True]
     assert all(r["dspike_temperature"] == 2.0 for r in rows)
@@ -95,7 +96,7 @@ def test_search_leaves_the_global_random_state_and_the_training_mode_alone():
     trainer, search = trainer_for(tiny_config(**{"model.encoder": "poisson"}))
     trainer.model.train()
     before = torch.get_rng_state()
-    search.search(trainer, 1)
+    search.search(trainer.context, 1)
     assert torch.equal(before, torch.get_rng_state())
     assert trainer.model.training
 
@@ -174,6 +175,10 @@ def test_bad_dspike_settings_are_user_errors():
         tiny_config(**{"dspike.bn_mode": "frozen"})
     with pytest.raises(UserError, match=r"dspike\.rule"):
         tiny_config(**{"dspike.rule": "argmax"})
+    with pytest.raises(UserError, match=r"'dspike\.probe_batches' must be >= 1, got 0"):
+        tiny_config(**{"dspike.probe_batches": 0})
+    with pytest.raises(UserError, match=r"'dspike\.probe_batches' must be <= 1000"):
+        tiny_config(**{"dspike.probe_batches": 1001})
     with pytest.raises(UserError, match="per_layer"):
         AdaptiveTemperature(DspikeConfig(per_layer=True, layer="features.0"))
     with pytest.raises(UserError, match=r"model\.surrogate\.name=dspike"):
@@ -211,7 +216,7 @@ def test_fdg_command_writes_a_table_json_and_plot(tmp_path, capsys):
     out = tmp_path / "analysis" / "fdg"
     checkpoint = str(tmp_path / "run" / "last.pt")
     code = main(["fdg", checkpoint, "--batch-size", "32", "--num-weights", "24", "--points", "3",
-                 "--surrogates", "dspike,sigmoid", "--out", str(out)])
+                 "--surrogates", "dspike,sigmoid", "--batches", "1", "--extend", "0", "--out", str(out)])
     stdout = capsys.readouterr().out
     assert code == 0
     assert "dspike" in stdout and "sigmoid" in stdout and "cosine" in stdout
@@ -303,7 +308,7 @@ def test_the_paper_options_reproduce_algorithm_1_as_before():
         trainer.train_step(*trainer.to_device(x, y))  # new weights and statistics between searches
         expected, chosen = reference_paper_search(trainer, search, epoch)
         before = search.temperatures["model"]
-        row = search.on_epoch_start(trainer, epoch)
+        row = search.on_epoch_start(trainer.context, epoch)
         assert row["dspike_similarity"] == expected  # exactly: same batch, weights and arithmetic
         assert row["dspike_temperature"] == chosen and "dspike_similarity_se" not in row
         moved |= chosen != before
@@ -314,7 +319,7 @@ def test_the_default_search_is_deterministic_and_records_its_standard_errors():
     rows = []
     for _ in range(2):
         trainer, search = trainer_for(tiny_config())
-        rows.append(search.on_epoch_start(trainer, 1))
+        rows.append(search.on_epoch_start(trainer.context, 1))
     assert rows[0] == {**rows[1], "dspike_search_seconds": rows[0]["dspike_search_seconds"]}
     config = search.config
     assert (config.rule, config.bn_mode, config.probe_batches) == ("significant", "train", 4)
@@ -346,7 +351,8 @@ def test_the_search_differentiates_the_loss_of_a_component_that_defines_one(monk
     class Owner(Component):
         name = "owner"
 
-        def search_objective(self, tr):
+        def search_objective(self, ctx):
+            assert ctx is trainer.context
             return forward, loss_fn
 
     seen = []
@@ -359,11 +365,33 @@ def test_the_search_differentiates_the_loss_of_a_component_that_defines_one(monk
     config = tiny_config(**PAPER)
     parts = build_parts(config)
     search = AdaptiveTemperature(config.dspike)
-    trainer = Trainer(parts.model, parts.train_set, parts.test_set, config, components=[search, Owner()],
+    owner = Owner()
+    trainer = Trainer(parts.model, parts.train_set, parts.test_set, config, components=[search, owner],
                       verbose=False)
     monkeypatch.setattr(search_module, "finite_difference_gradient", spy)
-    search.on_epoch_start(trainer, 1)
+    search.on_epoch_start(trainer.context, 1)
     assert seen == [(forward, loss_fn)]
+    assert trainer.context.components == (search, owner)
+    assert dspike_module.search_objective(trainer.context) == (forward, loss_fn)
+    # without such a component: the plain forward pass and the run's loss
+    plain = trainer_for(config)[0].context
+    assert dspike_module.search_objective(plain) == (None, plain.default_loss)
+
+
+def test_the_search_refuses_two_components_that_each_define_its_loss():
+    class Owner(Component):
+        def search_objective(self, ctx):
+            return None, ctx.default_loss
+
+    first, second = Owner(), Owner()
+    first.name, second.name = "first", "second"
+    config = tiny_config(**PAPER)
+    parts = build_parts(config)
+    search = AdaptiveTemperature(config.dspike)
+    trainer = Trainer(parts.model, parts.train_set, parts.test_set, config,
+                      components=[search, first, second], verbose=False)
+    with pytest.raises(UserError, match=r"components \['first', 'second'\] each define one"):
+        search.on_epoch_start(trainer.context, 1)
 
 
 def test_the_significant_rule_compares_with_b_also_when_the_candidates_leave_it_out(monkeypatch):
@@ -375,7 +403,7 @@ def test_the_significant_rule_compares_with_b_also_when_the_candidates_leave_it_
         return torch.tensor([[0.5, 0.4, 0.1], [0.6, 0.5, 0.2]], dtype=torch.float64)
 
     monkeypatch.setattr(dspike_module, "similarity_matrix", fake_matrix)
-    row = search.on_epoch_start(trainer, 1)
+    row = search.on_epoch_start(trainer.context, 1)
     assert seen == [([2.5, 3.0, 3.5], 2, 2)]
     assert row["dspike_temperature"] == 2.5  # beats 3 by 0.1 in both batches (SE 0)
     assert row["dspike_similarity_se"] == pytest.approx({"2.5": 0.0, "3": 0.0, "3.5": 0.0}, abs=1e-12)

@@ -104,7 +104,7 @@ def test_pairing_accepts_the_ann_twin_and_names_the_first_mismatch():
 
 def test_bad_ltl_settings_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="must be an ANN"):
-        LocalTandemLearning(digits_net("snn"))
+        LocalTandemLearning(digits_net("snn"), "offline")
     with pytest.raises(UserError, match=r"T_warm must lie in \[0, T\)"):
         resolve_T_warm(4, 4)
     assert resolve_T_warm(None, 16) == 12
@@ -188,8 +188,8 @@ def test_online_gradient_equals_the_per_step_truncated_reference():
 
 
 def fake_trainer(model):
-    return SimpleNamespace(model=model, scaler=torch.amp.GradScaler("cpu", enabled=False),
-                           config=Config())
+    """What LTL uses of its training context: the model, a backward function, the config."""
+    return SimpleNamespace(model=model, backward=lambda loss: loss.backward(), config=Config())
 
 
 def test_offline_component_gradients_are_the_weighted_local_losses():
@@ -346,7 +346,6 @@ def test_layer_weights_must_match_the_units(tmp_path, teacher_checkpoint):
 
 def test_a_teacher_run_stopped_half_way_continues_instead_of_starting_over(tmp_path, monkeypatch):
     import spikegrad.run as run_module
-    from spikegrad.methods import ltl as ltl_module
 
     config = load_config(recipe_path("digits")).with_overrides({
         "model.kind": "ann", "model.width": 0.25, "train.epochs": 1, "train.threads": 1,
@@ -359,7 +358,7 @@ def test_a_teacher_run_stopped_half_way_continues_instead_of_starting_over(tmp_p
     real_train = run_module.train
     monkeypatch.setattr(run_module, "train",
                         lambda *a, **k: calls.append(k.get("resume_from")) or real_train(*a, **k))
-    ltl_module._train_teacher(config, folder, verbose=False)
+    run_module._train_teacher(config, folder, verbose=False)
     assert calls == [folder / "last.pt"] and (folder / "summary.json").is_file()
-    ltl_module._train_teacher(config, folder, verbose=False)  # finished: reused, not retrained
+    run_module._train_teacher(config, folder, verbose=False)  # finished: reused, not retrained
     assert len(calls) == 1

@@ -205,3 +205,76 @@ def test_bad_inputs_give_clear_errors():
 def test_each_neuron_owns_its_surrogate():
     a, b = neurons.LIF(), neurons.LIF()
     assert a.surrogate is not b.surrogate
+
+
+def _snntorch_run(ref, x):
+    mem = ref.init_leaky()
+    spikes = []
+    for x_t in x.unbind(0):
+        spk, mem = ref(x_t, mem)
+        spikes.append(spk)
+    return torch.stack(spikes)
+
+
+@pytest.mark.parametrize("mechanism", ["subtract", "zero"])
+@pytest.mark.parametrize("from_module", [False, True])
+def test_from_snntorch_matches_leaky_spike_for_spike_and_gradient_for_gradient(mechanism, from_module):
+    """Default surrogates on both sides (snnTorch's atan(), alpha 2): same spikes, same input gradient."""
+    snn = require_peer("snntorch")
+    torch.manual_seed(3)
+    x = (torch.rand(12, 6, 16) * 0.9).requires_grad_(True)  # below 2·threshold
+    weights = torch.randn(12, 6, 16)
+    ref = snn.Leaky(beta=0.8, threshold=1.0, reset_mechanism=mechanism, reset_delay=False)
+    theirs = _snntorch_run(ref, x)
+    (g_theirs,) = torch.autograd.grad((theirs * weights).sum(), x)
+    ours = (neurons.LIF.from_snntorch(ref) if from_module else
+            neurons.LIF.from_snntorch(beta=0.8, threshold=1.0, reset_mechanism=mechanism))
+    assert isinstance(ours.surrogate, surrogates.ATan) and ours.surrogate.alpha == 2.0
+    out = ours(x)
+    (g_ours,) = torch.autograd.grad((out * weights).sum(), x)
+    assert 10 < out.sum() < out.numel() - 10
+    assert torch.equal(theirs, out)
+    assert g_theirs.abs().max() > 0
+    torch.testing.assert_close(g_ours, g_theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda s: s.atan(alpha=3.5), ("ATan", "alpha", 3.5)),
+    (lambda s: s.fast_sigmoid(slope=10), ("FastSigmoid", "slope", 10.0)),
+    (lambda s: s.sigmoid(slope=6), ("Sigmoid", "alpha", 6.0)),
+])
+def test_from_snntorch_module_takes_its_surrogate_with_equal_gradients(make, expected):
+    snn = require_peer("snntorch")
+    spike_grad = make(require_peer("snntorch.surrogate"))
+    ref = snn.Leaky(beta=0.7, threshold=0.6, spike_grad=spike_grad, reset_delay=False)
+    ours = neurons.LIF.from_snntorch(ref)
+    kind, param, value = expected
+    assert type(ours.surrogate).__name__ == kind and getattr(ours.surrogate, param) == value
+    assert (ours.threshold, ours.reset) == (pytest.approx(0.6), "soft")
+    torch.manual_seed(4)
+    x = (torch.rand(8, 3, 10) * 0.5).requires_grad_(True)
+    weights = torch.randn(8, 3, 10)
+    (g_theirs,) = torch.autograd.grad((_snntorch_run(ref, x) * weights).sum(), x)
+    (g_ours,) = torch.autograd.grad((ours(x) * weights).sum(), x)
+    torch.testing.assert_close(g_ours, g_theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_from_snntorch_refuses_what_has_no_exact_equivalent():
+    snn = require_peer("snntorch")
+    with pytest.raises(UserError, match="reset_delay=True"):
+        neurons.LIF.from_snntorch(snn.Leaky(beta=0.9))  # snnTorch's default reset_delay
+    with pytest.raises(UserError, match="learnable beta"):
+        neurons.LIF.from_snntorch(snn.Leaky(beta=0.9, learn_beta=True, reset_delay=False))
+    with pytest.raises(UserError, match="per neuron"):
+        neurons.LIF.from_snntorch(snn.Leaky(beta=torch.rand(5), reset_delay=False))
+    with pytest.raises(UserError, match="reset_mechanism='none'"):
+        neurons.LIF.from_snntorch(snn.Leaky(beta=0.9, reset_mechanism="none", reset_delay=False))
+    with pytest.raises(UserError, match="reads threshold"):
+        neurons.LIF.from_snntorch(snn.Leaky(beta=0.9, reset_delay=False), threshold=2.0)
+    with pytest.raises(UserError, match="no mapped spikegrad equivalent"):
+        neurons.LIF.from_snntorch(snn.Leaky(beta=0.9, reset_delay=False, spike_grad=lambda x: x))
+    with pytest.raises(UserError, match=r"snntorch\.Leaky"):
+        neurons.LIF.from_snntorch(torch.nn.Linear(2, 2))
+    custom = neurons.LIF.from_snntorch(snn.Leaky(beta=0.9, reset_delay=False, spike_grad=lambda x: x),
+                                       surrogate=surrogates.Dspike(2.0))
+    assert isinstance(custom.surrogate, surrogates.Dspike)

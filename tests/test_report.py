@@ -150,3 +150,111 @@ def test_eval_cli_prints_the_same_analysis_as_training(real_runs, capsys):
     stored = json.loads((real_runs / "snn" / "analysis.json").read_text())
     assert printed["analysis"]["totals"] == pytest.approx(stored["totals"])
     assert printed["analysis"]["neurons"].keys() == stored["neurons"].keys()
+
+
+# --------------------------------------------------------------------------- plots that compare
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """The report's matplotlib figures, by alt text, instead of their PNGs."""
+    from spikegrad import report
+
+    figures = []
+    monkeypatch.setattr(report, "_png", lambda fig: figures.append(fig) or "")
+    return figures
+
+
+def _rewrite_metrics(folder, **changes):
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        for key, fn in changes.items():
+            row[key] = fn(row)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_equal_series_are_grouped_and_drawn_as_interleaved_dashes(tmp_path, captured):
+    from spikegrad.report import _interleaved, coincident_groups
+
+    for name in ("a", "b", "c"):
+        write_run(tmp_path / name, "dspike", dspike=False, shortcut=False, ltl=False)
+    _rewrite_metrics(tmp_path / "b", lr=lambda row: row["lr"] * (1 + 1e-12))  # equal to 1e-9
+    _rewrite_metrics(tmp_path / "c", lr=lambda row: row["lr"] / 30)
+    runs = find_runs([tmp_path])
+    groups = coincident_groups(runs, "lr")
+    assert [[r.label for r in g] for g in groups] == [["a", "b"], ["c"]]
+    page = render_report(runs)
+    assert "Equal schedules: a = b (drawn as one line" in page
+    (lr_fig,) = [f for f in captured if f.axes[0].get_title().startswith("Learning rate")]
+    ax = lr_fig.axes[0]
+    assert ax.get_yscale() == "log"  # 30x apart
+    dashes = [line.get_linestyle() for line in ax.get_lines()]
+    assert dashes[2] == "-" and dashes[0] != "-" and dashes[1] != "-"
+    # the k-th of n equal lines is "on" exactly on the k-th of every n dashes
+    for n in (2, 3):
+        d = 5.0
+        for x in (0.1 + 0.37 * j for j in range(100)):
+            on = [k for k in range(n)
+                  if ((_interleaved(k, n, d)[0] + x) % (n * d)) < _interleaved(k, n, d)[1][0]]
+            assert on == [int(x // d) % n]
+
+
+def test_rate_heatmaps_share_one_colour_scale(tmp_path, captured):
+    from spikegrad.report import shared_rate_scale
+
+    write_run(tmp_path / "low", "dspike")
+    write_run(tmp_path / "high", "dspike")
+    detail = json.loads((tmp_path / "high" / "analysis.json").read_text())
+    for stats in detail["neurons"].values():
+        stats["rate_per_step"] = [3 * r for r in stats["rate_per_step"]]
+    (tmp_path / "high" / "analysis.json").write_text(json.dumps(detail))
+    runs = find_runs([tmp_path])
+    top = shared_rate_scale(runs)
+    assert top == pytest.approx(3 * (0.08 + 0.02 * 3 + 0.01 * 3))  # the highest rate anywhere
+    render_report(runs)
+    (fig,) = [f for f in captured if any(ax.images for ax in f.axes)]
+    heatmaps = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(heatmaps) == 2 and all(im.get_clim() == (0, top) for im in heatmaps)
+    colorbars = [ax for ax in fig.axes if not ax.images]
+    assert len(colorbars) == 1 and "one scale" in colorbars[0].get_ylabel()
+
+
+def test_ann_operations_are_its_macs_on_the_log_axis_and_the_reference_stays_visible(real_runs, captured):
+    from spikegrad.report import _REFERENCE, is_ann, operations_per_epoch
+
+    runs = find_runs([real_runs / "snn", real_runs / "ann"])
+    snn, ann = runs
+    assert not is_ann(snn) and is_ann(ann)
+    ann_macs = ann.analysis["totals"]["macs"]
+    assert ann.series("sops")[1] == [0.0]  # what metrics.jsonl says for an ANN
+    assert operations_per_epoch(ann) == ([1], [ann_macs], "MACs")
+    assert operations_per_epoch(snn) == ([1], snn.series("sops")[1], "SOPs")
+    page = render_report(runs)
+    assert "operations and energy per epoch" in page
+    (per_epoch,) = [f for f in captured if f.axes[0].get_title() == "Operations on the test set"]
+    ops_ax, energy_ax = per_epoch.axes[:2]
+    assert ops_ax.get_yscale() == "log" and energy_ax.get_yscale() == "log"
+    ys = [list(line.get_ydata()) for line in ops_ax.get_lines()]
+    assert [ann_macs] in ys and snn.series("sops")[1] in ys and not any(0.0 in y for y in ys)
+    band = [line for line in ops_ax.get_lines() if line.get_linewidth() == _REFERENCE["lw"]]
+    assert len(band) == 1 and list(band[0].get_ydata()) == [ann_macs] * 2  # one model: one band
+    (per_layer,) = [f for f in captured if f.axes[0].get_title() == "Synaptic operations per layer"]
+    ax = per_layer.axes[0]
+    band = [line for line in ax.get_lines() if line.get_linewidth() == _REFERENCE["lw"]]
+    expected = [s["ann_macs"] for s in ann.analysis["synapses"].values()]
+    assert len(band) == 1 and list(band[0].get_ydata()) == expected
+    # the ANN's own MACs line lies on the band but is drawn above it, thinner
+    ann_line = [line for line in ax.get_lines() if list(line.get_ydata()) == expected and line not in band]
+    assert ann_line and all(line.get_zorder() > band[0].get_zorder() and
+                            line.get_linewidth() < band[0].get_linewidth() for line in ann_line)
+
+
+def test_report_histograms_are_at_the_same_iterations_in_every_run(tmp_path, captured):
+    write_run(tmp_path / "a", "dspike")
+    write_run(tmp_path / "b", "dspike", epochs=4)  # fewer records: iterations 0..11
+    render_report(find_runs([tmp_path]))
+    (fig,) = [f for f in captured if f.axes[0].get_xlabel() == "first-layer weight gradient"]
+    labels = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
+    assert labels[0] == labels[1]
+    assert labels[0][-1].endswith("iteration 11")
+    assert fig.axes[0].get_xlim() == fig.axes[1].get_xlim()

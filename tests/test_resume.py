@@ -342,6 +342,10 @@ def test_resume_refuses_a_config_that_changes_the_run(tmp_path):
     other = load_config(recipe_path("digits"), ["optim.lr=0.05", "model.T=6"])
     with pytest.raises(UserError, match=r"model\.T: 4 -> 6; optim\.lr: 0\.1 -> 0\.05"):
         check_resume_config(stored, other, "runs/x/last.pt")
+    del stored["train"]["correct_rate"]  # a key an earlier spikegrad did not have: its default
+    assert config_differences(stored, same_run) == []
+    changed = load_config(recipe_path("digits"), ["train.correct_rate=0.5"])
+    assert config_differences(stored, changed) == ["train.correct_rate: '<absent>' -> 0.5"]
 
 
 # --------------------------------------------------------------------------- guards
@@ -401,6 +405,40 @@ def test_nonfinite_step_can_be_skipped_and_counted(tmp_path):
     after = trainer.model.state_dict()
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
     assert not all(torch.equal(before[k], after[k]) for k in before)
+
+
+class HalfNaN(nn.Module):
+    """Logits ``[T=1, B, 2]``: the input itself, NaN for the samples whose first value is < 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x[:, :1] < 0, torch.nan, x)[None]
+
+
+def test_nonfinite_test_logits_are_refused_or_counted_as_wrong():
+    from spikegrad.evaluation import evaluate_model
+
+    x = torch.tensor([[2.0, 1.0], [1.0, 3.0], [-1.0, 0.0], [0.5, 0.0]])
+    loader = DataLoader(TensorDataset(x, torch.tensor([0, 1, 0, 1])), batch_size=3)
+    with pytest.raises(UserError, match="logits on the test set are NaN or inf"):
+        evaluate_model(HalfNaN(), loader, torch.device("cpu"))
+    result = evaluate_model(HalfNaN(), loader, torch.device("cpu"), nonfinite="count")
+    # samples 0 and 1 right, 2 NaN (wrong, out of the loss), 3 wrong
+    expected_loss = nn.functional.cross_entropy(x[[0, 1, 3]], torch.tensor([0, 1, 1])).item()
+    assert result["test_acc"] == 0.5 and result["nonfinite_samples"] == 1
+    assert result["test_loss"] == pytest.approx(expected_loss)
+    nan_only = DataLoader(TensorDataset(x[2:3], torch.tensor([0])))
+    assert evaluate_model(HalfNaN(), nan_only, torch.device("cpu"), nonfinite="count")["test_loss"] is None
+
+
+def test_skipping_nonfinite_steps_trains_on_when_the_test_logits_go_nonfinite(tmp_path):
+    """With ``train.nonfinite: skip`` a learning rate of 1e12 leaves weights whose test logits
+    are infinite: the epoch still ends, those samples counted as wrong."""
+    trainer = poisoned_trainer(tmp_path, Poison(-1), **{"train.nonfinite": "skip", "optim.lr": 1e12,
+                                                       "train.epochs": 1})
+    trainer.fit()
+    (row,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert row["nonfinite_steps"] > 0 and row["nonfinite_samples"] > 0
+    assert row["test_acc"] <= 1 - row["nonfinite_samples"] / len(trainer.test_loader.dataset)
 
 
 def test_unwritable_run_folder_fails_before_training(tmp_path):
@@ -522,3 +560,30 @@ def test_training_into_a_folder_that_holds_a_run_needs_resume_or_overwrite(refer
     assert "already holds a run (last.pt); continue it with --resume, start it over with " \
         "--overwrite" in capsys.readouterr().err
     assert (uninterrupted / "last.pt").read_bytes() == before
+
+
+def test_a_checkpoint_written_by_an_earlier_spikegrad_resumes_exactly(tmp_path):
+    """``tests/data/checkpoint_v1``: a run stopped mid-epoch (iteration 15 of 24) by the
+    spikegrad of ``make_fixture.py`` there, with the dspike, shortcut and gradient-diagnostics
+    components; resumed here, it ends where that spikegrad's uninterrupted run ended."""
+    fixture = Path(__file__).resolve().parent / "data" / "checkpoint_v1"
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("config.yaml", "last.pt", "metrics.jsonl", "gradients.jsonl"):
+        shutil.copy(fixture / name, out / name)
+    assert load_checkpoint(out / "last.pt")["iteration"] == 15
+    assert cli_main(["train", "--resume", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in
+                (fixture / "uninterrupted_metrics.jsonl").read_text().splitlines()]
+    assert rows[0] == json.loads((fixture / "metrics.jsonl").read_text())  # kept as written
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "dspike_temperature",
+                "shortcut_lambda", "firing_rate", "sops"):
+        assert rows[1][key] == pytest.approx(expected[1][key], rel=1e-4, abs=1e-6), key
+    ours = [json.loads(line) for line in (out / "gradients.jsonl").read_text().splitlines()]
+    theirs = [json.loads(line) for line in
+              (fixture / "uninterrupted_gradients.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in ours] == [r["iteration"] for r in theirs]
+    for a, b in zip(ours, theirs, strict=True):
+        assert a["norms"] == pytest.approx(b["norms"], rel=1e-4, abs=1e-9)

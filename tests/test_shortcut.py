@@ -70,8 +70,10 @@ def test_balance_coefficient_between_points_and_out_of_range():
 def test_config_offers_exactly_the_implemented_schedules():
     import dataclasses
 
+    from spikegrad.config import choices_of
+
     meta = {f.name: f.metadata for f in dataclasses.fields(ShortcutConfig)}
-    assert set(meta["schedule"]["choices"]) == set(SCHEDULES)
+    assert set(choices_of(meta["schedule"])) == set(SCHEDULES)
     with pytest.raises(UserError, match=r"shortcut\.schedule"):
         Config().with_overrides({"shortcut.schedule": "exp"})
 

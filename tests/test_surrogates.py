@@ -65,7 +65,7 @@ def test_documented_conventions_at_zero():
 
 
 def dspike_reference(u_minus_theta: np.ndarray, b: float, w: float) -> np.ndarray:
-    """METHODS.md §1 written independently: z = x/w + 1/2, g = b/(2 tanh(b/2)) sech²(b(z-1/2)) / w."""
+    """docs/methods.md §2 written independently: z = x/w + 1/2, g = b/(2 tanh(b/2)) sech²(b(z-1/2)) / w."""
     z = u_minus_theta / w + 0.5
     g = b / (2 * np.tanh(b / 2)) / np.cosh(b * (z - 0.5)) ** 2 / w
     return np.where((z >= 0) & (z <= 1), g, 0.0)

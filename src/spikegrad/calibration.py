@@ -11,7 +11,9 @@ The devices (:mod:`spikegrad.devices`) are applied to the network, then one of:
 Both updating methods run in the one :class:`~spikegrad.trainer.Trainer` for one epoch over
 ``steps · batch_size`` training samples (a seeded random subset), with a constant learning
 rate, no weight decay, and :class:`~spikegrad.devices.DeviceSync` re-applying the devices
-after every step. Accuracy is always read out the same way (logits averaged over
+after every step. Online LTL is built from the stored ``ltl`` section (its percentile,
+layer weights, ``T_warm`` and distillation) with ``mode: online``; no other method runs.
+Accuracy is always read out the same way (logits averaged over
 ``t >= readout_start``), so the methods compare on equal terms.
 """
 
@@ -23,24 +25,29 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from spikegrad.build import build_components
 from spikegrad.config import Config
 from spikegrad.data import build_augmentation
 from spikegrad.data.loader import collate_for
 from spikegrad.devices import DeviceModel, DeviceSync, ImperfectDevices
 from spikegrad.errors import UserError, unknown_name_error
-from spikegrad.methods.ltl import LocalTandemLearning
-from spikegrad.trainer import Trainer, evaluate_model, resolve_device
+from spikegrad.evaluation import evaluate_model
+from spikegrad.trainer import Trainer, resolve_device
 
 __all__ = ["CALIBRATION_METHODS", "calibrate"]
 
 CALIBRATION_METHODS = ("none", "ltl-online", "bptt")
 
 
-def calibration_config(config: Config, lr: float | None = None) -> Config:
-    """``config`` for a calibration run: one epoch, constant learning rate, no weight decay."""
+def calibration_config(config: Config, lr: float | None = None, method: str = "bptt") -> Config:
+    """``config`` for a calibration run: one epoch, constant learning rate, no weight decay;
+    online LTL (on the trained student, no re-initialisation) for ``ltl-online``, no other method."""
     overrides: dict[str, Any] = {"train.epochs": 1, "schedule.name": "constant",
                                  "schedule.warmup_epochs": 0.0, "optim.weight_decay": 0.0,
-                                 "train.progress": False}
+                                 "train.progress": False, "dspike.adaptive": False,
+                                 "shortcut.enabled": False, "diagnostics.gradient_interval": 0,
+                                 "ltl.mode": "online" if method == "ltl-online" else "none",
+                                 "ltl.student_init": "random"}
     if lr is not None:
         overrides["optim.lr"] = lr
     return config.with_overrides(overrides)
@@ -66,9 +73,11 @@ def calibrate(
     """
     if method not in CALIBRATION_METHODS:
         raise unknown_name_error("calibration method", method, CALIBRATION_METHODS)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise UserError(f"the calibration budget (--steps) must be a whole number >= 0, got {steps!r}")
     if method == "ltl-online" and teacher is None:
         raise UserError("ltl-online calibration needs the ANN teacher")
-    config = calibration_config(config, lr)
+    config = calibration_config(config, lr, method)
     device = resolve_device(config.train.device)
     model.to(device)
     devices = ImperfectDevices(model, device_model)
@@ -84,9 +93,7 @@ def calibrate(
         size = min(len(train_set), steps * config.data.batch_size)
         generator = torch.Generator().manual_seed(config.train.seed)
         subset = Subset(train_set, torch.randperm(len(train_set), generator=generator)[:size].tolist())
-        components = [DeviceSync(devices)]
-        if method == "ltl-online":
-            components.insert(0, LocalTandemLearning(teacher, "online", T_warm=config.ltl.T_warm))
+        components = [*build_components(config, model, teacher=teacher), DeviceSync(devices)]
         trainer = Trainer(model, subset, test_set, config, components=components,
                           augment=build_augmentation(config.data.augment), verbose=False)
         trainer.train_one_epoch(0)

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from spikegrad import __version__
 from spikegrad.errors import UserError
@@ -57,19 +58,16 @@ def _rank() -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
-    from spikegrad.checkpoint import load_model
-    from spikegrad.config import Config, from_dict
-    from spikegrad.data import build_datasets
+    from spikegrad.build import datasets_from_config, from_checkpoint
     from spikegrad.data.loader import collate_for
+    from spikegrad.evaluation import evaluate_model
     from spikegrad.methods.ltl import readout_start
-    from spikegrad.trainer import evaluate_model, resolve_device
+    from spikegrad.trainer import resolve_device
 
-    model, payload = load_model(args.checkpoint)
-    config = from_dict(Config, payload["config"]).with_overrides(args.set)
-    options = dict(config.data.options)
-    if config.data.root is not None:
-        options["root"] = config.data.root
-    train_set, test_set, _ = build_datasets(config.data.name, **options)
+    run = from_checkpoint(args.checkpoint, args.set)
+    model, config = run.model, run.config
+    raster = _raster_layers(args, model)
+    train_set, test_set, _ = datasets_from_config(config.data)
     dataset = test_set if args.split == "test" else train_set
     loader = DataLoader(dataset, batch_size=config.data.eval_batch_size,
                         collate_fn=collate_for(dataset))
@@ -78,26 +76,43 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                             analysis=config.analysis if args.analysis else None,
                             readout_start=readout_start(config, getattr(model, "T", 1)))
     result.update({"checkpoint": args.checkpoint, "split": args.split,
-                   "method": payload.get("method"), "epoch": payload.get("epoch")})
+                   "method": run.payload.get("method"), "epoch": run.payload.get("epoch")})
+    if raster:
+        from pathlib import Path
+
+        from spikegrad.recording import record_and_plot
+
+        out = args.out or Path(args.checkpoint).parent  # the run folder, where `report` finds it
+        samples = 4 if args.samples is None else args.samples
+        result["raster"] = [str(p) for p in record_and_plot(
+            model, dataset, raster, samples, out, device, collate_for(dataset), args.checkpoint)]
     print(json.dumps(result, indent=2))
     return 0
 
 
+def _raster_layers(args: argparse.Namespace, model) -> list[str]:
+    """The layers of ``eval --raster`` (checked before evaluating); [] without it."""
+    if not args.raster:
+        if args.samples is not None or args.out is not None:
+            raise UserError("--samples and --out go with --raster LAYER[,LAYER] (spike rasters)")
+        return []
+    from spikegrad.recording import resolve_layers
+
+    names = [n.strip() for n in args.raster.split(",") if n.strip()]
+    resolve_layers(model, names)
+    return names
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from spikegrad.build import datasets_from_config, from_checkpoint
     from spikegrad.calibration import calibrate
-    from spikegrad.checkpoint import load_model
-    from spikegrad.config import Config, from_dict
-    from spikegrad.data import build_datasets
     from spikegrad.devices import DeviceModel
     from spikegrad.methods.ltl import readout_start
 
-    model, payload = load_model(args.checkpoint)
-    teacher = load_model(args.teacher)[0] if args.teacher else None
-    config = from_dict(Config, payload["config"]).with_overrides(args.set)
-    options = dict(config.data.options)
-    if config.data.root is not None:
-        options["root"] = config.data.root
-    train_set, test_set, _ = build_datasets(config.data.name, **options)
+    run = from_checkpoint(args.checkpoint, args.set)
+    model, config = run.model, run.config
+    teacher = from_checkpoint(args.teacher).model if args.teacher else None
+    train_set, test_set, _ = datasets_from_config(config.data)
     devices = DeviceModel(args.sigma, args.stuck_at_zero, args.stuck_at_max, args.bits,
                           args.threshold_sigma, args.seed)
     result = calibrate(model, devices, train_set, test_set, config, args.method, args.steps,
@@ -133,30 +148,27 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _checkpoint_input_shape(payload: dict) -> tuple[int, ...]:
+def _checkpoint_input_shape(run: Any) -> tuple[int, ...]:
     """One input sample's shape for a checkpoint's model: its arguments, else its dataset."""
-    kwargs = payload["model_args"]["kwargs"]
+    kwargs = run.payload["model_args"]["kwargs"]
     if "input_size" in kwargs and "in_channels" in kwargs:
         return (kwargs["in_channels"], kwargs["input_size"], kwargs["input_size"])
-    from spikegrad.config import Config, from_dict
-    from spikegrad.data import build_datasets
+    from spikegrad.build import datasets_from_config
 
-    data = from_dict(Config, payload["config"]).data
-    options = dict(data.options, **({"root": data.root} if data.root is not None else {}))
     try:
-        return tuple(build_datasets(data.name, **options)[2].sample_shape)
+        return tuple(datasets_from_config(run.config.data)[2].sample_shape)
     except UserError as exc:
         raise UserError(f"cannot tell the input shape from the checkpoint ({exc}); pass "
                         "--input-shape C,H,W") from exc
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from spikegrad.checkpoint import load_model
+    from spikegrad.build import from_checkpoint
     from spikegrad.nir import write_nir
 
-    model, payload = load_model(args.checkpoint)
-    shape = _parse_shape(args.input_shape) if args.input_shape else _checkpoint_input_shape(payload)
-    path = write_nir(model, args.out, shape, dt=args.dt, fold_gain=not args.keep_gain,
+    run = from_checkpoint(args.checkpoint)
+    shape = _parse_shape(args.input_shape) if args.input_shape else _checkpoint_input_shape(run)
+    path = write_nir(run.model, args.out, shape, dt=args.dt, fold_gain=not args.keep_gain,
                      pooling=args.pooling)
     print(f"NIR graph of {args.checkpoint} (input {shape}, dt {args.dt:g} s) written to {path}")
     return 0
@@ -171,7 +183,8 @@ def _cmd_fdg(args: argparse.Namespace) -> int:
         args.checkpoint, layer=args.layer, epsilon=args.epsilon, num_weights=args.num_weights or None,
         batch_size=args.batch_size, split=args.split, seed=args.seed, points=args.points,
         factor=args.range, names=args.surrogates.split(",") if args.surrogates else None,
-        device=args.device, overrides=args.set, bn_mode=args.bn_mode,
+        device=args.device, overrides=args.set, batches=args.batches, extend=args.extend,
+        bn_mode=args.bn_mode,
     )
     print(format_report(report))
     prefix = args.out or Path(args.checkpoint).with_name("fdg")
@@ -223,13 +236,7 @@ def _cmd_plot_gradients(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="spikegrad", description="Train spiking neural networks by gradient descent."
-    )
-    parser.add_argument("--version", action="version", version=f"spikegrad {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train from a YAML recipe (under torchrun: on every process)")
     p.add_argument("config", nargs="?", help="recipe, e.g. configs/digits.yaml (optional with "
                    "--resume: the run folder's config.yaml)")
@@ -246,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start over in an --out folder that already holds a run")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on its dataset")
     p.add_argument("checkpoint")
     p.add_argument("--split", choices=("test", "train"), default="test")
@@ -254,8 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="override train.device")
     p.add_argument("--analysis", action="store_true",
                    help="also per-layer firing rates, SOPs and energy (as in analysis.json)")
+    p.add_argument("--raster", metavar="LAYER[,LAYER]",
+                   help="also record spikes and membrane potentials of these neuron layers ('all': "
+                   "every one) on the first samples: recording.npz, raster.png, membrane.png")
+    p.add_argument("--samples", type=int, help="samples recorded with --raster (default 4)")
+    p.add_argument("--out", help="folder for the --raster files (default: the checkpoint's run folder)")
     p.set_defaults(func=_cmd_eval)
 
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="apply device non-idealities to a trained SNN and "
                        "calibrate it (online LTL or BPTT)")
     p.add_argument("checkpoint", help="the trained SNN")
@@ -273,11 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a key of the stored config, e.g. --set data.batch_size=16")
     p.set_defaults(func=_cmd_calibrate)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train each method on the built-in digits and compare")
     p.add_argument("--out", default="runs/demo", help="folder for the run folders")
     p.add_argument("--quick", action="store_true", help="two epochs per row (a smoke test)")
     p.set_defaults(func=_cmd_demo)
 
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="an HTML page with the plots of one or more runs")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR",
                    help="run folders (a folder of run folders, such as runs/demo, expands)")
@@ -286,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", help="page title")
     p.set_defaults(func=_cmd_report)
 
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a trained spiking model (NIR)")
     p.add_argument("checkpoint")
     p.add_argument("--format", choices=("nir",), default="nir", help="file format (nir)")
@@ -300,14 +322,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", help="one input sample, C,H,W (default: from the checkpoint)")
     p.set_defaults(func=_cmd_export)
 
+
+def _add_recipes(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recipes", help="list the recipes in configs/ with their papers' accuracy")
     p.set_defaults(func=_cmd_recipes)
 
+
+def _add_download(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("download", help="download, check and unpack a dataset into a folder")
     p.add_argument("name", help="registered dataset, e.g. cifar10")
     p.add_argument("--root", required=True, help="folder for the dataset files (data.root)")
     p.set_defaults(func=_cmd_download)
 
+
+def _add_plot_gradients(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot-gradients", help="plot the gradient diagnostics of runs side by side")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (holding gradients.jsonl)")
     p.add_argument("--out", required=True, help="image to write, e.g. gradients.png")
@@ -315,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", help="figure title")
     p.set_defaults(func=_cmd_plot_gradients)
 
+
+def _add_fdg(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fdg", help="cosine similarity of every surrogate's gradient with the "
                                    "finite difference gradient, over a sweep of its sharpness")
     p.add_argument("checkpoint")
@@ -333,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--range", type=float, default=8.0,
                    help="sweep from default/RANGE to default·RANGE, geometrically (default 8)")
     p.add_argument("--surrogates", help="comma-separated subset (default: all registered)")
+    p.add_argument("--batches", type=int, default=3,
+                   help="probe batches (seeds SEED, SEED+1, ...): mean and error bars (default 3)")
+    p.add_argument("--extend", type=int, default=4,
+                   help="points added past an end of the sweep where the best lies (default 4; 0: off)")
     p.add_argument("--out", help="output prefix for .json and .png (default: fdg beside the "
                                  "checkpoint)")
     p.add_argument("--device", help="override train.device")
@@ -341,9 +375,30 @@ def build_parser() -> argparse.ArgumentParser:
                         "the checkpoint's), e.g. --set data.root=/data")
     p.set_defaults(func=_cmd_fdg)
 
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the registered models")
     p.add_argument("pattern", nargs="?", default="*")
     p.set_defaults(func=_cmd_models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spikegrad", description="Train spiking neural networks by gradient descent."
+    )
+    parser.add_argument("--version", action="version", version=f"spikegrad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_calibrate(sub)
+    _add_demo(sub)
+    _add_report(sub)
+    _add_export(sub)
+    _add_recipes(sub)
+    _add_download(sub)
+    _add_plot_gradients(sub)
+    _add_fdg(sub)
+    _add_models(sub)
     return parser
 
 

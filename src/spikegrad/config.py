@@ -5,48 +5,85 @@ the default written here. ``extends: other.yaml`` (relative to the recipe) start
 another recipe. Command-line overrides use dotted keys: ``--set model.T=6``.
 
 Every problem is a :class:`~spikegrad.errors.UserError` that names the key: an unknown key
-(with the nearest valid one), a value of the wrong type, or a value out of range.
+(with the nearest valid one), a value of the wrong type (list items too), a number that is
+NaN or infinite (no key takes either), or a value out of range. Files are read by
+:mod:`spikegrad.safe_yaml` (bounded size and aliases, duplicate keys refused, UTF-8 only).
+
+Names that a registry owns (neuron types, surrogates, encoders, learning rate and balance
+schedules, training losses) are read from it each time a config is checked, so a name
+registered later counts too; the few choices no registry owns (``ltl.mode``,
+``shortcut.loss``) are defined here once and used by their methods.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from spikegrad import encoders, fused, losses, neurons, schedules, surrogates
 from spikegrad.errors import UserError, did_you_mean
+from spikegrad.fdg import BN_MODES
+from spikegrad.models.common import KINDS
+from spikegrad.safe_yaml import load_yaml, read_text, yaml_problem
+from spikegrad.temperature_search import RULES
+
+#: ``ltl.mode``: none, or the two ways of local tandem learning
+LTL_MODES = ("none", "offline", "online")
+#: ``ltl.student_init``: keep the student's weights, or start from the teacher's
+LTL_STUDENT_INITS = ("random", "teacher")
+#: ``shortcut.loss``: one loss on the combined logits (the paper), or one per head
+SHORTCUT_LOSSES = ("combined", "separate")
 
 
-def option(default: Any = dataclasses.MISSING, *, doc: str = "", choices: Iterable | None = None,
-           min: float | None = None, gt: float | None = None, max: float | None = None,
-           factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with a docstring and range/choice constraints checked on load."""
-    meta = {"doc": doc, "choices": tuple(choices) if choices else None, "min": min, "gt": gt,
-            "max": max}
+def option(default: Any = dataclasses.MISSING, *, doc: str = "",
+           choices: Iterable | Callable[[], Iterable] | None = None,
+           min: float | None = None, gt: float | None = None, max: float | Any | None = None,
+           lt: float | None = None, length: int | None = None,
+           factory: Any = dataclasses.MISSING, check: Callable[[Any], str | None] | None = None) -> Any:
+    """A dataclass field with a docstring and range/choice constraints checked on load.
+
+    The bounds apply to a number, or to every number of a list; ``max`` may be a function
+    returning ``(bound, reason)`` (a bound that depends on the machine); ``length`` is the
+    required length of a list. ``choices`` is a fixed tuple, or a registry's function
+    returning its names (``neurons.available``: read each time a config is checked, see
+    :func:`choices_of`); a mapping value is checked by its ``name``. ``check(value)`` returns
+    a problem in words, or None.
+    """
+    meta = {"doc": doc, "choices": choices if callable(choices) else tuple(choices) if choices else None,
+            "min": min, "gt": gt, "max": max, "lt": lt, "length": length, "check": check}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def choices_of(meta: Mapping[str, Any]) -> tuple | None:
+    """The choices in a field's metadata, now (a registry's names are read at this call)."""
+    choices = meta.get("choices")
+    return tuple(choices()) if callable(choices) else choices
 
 
 @dataclass
 class NeuronConfig:
     """Neuron of every spiking unit (see :mod:`spikegrad.dynamics`)."""
 
-    type: str = option("lif", doc="lif, if or plif (learnable leak)", choices=("lif", "if", "plif"))
+    type: str = option("lif", doc="lif, if or plif (learnable leak)", choices=neurons.available)
     leak: float = option(0.5, doc="λ in u_t = λ·u_(t-1) + I_t (ignored by if)", min=0.0, max=1.0)
     threshold: float = option(1.0, doc="firing threshold", gt=0.0)
     reset: str = option("hard", doc="hard: set to v_reset; soft: subtract threshold",
                         choices=("hard", "soft"))
     v_reset: float = option(0.0, doc="potential after a spike (hard reset)")
     detach_reset: bool = option(False, doc="cut the gradient through the reset")
-    backend: str = option("auto", choices=("auto", "reference", "cpu", "triton"),
+    backend: str = option("auto", choices=fused.BACKENDS,
                           doc="who runs the time loop: auto (a fused kernel where one runs), "
                           "reference (the plain loop), cpu or triton (spikegrad.fused)")
 
@@ -61,14 +98,17 @@ class NeuronConfig:
 @dataclass
 class ModelConfig:
     name: str = option("digits_cnn", doc="registered model (spikegrad models lists them)")
-    kind: str = option("snn", doc="snn, or ann for the ANN twin", choices=("snn", "ann"))
+    kind: str = option("snn", doc="snn, or ann for the ANN twin", choices=KINDS)
     T: int = option(4, doc="time steps (ignored by ann)", gt=0)
-    encoder: str = option("direct", doc="direct (repeat) or poisson", choices=("direct", "poisson"))
+    encoder: str | dict = option("direct", choices=encoders.available,
+                                 doc="input encoder (spikegrad.encoders): direct, poisson, latency or "
+                                 "delta; or {name: latency, scale: log} with its options")
     width: float = option(1.0, doc="channel width multiplier", gt=0.0)
     activation_max: float = option(2.0, doc="clip of the ANN twin's ReLU", gt=0.0)
     neuron: NeuronConfig = option(factory=NeuronConfig)
-    surrogate: dict = option(factory=lambda: {"name": "dspike", "temperature": 3.0},
-                             doc="name plus the surrogate's parameters")
+    surrogate: dict = option(factory=lambda: dict(surrogates.DEFAULT),
+                             doc="name plus the surrogate's parameters",
+                             check=lambda value: _check_surrogate(value))
     options: dict = option(factory=dict, doc="further model-specific constructor arguments")
     lean_memory: bool = option(False, doc="keep binary inputs of conv/linear layers as bits and nothing "
                                "in pools for backward (same gradients, less memory; spikegrad.lean)")
@@ -80,8 +120,9 @@ class DataConfig:
     root: str | None = option(None, doc="folder holding the dataset files")
     batch_size: int = option(64, gt=0)
     eval_batch_size: int = option(256, gt=0)
-    num_workers: int = option(0, min=0)
-    augment: list = option(factory=list, doc='batched augmentation ops, e.g. ["crop:4", "hflip"]')
+    num_workers: int = option(0, min=0, max=lambda: _thread_limit(),
+                              doc="DataLoader worker processes (0: load in the main process)")
+    augment: list[str] = option(factory=list, doc='batched augmentation ops, e.g. ["crop:4", "hflip"]')
     options: dict = option(factory=dict, doc="further dataset-specific options")
 
 
@@ -92,12 +133,13 @@ class OptimConfig:
     momentum: float = option(0.9, min=0.0, max=1.0, doc="SGD only")
     nesterov: bool = option(False, doc="SGD only")
     weight_decay: float = option(1e-4, min=0.0)
-    betas: list = option(factory=lambda: [0.9, 0.999], doc="Adam/AdamW only")
+    betas: list[float] = option(factory=lambda: [0.9, 0.999], min=0.0, lt=1.0, length=2,
+                                doc="Adam/AdamW only")
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = option("cosine", choices=("cosine", "constant", "step"),
+    name: str = option("cosine", choices=schedules.lr_schedules,
                        doc="per-iteration learning-rate schedule")
     warmup_epochs: float = option(0.0, min=0.0, doc="linear warm-up from 0")
     min_lr: float = option(0.0, min=0.0, doc="cosine floor")
@@ -108,17 +150,25 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     epochs: int = option(10, gt=0)
-    seed: int = option(0, min=0)
+    seed: int = option(0, min=0, max=2**32 - 1, doc="seeds Python, NumPy (whose seeds are 32-bit) "
+                       "and torch")
     device: str = option("auto", doc="auto, cpu, cuda, cuda:N or mps")
     amp: bool = option(False, doc="mixed precision (fp16 + grad scaling on CUDA, bf16 on CPU)")
-    loss: str = option("ce", choices=("ce", "tet"),
-                       doc="ce on the time-averaged logits, or TET's per-step loss")
+    loss: str = option("ce", choices=losses.available,
+                       doc="ce on the time-averaged logits, tet (TET's per-step loss), spike_count "
+                       "(MSE of output spike counts; needs model.options.readout: spikes) or membrane "
+                       "(CE of each class's highest output over time); spikegrad.losses")
+    correct_rate: float = option(1.0, min=0.0, max=1.0,
+                                 doc="spike_count: target spikes per step of the labelled class")
+    incorrect_rate: float = option(0.0, min=0.0, max=1.0,
+                                   doc="spike_count: target spikes per step of the other classes")
     tet_lambda: float = option(0.05, min=0.0, max=1.0, doc="TET: weight of the MSE term")
     tet_phi: float = option(1.0, doc="TET: MSE target")
     label_smoothing: float = option(0.0, min=0.0, max=1.0)
     grad_clip: float | None = option(None, gt=0.0, doc="clip the gradient norm (None: off)")
     progress: bool = option(True, doc="progress bar when the terminal is interactive")
-    threads: int | None = option(None, gt=0, doc="torch CPU threads (None: torch's default)")
+    threads: int | None = option(None, gt=0, max=lambda: _thread_limit(),
+                                 doc="torch CPU threads (None: torch's default)")
     checkpoint_every: int = option(0, min=0, doc="also write last.pt every this many iterations "
                                    "(0: at epoch ends only); a resume continues mid-epoch")
     nonfinite: str = option("stop", choices=("stop", "skip"),
@@ -135,7 +185,7 @@ class DistributedConfig:
     sync_bn: bool = option(False, doc="batch norm statistics over all processes (CUDA only); "
                            "off: each process normalises over its own T·B/world samples")
     find_unused_parameters: bool = option(False, doc="DDP: allow parameters without a gradient")
-    timeout_minutes: float = option(30.0, gt=0.0, doc="collective timeout")
+    timeout_minutes: float = option(30.0, gt=0.0, max=7 * 24 * 60.0, doc="collective timeout")
 
 
 @dataclass
@@ -153,24 +203,25 @@ class AnalysisConfig:
 
 @dataclass
 class LTLConfig:
-    """Local tandem learning: SNN units learn locally to match an ANN teacher (METHODS.md §3)."""
+    """Local tandem learning: SNN units learn locally to match an ANN teacher (docs/methods.md)."""
 
-    mode: str = option("none", choices=("none", "offline", "online"),
+    mode: str = option("none", choices=LTL_MODES,
                        doc="none, offline (BPTT inside each unit) or online (state detached every step)")
     teacher_checkpoint: str | None = option(None, doc="checkpoint of a trained ANN twin (kind ann)")
     teacher_recipe: str | None = option(
         None, doc="recipe of the ANN teacher, trained first into <run>/teacher (a path, or the "
                   "name of a packaged recipe)")
-    teacher_set: list = option(factory=list, doc='overrides of the teacher recipe, e.g. '
+    teacher_set: list[str] = option(factory=list, doc='overrides of the teacher recipe, e.g. '
                                                  '["model.kind=ann", "train.epochs=5"]')
     percentile: float | None = option(None, gt=0.0, max=100.0,
                                       doc="p of the target normalisation; None: 99.9 offline, 99 online")
-    layer_weights: list = option(factory=list, doc="C_l per unit; empty: 1 for every unit")
+    layer_weights: list[float] = option(factory=list, min=0.0,
+                                        doc="C_l per unit; empty: 1 for every unit")
     T_warm: int | None = option(None, min=0,
                                 doc="online: first step with a loss and in the readout; None: 3T/4")
     distill: float = option(0.0, min=0.0, doc="weight of distilling the teacher's logits (0: off)")
     distill_temperature: float = option(4.0, gt=0.0, doc="softmax temperature of the distillation")
-    student_init: str = option("random", choices=("random", "teacher"),
+    student_init: str = option("random", choices=LTL_STUDENT_INITS,
                                doc="random, or teacher: BN folded in, weights scaled by percentiles")
     init_batches: int = option(4, gt=0, doc="teacher init: batches that estimate the percentiles")
 
@@ -190,7 +241,7 @@ class DspikeConfig:
                                        "must be dspike; method name dspike-adaptive)")
     b0: float | None = option(None, gt=0.0, doc="initial temperature (None: model.surrogate's)")
     delta: float = option(0.5, gt=0.0, doc="Δb, the step between candidates")
-    candidates: list = option(factory=lambda: [-1, 0, 1],
+    candidates: list[float] = option(factory=lambda: [-1, 0, 1],
                               doc="candidate offsets in units of delta (the paper: -1, 0, 1)")
     b_min: float = option(0.5, gt=0.0, doc="lower bound on the temperature")
     epsilon: float = option(1.0, gt=0.0,
@@ -204,16 +255,17 @@ class DspikeConfig:
     per_layer: bool = option(False, doc="one temperature per unit, each chosen by the FDG of the "
                                         "unit's first weight layer (an extension, off in the paper)")
     max_stacked: int = option(512, gt=0, doc="samples per stacked FDG forward call (memory bound)")
-    rule: str = option("significant", choices=("paper", "significant"),
+    rule: str = option("significant", choices=RULES,
                        doc="significant: keep b unless a candidate's mean cosine beats b's by more than "
                            "the standard error of the paired difference over the probe batches; paper: "
                            "the candidate of highest mean cosine (Algorithm 1)")
-    bn_mode: str = option("train", choices=("train", "eval"),
+    bn_mode: str = option("train", choices=BN_MODES,
                           doc="batch norm in the FDG and surrogate gradients: train (the probe batch's "
                               "own statistics, as training uses; running statistics untouched) or eval "
                               "(running statistics, the paper's code)")
-    probe_batches: int = option(4, gt=0, doc="probe batches per search, each with its own weights; the "
-                                             "cosines are averaged (rule significant needs >= 2)")
+    probe_batches: int = option(4, min=1, max=1000,
+                                doc="probe batches per search, each with its own weights; the cosines are "
+                                    "averaged (rule significant needs >= 2)")
 
 
 @dataclass
@@ -221,7 +273,8 @@ class PaperConfig:
     """What the paper a recipe mirrors reports (shown by ``spikegrad recipes``; not used in training)."""
 
     accuracy: float | None = option(None, min=0.0, max=100.0, doc="reported top-1 accuracy, %")
-    source: str = option("", doc="paper and table, with the METHODS.md tag ([paper], [later], ...)")
+    source: str = option("", doc="paper and table, tagged [paper] (stated in the paper), [later] "
+                         "(quoted by later papers) or [open] (our choice); see docs/methods.md")
 
 
 @dataclass
@@ -233,16 +286,16 @@ class ShortcutConfig:
     """
 
     enabled: bool = option(False, doc="train with shortcut branches")
-    attach: list = option(factory=list, doc="module names to branch from ([]: the model's "
+    attach: list[str] = option(factory=list, doc="module names to branch from ([]: the model's "
                           "default: ResNet stage ends but the last, else every k-th unit)")
     every: int | None = option(None, gt=0, doc="branch after every k-th unit (None: about four "
                                "blocks; ResNets use their stage ends)")
-    schedule: str = option("linear", choices=("constant", "linear", "cosine", "step"),
+    schedule: str = option("linear", choices=schedules.balance_schedules,
                            doc="balance coefficient λ(i) per iteration")
     lambda0: float = option(0.25, min=0.0, doc="λ at the first iteration")
     step_fraction: float = option(0.5, gt=0.0, max=1.0, doc="step: drop every this fraction of training")
     gamma: float = option(0.1, min=0.0, doc="step: factor of each drop")
-    loss: str = option("combined", choices=("combined", "separate"),
+    loss: str = option("combined", choices=SHORTCUT_LOSSES,
                        doc="combined: one CE on main + λ·Σ branches (the paper); separate: one per head")
 
 
@@ -252,7 +305,8 @@ class DiagnosticsConfig:
 
     gradient_interval: int = option(50, min=0, doc="record gradient norms every this many "
                                     "iterations (0: off)")
-    histogram_bins: int = option(41, min=2, doc="bins of the first layer's gradient histogram")
+    histogram_bins: int = option(41, min=2, max=10_000,
+                                 doc="bins of the first layer's gradient histogram")
 
 
 @dataclass
@@ -274,7 +328,8 @@ class Config:
     dspike: DspikeConfig = option(factory=DspikeConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Nested plain dicts (a copy, bounded like loading: see :func:`_plain`)."""
+        return _as_dict(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -290,10 +345,52 @@ class Config:
 
 
 _SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+INT_LIMIT = 2**63 - 1  # what torch and NumPy take; no key means more
+MAX_VALUES = 10_000  # values in one list or mapping value (model.options, data.augment, ...)
+THREADS_PER_CPU = 4
+
+
+MIN_THREAD_LIMIT = 64  # so a config written on a larger machine still loads here
+
+
+def _thread_limit() -> tuple[int, str]:
+    cpus = os.cpu_count() or 1
+    return (max(THREADS_PER_CPU * cpus, MIN_THREAD_LIMIT),
+            f"{THREADS_PER_CPU} per CPU of the {cpus} here, at least {MIN_THREAD_LIMIT}; more "
+            "only slow the run down, and far more crash it")
+
+
+class _BadValue(UserError):
+    """A value of the right type that is not allowed (NaN, inf, beyond 64 bits)."""
 
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _plain(value: Any, key: str, finite: bool = True) -> Any:
+    """A fresh copy of nested lists and mappings, refused beyond ``MAX_VALUES`` values.
+
+    Shared references (YAML aliases, a checkpoint's pickled lists) are copied each time
+    they occur, so the copy is bounded before it is made: the config then holds a tree.
+    """
+    count = 0
+
+    def copy(item: Any, depth: int) -> Any:
+        nonlocal count
+        count += 1
+        if count > MAX_VALUES or depth > 32:
+            raise UserError(f"config key {key!r} holds more than {MAX_VALUES} values or nests deeper "
+                            "than 32 levels (shared references expanded); that is not a setting")
+        if isinstance(item, Mapping):
+            return {k: copy(v, depth + 1) for k, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [copy(v, depth + 1) for v in item]
+        if finite and isinstance(item, float) and not math.isfinite(item):
+            raise _BadValue(f"config key {key!r} holds {item}; every number must be finite")
+        return item
+
+    return copy(value, 0)
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -303,14 +400,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except UserError as exc:
-                errors.append(exc)
+            except _BadValue:
+                raise
+            except UserError:
+                continue
         raise UserError(
             f"config key {key!r} must be {' or '.join(_type_name(a) for a in args)}, "
             f"got {value!r} ({type(value).__name__})"
@@ -328,6 +426,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"config key {key!r} must be an integer, got {value!r} "
                             f"({type(value).__name__})")
+        if abs(value) > INT_LIMIT:
+            raise _BadValue(f"config key {key!r} must lie within ±{INT_LIMIT} (64-bit), got {value}")
         return value
     if base is float:
         if isinstance(value, str) and _SCIENTIFIC.match(value):  # YAML 1.1 reads 1e-3 as a string
@@ -335,6 +435,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"config key {key!r} must be a number, got {value!r} "
                             f"({type(value).__name__})")
+        if not math.isfinite(value):
+            raise _BadValue(f"config key {key!r} must be a finite number, got {value!r}")
         return float(value)
     if base is str:
         if not isinstance(value, str):
@@ -344,26 +446,75 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if base is list:
         if not isinstance(value, (list, tuple)):
             raise UserError(f"config key {key!r} must be a list, got {value!r}")
-        return list(value)
+        items = typing.get_args(tp)
+        if items:  # list[str], list[float]: each item checked, numbers kept as given (1 stays 1)
+            return [v if isinstance(v, int) and items[0] is float and not isinstance(v, bool)
+                    else _coerce(v, items[0], f"{key}[{i}]") for i, v in enumerate(value)]
+        return _plain(list(value), key)
     if base is dict:
         if not isinstance(value, Mapping):
             raise UserError(f"config key {key!r} must be a mapping, got {value!r}")
-        return dict(value)
+        return _plain(dict(value), key)
     return value
 
 
 def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
     if value is None:
         return
-    if meta.get("choices") and value not in meta["choices"]:
-        raise UserError(f"config key {key!r} must be one of {list(meta['choices'])}, got {value!r}"
-                        f"{did_you_mean(str(value), map(str, meta['choices']))}")
+    if meta.get("length") is not None and len(value) != meta["length"]:
+        raise UserError(f"config key {key!r} must hold {meta['length']} values, got {value!r}")
+    problem = meta["check"](value) if meta.get("check") else None
+    if problem:
+        raise UserError(f"config key {key!r}: {problem}")
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if isinstance(item, (int, float)) and not isinstance(item, bool):
+                _check_range(item, {**meta, "length": None, "choices": None, "check": None},
+                             f"{key}[{index}]")
+        return
+    choices = choices_of(meta)
+    name = value.get("name", value) if isinstance(value, Mapping) else value
+    if choices and name not in choices:
+        raise UserError(f"config key {key!r} must be one of {list(choices)}, got {name!r}"
+                        f"{did_you_mean(str(name), map(str, choices))}")
     if meta.get("gt") is not None and not value > meta["gt"]:
         raise UserError(f"config key {key!r} must be > {meta['gt']}, got {value!r}")
     if meta.get("min") is not None and value < meta["min"]:
         raise UserError(f"config key {key!r} must be >= {meta['min']}, got {value!r}")
-    if meta.get("max") is not None and value > meta["max"]:
-        raise UserError(f"config key {key!r} must be <= {meta['max']}, got {value!r}")
+    if meta.get("lt") is not None and not value < meta["lt"]:
+        raise UserError(f"config key {key!r} must be < {meta['lt']}, got {value!r}")
+    limit = meta.get("max")
+    if callable(limit):
+        bound, reason = limit()
+        if value > bound:
+            raise UserError(f"config key {key!r} must be <= {bound} ({reason}), got {value!r}")
+    elif limit is not None and value > limit:
+        raise UserError(f"config key {key!r} must be <= {limit}, got {value!r}")
+
+
+def _check_surrogate(value: Mapping[str, Any]) -> str | None:
+    """``model.surrogate`` names a registered surrogate."""
+    name = value.get("name")
+    if not isinstance(name, str):
+        return "needs a 'name' key, e.g. {name: dspike, temperature: 3.0}"
+    if name.lower() not in surrogates.available():
+        return (f"unknown surrogate {name!r}{did_you_mean(name, surrogates.available())}; "
+                f"available: {', '.join(surrogates.available())}")
+    return None
+
+
+def _as_dict(section: Any, prefix: str = "") -> dict[str, Any]:
+    """``dataclasses.asdict`` without its unbounded deep copy of shared lists and mappings."""
+    out = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = _as_dict(value, f"{prefix}{f.name}.")
+        elif isinstance(value, (list, tuple, Mapping)):
+            out[f.name] = _plain(value, f"{prefix}{f.name}", finite=False)
+        else:
+            out[f.name] = value
+    return out
 
 
 def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
@@ -392,11 +543,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise UserError(f"override {item!r} must look like key=value, e.g. train.epochs=5")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as exc:
-        raise UserError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(exc)})"
-                        ) from exc
+    value = load_yaml(text, f"override {item!r}: the value") if text.strip() else None
     return key.strip(), value
 
 
@@ -416,11 +563,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str] | Mapping[str
         node[parts[-1]] = value
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """PyYAML's error on one line: ``line 2, column 1: expected ',' or ']' ...``."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
-    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+_yaml_problem = yaml_problem  # the name this module used before spikegrad.safe_yaml
 
 
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -430,15 +573,15 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise UserError(f"config file {str(path)!r} does not exist")
     if path.resolve() in _seen:
         raise UserError(f"config {str(path)!r} extends itself through {[str(p) for p in _seen]}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from exc
+    data = load_yaml(read_text(path, "config file"), f"config file {str(path)!r}") or {}
     if not isinstance(data, dict):
         raise UserError(f"config file {str(path)!r} must hold a mapping at the top level")
     parent = data.pop("extends", None)
     if parent is None:
         return data
+    if not isinstance(parent, str) or not parent.strip():
+        raise UserError(f"config file {str(path)!r}: extends must name a recipe file, e.g. "
+                        f"extends: base_cifar10.yaml, got {parent!r}")
     base = read_yaml(path.parent / parent, (*_seen, path.resolve()))
     return _merge(base, data)
 

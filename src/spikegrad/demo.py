@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from spikegrad.config import Config, load_config
+from spikegrad.recipes import recipe_path
 from spikegrad.run import train
+
+__all__ = ["DEMO_ROWS", "DemoRow", "demo_configs", "format_table", "recipe_path", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -29,11 +31,6 @@ class DemoRow:
     recipe: str = "digits"
     #: the row whose ``last.pt`` is this row's LTL teacher
     teacher_row: str | None = None
-
-
-def recipe_path(name: str) -> Path:
-    """Path of a recipe shipped with the package (``configs/<name>.yaml``)."""
-    return Path(str(resources.files("spikegrad") / "configs" / f"{name}.yaml"))
 
 
 DEMO_ROWS: Sequence[DemoRow] = (

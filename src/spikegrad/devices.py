@@ -31,20 +31,22 @@ update. :class:`DeviceSync` does this after each optimizer step of a :class:`Tra
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from spikegrad.component import Component, TrainingContext
 from spikegrad.errors import UserError
 from spikegrad.neurons import SpikingNeuron
-from spikegrad.trainer import Component, Trainer
 
 __all__ = ["DeviceModel", "DeviceSync", "ImperfectDevices", "quantise"]
 
 SYNAPSES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 MIN_THRESHOLD_FACTOR = 0.05
+MAX_BITS = 32
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,17 @@ class DeviceModel:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("sigma", "stuck_at_zero", "stuck_at_max", "threshold_sigma"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UserError(f"device {name} (--{name.replace('_', '-')}) must be a finite number, "
+                                f"got {value!r}")
+        if self.bits is not None and (isinstance(self.bits, bool) or not isinstance(self.bits, int)
+                                      or self.bits > MAX_BITS):
+            raise UserError(f"weight quantisation (--bits) takes a whole number of 2 to {MAX_BITS} bits "
+                            f"(float32 weights hold 24; more levels change nothing), got {self.bits!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise UserError(f"device seed (--seed) must be a whole number in [0, 2^32), got {self.seed!r}")
         if self.sigma < 0 or self.threshold_sigma < 0:
             raise UserError(f"device variations must be >= 0, got sigma={self.sigma}, "
                             f"threshold_sigma={self.threshold_sigma}")
@@ -200,11 +213,11 @@ class DeviceSync(Component):
     def __init__(self, devices: ImperfectDevices) -> None:
         self.devices = devices
 
-    def attach(self, trainer: Trainer) -> None:
-        if self.devices.model is not trainer.model:
+    def attach(self, ctx: TrainingContext) -> None:
+        if self.devices.model is not ctx.model:
             raise UserError("DeviceSync must wrap the devices of the model being trained")
 
-    def on_step_end(self, trainer: Trainer) -> None:
+    def on_step_end(self, ctx: TrainingContext) -> None:
         self.devices.sync()
 
     def state_dict(self) -> dict[str, Any]:

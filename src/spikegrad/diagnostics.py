@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from spikegrad.component import Component, TrainingContext
+from spikegrad.config import DiagnosticsConfig
 from spikegrad.errors import UserError
-from spikegrad.trainer import Component, Trainer
 
 __all__ = [
     "GRADIENTS_FILE",
@@ -70,6 +71,9 @@ def gradient_histogram(grad: Tensor, bins: int) -> dict[str, list[float]]:
     return {"edges": edges.tolist(), "counts": [int(c) for c in counts.tolist()]}
 
 
+_DEFAULT = DiagnosticsConfig()  # the constructor's defaults are the config's
+
+
 class GradientDiagnostics(Component):
     """Records gradient norms (and the first layer's histogram) every ``interval`` steps.
 
@@ -79,7 +83,8 @@ class GradientDiagnostics(Component):
 
     name = "gradient_diagnostics"
 
-    def __init__(self, interval: int = 50, bins: int = 41) -> None:
+    def __init__(self, *, interval: int = _DEFAULT.gradient_interval,
+                 bins: int = _DEFAULT.histogram_bins) -> None:
         if interval <= 0:
             raise UserError(f"diagnostics.gradient_interval must be positive, got {interval}")
         if bins < 2:
@@ -90,37 +95,42 @@ class GradientDiagnostics(Component):
         self._path: Path | None = None
         self._layers: list[tuple[str, nn.Parameter]] = []
 
-    def attach(self, trainer: Trainer) -> None:
-        self._layers = weight_layers(trainer.model)
+    @classmethod
+    def from_config(cls, section: DiagnosticsConfig) -> GradientDiagnostics:
+        """From the ``diagnostics`` section (``gradient_interval`` > 0)."""
+        return cls(interval=section.gradient_interval, bins=section.histogram_bins)
+
+    def attach(self, ctx: TrainingContext) -> None:
+        self._layers = weight_layers(ctx.model)
         if not self._layers:
             raise UserError("gradient diagnostics found no convolution or linear layer in the "
                             "model; set diagnostics.gradient_interval=0 to turn them off")
 
-    def _open(self, trainer: Trainer) -> None:
+    def _open(self, ctx: TrainingContext) -> None:
         """On the first call of a process: start the file, or keep a resumed run's records up
         to the checkpoint's iteration (a resume may start mid-epoch, without an epoch start)."""
-        if self._path is None and trainer.out_dir is not None and trainer.writes:
-            self._path = trainer.out_dir / GRADIENTS_FILE
-            kept = [r for r in read_gradients(self._path) if r["iteration"] <= trainer.iteration] \
-                if trainer.iteration and self._path.exists() else []
+        if self._path is None and ctx.run_dir is not None:
+            self._path = ctx.run_dir / GRADIENTS_FILE
+            kept = [r for r in read_gradients(self._path) if r["iteration"] <= ctx.iteration] \
+                if ctx.iteration and self._path.exists() else []
             self._path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> dict[str, Any]:
-        self._open(trainer)
+    def on_epoch_start(self, ctx: TrainingContext, epoch: int) -> dict[str, Any]:
+        self._open(ctx)
         return {}
 
-    def on_backward_end(self, trainer: Trainer) -> None:
-        if trainer.iteration % self.interval:
+    def on_backward_end(self, ctx: TrainingContext) -> None:
+        if ctx.iteration % self.interval:
             return
-        self._open(trainer)
+        self._open(ctx)
         first = self._layers[0][1]
         grad = first.grad if first.grad is not None else torch.zeros_like(first)  # none: zero
         norms = gradient_norms(self._layers)
         if not all(math.isfinite(v) for v in norms.values()):
             return  # a step that will not be taken (fp16 overflow or a non-finite guard)
         record = {
-            "epoch": trainer.epoch + 1,
-            "iteration": trainer.iteration + 1,
+            "epoch": ctx.epoch + 1,
+            "iteration": ctx.iteration + 1,
             "norms": norms,
             "first_layer_hist": gradient_histogram(grad, self.bins),
         }
@@ -142,16 +152,27 @@ def read_gradients(run: str | Path) -> list[dict[str, Any]]:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a run's ``.jsonl`` file (one per line; blank lines skipped)."""
+    """The JSON objects of a run's ``.jsonl`` file (one per line; blank lines skipped).
+
+    A line that is not UTF-8, not JSON, or JSON but not an object is a :class:`UserError`
+    naming the line.
+    """
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if not raw.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{str(path)!r} line {number} is not UTF-8 text; the file is damaged "
+                            "(fix or delete that line)") from exc
         except json.JSONDecodeError as exc:
             raise UserError(f"{str(path)!r} line {number} is not JSON ({exc.msg}); the file is "
                             "damaged or was cut off while being written") from exc
+        if not isinstance(row, dict):
+            raise UserError(f"{str(path)!r} line {number} is JSON but not an object ({{...}}), got "
+                            f"{type(row).__name__}; the file is damaged (fix or delete that line)")
+        rows.append(row)
     return rows
 
 

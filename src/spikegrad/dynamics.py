@@ -19,6 +19,7 @@ same shape; the final state is returned only if asked for.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -53,6 +54,9 @@ class NeuronParams:
             raise UserError(f"leak must lie in [0, 1] (u_t = leak·u_(t-1) + I_t), got {self.leak}")
         if not float(self.threshold) > 0.0:
             raise UserError(f"threshold must be positive, got {self.threshold}")
+        for name in ("threshold", "v_reset", "input_scale"):  # inf never spikes, NaN never compares
+            if not math.isfinite(getattr(self, name)):
+                raise UserError(f"{name} must be a finite number, got {getattr(self, name)}")
 
     @property
     def initial_potential(self) -> float:

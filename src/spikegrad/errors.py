@@ -14,6 +14,15 @@ from contextlib import contextmanager
 class UserError(ValueError):
     """A problem with the user's input; the message says what is wrong and how to fix it."""
 
+    def __init__(self, *args: object) -> None:
+        # raised in a DataLoader worker, torch re-raises it in the main process with the
+        # worker's traceback as the message: keep the message alone (its last line)
+        if len(args) == 1 and isinstance(args[0], str) and args[0].startswith("Caught ") \
+                and "DataLoader worker" in args[0].split("\n", 1)[0]:
+            last = args[0].rstrip().splitlines()[-1]
+            args = (last.split(": ", 1)[1] if ": " in last else last,)
+        super().__init__(*args)
+
 
 class TrainingDiverged(UserError):
     """A non-finite loss or gradient stopped training (``train.nonfinite=stop``)."""
@@ -40,6 +49,12 @@ def check_time_major(x, name: str = "input", min_dims: int = 2, T: int | None = 
             f"{name} must be time-major [T, B, ...] with at least {min_dims} dimensions, "
             f"got shape {tuple(x.shape)}; add the time axis first, e.g. x.unsqueeze(0)"
         )
+    if x.shape[0] == 0:
+        raise UserError(f"{name} has no time steps (shape {tuple(x.shape)}, T = 0); time-major "
+                        "tensors are [T, B, ...] with T >= 1")
+    if x.is_complex():
+        raise UserError(f"{name} is complex ({str(x.dtype).replace('torch.', '')}); spiking layers "
+                        "take real tensors, e.g. x.real or x.abs()")
     if T is not None and x.shape[0] != T:
         raise UserError(
             f"{name} has T={x.shape[0]} time steps (shape {tuple(x.shape)}) but {T} were expected; "

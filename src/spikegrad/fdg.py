@@ -49,6 +49,7 @@ from torch.nn import functional as F
 from spikegrad.errors import UserError, unknown_name_error
 from spikegrad.layers import PoissonEncoder
 from spikegrad.losses import mean_logit_cross_entropy
+from spikegrad.modes import eval_mode
 
 __all__ = [
     "BN_MODES",
@@ -90,18 +91,6 @@ def resolve_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Mo
     if name not in found:
         raise unknown_name_error("weight layer", name, found)
     return name, found[name]
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode for the block, then restore each one's own flag."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, flag in flags:
-            module.training = flag
 
 
 def check_bn_mode(bn_mode: str) -> str:

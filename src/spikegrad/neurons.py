@@ -12,7 +12,8 @@ Parameter conventions (``u_t = leak·u_{t-1} + input_scale·I_t``, spike when
   with ``decay_input=False``, ``input_scale = 1``; ``v_reset=None`` is ``reset="soft"``.
 - snnTorch ``Leaky(beta)``: ``leak = beta`` (it fires at ``U > threshold``);
   ``reset_mechanism="subtract"`` is ``reset="soft"`` (exact with ``reset_delay=False``),
-  ``"zero"`` is ``reset="hard"`` with ``v_reset = 0``.
+  ``"zero"`` is ``reset="hard"`` with ``v_reset = 0``; its default surrogate
+  ``surrogate.atan()`` is :class:`~spikegrad.surrogates.ATan` ``(alpha=2)``.
 - Norse ``LIFBoxParameters(tau_mem_inv)`` at step ``dt``: ``leak = 1 - dt·tau_mem_inv``,
   ``input_scale = dt·tau_mem_inv``.
 
@@ -23,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -33,11 +36,26 @@ from spikegrad import surrogates as surrogates_module
 from spikegrad.dynamics import NeuronParams, NeuronState, ResetMode, neuron_multistep, neuron_step
 from spikegrad.errors import UserError, unknown_name_error
 
-__all__ = ["IF", "LIF", "ClippedReLU", "SpikingNeuron", "available", "create", "set_backend", "streaming"]
+__all__ = ["IF", "LIF", "ClippedReLU", "SpikingNeuron", "available", "create", "set_backend", "streaming",
+           "surrogate_from_snntorch"]
 
 
-def _default_surrogate() -> surrogates_module.Surrogate:
-    return surrogates_module.Dspike(temperature=3.0)
+def _finite(name: str, value: Any) -> float:
+    """A neuron parameter as a finite float; a tensor, string, bool or NaN/inf is refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        hint = " (a learnable leak: learnable_leak=True, or neuron type plif)" \
+            if name == "leak" and isinstance(value, Tensor) else ""
+        raise UserError(f"neuron {name} must be a number, got {value!r} ({type(value).__name__})"
+                        f"{hint}")
+    if not math.isfinite(value):
+        raise UserError(f"neuron {name} must be a finite number, got {value}")
+    return float(value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise UserError(f"neuron {name} must be true or false, got {value!r}")
+    return value
 
 
 class SpikingNeuron(nn.Module):
@@ -49,7 +67,8 @@ class SpikingNeuron(nn.Module):
         reset: ``"hard"`` (set to ``v_reset``) or ``"soft"`` (subtract the threshold).
         v_reset: potential after a spike with hard reset.
         detach_reset: cut the gradient through the reset term.
-        surrogate: a :class:`spikegrad.surrogates.Surrogate`; a fresh ``Dspike(3)`` if None.
+        surrogate: a :class:`spikegrad.surrogates.Surrogate`; a fresh default one
+            (:func:`spikegrad.surrogates.default`, Dspike of temperature 3) if None.
             Each layer owns its instance (no shared default object).
         input_scale: multiplies the input current (``1/tau`` in SpikingJelly's ``decay_input``).
         learnable_leak: learn λ = sigmoid(a) per layer, PLIF-style, starting at ``leak``.
@@ -71,14 +90,19 @@ class SpikingNeuron(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
+        leak, threshold, v_reset, input_scale = (
+            _finite("leak", leak), _finite("threshold", threshold), _finite("v_reset", v_reset),
+            _finite("input_scale", input_scale))
+        detach_reset, learnable_leak = _flag("detach_reset", detach_reset), _flag(
+            "learnable_leak", learnable_leak)
         # Validate once, through the same dataclass the dynamics use.
-        NeuronParams(float(leak), float(threshold), reset, float(v_reset), bool(detach_reset))
-        self.threshold = float(threshold)
+        NeuronParams(leak, threshold, reset, v_reset, detach_reset, input_scale)
+        self.threshold = threshold
         self.reset = reset
-        self.v_reset = float(v_reset)
-        self.detach_reset = bool(detach_reset)
-        self.input_scale = float(input_scale)
-        self.surrogate = surrogate if surrogate is not None else _default_surrogate()
+        self.v_reset = v_reset
+        self.detach_reset = detach_reset
+        self.input_scale = input_scale
+        self.surrogate = surrogate if surrogate is not None else surrogates_module.default()
         if learnable_leak:
             if not 0.0 < leak < 1.0:
                 raise UserError(f"a learnable leak must start strictly inside (0, 1), got {leak}")
@@ -199,21 +223,36 @@ class LIF(SpikingNeuron):
     @classmethod
     def from_snntorch(
         cls,
-        beta: float,
+        beta: float | nn.Module,
         threshold: float = 1.0,
         reset_mechanism: str = "subtract",
         surrogate: surrogates_module.Surrogate | None = None,
     ) -> LIF:
         """The LIF matching snnTorch's ``Leaky(beta, threshold, reset_mechanism, reset_delay=False)``.
 
-        snnTorch fires at ``U > threshold`` (here ``>=``; they differ only on exact ties).
-        With its default ``reset_delay=True`` the subtraction happens one step later and
-        is not decayed, which has no exact equivalent here.
+        ``beta`` is the decay rate, or an ``snntorch.Leaky`` module whose settings are read
+        (then leave the other arguments at their defaults, except ``surrogate``).
+        ``surrogate=None`` takes snnTorch's own: ``ATan(alpha=2)`` (snnTorch's default
+        ``surrogate.atan()``; ``∂S/∂U = (α/2)/(1 + (π/2·α·(U - θ))²)`` in both), or the
+        module's ``spike_grad`` when it is ``surrogate.atan``, ``fast_sigmoid`` or
+        ``sigmoid`` (same formulas here, see :func:`surrogate_from_snntorch`).
+
+        snnTorch fires at ``U > threshold`` (here ``>=``; they differ only on exact ties);
+        its reset, like this one, carries the spike's gradient. With its default
+        ``reset_delay=True`` the subtraction happens one step later and is not decayed,
+        which has no exact equivalent here and is refused for a module.
         """
         modes = {"subtract": "soft", "zero": "hard"}
+        if isinstance(beta, nn.Module):
+            if (threshold, reset_mechanism) != (1.0, "subtract"):
+                raise UserError("from_snntorch(module) reads threshold and reset_mechanism from the "
+                                "module; do not pass them too")
+            beta, threshold, reset_mechanism, grad = _snntorch_settings(beta)
+            surrogate = surrogate if surrogate is not None else surrogate_from_snntorch(grad)
         if reset_mechanism not in modes:
             raise unknown_name_error("snnTorch reset_mechanism", reset_mechanism, modes)
-        return cls(leak=beta, threshold=threshold, reset=modes[reset_mechanism], surrogate=surrogate)
+        return cls(leak=beta, threshold=threshold, reset=modes[reset_mechanism],
+                   surrogate=surrogate if surrogate is not None else surrogates_module.ATan(alpha=2.0))
 
     @classmethod
     def from_norse(
@@ -234,6 +273,63 @@ class LIF(SpikingNeuron):
             raise UserError(f"dt·tau_mem_inv must lie in (0, 1] for a stable update, got {rate}")
         return cls(leak=1.0 - rate, threshold=v_th, reset="hard", v_reset=v_reset,
                    surrogate=surrogate, input_scale=rate)
+
+
+def _single(value, what: str) -> float:
+    t = torch.as_tensor(value).detach()
+    if t.numel() != 1:
+        raise UserError(f"the snnTorch module has a {what} per neuron ({t.numel()} values); spikegrad's "
+                        f"LIF takes one per layer")
+    return float(t)
+
+
+def _snntorch_settings(module: nn.Module) -> tuple[float, float, str, Callable | None]:
+    """``(beta, threshold, reset_mechanism, spike_grad)`` of an ``snntorch.Leaky``; what
+    has no exact equivalent is refused."""
+    if not all(hasattr(module, a) for a in ("beta", "threshold", "spike_grad", "reset_delay")):
+        raise UserError(f"from_snntorch takes beta or an snntorch.Leaky, got {type(module).__name__}")
+    reasons = []
+    if module.reset_delay:
+        reasons.append("reset_delay=True (build it with reset_delay=False)")
+    if isinstance(module.beta, nn.Parameter) or isinstance(module.threshold, nn.Parameter):
+        reasons.append("a learnable beta or threshold (spikegrad learns λ = sigmoid(a): "
+                       "LIF(learnable_leak=True))")
+    if getattr(module, "inhibition", False) or getattr(module, "state_quant", False):
+        reasons.append("inhibition or state_quant")
+    if _single(getattr(module, "graded_spikes_factor", 1.0), "graded_spikes_factor") != 1.0:
+        reasons.append("graded spikes (graded_spikes_factor != 1)")
+    if getattr(module, "surrogate_disable", False):
+        reasons.append("surrogate_disable=True")
+    mechanism = getattr(module, "_reset_mechanism", "subtract")
+    if mechanism == "none":
+        reasons.append("reset_mechanism='none'")
+    if reasons:
+        raise UserError("this snntorch.Leaky has no exact spikegrad equivalent: " + "; ".join(reasons))
+    return (_single(module.beta, "beta"), _single(module.threshold, "threshold"), mechanism,
+            module.spike_grad)
+
+
+def surrogate_from_snntorch(spike_grad: Callable | None) -> surrogates_module.Surrogate:
+    """The surrogate equal to an snnTorch ``spike_grad``: ``surrogate.atan(alpha)`` ->
+    :class:`~spikegrad.surrogates.ATan` (``alpha``), ``fast_sigmoid(slope)`` ->
+    ``FastSigmoid(slope)``, ``sigmoid(slope)`` -> ``Sigmoid(alpha=slope)``; None (snnTorch's
+    default) -> ``ATan(2)``. Any other is refused: pass ``surrogate=`` yourself."""
+    if spike_grad is None:
+        return surrogates_module.ATan(alpha=2.0)
+    import inspect
+
+    name = getattr(spike_grad, "__qualname__", "")
+    if getattr(spike_grad, "__module__", "") == "snntorch.surrogate" and name.endswith(".<locals>.inner"):
+        kind = name.split(".")[0]
+        params = inspect.getclosurevars(spike_grad).nonlocals
+        if kind == "atan":
+            return surrogates_module.ATan(alpha=float(params["alpha"]))
+        if kind == "fast_sigmoid":
+            return surrogates_module.FastSigmoid(slope=float(params["slope"]))
+        if kind == "sigmoid":
+            return surrogates_module.Sigmoid(alpha=float(params["slope"]))
+    raise UserError(f"snnTorch surrogate {name or spike_grad!r} has no mapped spikegrad equivalent; "
+                    "pass surrogate= (a spikegrad.surrogates.Surrogate)")
 
 
 class IF(SpikingNeuron):

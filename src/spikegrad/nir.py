@@ -35,6 +35,7 @@ clipped ReLU have no NIR equivalent and are refused with the module named; NIR f
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,10 +48,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from spikegrad import __version__
-from spikegrad.errors import UserError
+from spikegrad.encoders import DeltaEncoder, LatencyEncoder
+from spikegrad.errors import UserError, first_line
 from spikegrad.layers import DirectEncoder, PoissonEncoder, TimeDistributed
 from spikegrad.models.common import SpikingNetwork
 from spikegrad.models.resnet import BasicBlock
+from spikegrad.modes import eval_mode
 from spikegrad.neurons import IF, LIF, ClippedReLU, SpikingNeuron
 
 __all__ = ["DEFAULT_DT", "NIRNetwork", "export_nir", "import_nir", "neuron_gain", "register_exporter",
@@ -297,13 +300,22 @@ register_exporter(ClippedReLU)(_refuse("it is an ANN activation; export the spik
 register_exporter(PoissonEncoder)(_refuse(
     "Poisson sampling is not part of NIR; build the model with encoder='direct' and feed "
     "spikes to the graph"))
+register_exporter(LatencyEncoder)(_refuse(
+    "latency coding is not part of NIR; build the model with encoder='direct' and feed the "
+    "coded spikes to the graph"))
+register_exporter(DeltaEncoder)(_refuse(
+    "delta coding is not part of NIR; build the model with encoder='direct' and feed the "
+    "coded spikes to the graph"))
 
 
 @register_exporter(SpikingNetwork)
 def _network(ex: _Exporter, net: nn.Module, sources: list[str], path: str) -> list[str]:
     sources = ex.emit(net.encoder, sources, _join(path, "encoder"))
     sources = ex.emit(net.features, sources, _join(path, "features"))
-    return ex.emit(net.classifier, sources, _join(path, "classifier"))
+    sources = ex.emit(net.classifier, sources, _join(path, "classifier"))
+    if getattr(net, "output_neuron", None) is not None:  # readout "spikes"
+        sources = ex.emit(net.output_neuron, sources, _join(path, "output_neuron"))
+    return sources
 
 
 @register_exporter(BasicBlock)
@@ -404,6 +416,25 @@ def _sum_pools(graph: _Graph) -> None:
                 _scale_edge(graph, producer, name, factor)
 
 
+MAX_SAMPLE_VALUES = 1 << 26  # values in one input sample (e.g. 3 x 4096 x 4096 is within)
+
+
+def _sample_shape(input_shape: Any) -> tuple[int, ...]:
+    """One input sample's shape as positive whole numbers, of a size that fits in memory."""
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        shape = ()
+    if not shape or len(shape) > 4 or not all(isinstance(d, (int, np.integer)) and not isinstance(
+            d, bool) and d > 0 for d in shape):
+        raise UserError(f"input_shape {input_shape!r} must be 1 to 4 positive whole numbers, one input "
+                        "sample without batch and time, such as (3, 32, 32)")
+    if math.prod(int(d) for d in shape) > MAX_SAMPLE_VALUES:
+        raise UserError(f"input_shape {tuple(int(d) for d in shape)} holds more than "
+                        f"{MAX_SAMPLE_VALUES} values per sample; give one sample's C,H,W")
+    return tuple(int(d) for d in shape)
+
+
 def export_nir(
     model: nn.Module,
     input_shape: tuple[int, ...] | None = None,
@@ -430,15 +461,18 @@ def export_nir(
     input_shape = input_shape or getattr(model, "input_shape", None)
     if input_shape is None:
         raise UserError("export_nir needs the shape of one input sample, e.g. input_shape=(1, 8, 8)")
-    was_training = model.training
-    model.eval()
-    try:
-        graph = _Graph()
-        shape = tuple(int(d) for d in input_shape)
-        sources = graph.add("input", nir.Input(input_type={"input": np.array(shape)}), [], shape)
-        sources = _Exporter(graph, float(dt)).emit(model, sources, "")
-    finally:
-        model.train(was_training)
+    shape = _sample_shape(input_shape)
+    with eval_mode(model):
+        try:
+            graph = _Graph()
+            sources = graph.add("input", nir.Input(input_type={"input": np.array(shape)}), [], shape)
+            sources = _Exporter(graph, float(dt)).emit(model, sources, "")
+        except UserError:
+            raise
+        except (RuntimeError, IndexError, ValueError, TypeError) as exc:
+            raise UserError(f"the model cannot take an input sample of shape {shape} (input_shape, "
+                            f"--input-shape): {first_line(exc)}; give one sample's shape as the model "
+                            "was trained, e.g. C,H,W = 1,8,8 for the digits") from exc
     out_shape = graph.shapes[sources[0]]
     graph.add("output", nir.Output(output_type={"output": np.array(out_shape)}), sources, out_shape)
     if fold_gain:

@@ -1,4 +1,5 @@
-"""The recipes shipped in ``spikegrad/configs``: listing them with what their papers report."""
+"""The recipes shipped in ``spikegrad/configs``: finding one by name, listing them with what
+their papers report."""
 
 from __future__ import annotations
 
@@ -24,6 +25,19 @@ class RecipeRow:
 
 def recipe_files(folder: Path = CONFIG_DIR) -> list[Path]:
     return sorted(folder.glob("*.yaml"))
+
+
+def recipe_path(name: str | Path, what: str = "recipe") -> Path:
+    """The recipe ``name``: a YAML file at that path, else the packaged recipe of that name
+    (``digits`` or ``digits.yaml``); ``what`` names the setting in the error."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    packaged = CONFIG_DIR / f"{path.stem if path.suffix == '.yaml' else name}.yaml"
+    if packaged.is_file():
+        return packaged
+    raise UserError(f"{what} {str(name)!r} is neither a file nor a packaged recipe; packaged "
+                    f"recipes: {', '.join(p.stem for p in recipe_files())}")
 
 
 def recipe_rows(folder: Path = CONFIG_DIR) -> list[RecipeRow]:

@@ -5,7 +5,8 @@ Reads what a run folder holds (``metrics.jsonl``, ``summary.json``, ``config.yam
 accuracy, learning rate, the Dspike temperature and FDG similarities, the shortcut λ,
 per-layer gradient norms and the first layer's gradient histogram, LTL per-layer losses,
 firing rates (per layer, per time step, dead and saturated neurons, membrane statistics),
-SOPs and energy. A section appears only when some run has its data. The PNGs are embedded
+SOPs and energy, spike rasters and membrane traces (``recording.npz``). A section appears
+only when some run has its data. The PNGs are embedded
 as base64, so the page is one file that opens anywhere.
 """
 
@@ -23,11 +24,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from spikegrad.analysis import ANALYSIS_FILE
 from spikegrad.diagnostics import GRADIENTS_FILE, read_jsonl
 from spikegrad.errors import UserError
+from spikegrad.safe_yaml import load_yaml, read_text
 
 __all__ = ["Run", "find_runs", "load_run", "render_report", "write_report"]
 
@@ -69,13 +69,50 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise UserError(f"{str(path)!r} is not valid JSON ({exc.msg})") from exc
 
 
+#: metrics fields the report draws: a number (or null) each, or a mapping of numbers
+_NUMBER_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "firing_rate",
+                  "sops", "energy_uj", "dspike_temperature", "shortcut_lambda")
+_MAPPING_FIELDS = ("firing_rates", "dspike_temperatures", "ltl_layer_losses", "dspike_similarity")
+
+
+def _is_number(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _is_float_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    """``metrics.jsonl``, with a clear error for a line whose drawn fields are not numbers."""
+    rows = read_jsonl(path)
+    for number, row in enumerate(rows, start=1):
+        bad = next((k for k in _NUMBER_FIELDS if not _is_number(row.get(k))), None)
+        expected = "a number"
+        if bad is None:
+            bad = next((k for k in _MAPPING_FIELDS if row.get(k) is not None and not (
+                isinstance(row[k], dict) and all(_is_number(v) for v in row[k].values())
+                and (k != "dspike_similarity" or all(map(_is_float_text, row[k]))))), None)
+            expected = "a mapping of " + ("candidate temperatures" if bad == "dspike_similarity"
+                                          else "names") + " to numbers"
+        if bad is not None:
+            lines = [i for i, line in enumerate(path.read_bytes().splitlines(), 1) if line.strip()]
+            raise UserError(f"{str(path)!r} line {lines[number - 1]}: {bad!r} is {row[bad]!r}, not "
+                            f"{expected}; the file is damaged (fix or delete that line)")
+    return rows
+
+
 def load_run(folder: str | Path, label: str | None = None) -> Run:
     """Read one run folder; it must hold at least ``metrics.jsonl``."""
     folder = Path(folder)
     if not (folder / METRICS_FILE).is_file():
         raise UserError(f"{str(folder)!r} is not a run folder (it has no {METRICS_FILE}); pass the "
                         "folder that `spikegrad train --out` or `spikegrad demo` wrote")
-    run = Run(folder, label or folder.name, metrics=read_jsonl(folder / METRICS_FILE))
+    run = Run(folder, label or folder.name, metrics=_read_metrics(folder / METRICS_FILE))
     if (folder / "summary.json").is_file():
         run.summary = _read_json(folder / "summary.json")
     if (folder / ANALYSIS_FILE).is_file():
@@ -84,8 +121,11 @@ def load_run(folder: str | Path, label: str | None = None) -> Run:
         run.gradients = read_jsonl(folder / GRADIENTS_FILE)
     if (folder / "config.yaml").is_file():
         try:
-            run.config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
-        except yaml.YAMLError:
+            path = folder / "config.yaml"
+            run.config = load_yaml(read_text(path, "run config"), f"run config {str(path)!r}") or {}
+        except UserError:  # the report only shows its dataset and model names
+            run.config = {}
+        if not isinstance(run.config, dict):
             run.config = {}
     return run
 
@@ -191,15 +231,58 @@ def section(fn: SectionBuilder) -> SectionBuilder:
     return fn
 
 
-def _epoch_lines(ax, runs, colors, key, scale=1.0, style="-", marker=None):
-    drawn = False
-    for run, color in zip(runs, colors, strict=True):
+def _close(a: float, b: float) -> bool:
+    return a == b or (math.isfinite(a) and math.isfinite(b) and abs(a - b) <= 1e-9 * max(abs(a), abs(b)))
+
+
+def coincident_groups(runs: Sequence[Run], key: str) -> list[list[Run]]:
+    """The runs with ``key`` grouped by equal series (same epochs, values equal to 1e-9
+    relative), groups and their members in the order of ``runs``."""
+    groups: list[tuple[tuple[list, list], list[Run]]] = []
+    for run in runs:
         epochs, values = run.series(key)
-        if epochs:
-            ax.plot(epochs, [scale * v for v in values], style, color=color, marker=marker,
-                    markersize=3)
-            drawn = True
-    return drawn
+        if not epochs:
+            continue
+        for (e, v), members in groups:
+            if e == epochs and all(_close(float(a), float(b)) for a, b in zip(v, values, strict=True)):
+                members.append(run)
+                break
+        else:
+            groups.append(((epochs, values), [run]))
+    return [members for _, members in groups]
+
+
+def _interleaved(k: int, n: int, dash: float = 5.0) -> tuple[float, tuple[float, float]]:
+    """Dash pattern of the ``k``-th of ``n`` equal lines: each draws every ``n``-th dash, so
+    the colours alternate along the common line (the offset shifts run ``k`` by ``k`` dashes)."""
+    return ((n - k) % n * dash, (dash, (n - 1) * dash))
+
+
+def _epoch_lines(ax, runs, colors, key, scale=1.0, style="-", marker=None) -> list[list[Run]]:
+    """One line per run; runs with equal series are drawn as one line of alternating colours
+    (and concentric markers) instead of hiding each other. Returns the groups of equal runs."""
+    color_of = {id(r): c for r, c in zip(runs, colors, strict=True)}
+    groups = coincident_groups(runs, key)
+    for group in groups:
+        n = len(group)
+        for k, run in enumerate(group):
+            epochs, values = run.series(key)
+            ys = [scale * v for v in values]
+            if n == 1:
+                ax.plot(epochs, ys, style, color=color_of[id(run)], marker=marker, markersize=3)
+                continue
+            ls = _interleaved(k, n) if style == "-" else style
+            ax.plot(epochs, ys, color=color_of[id(run)], ls=ls, lw=1.8, marker=marker,
+                    markersize=3 + 2.2 * (n - 1 - k), zorder=2 + k)
+    return [g for g in groups if len(g) > 1]
+
+
+def _shared_note(groups: list[list[Run]], what: str) -> str:
+    """``"Equal <what>: a = b = c (one line of alternating colours)."``, or ``""``."""
+    if not groups:
+        return ""
+    listed = "; ".join(" = ".join(r.label for r in g) for g in groups)
+    return f"Equal {what}: {listed} (drawn as one line of alternating colours and nested markers)."
 
 
 @section
@@ -233,11 +316,17 @@ def _learning_rate(runs: list[Run]) -> Section | None:
     colors = _colors(len(runs))
     fig = _figure(7, 3.8)
     ax = fig.add_subplot()
-    _epoch_lines(ax, runs, colors, "lr", marker="o")
-    ax.set(xlabel="epoch", ylabel="learning rate", title="Learning rate at the start of each epoch")
-    ax.grid(alpha=0.3)
+    shared = _epoch_lines(ax, runs, colors, "lr", marker="o")
+    values = [v for r in runs for v in r.series("lr")[1]]
+    log = min(values) > 0 and max(values) > 10 * min(values)
+    if log:  # schedules an order of magnitude apart (LTL vs. BPTT) stay readable
+        ax.set_yscale("log")
+    ax.set(xlabel="epoch", ylabel="learning rate" + (" (log scale)" if log else ""),
+           title="Learning rate at the start of each epoch")
+    ax.grid(alpha=0.3, which="both")
     _run_legend(fig, runs, colors, "lr")
-    return Section("Learning rate", "", [("learning rate per epoch", _png(fig))])
+    return Section("Learning rate", _shared_note(shared, "schedules"),
+                   [("learning rate per epoch", _png(fig))])
 
 
 @section
@@ -249,10 +338,11 @@ def _dspike(runs: list[Run]) -> Section | None:
     images = []
     colors = _colors(len(runs))
     color_of = {id(r): c for r, c in zip(runs, colors, strict=True)}
+    shared: list[list[Run]] = []
     if any(r.has("dspike_temperature") for r in runs):
         fig = _figure(7, 3.8)
         ax = fig.add_subplot()
-        _epoch_lines(ax, runs, colors, "dspike_temperature", marker="o")
+        shared = _epoch_lines(ax, runs, colors, "dspike_temperature", marker="o")
         ax.set(xlabel="epoch", ylabel="temperature b", title="Dspike temperature (global)")
         ax.grid(alpha=0.3)
         _run_legend(fig, runs, colors, "dspike_temperature")
@@ -298,7 +388,8 @@ def _dspike(runs: list[Run]) -> Section | None:
     return Section(
         "Dspike temperature and FDG similarity",
         "The temperature b used in each epoch, and the cosine similarity between each "
-        "candidate's surrogate gradient and the finite-difference gradient of the first layer.",
+        "candidate's surrogate gradient and the finite-difference gradient of the first layer. "
+        + _shared_note(shared, "temperatures"),
         images,
     )
 
@@ -325,12 +416,13 @@ def _shortcut(runs: list[Run]) -> Section | None:
     colors = _colors(len(runs))
     fig = _figure(7, 3.8)
     ax = fig.add_subplot()
-    _epoch_lines(ax, runs, colors, "shortcut_lambda", marker="o")
+    shared = _epoch_lines(ax, runs, colors, "shortcut_lambda", marker="o")
     ax.set(xlabel="epoch", ylabel="λ (weight of the shortcut branches)",
            title="Shortcut branch weight λ")
     ax.grid(alpha=0.3)
     _run_legend(fig, runs, colors, "shortcut_lambda")
-    return Section("Shortcut back-propagation", "", [("shortcut lambda per epoch", _png(fig))])
+    return Section("Shortcut back-propagation", _shared_note(shared, "λ schedules"),
+                   [("shortcut lambda per epoch", _png(fig))])
 
 
 @section
@@ -354,23 +446,40 @@ def _gradients(runs: list[Run]) -> Section | None:
             ax.grid(alpha=0.3)
             _small_legend(ax, len(layers))
         images.append(("per-layer gradient norms", _png(fig)))
+    note = ""
     if with_hist:
+        from spikegrad.gradient_plots import histogram_iterations, nearest_record, shared_limits
+
         fig = _figure(*_grid_size(len(with_hist)))
-        for ax, run in zip(_panels(fig, len(with_hist)), with_hist, strict=True):
-            records = [rec for rec in run.gradients if rec.get("first_layer_hist")]
-            chosen = [records[0]] if len(records) == 1 else [records[0], records[-1]]
-            for rec, color in zip(chosen, ("tab:blue", "tab:red"), strict=False):
+        picks, same = histogram_iterations([r.gradients for r in with_hist])
+        axes = _panels(fig, len(with_hist))
+        extents = []
+        for ax, run in zip(axes, with_hist, strict=True):
+            extents.append(max(abs(e) for pick in picks
+                               for e in nearest_record(run.gradients, pick)["first_layer_hist"]["edges"]))
+            for pick, color, style in zip(picks, ("tab:blue", "tab:orange", "tab:red"), ("-", "--", ":"),
+                                          strict=False):
+                rec = nearest_record(run.gradients, pick)
                 hist = rec["first_layer_hist"]
-                edges, counts = hist["edges"], hist["counts"]
-                ax.stairs(counts, edges, color=color, lw=1.5,
+                ax.stairs(hist["counts"], hist["edges"], color=color, ls=style, lw=1.5,
                           label=f"epoch {rec.get('epoch', '?')}, iteration {rec.get('iteration', '?')}")
             ax.set_yscale("log")
             ax.set(xlabel="first-layer weight gradient", ylabel="count", title=run.label)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="best")
+        for ax, run, limit in zip(axes, with_hist, shared_limits(extents), strict=True):
+            ax.sharey(axes[0])
+            if limit is not None:  # one x scale, except for gradients 10x narrower (LTL's)
+                ax.set_xlim(-limit, limit)
+            else:
+                ax.set_title(f"{run.label} (own x scale: ≥10× narrower)")
         images.append(("first-layer gradient histograms", _png(fig)))
+        note = (" The histograms are at the same iterations in every run (early, midway, last "
+                "record)." if same else " The runs share too few recorded iterations: each "
+                "shows its record nearest to the early, midway and last record of the run with the fewest.")
     return Section("Gradients", "From gradients.jsonl: the L2 norm of each layer's weight gradient "
-                   "(log scale) and the first layer's gradient histogram, first and last record.",
+                   "(log scale) and the first layer's gradient histogram on shared axes (a run whose "
+                   "gradients are ten times narrower keeps its own x axis)." + note,
                    images)
 
 
@@ -396,6 +505,14 @@ def _ltl(runs: list[Run]) -> Section | None:
 
 def _neuron_layers(run: Run) -> dict[str, dict[str, Any]]:
     return run.analysis.get("neurons") or {}
+
+
+def shared_rate_scale(runs: Sequence[Run]) -> float:
+    """Top of the one colour scale of the rate heatmaps: the highest per-step rate of any
+    layer of any run (at least 1e-3, so that silent runs still get a scale)."""
+    rates = [r for run in runs for stats in _neuron_layers(run).values()
+             for r in stats["rate_per_step"] if r is not None and math.isfinite(r)]
+    return max([1e-3, *rates])
 
 
 @section
@@ -447,19 +564,22 @@ def _firing(runs: list[Run]) -> Section | None:
         from matplotlib import colormaps
 
         fig = _figure(*_grid_size(len(with_layers), row_height=3.2))
-        for ax, run in zip(_panels(fig, len(with_layers)), with_layers, strict=True):
+        vmax = shared_rate_scale(with_layers)
+        axes = _panels(fig, len(with_layers))
+        for ax, run in zip(axes, with_layers, strict=True):
             layers = _neuron_layers(run)
             names = list(layers)
             steps = max(len(layers[n]["rate_per_step"]) for n in names)
-            grid = [[(layers[n]["rate_per_step"] + [math.nan] * steps)[:steps] for n in names]]
-            image = ax.imshow(grid[0], aspect="auto", cmap=colormaps["magma"], vmin=0,
+            grid = [(layers[n]["rate_per_step"] + [math.nan] * steps)[:steps] for n in names]
+            image = ax.imshow(grid, aspect="auto", cmap=colormaps["magma"], vmin=0, vmax=vmax,
                               interpolation="nearest")
             ax.set_yticks(range(len(names)))
             ax.set_yticklabels([_short(n) for n in names], fontsize=8)
             ax.set_xticks(range(steps))
             ax.set_xticklabels([str(t + 1) for t in range(steps)], fontsize=7)
             ax.set(xlabel="time step t", ylabel="layer", title=run.label)
-            fig.colorbar(image, ax=ax, label="firing rate")
+        fig.colorbar(image, ax=axes, label="firing rate (one scale for every run)",
+                     shrink=0.9 if len(axes) > 3 else 1.0)
         images.append(("firing rate per layer and time step", _png(fig)))
     with_membrane = [r for r in with_layers
                      if any("membrane" in s for s in _neuron_layers(r).values())]
@@ -492,6 +612,174 @@ def _firing(runs: list[Run]) -> Section | None:
                    images)
 
 
+def is_ann(run: Run) -> bool:
+    """Whether a run trained the ANN twin (``model.kind: ann``; else its method name says so)."""
+    kind = (run.config.get("model") or {}).get("kind")
+    return kind == "ann" if kind is not None else run.summary.get("method") == "ann"
+
+
+def reference_groups(runs: Sequence[Run], per_layer: bool) -> list[tuple[Any, list[Run]]]:
+    """Runs grouped by their equivalent ANN's MACs: ``(value, runs)`` where the value is
+    ``totals.ann_macs`` or, with ``per_layer``, the tuple of ``(layer, ann_macs)``."""
+    groups: list[tuple[Any, list[Run]]] = []
+    for run in runs:
+        if per_layer:
+            value: Any = tuple((n, s["ann_macs"]) for n, s in run.analysis["synapses"].items())
+        else:
+            value = run.analysis["totals"]["ann_macs"]
+        for known, members in groups:
+            if known == value:
+                members.append(run)
+                break
+        else:
+            groups.append((value, [run]))
+    return groups
+
+
+#: the equivalent ANN's MACs: a wide light band under the runs' own lines, never hidden by them
+_REFERENCE = {"color": "0.55", "lw": 7, "alpha": 0.35, "solid_capstyle": "butt", "zorder": 1}
+
+
+def _ops_per_layer(ax, with_ops: list[Run], color_of: dict) -> None:
+    from matplotlib.lines import Line2D
+
+    longest: list[str] = []
+    for run in with_ops:
+        layers = run.analysis["synapses"]
+        names = list(layers)
+        longest = names if len(names) > len(longest) else longest
+        xs = range(len(names))
+        color = color_of[id(run)]
+        ax.plot(xs, [layers[n]["sops"] or math.nan for n in names], "o-", color=color, zorder=3)
+        ax.plot(xs, [layers[n]["macs"] or math.nan for n in names], "s--", color=color, lw=1.2,
+                markersize=5, zorder=3)
+    position = {n: i for i, n in enumerate(longest)}
+    for value, _members in reference_groups(with_ops, per_layer=True):
+        pairs = [(position[n], macs) for n, macs in value if n in position]
+        ax.plot([x for x, _ in pairs], [m for _, m in pairs], **_REFERENCE)
+    ax.legend([Line2D([], [], color="k", marker="o"), Line2D([], [], color="k", ls="--", marker="s"),
+               Line2D([], [], **_REFERENCE)],
+              ["SOPs (accumulates, spike input)", "MACs (analog input; all of an ANN's)",
+               "equivalent ANN (MACs)"], fontsize=7, loc="best")
+    ax.set_yscale("log")
+    _layer_axis(ax, longest)
+    ax.set(ylabel="operations per sample (log scale)", title="Synaptic operations per layer")
+    ax.grid(alpha=0.3, which="both")
+
+
+def _energy_bars(ax, with_ops: list[Run], color_of: dict) -> None:
+    labels = [r.label for r in with_ops]
+    snn = [r.analysis["totals"]["energy_uj"] for r in with_ops]
+    ann = [r.analysis["totals"]["ann_energy_uj"] for r in with_ops]
+    xs = list(range(len(with_ops)))
+    width = 0.38
+    ax.bar([x - width / 2 for x in xs], snn, width, color=[color_of[id(r)] for r in with_ops],
+           label="this network")
+    ax.bar([x + width / 2 for x in xs], ann, width, color="lightgrey", edgecolor="grey",
+           label="equivalent ANN (MACs)")
+    for x, e, a in zip(xs, snn, ann, strict=True):
+        ax.annotate(f"{e / a:.2f}× ANN", (x, max(e, a)), ha="center", va="bottom",
+                    fontsize=8, xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(labels, rotation=20 if len(xs) > 3 else 0,
+                       ha="right" if len(xs) > 3 else "center", fontsize=8)
+    ax.set(ylabel="energy per sample (µJ)", title="Energy estimate (45 nm)")
+    ax.set_ylim(0, 1.35 * max(snn + ann))
+    ax.legend(fontsize=8, loc="upper left", ncols=2)
+    ax.grid(alpha=0.3, axis="y")
+
+
+def operations_per_epoch(run: Run) -> tuple[list[float], list[float], str] | None:
+    """``(epochs, operations per sample, kind)`` of a run on the test set, or None.
+
+    A spiking run's are its SOPs (``sops`` in metrics.jsonl, kind ``"SOPs"``); an ANN run
+    has no SOPs (its metrics say 0) but runs every layer with MACs, the same number on every
+    sample and epoch: ``totals.macs`` of analysis.json, drawn at each of its epochs (kind
+    ``"MACs"``; None without analysis.json).
+    """
+    if is_ann(run):
+        epochs, _ = run.series("test_acc")
+        macs = (run.analysis.get("totals") or {}).get("macs")
+        return (epochs, [float(macs)] * len(epochs), "MACs") if macs and epochs else None
+    epochs, values = run.series("sops")
+    return (epochs, values, "SOPs") if epochs else None
+
+
+def _ops_per_epoch(runs: list[Run], colors: list) -> tuple[str, str]:
+    from matplotlib.lines import Line2D
+
+    color_of = {id(r): c for r, c in zip(runs, colors, strict=True)}
+    fig = _figure(11, 4.2)
+    ops_ax, energy_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    drawn: list[Run] = []
+    kinds = set()
+    for run in runs:
+        found = operations_per_epoch(run)
+        if found is None:
+            continue
+        epochs, values, kind = found
+        kinds.add(kind)
+        ops_ax.plot(epochs, [v if v > 0 else math.nan for v in values],
+                    "o-" if kind == "SOPs" else "s--", color=color_of[id(run)], markersize=4, zorder=3)
+        drawn.append(run)
+    with_totals = [r for r in drawn if (r.analysis.get("totals") or {}).get("ann_macs")]
+    for value, _members in reference_groups(with_totals, per_layer=False):
+        ops_ax.axhline(value, **_REFERENCE)
+    ops_ax.set_yscale("log")
+    ops_ax.set(xlabel="epoch", ylabel="operations per sample (log scale)",
+               title="Operations on the test set")
+    ops_ax.legend([Line2D([], [], color="k", marker="o"), Line2D([], [], color="k", ls="--", marker="s"),
+                   Line2D([], [], **_REFERENCE)],
+                  ["SOPs of a spiking run", "MACs of an ANN run", "equivalent ANN (MACs)"],
+                  fontsize=7, loc="best")
+    ops_ax.grid(alpha=0.3, which="both")
+    _epoch_lines(energy_ax, runs, colors, "energy_uj", marker="o")
+    ann_energy = {(r.analysis.get("totals") or {}).get("ann_energy_uj") for r in runs} - {None}
+    for value in ann_energy:
+        energy_ax.axhline(value, **_REFERENCE)
+    energy_ax.set_yscale("log")
+    energy_ax.set(xlabel="epoch", ylabel="energy per sample, µJ (log scale)",
+                  title="Energy estimate on the test set")
+    energy_ax.legend([Line2D([], [], color="k", marker="o"), Line2D([], [], **_REFERENCE)],
+                     ["this run (SOPs and MACs)", "equivalent ANN"], fontsize=7, loc="best")
+    energy_ax.grid(alpha=0.3, which="both")
+    _run_legend(fig, runs, colors, "energy_uj" if any(r.has("energy_uj") for r in runs) else "sops")
+    note = ""
+    skipped = [r.label for r in runs if is_ann(r) and operations_per_epoch(r) is None]
+    if skipped:
+        note = (f" {', '.join(skipped)}: an ANN run without analysis.json; its MACs are not known "
+                "here (analysis.monitors was off).")
+    return _png(fig), note
+
+
+@section
+def _recordings(runs: list[Run]) -> Section | None:
+    from spikegrad.recording import RECORDING_FILE, load_recording, membrane_figure, raster_figure
+
+    with_recording = [r for r in runs if (r.folder / RECORDING_FILE).is_file()]
+    if not with_recording:
+        return None
+    images = []
+    for run in with_recording:
+        recording = load_recording(run.folder / RECORDING_FILE)
+        if not recording.layers:
+            continue
+        fig = raster_figure(recording)
+        fig.suptitle(f"{run.label}: spike raster (a mark per spike)", fontsize=9)
+        images.append((f"spike raster of {run.label}", _png(fig)))
+        fig = membrane_figure(recording)
+        fig.suptitle(f"{run.label}: membrane traces of the first sample (circles: spikes)", fontsize=9)
+        images.append((f"membrane traces of {run.label}", _png(fig)))
+    return Section(
+        "Spike rasters and membrane traces",
+        "From RUN/recording.npz, written by `spikegrad eval CHECKPOINT --raster LAYER[,LAYER]`: the "
+        "spikes of the recorded layers on the first samples of the evaluated split (every k-th "
+        "neuron when a layer has more than 128), and the pre-reset potential h of the most "
+        "active neurons and of the silent ones closest to the threshold (dashed).",
+        images,
+    )
+
+
 @section
 def _energy(runs: list[Run]) -> Section | None:
     with_ops = [r for r in runs if r.analysis.get("synapses")]
@@ -503,67 +791,24 @@ def _energy(runs: list[Run]) -> Section | None:
     if with_ops:
         fig = _figure(11, 4.4)
         ops_ax, energy_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-        longest: list[str] = []
-        for run in with_ops:
-            layers = run.analysis["synapses"]
-            names = list(layers)
-            longest = names if len(names) > len(longest) else longest
-            color = color_of[id(run)]
-            xs = range(len(names))
-            ops_ax.plot(xs, [layers[n]["sops"] or math.nan for n in names], "o-", color=color)
-            ops_ax.plot(xs, [layers[n]["macs"] or math.nan for n in names], "s--", color=color)
-        reference = next(r for r in with_ops if list(r.analysis["synapses"]) == longest)
-        ops_ax.plot(range(len(longest)),
-                    [reference.analysis["synapses"][n]["ann_macs"] for n in longest], ":",
-                    color="grey")
-        from matplotlib.lines import Line2D
-
-        ops_ax.legend([Line2D([], [], color="k", marker="o"),
-                       Line2D([], [], color="k", ls="--", marker="s"),
-                       Line2D([], [], color="grey", ls=":")],
-                      ["SOPs (accumulates)", "MACs (analog input)", "ANN MACs"], fontsize=8,
-                      loc="best")
-        ops_ax.set_yscale("log")
-        _layer_axis(ops_ax, longest)
-        ops_ax.set(ylabel="operations per sample", title="Synaptic operations per layer")
-        ops_ax.grid(alpha=0.3)
-        labels = [r.label for r in with_ops]
-        snn = [r.analysis["totals"]["energy_uj"] for r in with_ops]
-        ann = [r.analysis["totals"]["ann_energy_uj"] for r in with_ops]
-        xs = list(range(len(with_ops)))
-        width = 0.38
-        energy_ax.bar([x - width / 2 for x in xs], snn, width,
-                      color=[color_of[id(r)] for r in with_ops], label="this network")
-        energy_ax.bar([x + width / 2 for x in xs], ann, width, color="lightgrey",
-                      edgecolor="grey", label="equivalent ANN (MACs)")
-        for x, e, a in zip(xs, snn, ann, strict=True):
-            energy_ax.annotate(f"{e / a:.2f}× ANN", (x, max(e, a)), ha="center", va="bottom",
-                               fontsize=8, xytext=(0, 2), textcoords="offset points")
-        energy_ax.set_xticks(xs)
-        energy_ax.set_xticklabels(labels, rotation=20 if len(xs) > 3 else 0,
-                                  ha="right" if len(xs) > 3 else "center", fontsize=8)
-        energy_ax.set(ylabel="energy per sample (µJ)", title="Energy estimate (45 nm)")
-        energy_ax.set_ylim(0, 1.35 * max(snn + ann))
-        energy_ax.legend(fontsize=8, loc="upper left", ncols=2)
-        energy_ax.grid(alpha=0.3, axis="y")
+        _ops_per_layer(ops_ax, with_ops, color_of)
+        _energy_bars(energy_ax, with_ops, color_of)
         _run_legend(fig, with_ops, [color_of[id(r)] for r in with_ops])
         images.append(("synaptic operations and energy", _png(fig)))
+    note = ""
     if any(r.has("sops") for r in runs):
-        fig = _figure(7, 3.8)
-        ax = fig.add_subplot()
-        _epoch_lines(ax, runs, colors, "sops", marker="o")
-        ax.set(xlabel="epoch", ylabel="SOPs per sample", title="Synaptic operations on the test set")
-        ax.grid(alpha=0.3)
-        _run_legend(fig, runs, colors, "sops")
-        images.append(("SOPs per epoch", _png(fig)))
+        png, note = _ops_per_epoch(runs, colors)
+        images.append(("operations and energy per epoch", png))
     constants = next(((r.analysis["pj_per_ac"], r.analysis["pj_per_mac"]) for r in with_ops),
                      (0.9, 4.6))
     return Section(
         "Synaptic operations and energy",
         "SOPs count one accumulate per spike per synapse it drives (exact fan-out, borders "
-        "included); layers fed analog values (the direct-encoded first layer) count "
-        f"multiply-accumulates. Energy = {constants[0]} pJ × SOPs + {constants[1]} pJ × MACs; "
-        "the equivalent ANN runs every layer once with MACs. The bar label is the ratio.",
+        "included); layers fed analog values (the direct-encoded first layer, every layer of "
+        "an ANN) count multiply-accumulates (MACs). Energy = "
+        f"{constants[0]} pJ × SOPs + {constants[1]} pJ × MACs; the equivalent ANN (grey band) "
+        "runs every layer once with MACs. The bar label is the ratio. Operation counts are on "
+        "log scales, so an ANN's MACs and a spiking run's SOPs show on one axis." + note,
         images,
     )
 

@@ -25,13 +25,17 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from spikegrad.config import Config
 from spikegrad.errors import UserError
+
+if TYPE_CHECKING:
+    from spikegrad.component import StepOutput
 
 # ----------------------------------------------------------------------------- RNG states
 
@@ -84,6 +88,17 @@ class EpochProgress:
     nonfinite: int = 0
     seconds: float = 0.0
 
+    def record(self, out: StepOutput | None, targets: Tensor) -> None:
+        """One more batch: its loss and hits, or (``out`` None) a skipped non-finite step."""
+        self.batches += 1
+        if out is None:
+            self.nonfinite += 1
+            return
+        n = targets.shape[0]
+        self.loss_sum += out.loss.item() * n
+        self.correct += int((out.logits.argmax(1) == targets).sum())
+        self.seen += n
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -119,13 +134,19 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(stored: dict[str, Any], current: Config) -> list[str]:
-    """``"key: stored -> current"`` for every difference that matters on resume."""
+    """``"key: stored -> current"`` for every difference that matters on resume.
+
+    A key the stored config lacks (written by a spikegrad before the key existed) stands for
+    its default, which keeps what that spikegrad computed.
+    """
     old, new = _flatten(stored), _flatten(current.to_dict())
+    default = _flatten(Config().to_dict())
     diffs = []
     for key in sorted(set(old) | set(new)):
         if any(key == k or (k.endswith(".") and key.startswith(k)) for k in MAY_DIFFER_ON_RESUME):
             continue
-        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+        before = old.get(key, default.get(key, "<absent>"))
+        if before != new.get(key, "<absent>"):
             diffs.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
     return diffs
 

@@ -1,103 +1,65 @@
-"""From a :class:`~spikegrad.config.Config` to a trained run: datasets, model, components."""
+"""From a :class:`~spikegrad.config.Config` to a trained run.
+
+The objects come from :mod:`spikegrad.build`; this module orchestrates: it trains an LTL
+teacher recipe first when the config names one, then the run itself.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from torch import nn
-from torch.utils.data import Dataset
 
-from spikegrad import distributed, lean, models
-from spikegrad.config import Config
-from spikegrad.data import DatasetInfo, build_augmentation, build_datasets
-from spikegrad.diagnostics import GradientDiagnostics
-from spikegrad.errors import UserError
-from spikegrad.methods.shortcut import ShortcutBackprop
-from spikegrad.trainer import Component, Trainer, seed_everything
+from spikegrad import build, distributed
+from spikegrad.build import RunParts, build_parts, model_arguments
+from spikegrad.checkpoint import load_model
+from spikegrad.component import Component
+from spikegrad.config import Config, load_config
+from spikegrad.data import build_augmentation
+from spikegrad.methods.registry import method
+from spikegrad.trainer import Trainer
 
-
-@dataclass
-class RunParts:
-    model: nn.Module
-    model_args: dict[str, Any]
-    train_set: Dataset
-    test_set: Dataset
-    info: DatasetInfo
+__all__ = ["RunParts", "build_components", "build_parts", "model_arguments", "prepare_teacher", "train"]
 
 
-def model_arguments(config: Config, info: DatasetInfo) -> dict[str, Any]:
-    """``{"name", "kwargs"}`` for :func:`spikegrad.models.create` from the config and dataset."""
-    m = config.model
-    kwargs: dict[str, Any] = {
-        "num_classes": info.num_classes,
-        "in_channels": info.in_channels,
-        "T": info.time_steps or m.T,
-        "kind": m.kind,
-        "neuron": m.neuron.kwargs(),
-        "surrogate": dict(m.surrogate),
-        "width": m.width,
-        "encoder": m.encoder,
-        "activation_max": m.activation_max,
-    }
-    accepted = models.entry(m.name).arguments()
-    if "input_size" in accepted:
-        kwargs["input_size"] = info.input_size
-    kwargs.update(m.options)
-    return {"name": m.name, "kwargs": kwargs}
+def prepare_teacher(config: Config, out_dir: str | Path | None, verbose: bool = True) -> nn.Module | None:
+    """The LTL teacher that must be trained first (``ltl.teacher_recipe``), else None.
+
+    It trains into ``<out_dir>/teacher`` (a temporary folder without ``out_dir``); a finished
+    teacher run there with the same config is reused, one stopped half-way continues.
+    """
+    ltl = config.ltl
+    if not method("ltl").enabled(config, None) or ltl.teacher_checkpoint is not None \
+            or ltl.teacher_recipe is None:
+        return None  # none needed, or loaded from its checkpoint by build.build_components
+    teacher = build.teacher_config(ltl)
+    if out_dir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            return _train_teacher(teacher, Path(tmp), verbose)
+    return _train_teacher(teacher, Path(out_dir) / "teacher", verbose)
 
 
-def build_parts(config: Config) -> RunParts:
-    """Datasets and model for a config; bad names or options raise a :class:`UserError`."""
-    data = config.data
-    options = dict(data.options)
-    if data.root is not None:
-        options["root"] = data.root
-    try:
-        train_set, test_set, info = build_datasets(data.name, **options)
-    except (FileNotFoundError, NotADirectoryError) as exc:  # a builder without its own message
-        raise UserError(f"dataset {data.name!r}: {exc}; set data.root to the folder that holds "
-                        "its files") from exc
-    if info.time_steps is not None and info.time_steps != config.model.T:
-        raise UserError(
-            f"model.T is {config.model.T} but dataset {data.name!r} gives {info.time_steps} frames "
-            "per sample; set model.T to match"
-        )
-    model_args = model_arguments(config, info)
-    seed_everything(config.train.seed)  # the initial weights depend on the seed alone
-    try:
-        model = models.create(model_args["name"], **model_args["kwargs"])
-    except UserError as exc:
-        raise UserError(f"config model: {exc}") from exc
-    if config.model.lean_memory:
-        lean.make_lean(model)
-    return RunParts(model, model_args, train_set, test_set, info)
+def _train_teacher(config: Config, folder: Path, verbose: bool) -> nn.Module:
+    started = (folder / "last.pt").is_file() and (folder / "config.yaml").is_file() \
+        and load_config(folder / "config.yaml") == config
+    if not (started and (folder / "summary.json").is_file()):
+        resume = folder / "last.pt" if started else None  # a teacher run stopped half-way
+        if verbose:
+            print(f"== LTL teacher: {'continuing' if resume else 'training'} "
+                  f"{config.name or 'the ANN'} in {folder}", flush=True)
+        train(config, folder, verbose=verbose, resume_from=resume)
+    model, _ = load_model(folder / "last.pt")
+    return model
 
 
 def build_components(
-    config: Config, model: nn.Module, out_dir: str | Path | None = None, verbose: bool = True
+    config: Config, model: nn.Module | None, out_dir: str | Path | None = None, verbose: bool = True
 ) -> list[Component]:
-    """The method components a config asks for, plus gradient diagnostics for every run
-    (unless ``diagnostics.gradient_interval`` is 0).
-
-    ``out_dir`` is the run folder: an LTL teacher recipe trains into ``out_dir/teacher``.
-    """
-    components: list[Component] = []
-    if config.ltl.mode != "none":
-        from spikegrad.methods.ltl import build_ltl
-
-        components.append(build_ltl(config, out_dir, verbose))
-    if config.dspike.adaptive and config.model.kind == "snn":  # the ANN twin has no surrogate
-        from spikegrad.methods.dspike import AdaptiveTemperature
-
-        components.append(AdaptiveTemperature(config.dspike, seed=config.train.seed))
-    if config.diagnostics.gradient_interval:
-        components.append(GradientDiagnostics(config.diagnostics.gradient_interval,
-                                              config.diagnostics.histogram_bins))
-    if config.shortcut.enabled:
-        components.append(ShortcutBackprop.from_config(config.shortcut, seed=config.train.seed))
-    return components
+    """:func:`spikegrad.build.build_components`, after training an LTL teacher recipe into
+    ``out_dir/teacher`` if the config names one."""
+    return build.build_components(config, model, teacher=prepare_teacher(config, out_dir, verbose))
 
 
 def train(config: Config, out_dir: str | Path | None, verbose: bool = True,

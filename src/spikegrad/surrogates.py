@@ -19,6 +19,7 @@ changed during training (``Dspike.temperature``) without rebuilding the model.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from spikegrad.errors import UserError, unknown_name_error
 
 __all__ = [
+    "DEFAULT",
     "ATan",
     "Dspike",
     "FastSigmoid",
@@ -37,6 +39,7 @@ __all__ = [
     "Triangle",
     "available",
     "create",
+    "default",
     "heaviside",
     "register",
 ]
@@ -63,6 +66,9 @@ class SpikeFunction(torch.autograd.Function):
 
 
 def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise UserError(f"surrogate parameter {name!r} must be a positive finite number, got "
+                        f"{value!r} ({type(value).__name__})")
     value = float(value)
     if not value > 0 or not math.isfinite(value):
         raise UserError(f"surrogate parameter {name!r} must be a positive finite number, got {value}")
@@ -132,6 +138,16 @@ def create(name: str, **params: float) -> Surrogate:
         return cls(**params)
     except TypeError as exc:
         raise UserError(f"surrogate {name!r}: {exc}; see help(spikegrad.surrogates.{cls.__name__})") from exc
+
+
+#: the surrogate of a neuron or network given none, and the default of ``model.surrogate``
+DEFAULT: dict = {"name": "dspike", "temperature": 3.0}
+
+
+def default() -> Surrogate:
+    """A fresh instance of :data:`DEFAULT`: Dspike with temperature 3."""
+    params = dict(DEFAULT)
+    return create(params.pop("name"), **params)
 
 
 @register("rectangle")

@@ -3,7 +3,8 @@
 A component may act at the start of each epoch (the adaptive Dspike temperature), once
 the gradients exist (gradient diagnostics), after each optimisation step (a schedule), or
 own the loss of a training step (shortcut branches, local tandem learning). Components
-that do not own the loss compose freely with one that does.
+that do not own the loss compose freely with one that does. Given no components, the
+trainer builds those the config's method sections ask for (:mod:`spikegrad.build`).
 
 Each run writes into its folder: ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON
 object per epoch), ``summary.json``, ``gradients.jsonl`` (the gradient diagnostics
@@ -16,107 +17,80 @@ everything an exact resume needs (:mod:`spikegrad.resume`); multi-process traini
 
 from __future__ import annotations
 
-import json
-import math
-import random
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from spikegrad import distributed
-from spikegrad.analysis import EvalProbe, epoch_fields, write_analysis
-from spikegrad.checkpoint import load_checkpoint, load_weights, previous_path, save_checkpoint
-from spikegrad.config import AnalysisConfig, Config
-from spikegrad.data.loader import collate_for
+from spikegrad.analysis import epoch_fields
+from spikegrad.build.components import build_components
+from spikegrad.checkpoint import load_weights
+from spikegrad.component import Component, Position, StepOutput, TrainingContext
+from spikegrad.config import Config
+from spikegrad.data.augment import build_augmentation
+from spikegrad.data.loader import check_dataset, collate_for
 from spikegrad.data.sampler import GlobalBatchSampler, ShardSampler
+from spikegrad.diagnostics import GRADIENTS_FILE
+from spikegrad.distributed import DistributedContext
 from spikegrad.errors import TrainingDiverged, UserError, check_labels, explain_model_input
+from spikegrad.evaluation import evaluate_model
 from spikegrad.layers import mean_over_time
 from spikegrad.losses import training_loss
 from spikegrad.neurons import SpikingNeuron
-from spikegrad.resume import (
-    EpochProgress,
-    StopOnSignal,
-    TrainingStopped,
-    check_resume_config,
-    ignore_interrupts,
-    rng_state,
-    set_rng_state,
-)
+from spikegrad.resume import EpochProgress, StopOnSignal, TrainingStopped, ignore_interrupts, set_rng_state
+from spikegrad.rundir import RunFolder
+from spikegrad.schedules import lr_factor
+from spikegrad.seeding import seed_everything
 
 __all__ = [
-    "Component", "StepOutput", "Trainer", "evaluate_model", "resolve_device", "seed_everything",
+    "Component", "StepOutput", "Trainer", "evaluate_model", "lr_factor", "resolve_device",
+    "seed_everything",
 ]
 
 
-@dataclass
-class StepOutput:
-    """What a training step's loss computation returns: the loss and ``[B, classes]`` logits.
-
-    ``backpropagated`` is True when the component already ran the backward passes itself
-    (local learning back-propagates each unit or time step as soon as its loss exists, so no
-    graph spans the whole network); the trainer then only steps the optimizer.
-    """
-
-    loss: Tensor
-    logits: Tensor
-    backpropagated: bool = False
-
-
-class Component:
-    """A part of a training method. Every hook is optional; the defaults do nothing."""
-
-    #: key under which the component's state is checkpointed
-    name: str = "component"
-
-    def attach(self, trainer: Trainer) -> None:
-        """Called once, after the model, optimizer and loaders exist."""
-
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> dict[str, Any]:
-        """Called before each training epoch; returned fields go into ``metrics.jsonl``."""
-        return {}
-
-    def on_backward_end(self, trainer: Trainer) -> None:
-        """Called after backward, before gradient clipping and the optimizer step; the gradients
-        are unscaled and may be non-finite (a step the guards or the loss scaler will skip)."""
-
-    def on_step_end(self, trainer: Trainer) -> None:
-        """Called after every optimizer step (``trainer.iteration`` already advanced)."""
-
-    def compute_loss(self, trainer: Trainer, inputs: Tensor, targets: Tensor) -> StepOutput | None:
-        """Return a :class:`StepOutput` to own the training loss, or None to leave it."""
-        return None
-
-    def epoch_metrics(self, trainer: Trainer) -> dict[str, Any]:
-        """Fields added to the epoch's metrics line after training and evaluation."""
-        return {}
-
-    def method_name(self, base: str) -> str:
-        """The run's method name given the name built so far (e.g. ``dspike+shortcut``)."""
-        return base
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything a resume needs (tensors, numbers, strings, lists, dicts), including the
-        state of any private random generator; checkpointed under ``components[name]``."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved."""
+def _created(model: nn.Module | Callable[[], nn.Module], seed: int) -> nn.Module:
+    """``model``, or what the factory ``model()`` returns once every generator is seeded."""
+    if isinstance(model, nn.Module):
+        return model
+    if not callable(model):
+        raise UserError(f"Trainer needs an nn.Module or a function returning one, got "
+                        f"{type(model).__name__}")
+    seed_everything(seed)  # the initial weights depend on the seed alone
+    created = model()
+    if not isinstance(created, nn.Module):
+        raise UserError(f"the model factory returned {type(created).__name__}, not an nn.Module")
+    return created
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def _loaders(train_set: Dataset, test_set: Dataset, config: Config, dist: DistributedContext
+             ) -> tuple[torch.Generator, GlobalBatchSampler, DataLoader, DataLoader]:
+    """The shuffling generator (seeded alike in every process: the data order), the global
+    batch sampler, and the training and test loaders (each process its shard)."""
+    generator = torch.Generator().manual_seed(config.train.seed)
+    sampler = GlobalBatchSampler(len(train_set), config.data.batch_size, generator, dist.rank,
+                                 dist.world_size)
+    workers = config.data.num_workers
+    loader_args = {"num_workers": workers, "pin_memory": dist.device.type == "cuda",
+                   "persistent_workers": workers > 0,
+                   "worker_init_fn": ignore_interrupts if workers > 0 else None}
+    train_loader = DataLoader(train_set, batch_sampler=sampler, generator=generator,
+                              collate_fn=collate_for(train_set), **loader_args)
+    # Workers get their seeds from a generator of their own, drawn once (persistent), not
+    # from the global one: a resumed process then draws from it exactly as the original did.
+    test_loader = DataLoader(
+        test_set, batch_size=config.data.eval_batch_size, shuffle=False,
+        sampler=ShardSampler(len(test_set), dist.rank, dist.world_size) if dist.enabled else None,
+        generator=torch.Generator().manual_seed(config.train.seed) if workers > 0 else None,
+        collate_fn=collate_for(test_set), **loader_args,
+    )
+    return generator, sampler, train_loader, test_loader
 
 
 def resolve_device(name: str) -> torch.device:
@@ -137,22 +111,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def lr_factor(config: Config, iteration: int, iters_per_epoch: int) -> float:
-    """Multiplier of the base learning rate at ``iteration`` (warm-up, then the schedule)."""
-    sched, epochs = config.schedule, config.train.epochs
-    total = max(1, epochs * iters_per_epoch)
-    warmup = int(sched.warmup_epochs * iters_per_epoch)
-    if iteration < warmup:
-        return (iteration + 1) / warmup
-    if sched.name == "constant":
-        return 1.0
-    if sched.name == "step":
-        return sched.gamma ** ((iteration // iters_per_epoch) // sched.step_epochs)
-    progress = (iteration - warmup) / max(1, total - warmup)
-    floor = sched.min_lr / config.optim.lr
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
 def build_optimizer(config: Config, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     opt = config.optim
     if opt.name == "sgd":
@@ -164,71 +122,35 @@ def build_optimizer(config: Config, params: Iterable[nn.Parameter]) -> torch.opt
     return cls(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
 
 
-@torch.no_grad()
-def evaluate_model(
-    model: nn.Module, loader: Iterable, device: torch.device, amp_dtype: torch.dtype | None = None,
-    analysis: AnalysisConfig | None = None, readout_start: int = 0,
-    reduce: Callable[[list[float]], list[float]] | None = None,
-) -> dict[str, Any]:
-    """Test accuracy, loss (of the time-averaged logits) and mean firing rate, in eval mode.
-
-    With ``analysis.monitors``, the result also holds ``"analysis"``: per-layer activity,
-    SOPs and energy (:class:`spikegrad.analysis.EvalProbe`). The logits are averaged over
-    the time steps ``t >= readout_start`` (0: all of them; online local tandem learning
-    reads out from its warm-up step on). ``reduce`` sums the running totals over processes
-    when each evaluates a shard (the ``"analysis"`` detail stays this process's own).
-    """
-    model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
-    with EvalProbe(model, analysis) as monitor:
-        for inputs, targets in loader:
-            inputs = inputs.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                outputs = model(inputs)  # (T, B, classes)
-            logits = mean_over_time(outputs[readout_start:]).float()
-            check_labels(targets, logits.shape[1], "test labels")
-            loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
-            correct += int((logits.argmax(1) == targets).sum())
-            seen += targets.shape[0]
-            monitor.add_samples(targets.shape[0])
-    spikes, slots = monitor.monitor.spike_totals()
-    if reduce is not None:
-        loss_sum, correct, seen, spikes, slots = reduce([loss_sum, correct, seen, spikes, slots])
-    if seen == 0:
-        raise UserError("the evaluation set is empty")
-    result = {"test_loss": loss_sum / seen, "test_acc": correct / seen,
-              "firing_rate": spikes / slots if slots else None}
-    detail = monitor.summary()
-    if detail is not None:
-        result["analysis"] = detail
-    return result
-
-
 class Trainer:
     """Train and evaluate a model returning logits ``[T, B, classes]`` on a dataset pair.
 
     Args:
         model: any module mapping a batch to per-time-step logits ``[T, B, classes]`` (the
-            registered networks, or your own built from spikegrad's layers).
+            registered networks, or your own built from spikegrad's layers), or a function of
+            no arguments returning one: it is called after seeding every generator with
+            ``train.seed``, so the initial weights are reproducible.
         train_set, test_set: datasets yielding ``(input, label)``.
         config: the run configuration (``optim``, ``schedule``, ``train``, ``data`` batch sizes
-            and augmentation); defaults when None.
-        components: method parts (adaptive Dspike, shortcut branches, LTL...).
+            and augmentation, and the method sections); defaults when None.
+        components: method parts (adaptive Dspike, shortcut branches, LTL...). None: those the
+            config's method sections ask for (:func:`spikegrad.build.build_components`); a
+            section that cannot apply to the model is a :class:`UserError` saying why.
         out_dir: run folder; nothing is written when None.
-        augment: a batched augmentation ``f(x) -> x`` applied to training batches.
+        augment: a batched augmentation ``f(x) -> x`` applied to training batches; None:
+            ``data.augment``.
         model_args: ``{"name", "kwargs"}`` that rebuild the model from the registry, stored in
             checkpoints so ``spikegrad eval`` can load them.
     """
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Callable[[], nn.Module],
         train_set: Dataset,
         test_set: Dataset,
         config: Config | None = None,
         *,
-        components: Sequence[Component] = (),
+        components: Sequence[Component] | None = None,
         out_dir: str | Path | None = None,
         augment: Callable[[Tensor], Tensor] | None = None,
         model_args: dict[str, Any] | None = None,
@@ -239,71 +161,63 @@ class Trainer:
         if train.threads:
             torch.set_num_threads(train.threads)
         self.dist = distributed.setup(resolve_device(train.device), self.config.distributed)
+        model = _created(model, train.seed)
+        if components is None:  # what the config's method sections ask for
+            components = build_components(self.config, model)
         seed_everything(train.seed + self.dist.rank)  # each process its own augmentation noise
         self.device = self.dist.device
         model = distributed.prepare_model(model, self.dist, self.config.distributed)
         self.model = model.to(self.device)
         self.components = list(components)
-        owners = [c for c in self.components if type(c).compute_loss is not Component.compute_loss]
+        owners = [c for c in self.components if c.owns_loss]
         if len(owners) > 1:
             raise UserError("only one training component may own the loss, got "
                             f"{[c.name for c in owners]}")
+        if augment is None:
+            augment = build_augmentation(self.config.data.augment)
         self.augment = augment
         self.model_args = model_args
         self.verbose = verbose and self.dist.is_main
-        self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.writes = self.out_dir is not None and self.dist.is_main  # only rank 0 writes
-        if len(train_set) == 0:
-            raise UserError("the training set is empty")
-        # one shuffling generator, seeded alike in every process: the data order
-        self.loader_generator = torch.Generator().manual_seed(train.seed)
-        self.train_sampler = GlobalBatchSampler(
-            len(train_set), self.config.data.batch_size, self.loader_generator, self.dist.rank,
-            self.dist.world_size,
-        )
-        pin = self.device.type == "cuda"
-        workers = self.config.data.num_workers
-        loader_args = {"num_workers": workers, "pin_memory": pin, "persistent_workers": workers > 0,
-                       "worker_init_fn": ignore_interrupts if workers > 0 else None}
-        self.train_loader = DataLoader(train_set, batch_sampler=self.train_sampler,
-                                       generator=self.loader_generator,
-                                       collate_fn=collate_for(train_set), **loader_args)
-        # Workers get their seeds from a generator of their own, drawn once (persistent), not
-        # from the global one: a resumed process then draws from it exactly as the original did.
-        self.test_loader = DataLoader(
-            test_set, batch_size=self.config.data.eval_batch_size, shuffle=False,
-            sampler=ShardSampler(len(test_set), self.dist.rank, self.dist.world_size)
-            if self.dist.enabled else None,
-            generator=torch.Generator().manual_seed(train.seed) if workers > 0 else None,
-            collate_fn=collate_for(test_set), **loader_args,
-        )
+        #: the run folder and its bookkeeping (files, checkpoints; rank 0 writes)
+        self.run = RunFolder(out_dir, self.dist)
+        check_dataset(train_set, "training set", allow_empty=False)
+        check_dataset(test_set, "test set")
+        self.loader_generator, self.train_sampler, self.train_loader, self.test_loader = _loaders(
+            train_set, test_set, self.config, self.dist)
         self.optimizer = build_optimizer(self.config, self.model.parameters())
-        iters = len(self.train_loader)
         self.scheduler = self._build_scheduler()
         self.amp_dtype = None
         if train.amp:
             self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=train.amp and self.device.type == "cuda")
-        self.epoch = 0
-        self.iteration = 0
-        self.total_iterations = train.epochs * iters
+        self._position = Position(total_iterations=train.epochs * len(self.train_loader))
         self.best_test_acc = -1.0
         self.history: list[dict[str, Any]] = []
-        #: evaluation averages the logits over t >= readout_start (a component may set it)
-        self.readout_start = 0
         self.progress: EpochProgress | None = None  # the epoch in progress
         self.wall_seconds_before = 0.0  # spent by earlier processes of a resumed run
         self._first_forward = True
+        self._output_steps: int | None = None  # T of the training outputs (summary of a custom model)
         self._stop = StopOnSignal(enabled=False)
-        self._last_saved: str | None = None  # where last.pt stands, in words
-        self._last_pt_is_good = False  # written or resumed from here: worth keeping as previous
         self._started = time.perf_counter()
+        self._attach(train_set, owns_loss=bool(owners))
+
+    def _attach(self, train_set: Dataset, owns_loss: bool) -> None:
+        """Give the components their context and attach them; then share the steps over processes."""
+        #: what the components see of the run
+        self.context = TrainingContext(
+            model=self.model, config=self.config, device=self.device, dist=self.dist,
+            train_set=train_set, collate_fn=self.train_loader.collate_fn, position=self._position,
+            default_loss=self.default_loss, backward=self.backward,
+            add_param_group=self.add_param_group, run_dir=self.run.local_path, components=self.components,
+        )
         for component in self.components:
-            component.attach(self)
+            component.attach(self.context)
+        #: evaluation averages the logits over t >= readout_start (a component may declare it)
+        self.readout_start = max((c.readout_start for c in self.components), default=0)
         # under torchrun: how each step's gradients are averaged over the processes
         self._parallel = distributed.ParallelStep(
             self.compute_loss, self.model, self.optimizer, self.dist, self.config.distributed,
-            component_owns_loss=bool(owners), make_output=StepOutput,
+            component_owns_loss=owns_loss, make_output=StepOutput,
         )
 
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
@@ -311,6 +225,18 @@ class Trainer:
         return torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: lr_factor(self.config, it, iters)
         )
+
+    # position in training, shared with the components' context
+    epoch = property(lambda self: self._position.epoch,
+                     lambda self, value: setattr(self._position, "epoch", value))
+    iteration = property(lambda self: self._position.iteration,
+                         lambda self, value: setattr(self._position, "iteration", value))
+    total_iterations = property(lambda self: self._position.total_iterations,
+                                lambda self, value: setattr(self._position, "total_iterations", value))
+
+    def backward(self, loss: Tensor) -> None:
+        """Back-propagate ``loss``, scaled when fp16 mixed precision scales gradients."""
+        self.scaler.scale(loss).backward()
 
     def add_param_group(self, params: Iterable[nn.Parameter]) -> None:
         """Train parameters that live outside the model (e.g. shortcut branches) with the
@@ -333,7 +259,7 @@ class Trainer:
     def compute_loss(self, inputs: Tensor, targets: Tensor) -> StepOutput:
         """The training loss of one batch: the owning component's, else :meth:`default_loss`."""
         for component in self.components:
-            out = component.compute_loss(self, inputs, targets)
+            out = component.compute_loss(self.context, inputs, targets)
             if out is not None:
                 return out
         if self._first_forward:
@@ -342,6 +268,7 @@ class Trainer:
             self._first_forward = False
         else:
             outputs = self.model(inputs)  # (T, B, classes)
+        self._output_steps = outputs.shape[0]
         if outputs.dim() != 3:
             raise UserError(f"the model must return per-time-step logits [T, B, classes], got "
                             f"shape {tuple(outputs.shape)}; add a time axis (outputs.unsqueeze(0))")
@@ -370,11 +297,11 @@ class Trainer:
         with self.autocast():
             out = self._parallel.forward(inputs, targets)
         if not out.backpropagated:
-            self.scaler.scale(self._parallel.scale_loss(out.loss, weight)).backward()
+            self.backward(self._parallel.scale_loss(out.loss, weight))
         self._parallel.sync_gradients(weight)
         self.scaler.unscale_(self.optimizer)  # a no-op without fp16 gradient scaling
         for component in self.components:  # the gradients as computed, before any clipping
-            component.on_backward_end(self)
+            component.on_backward_end(self.context)
         grad_norm = None
         if self.config.train.grad_clip:
             grad_norm = nn.utils.clip_grad_norm_(self.trained_parameters(), self.config.train.grad_clip)
@@ -395,7 +322,7 @@ class Trainer:
         self.scheduler.step()
         self.iteration += 1
         for component in self.components:
-            component.on_step_end(self)
+            component.on_step_end(self.context)
         return out if finite else None
 
     def _is_finite(self, loss: Tensor, grad_norm: Tensor | None) -> bool:
@@ -409,14 +336,11 @@ class Trainer:
         what = (f"the loss is {loss.item()}" if not torch.isfinite(loss.detach())
                 else f"the gradient norm is {float(grad_norm)}" if grad_norm is not None
                 and not torch.isfinite(grad_norm) else "another process saw a non-finite value")
-        kept = "no checkpoint was written yet"
-        if self.out_dir is not None and self._last_saved is not None:
-            kept = f"{str(self.out_dir / 'last.pt')!r} keeps the last good state: {self._last_saved}"
         return TrainingDiverged(
             f"training diverged: {what} in step {self.iteration + 1} (epoch {self.epoch + 1}"
             f"{f', batch {self.progress.batches + 1}' if self.progress else ''}); "
-            f"{kept}. Lower optim.lr, set train.grad_clip, or set train.nonfinite=skip to skip "
-            "such steps"
+            f"{self.run.last_good_state()}. Lower optim.lr, set train.grad_clip, or set "
+            "train.nonfinite=skip to skip such steps"
         )
 
     def _loss_weight(self, batch_index: int, local_size: int) -> float:
@@ -432,24 +356,15 @@ class Trainer:
         p = self.progress
         self.model.train()
         tic, seconds_before = time.perf_counter(), p.seconds
-        batches = self._progress(self.train_loader, f"epoch {epoch + 1}/{self.config.train.epochs}")
-        for inputs, targets in batches:
+        for inputs, targets in self._progress(self.train_loader, epoch):
             inputs, targets = self.to_device(inputs, targets)
             if self.augment is not None:
                 inputs = self.augment(inputs)
             out = self.train_step(inputs, targets, self._loss_weight(p.batches, targets.shape[0]))
-            p.batches += 1
-            if out is None:
-                p.nonfinite += 1
-            else:
-                n = targets.shape[0]
-                p.loss_sum += out.loss.item() * n
-                p.correct += int((out.logits.argmax(1) == targets).sum())
-                p.seen += n
+            p.record(out, targets)
             p.seconds = seconds_before + time.perf_counter() - tic
             self._after_step()
-        loss_sum, correct, seen, nonfinite = self.dist.sum([p.loss_sum, p.correct, p.seen,
-                                                            p.nonfinite])
+        loss_sum, correct, seen, nonfinite = self.dist.sum([p.loss_sum, p.correct, p.seen, p.nonfinite])
         metrics: dict[str, Any] = {"train_loss": loss_sum / seen if seen else None,
                                    "train_acc": correct / seen if seen else None}
         if self.config.train.nonfinite == "skip":
@@ -460,66 +375,79 @@ class Trainer:
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
         tic = time.perf_counter()
         for component in self.components:
-            row.update(component.on_epoch_start(self, epoch))
+            row.update(component.on_epoch_start(self.context, epoch))
         # the epoch's training time includes what its methods do first (a temperature search)
         return EpochProgress(row=row, seconds=time.perf_counter() - tic)
 
     def evaluate(self, loader: DataLoader | None = None) -> dict[str, Any]:
         """Accuracy, loss and mean firing rate of the model on ``loader`` (the test set)."""
+        # skipping non-finite steps, a test sample with non-finite logits counts as wrong
+        nonfinite = "count" if self.config.train.nonfinite == "skip" else "refuse"
         if loader is not None:
             return evaluate_model(self.model, loader, self.device, self.amp_dtype,
-                                  self.config.analysis, self.readout_start)
+                                  self.config.analysis, self.readout_start, nonfinite=nonfinite)
         distributed.sync_buffers(self.model, self.dist)  # rank 0's BN statistics everywhere
         return evaluate_model(self.model, self.test_loader, self.device, self.amp_dtype,
                               self.config.analysis, self.readout_start,
-                              self.dist.sum if self.dist.enabled else None)  # over the shards
+                              self.dist.sum if self.dist.enabled else None,  # over the shards
+                              nonfinite=nonfinite)
 
     # ------------------------------------------------------------------ the run
 
     def method_name(self) -> str:
         """``ann``, or the surrogate's name, refined by each component (``dspike+shortcut``)."""
-        kind = getattr(self.model, "kind", "snn")
-        if kind == "ann":
+        neurons = [m for m in self.model.modules() if isinstance(m, SpikingNeuron)]
+        if getattr(self.model, "kind", "snn") == "ann" or not neurons:  # no spiking neuron
             name = "ann"
         else:
             names = {getattr(m.surrogate, "registry_name", type(m.surrogate).__name__.lower())
-                     for m in self.model.modules() if isinstance(m, SpikingNeuron)}
+                     for m in neurons}
             name = names.pop() if len(names) == 1 else "snn"
         for component in self.components:
             name = component.method_name(name)
         return name
 
+    def time_steps(self) -> int | None:
+        """The model's ``T``: its own attribute, else its encoder's, else the time axis of the
+        last training output (None before any)."""
+        for module in self.model.modules():  # the model first, then its encoder
+            if isinstance(getattr(module, "T", None), int):
+                return module.T
+        return self._output_steps
+
+    def summary(self, wall_seconds: float) -> dict[str, Any]:
+        """What ``summary.json`` holds: method, name, accuracies, times, size, activity, ``T``."""
+        return {
+            "method": self.method_name(),
+            "name": self.config.name or (self.model_args or {}).get("name") or type(self.model).__name__,
+            "best_test_acc": self.best_test_acc,
+            "final_test_acc": self.history[-1]["test_acc"] if self.history else None,
+            "epochs": self.epoch,
+            "wall_seconds": wall_seconds,
+            "train_seconds": sum(row["seconds"] for row in self.history),
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "firing_rate": self.history[-1]["firing_rate"] if self.history else None,
+            "T": self.time_steps(),
+        }
+
     def fit(self) -> dict[str, Any]:
         """Train for ``train.epochs`` epochs, evaluating after each; returns the summary."""
-        train = self.config.train
-        self._prepare_out_dir()
+        self.run.prepare(self.config, self.history)
         tensorboard = None
-        if self.writes and self.config.analysis.tensorboard:
+        if self.run.writes and self.config.analysis.tensorboard:
             from spikegrad.tensorboard_log import TensorBoardLogger
 
-            tensorboard = TensorBoardLogger(self.out_dir / "tensorboard")
+            tensorboard = TensorBoardLogger(self.run.path / "tensorboard")
         start = self._started = time.perf_counter()
         try:  # a stop on a signal is an exception too: close the TensorBoard file
-            with StopOnSignal(enabled=self.out_dir is not None) as self._stop:
-                for epoch in range(self.epoch, train.epochs):
+            with StopOnSignal(enabled=self.run.enabled) as self._stop:
+                for epoch in range(self.epoch, self.config.train.epochs):
                     self._run_epoch(epoch, tensorboard)
         finally:
             if tensorboard is not None:
                 tensorboard.close()
-        summary = {
-            "method": self.method_name(),
-            "name": self.config.name,
-            "best_test_acc": self.best_test_acc,
-            "final_test_acc": self.history[-1]["test_acc"] if self.history else None,
-            "epochs": self.epoch,
-            "wall_seconds": self.wall_seconds_before + time.perf_counter() - start,
-            "train_seconds": sum(row["seconds"] for row in self.history),
-            "params": sum(p.numel() for p in self.model.parameters()),
-            "firing_rate": self.history[-1]["firing_rate"] if self.history else None,
-            "T": getattr(self.model, "T", None),
-        }
-        if self.writes:
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summary = self.summary(self.wall_seconds_before + time.perf_counter() - start)
+        self.run.write_summary(summary)
         return summary
 
     def _run_epoch(self, epoch: int, tensorboard: Any = None) -> None:
@@ -532,26 +460,29 @@ class Trainer:
         if detail is not None:
             row.update(epoch_fields(detail))
         for component in self.components:
-            row.update(component.epoch_metrics(self))
+            row.update(component.epoch_metrics(self.context))
         self.epoch, self.progress = epoch + 1, None
         self.history.append(row)
         self._log_epoch(row)
         improved = row["test_acc"] > self.best_test_acc
         self.best_test_acc = max(self.best_test_acc, row["test_acc"])
-        self._save(row, improved)
-        if self.writes and detail is not None:
-            write_analysis(self.out_dir, detail, epoch + 1)
+        self.run.append_metrics(row)
+        if self.run.enabled:
+            self.save_checkpoint(best=improved)
+        self.run.write_analysis(detail, epoch + 1)
         if tensorboard is not None:
             tensorboard.log_epoch(row)
-            tensorboard.log_gradients(self.out_dir / "gradients.jsonl")
+            tensorboard.log_gradients(self.run.path / GRADIENTS_FILE)
         self._stop_if_requested(saved=True)
 
     # ------------------------------------------------------------------ output
 
-    def _progress(self, loader: DataLoader, desc: str):
+    def _progress(self, loader: DataLoader, epoch: int) -> Iterable:
+        """The loader, behind a progress bar when the terminal is interactive."""
         if self.verbose and self.config.train.progress and sys.stderr.isatty():
             from tqdm import tqdm
 
+            desc = f"epoch {epoch + 1}/{self.config.train.epochs}"
             return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
         return loader
 
@@ -565,44 +496,21 @@ class Trainer:
                                                   "sops", "energy_uj"}
         )
         rate = row.get("firing_rate")
+        loss, train_acc = row["train_loss"], row["train_acc"]  # None: every step was skipped
         print(
-            f"epoch {row['epoch']:>3}/{self.config.train.epochs}  loss {row['train_loss']:.4f}  "
-            f"train {100 * row['train_acc']:5.1f}%  test {100 * row['test_acc']:5.1f}%  "
+            f"epoch {row['epoch']:>3}/{self.config.train.epochs}  loss "
+            + ("-" if loss is None else f"{loss:.4f}") + "  train "
+            + ("  -  " if train_acc is None else f"{100 * train_acc:5.1f}") + f"%  test "
+            f"{100 * row['test_acc']:5.1f}%  "
             f"lr {row['lr']:.3g}" + (f"  rate {rate:.3f}" if rate is not None else "")
             + extras + f"  {row['seconds']:.1f}s",
             flush=True,
         )
 
-    def _prepare_out_dir(self) -> None:
-        """Check rank 0 can write the run folder before training starts (all processes stop if
-        not); write ``config.yaml`` and ``metrics.jsonl`` (the rows so far, on a resume)."""
-        error = None
-        if self.writes:
-            try:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                probe = self.out_dir / ".write-test"
-                probe.write_text("")
-                probe.unlink()
-            except OSError as exc:
-                error = UserError(f"cannot write to the run folder {str(self.out_dir)!r}: {exc}")
-        self.dist.agree(error)
-        if not self.writes:
-            return
-        (self.out_dir / "config.yaml").write_text(self.config.to_yaml())
-        (self.out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        if self._last_saved is None:  # a fresh run: an older run's fallback is no fallback
-            previous_path(self.out_dir / "last.pt").unlink(missing_ok=True)
-
     # ------------------------------------------------------------------ checkpoints and resume
 
-    def checkpoint_state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """Everything a checkpoint holds besides the model weights (collective under DDP)."""
-        progress = None
-        if self.progress is not None:  # mid-epoch: the training sums over all processes
-            p = self.progress
-            totals = self.dist.sum([p.loss_sum, p.correct, p.seen, p.nonfinite])
-            progress = {**p.to_dict(), "loss_sum": totals[0], "correct": int(totals[1]),
-                        "seen": int(totals[2]), "nonfinite": int(totals[3])}
         return {
             "config": self.config.to_dict(),
             "epoch": self.epoch,
@@ -614,10 +522,10 @@ class Trainer:
             "components": {c.name: c.state_dict() for c in self.components},
             "method": self.method_name(),
             "history": self.history,
-            "progress": progress,
+            "progress": self.run.progress_totals(self.progress),  # mid-epoch: sums over processes
             "order": {"generator": self.loader_generator.get_state(),
                       "epoch_start": self.train_sampler.epoch_start_state},
-            "rng": self.dist.gather(rng_state()),  # one entry per process
+            "rng": self.run.rng_states(),  # one entry per process
             "world_size": self.dist.world_size,
             "wall_seconds": self.wall_seconds_before + time.perf_counter() - self._started,
         }
@@ -629,18 +537,9 @@ class Trainer:
         goes (:data:`spikegrad.resume.MAY_DIFFER_ON_RESUME`), unless ``allow_config_change``.
         Rank 0 reads the file and sends it to the other processes.
         """
-        payload, error = None, None
-        if self.dist.is_main:
-            try:
-                payload = load_checkpoint(path)
-                if not allow_config_change:
-                    check_resume_config(payload["config"], self.config, str(path))
-            except UserError as exc:
-                error = exc
-        self.dist.agree(error)
-        self.restore(self.dist.broadcast(payload), str(path))
+        self.load_state_dict(self.run.read_checkpoint(path, self.config, allow_config_change), str(path))
 
-    def restore(self, payload: dict[str, Any], source: str = "checkpoint") -> None:
+    def load_state_dict(self, payload: dict[str, Any], source: str = "checkpoint") -> None:
         """Continue from a checkpoint (:func:`spikegrad.checkpoint.load_checkpoint`'s payload):
         weights, optimizer, schedule, scaler, components, RNG states, data order, position."""
         needed = ("optimizer", "scheduler", "scaler", "rng", "order", "history", "progress")
@@ -650,22 +549,22 @@ class Trainer:
                             f"{', '.join(missing)}); it was written by an older spikegrad or for "
                             "evaluation only")
         stored = payload.get("components", {})
-        names = [c.name for c in self.components]
-        if sorted(stored) != sorted(names):
+        # a component without state (gradient diagnostics) may come or go
+        have = {c.name: c for c in self.components if c.name in stored or c.state_dict()}
+        if sorted(n for n in stored if stored[n] or n in have) != sorted(have):
             raise UserError(f"{source!r} was trained with the components {sorted(stored)} but this "
-                            f"run has {sorted(names)}; resume with the run's own config")
+                            f"run has {sorted(c.name for c in self.components)}; resume with the "
+                            "run's own config")
         load_weights(self.model, payload["model"], source)
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.scaler.load_state_dict(payload["scaler"])
-        for component in self.components:
-            component.load_state_dict(stored[component.name])
+        for name, component in have.items():
+            component.load_state_dict(stored[name])
         self.epoch, self.iteration = int(payload["epoch"]), int(payload["iteration"])
         self.best_test_acc = float(payload["best_test_acc"])
         self.history = [dict(row) for row in payload["history"]]
         self.wall_seconds_before = float(payload.get("wall_seconds", 0.0))
-        self._last_saved = self.position()
-        self._last_pt_is_good = self.out_dir is not None and Path(source) == self.out_dir / "last.pt"
         rng = payload["rng"]
         if len(rng) == self.dist.world_size:
             set_rng_state(rng[self.dist.rank])
@@ -675,6 +574,9 @@ class Trainer:
                 print(f"note: {source!r} was written by {len(rng)} processes, this run has "
                       f"{self.dist.world_size}: it continues, but not bit for bit", flush=True)
         self._restore_data_order(payload["order"], payload["progress"])
+        self.run.resumed_from(source, self.position())
+
+    restore = load_state_dict  # the name it had
 
     def _restore_data_order(self, order: dict[str, Any], progress: dict[str, Any] | None) -> None:
         """Replay the shuffle. A DataLoader draws its workers' base seed from the shuffling
@@ -692,42 +594,27 @@ class Trainer:
         else:
             self.loader_generator.set_state(order["generator"])
 
+    def save_checkpoint(self, best: bool = False) -> None:
+        """Write ``last.pt`` (and ``best.pt`` if ``best``) into the run folder (collective)."""
+        self.run.save_checkpoint(self.model, self.model_args, self.state_dict(), self.position(), best)
+
     def _after_step(self) -> None:
         """Every ``train.checkpoint_every`` iterations, and on a stop request, save ``last.pt``."""
         every = self.config.train.checkpoint_every
         saved = False
         if every and self.iteration % every == 0 and self.progress.batches < len(self.train_loader):
-            self._save_checkpoint()
+            self.save_checkpoint()
             saved = True
         self._stop_if_requested(saved)
 
     def _stop_if_requested(self, saved: bool) -> None:
         """If SIGTERM/SIGINT arrived (in any process), save unless just done, and stop."""
-        if not self._stop.enabled or not self.dist.any(self._stop.signum is not None)[0]:
+        if not self.run.stop_requested(self._stop):
             return
         if not saved:
-            self._save_checkpoint()
+            self.save_checkpoint()
         signum = self._stop.signum or signal.SIGTERM
-        raise TrainingStopped(signum, self.out_dir / "last.pt", self.position())
-
-    def _save_checkpoint(self, best: bool = False) -> None:
-        """Write ``last.pt`` (keeping the one before as ``last.prev.pt``) and, if ``best``,
-        ``best.pt``; a failed write leaves the previous files as they were."""
-        state = self.checkpoint_state()
-        error = None
-        if self.writes:
-            try:
-                if best:
-                    save_checkpoint(self.out_dir / "best.pt", self.model, self.model_args, **state)
-                save_checkpoint(self.out_dir / "last.pt", self.model, self.model_args,
-                                keep_previous=self._last_pt_is_good, **state)
-            except OSError as exc:
-                kept = ("no earlier checkpoint" if self._last_saved is None else
-                        f"'last.pt' keeps {self._last_saved}")
-                error = UserError(f"cannot write a checkpoint to {str(self.out_dir)!r}: {exc}; "
-                                  f"{kept}. Free space or choose another --out, then --resume")
-        self.dist.agree(error)
-        self._last_saved, self._last_pt_is_good = self.position(), True
+        raise TrainingStopped(signum, self.run.last_checkpoint, self.position())
 
     def position(self) -> str:
         """Where training stands, in words: ``epoch 2, batch 5 (iteration 50)`` or ``the end of
@@ -738,10 +625,3 @@ class Trainer:
         if self.progress is not None:  # an epoch about to start
             return f"the start of epoch {self.epoch + 1} (iteration {self.iteration})"
         return f"the end of epoch {self.epoch} (iteration {self.iteration})"
-
-    def _save(self, row: dict[str, Any], improved: bool) -> None:
-        if self.writes:
-            with (self.out_dir / "metrics.jsonl").open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
-        if self.out_dir is not None:
-            self._save_checkpoint(best=improved)

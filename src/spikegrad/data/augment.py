@@ -57,13 +57,24 @@ def _random_shift(x: Tensor, max_shift: int, mode: str) -> Tensor:
     return out.permute(0, 3, 1, 2)
 
 
+MAX_SHIFT = 256  # pixels; a larger crop padding or roll is a typo (and a huge padded batch)
+
+
+def _shift(name: str, value: int, limit: int = MAX_SHIFT) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        raise UserError(f"{name} takes a whole number of pixels in [0, {limit}], got {value!r}")
+    return value
+
+
 def random_crop(padding: int) -> BatchOp:
     """Zero-pad by ``padding`` pixels and crop back at a random offset per sample."""
+    padding = _shift("crop", padding)
     return lambda x: _per_sample(lambda b: _random_shift(b, padding, "constant"), x)
 
 
 def random_roll(max_shift: int) -> BatchOp:
     """Roll (circular shift) each sample by up to ``max_shift`` pixels in each direction."""
+    max_shift = _shift("roll", max_shift)
     return lambda x: _per_sample(lambda b: _random_shift(b, max_shift, "circular"), x)
 
 
@@ -148,8 +159,11 @@ def build_augmentation(spec: Sequence[str] | None, info: DatasetInfo | None = No
         kwargs = {}
         if name in _NEEDS_STATS and info is not None:
             kwargs = {"mean": info.mean, "std": info.std}
+        args = _parse_argument(name, arg)
+        if name in ("crop", "roll") and args and info is not None and len(info.sample_shape) >= 2:
+            _shift(f"augmentation {item!r}", args[0], min(info.sample_shape[-2:]))  # at most a side
         try:
-            ops.append(_OPS[name](*_parse_argument(name, arg), **kwargs))
+            ops.append(_OPS[name](*args, **kwargs))
         except (TypeError, ValueError) as exc:
             raise UserError(f"augmentation {item!r}: {exc}") from exc
     return compose(ops)

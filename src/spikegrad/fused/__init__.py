@@ -8,20 +8,29 @@ and the same gradients up to rounding. It chooses a *backend*:
 - ``"cpu"``: a C++ kernel compiled on first use (:mod:`spikegrad.fused.cpu`);
 - ``"triton"``: a Triton kernel for CUDA tensors (:mod:`spikegrad.fused.triton_lif`);
 - ``"auto"`` (default): ``triton`` for CUDA tensors, ``cpu`` for CPU tensors, when the
-  kernel can run this call (float32/float64, a scalar leak); otherwise the reference.
-  ``$SPIKEGRAD_NEURON_BACKEND`` replaces ``auto`` (e.g. ``reference`` to switch the fast
-  paths off everywhere).
+  kernel can run this call (a scalar leak, a state of the input's dtype); otherwise the
+  reference. ``$SPIKEGRAD_NEURON_BACKEND`` replaces ``auto`` (e.g. ``reference`` to switch
+  the fast paths off everywhere).
 
-An explicitly requested kernel that cannot run (no compiler, Triton missing, half
-precision) falls back to the reference with a one-time warning; one asked for on the wrong
-device is a :class:`~spikegrad.errors.UserError`.
+An explicitly requested kernel that cannot run (no compiler, Triton missing) falls back to
+the reference with a one-time warning; one asked for on the wrong device is a
+:class:`~spikegrad.errors.UserError`.
+
+Mixed precision (float16 and bfloat16 tensors, e.g. the currents a convolution hands a
+neuron under autocast): the kernels load the input's dtype, run the recurrence and the
+surrogate in float32 and store the spikes (exactly 0 or 1), the final state and the
+gradients in the input's dtype, rounded to nearest even. Spikes equal those of the
+reference run in float32 on the same (half-precision) values, and gradients are that
+reference's gradients rounded once to the input's dtype; the reference loop itself would
+round every intermediate. The potentials returned for monitoring are float32. For Triton
+the potentials kept for backward are float32 too (:mod:`spikegrad.fused.triton_lif` says why).
 
 What backward keeps (the lean-memory design): the CPU kernel saves only the input current
 ``x`` (one tensor of the size of the potentials) and recomputes the potentials ``h_t``
 block by block in cache during backward; the Triton kernel saves ``h_t`` (recompute
-would need the whole time history per thread). Neither saves spikes, masks or surrogate
-values; the reference keeps three tensors per time step (hard reset: ``h - threshold``,
-``h`` and ``1 - s``).
+would need the whole time history per thread), in float32 for half-precision inputs.
+Neither saves spikes, masks or surrogate values; the reference keeps three tensors per
+time step (hard reset: ``h - threshold``, ``h`` and ``1 - s``), in the input's dtype.
 """
 
 from __future__ import annotations
@@ -42,9 +51,10 @@ from spikegrad.fused.formulas import GIVEN, kernel_formula
 __all__ = ["BACKENDS", "FusedNeuron", "multistep", "resolve_backend"]
 
 BACKENDS = ("auto", "reference", "cpu", "triton")
-KERNEL_DTYPES = (torch.float32, torch.float64)
+KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
-NeuronConstants = tuple[float, float, float, float, float]  # leak, input_scale, threshold, v_reset, v_init
+# leak (a 0-dim CUDA tensor when learnable there), input_scale, threshold, v_reset, v_init
+NeuronConstants = tuple[float | Tensor, float, float, float, float]
 
 
 class KernelOps(Protocol):
@@ -108,7 +118,7 @@ class FusedNeuron(torch.autograd.Function):
         ctx.mark_non_differentiable(h)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(v0, leak, *saved)
-        ctx.ops, ctx.params, ctx.surrogate, ctx.neuron = ops, params, surrogate, neuron
+        ctx.ops, ctx.params, ctx.surrogate, ctx.neuron, ctx.dtype = ops, params, surrogate, neuron, x.dtype
         return spikes, v_final, h
 
     @staticmethod
@@ -116,9 +126,10 @@ class FusedNeuron(torch.autograd.Function):
     def backward(ctx, grad_s: Tensor | None, grad_v_final: Tensor | None, _grad_h=None):  # type: ignore[override]
         v0, leak, *saved = ctx.saved_tensors
         want_x, want_v0, want_leak = ctx.needs_input_grad[:3]
-        like = saved[0]
-        grad_s = torch.zeros_like(like) if grad_s is None else grad_s.contiguous()
-        grad_v_final = None if grad_v_final is None else grad_v_final.contiguous()
+        like = saved[0]  # [T, N]; the backends take grad_s in the input's dtype
+        grad_s = like.new_zeros(like.shape, dtype=ctx.dtype) if grad_s is None else \
+            grad_s.to(ctx.dtype).contiguous()
+        grad_v_final = None if grad_v_final is None else grad_v_final.to(ctx.dtype).contiguous()
         dx, dv0, dleak = ctx.ops.backward(tuple(saved), v0, grad_s, grad_v_final, ctx.neuron, ctx.params,
                                           ctx.surrogate, want_v0 and v0 is not None, want_leak)
         if want_leak:
@@ -128,8 +139,16 @@ class FusedNeuron(torch.autograd.Function):
 
 
 def constants(params: NeuronParams) -> NeuronConstants:
-    """``(leak, input_scale, threshold, v_reset, v_init)`` as Python floats."""
-    leak = float(params.leak)  # a learnable leak: its current value
+    """``(leak, input_scale, threshold, v_reset, v_init)`` as Python floats.
+
+    A learnable leak on a CUDA device stays a (detached) 0-dim tensor there: reading its
+    value on the host would wait for the GPU; the Triton kernels take it as it is.
+    """
+    leak = params.leak
+    if isinstance(leak, Tensor):
+        leak = leak.detach()
+    if not (isinstance(leak, Tensor) and leak.is_cuda):
+        leak = float(leak)  # a constant leak, or a learnable one on the CPU: its current value
     return leak, float(params.input_scale), float(params.threshold), float(params.v_reset), \
         float(params.initial_potential)
 
@@ -189,7 +208,7 @@ def resolve_backend(backend: str, x: Tensor, params: NeuronParams, state: Neuron
 
 def _unsupported(x: Tensor, params: NeuronParams, state: NeuronState | None) -> str | None:
     if x.dtype not in KERNEL_DTYPES:
-        return f"{x.dtype} tensors (only float32 and float64)"
+        return f"{x.dtype} tensors (only float32, float64, float16 and bfloat16)"
     if x.numel() == 0:
         return "empty tensors"
     leak = params.leak

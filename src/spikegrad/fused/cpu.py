@@ -6,9 +6,11 @@ cached under ``$SPIKEGRAD_CACHE_DIR`` (default ``~/.cache/spikegrad``), keyed by
 source, flags, compiler and CPU, and rebuilt only when one of them changes. Flags:
 ``-O3 -march=native -fopenmp -ffp-contract=off`` (no FMA contraction, so that the charge
 ``leak·u + scale·x`` rounds exactly as the reference's two products and sum; no
-``-ffast-math``). If ``-march=native`` or OpenMP is refused, it retries without them. If
-no build works, :func:`library` warns once and returns ``None``; callers then use the
-reference loop.
+``-ffast-math``) and ``-fno-trapping-math`` (floating-point exceptions are not observed, so
+the compiler may evaluate both sides of a select, which lets the float16 conversions'
+loops vectorise; no result changes). If ``-march=native`` or OpenMP is
+refused, it retries without them. If no build works, :func:`library` warns once and returns
+``None``; callers then use the reference loop.
 
 OpenMP threads follow ``torch.get_num_threads()``; the library links ``libgomp.so.1``,
 which resolves to the copy torch has already loaded, so both share one thread pool.
@@ -32,11 +34,12 @@ from torch import Tensor
 
 __all__ = ["block_size", "library", "pack_bits", "unpack_bits"]
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 SOURCE = Path(__file__).with_name("lif_cpu.cpp")
-BASE_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno")
+BASE_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno",
+              "-fno-trapping-math")
 OPTIONAL_FLAGS = (("-march=native", "-fopenmp"), ("-fopenmp",), ())
-DTYPE_CODES = {torch.float32: 0, torch.float64: 1}
+DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
 _int64, _double_p, _void_p = ctypes.c_int64, ctypes.POINTER(ctypes.c_double), ctypes.c_void_p
 
@@ -90,6 +93,7 @@ def _load(path: Path) -> ctypes.CDLL:
                                     _void_p, _double_p, _int64, _int64, _double_p, _double_p, ctypes.c_int,
                                     ctypes.c_int, ctypes.c_int, _int64, ctypes.c_int]
     lib.sg_surrogate_eval.argtypes = [ctypes.c_int, ctypes.c_int, _double_p, _void_p, _void_p, _int64]
+    lib.sg_convert.argtypes = [ctypes.c_int, ctypes.c_int, _void_p, _void_p, _int64]
     lib.sg_pack_bits.argtypes = [ctypes.c_int, _void_p, _void_p, _int64, ctypes.c_int]
     lib.sg_pack_bits.restype = _int64
     lib.sg_unpack_bits.argtypes = [ctypes.c_int, _void_p, _void_p, _int64, ctypes.c_int]
@@ -159,6 +163,12 @@ def empty_like(x: Tensor, shape: tuple[int, ...] | torch.Size | None = None, dty
     return out
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The kernel's arithmetic: float64 for float64 tensors, float32 for the others (float16 and
+    bfloat16 are widened on load and rounded to nearest even where stored)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -169,12 +179,13 @@ def _doubles(values) -> ctypes.Array:
 
 def forward(x: Tensor, v0: Tensor | None, neuron: tuple[float, ...], hard: bool,
             want_h: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Spikes ``[T, N]``, final potential ``[N]`` and optionally ``h`` ``[T, N]`` for a
-    contiguous ``x`` ``[T, N]``; ``neuron = (leak, input_scale, threshold, v_reset, v_init)``."""
+    """Spikes ``[T, N]`` and final potential ``[N]`` (both of ``x``'s dtype), and optionally ``h``
+    ``[T, N]`` (of :func:`compute_dtype`), for a contiguous ``x`` ``[T, N]``;
+    ``neuron = (leak, input_scale, threshold, v_reset, v_init)``."""
     lib = library()
     T, N = x.shape
     spikes, v_final = empty_like(x), x.new_empty(N)
-    h = empty_like(x) if want_h else None
+    h = empty_like(x, dtype=compute_dtype(x.dtype)) if want_h else None
     lib.sg_lif_forward(DTYPE_CODES[x.dtype], _ptr(x), _ptr(v0), _ptr(spikes), _ptr(v_final), _ptr(h), T, N,
                        _doubles(neuron), int(hard), block_size(T), torch.get_num_threads())
     return spikes, v_final, h
@@ -184,7 +195,10 @@ def backward(x: Tensor, v0: Tensor | None, grad_s: Tensor, grad_v_final: Tensor 
              g_given: Tensor | None, neuron: tuple[float, ...], kind: int, surrogate: tuple[float, ...],
              hard: bool, detach: bool, want_v0: bool, want_leak: bool
              ) -> tuple[Tensor, Tensor | None, float | None]:
-    """``(dL/dx [T, N], dL/dv0 [N] or None, dL/dleak or None)``; all inputs contiguous."""
+    """``(dL/dx [T, N], dL/dv0 [N] or None, dL/dleak or None)``; all inputs contiguous, of ``x``'s
+    dtype except ``g_given`` (of :func:`compute_dtype`)."""
+    if g_given is not None and g_given.dtype != compute_dtype(x.dtype):
+        raise TypeError(f"g_given must be {compute_dtype(x.dtype)}, got {g_given.dtype}")
     lib = library()
     T, N = x.shape
     block = block_size(T)
@@ -210,6 +224,18 @@ def surrogate_eval(kind: int, surrogate: tuple[float, ...], x: Tensor) -> Tensor
     if library().sg_surrogate_eval(DTYPE_CODES[x.dtype], kind, _doubles(surrogate), _ptr(x), _ptr(out),
                                    x.numel()) != 0:
         raise ValueError(f"unknown surrogate kind {kind}")
+    return out
+
+
+def convert(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """The kernel's own conversion of ``x`` (for tests): float16/bfloat16 to float32, or float32 to
+    ``dtype`` (float16 or bfloat16)."""
+    half = x.dtype if x.dtype != torch.float32 else dtype
+    x = x.contiguous()
+    out = torch.empty(x.shape, dtype=torch.float32 if x.dtype != torch.float32 else dtype)
+    if library().sg_convert(DTYPE_CODES[half], int(x.dtype == torch.float32), _ptr(x), _ptr(out),
+                            x.numel()) != 0:
+        raise ValueError(f"no conversion between {x.dtype} and {dtype}")
     return out
 
 

@@ -31,15 +31,16 @@ import torch
 from torch import Tensor, nn
 
 from spikegrad.alignment import probe_batch
+from spikegrad.component import Component, TrainingContext
 from spikegrad.config import DspikeConfig
 from spikegrad.errors import UserError
 from spikegrad.fdg import ForwardFn, LossFn, resolve_layer, sample_weight_indices, weight_layers
 from spikegrad.neurons import SpikingNeuron
 from spikegrad.surrogates import Dspike
 from spikegrad.temperature_search import Decision, decide, similarity_matrix
-from spikegrad.trainer import Component, Trainer
 
-__all__ = ["AdaptiveTemperature", "TemperatureGroup", "candidate_temperatures", "choose_temperature"]
+__all__ = ["AdaptiveTemperature", "TemperatureGroup", "candidate_temperatures", "choose_temperature",
+           "search_objective"]
 
 GLOBAL = "model"  # group name of the single temperature
 
@@ -74,24 +75,31 @@ def _dspike_neurons(module: nn.Module) -> list[SpikingNeuron]:
     return [m for m in module.modules() if isinstance(m, SpikingNeuron) and isinstance(m.surrogate, Dspike)]
 
 
-def probe_seed(seed: int, n: int) -> int:
-    """Seed of probe batch ``n`` of a search seeded with ``seed`` (batch 0: ``seed`` itself)."""
-    return seed + 7_919_111 * n
-
-
 def _by_candidate(candidates: Sequence[float], values: Sequence[float]) -> dict[str, float]:
     return {f"{b:.6g}": v for b, v in zip(candidates, values, strict=True)}
 
 
-def search_objective(trainer: Trainer) -> tuple[ForwardFn | None, LossFn]:
-    """The forward function and loss the search differentiates: those of the component that
-    defines ``search_objective(trainer)`` (a component that owns the training loss), else the
-    plain forward pass and ``trainer.default_loss``."""
-    for component in trainer.components:
-        objective = getattr(component, "search_objective", None)
+def search_objective(ctx: TrainingContext) -> tuple[ForwardFn | None, LossFn]:
+    """The forward function and loss the search differentiates.
+
+    Every component of the run (``ctx.components``) is asked for an optional
+    ``search_objective(ctx) -> (forward, loss_fn) | None`` (see
+    :meth:`spikegrad.component.Component.search_objective`): a component that owns the
+    training loss returns ``forward(model, inputs) -> outputs`` and ``loss_fn(outputs,
+    targets) -> loss`` so that the FDG and the surrogate gradients are those of the loss the
+    run trains on (e.g. shortcut branches: main head + λ·branches). At most one may answer;
+    without one, the plain forward pass (``None``) and ``ctx.default_loss``.
+    """
+    found = []
+    for component in ctx.components:
+        hook = getattr(component, "search_objective", None)
+        objective = hook(ctx) if hook is not None else None
         if objective is not None:
-            return objective(trainer)
-    return None, trainer.default_loss
+            found.append((component.name, objective))
+    if len(found) > 1:
+        raise UserError(f"the Dspike temperature search can differentiate one training loss, but components "
+                        f"{[name for name, _ in found]} each define one; disable all but one of them")
+    return found[0][1] if found else (None, ctx.default_loss)
 
 
 class AdaptiveTemperature(Component):
@@ -107,7 +115,7 @@ class AdaptiveTemperature(Component):
 
     name = "dspike"
 
-    def __init__(self, config: DspikeConfig | None = None, seed: int = 0) -> None:
+    def __init__(self, config: DspikeConfig | None = None, *, seed: int = 0) -> None:
         self.config = config if config is not None else DspikeConfig()
         offsets = self.config.candidates
         if not offsets or not all(isinstance(j, (int, float)) and not isinstance(j, bool) for j in offsets):
@@ -124,6 +132,11 @@ class AdaptiveTemperature(Component):
         self.groups: list[TemperatureGroup] = []
         self.temperatures: dict[str, float] = {}
         self.decisions: dict[str, Decision] = {}  # of the last search, per group
+
+    @classmethod
+    def from_config(cls, section: DspikeConfig, *, seed: int = 0) -> AdaptiveTemperature:
+        """From the ``dspike`` section; ``seed`` (``train.seed``) draws the probe batches and weights."""
+        return cls(section, seed=seed)
 
     # ------------------------------------------------------------------ set-up
 
@@ -148,8 +161,8 @@ class AdaptiveTemperature(Component):
                             "and Dspike neurons; use one global temperature (dspike.per_layer=false)")
         return groups
 
-    def attach(self, trainer: Trainer) -> None:
-        self.groups = self.build_groups(trainer.model)
+    def attach(self, ctx: TrainingContext) -> None:
+        self.groups = self.build_groups(ctx.model)
         b0 = self.config.b0 if self.config.b0 is not None else self.groups[0].neurons[0].surrogate.temperature
         if b0 < self.config.b_min:
             raise UserError(f"the initial Dspike temperature {b0:g} is below dspike.b_min "
@@ -167,7 +180,7 @@ class AdaptiveTemperature(Component):
     # ------------------------------------------------------------------ the search
 
     def search_group(
-        self, trainer: Trainer, group: TemperatureGroup, batches: list[tuple[Tensor, Tensor]],
+        self, ctx: TrainingContext, group: TemperatureGroup, batches: list[tuple[Tensor, Tensor]],
         generator: torch.Generator,
     ) -> Decision:
         """Choose and set the group's temperature on the probe batches; returns the decision."""
@@ -179,41 +192,48 @@ class AdaptiveTemperature(Component):
         if rms == 0.0:
             raise UserError(f"the weights of {group.layer_name} are all zero; the FDG step "
                             "dspike.epsilon is relative to their RMS")
-        forward, loss_fn = search_objective(trainer)
+        forward, loss_fn = search_objective(ctx)
         current = self.temperatures[group.name]
         candidates = candidate_temperatures(current, cfg.delta, cfg.candidates, cfg.b_min)
         if cfg.rule == "significant" and current not in candidates:
             candidates = sorted([*candidates, current])  # the rule compares every candidate with b
         assignments = [{n: n.surrogate.with_sharpness(b) for n in group.neurons} for b in candidates]
         try:
-            similarities = similarity_matrix(trainer.model, group.layer, batches, index_sets,
+            similarities = similarity_matrix(ctx.model, group.layer, batches, index_sets,
                                              cfg.epsilon * rms, assignments, loss_fn, cfg.bn_mode, forward,
                                              cfg.max_stacked)
         except UserError as exc:
             raise UserError(f"{group.layer_name}: {exc}") from exc
         decision = decide(cfg.rule, candidates, similarities, current)
-        chosen = trainer.dist.broadcast(decision.chosen)  # one decision for every process
+        chosen = ctx.dist.broadcast(decision.chosen)  # one decision for every process
         self.temperatures[group.name] = chosen
         group.set(chosen)
         return decision
 
-    def search(self, trainer: Trainer, epoch: int) -> dict[str, dict[str, float]]:
+    def probe_seed(self, epoch: int, n: int = 0) -> int:
+        """The seed of probe batch ``n`` of ``epoch``'s search; batch 0's also draws the probed
+        weights of every batch (one index set per batch, in batch order)."""
+        return self.seed * 1_000_003 + epoch + 7_919_111 * n
+
+    def probe_batches(self, ctx: TrainingContext, epoch: int) -> list[tuple[Tensor, Tensor]]:
+        """The ``probe_batches`` fixed mini-batches of ``epoch``'s search, on ``ctx.device``."""
+        return [probe_batch(ctx.model, ctx.train_set, self.config.batch_size, self.probe_seed(epoch, n),
+                            ctx.device, ctx.collate_fn) for n in range(self.config.probe_batches)]
+
+    def search(self, ctx: TrainingContext, epoch: int) -> dict[str, dict[str, float]]:
         """One search over every group on the epoch's probe batches; group -> candidate -> mean
         similarity (the full decisions are kept in ``self.decisions``)."""
-        seed = self.seed * 1_000_003 + epoch
-        loader = trainer.train_loader
-        batches = [probe_batch(trainer.model, loader.dataset, self.config.batch_size, probe_seed(seed, n),
-                               trainer.device, loader.collate_fn) for n in range(self.config.probe_batches)]
-        generator = torch.Generator().manual_seed(seed)  # the probed weights
-        self.decisions = {g.name: self.search_group(trainer, g, batches, generator) for g in self.groups}
+        batches = self.probe_batches(ctx, epoch)
+        generator = torch.Generator().manual_seed(self.probe_seed(epoch))  # the probed weights
+        self.decisions = {g.name: self.search_group(ctx, g, batches, generator) for g in self.groups}
         return {name: _by_candidate(d.candidates, d.mean) for name, d in self.decisions.items()}
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> dict[str, Any]:
+    def on_epoch_start(self, ctx: TrainingContext, epoch: int) -> dict[str, Any]:
         row: dict[str, Any] = {}
         if epoch > 0 and epoch % self.config.every == 0:
             tic = time.perf_counter()
             self.decisions = {}
-            similarities = self.search(trainer, epoch)
+            similarities = self.search(ctx, epoch)
             row["dspike_search_seconds"] = time.perf_counter() - tic
             row["dspike_similarity"] = similarities[self.groups[0].name]
             first = self.decisions.get(self.groups[0].name)

@@ -20,16 +20,14 @@ as it exists, so at most one unit's graph is alive.
 local in time too and memory does not grow with ``T``. Running sums ``S_{l,t} = S_{l,t-1} +
 s_{l,t}`` (the past detached) give rates ``r_{l,t} = S_{l,t}/(t+1)``; from ``t = T_warm`` on
 each step adds ``Σ_l C_l·MSE(r_{l,t}, â_l) + CE(readout(r_{L,t}), y)`` and is
-back-propagated at once. Inference averages the readout over ``t >= T_warm`` (the trainer's
+back-propagated at once. Inference averages the readout over ``t >= T_warm`` (the component's
 ``readout_start``; ``spikegrad eval`` reads it from the stored config).
 """
 
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,20 +35,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from spikegrad.config import Config, LTLConfig
+from spikegrad.component import Component, StepOutput, TrainingContext
+from spikegrad.config import LTL_MODES, LTL_STUDENT_INITS, Config, LTLConfig
 from spikegrad.data.loader import collate_for
 from spikegrad.errors import UserError
 from spikegrad.methods.teacher_init import init_student_from_teacher
+from spikegrad.modes import eval_mode
 from spikegrad.neurons import streaming
-from spikegrad.trainer import Component, StepOutput, Trainer
 
 __all__ = [
-    "LocalTandemLearning", "build_ltl", "distillation_loss", "normalised_targets",
-    "offline_unit_outputs", "online_running_rates", "pair_units", "percentile", "readout_start",
-    "resolve_T_warm", "resolve_teacher", "teacher_activations",
+    "LocalTandemLearning", "distillation_loss", "normalised_targets", "offline_unit_outputs",
+    "online_running_rates", "pair_units", "percentile", "readout_start", "resolve_T_warm",
+    "teacher_activations",
 ]
 
+#: p of the target normalisation for each mode (``ltl.mode`` but none), when ltl.percentile is None
 DEFAULT_PERCENTILE = {"offline": 99.9, "online": 99.0}
+assert set(DEFAULT_PERCENTILE) == set(LTL_MODES) - {"none"}
 
 
 # --------------------------------------------------------------------------- targets
@@ -109,21 +110,6 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
 # --------------------------------------------------------------------------- pairing
 
 
-class _EvalMode:
-    """Put modules in eval mode for a block and restore each submodule's flag afterwards."""
-
-    def __init__(self, *models: nn.Module) -> None:
-        self.flags = [(m, m.training) for model in models for m in model.modules()]
-
-    def __enter__(self) -> None:
-        for m, _ in self.flags:
-            m.training = False
-
-    def __exit__(self, *exc) -> None:
-        for m, flag in self.flags:
-            m.training = flag
-
-
 def _check_network(model: nn.Module, role: str) -> None:
     for attr in ("units", "encode", "classifier"):
         if not hasattr(model, attr):
@@ -142,7 +128,7 @@ def pair_units(student: nn.Module, teacher: nn.Module, example: Tensor) -> list[
     _check_network(student, "student")
     _check_network(teacher, "teacher")
     s_units, t_units = student.units(), teacher.units()
-    with _EvalMode(student, teacher):
+    with eval_mode(student, teacher):
         s_h, t_h = student.encode(example), teacher.encode(example)
         for i in range(max(len(s_units), len(t_units))):
             if i >= len(s_units) or i >= len(t_units):
@@ -221,12 +207,16 @@ def readout_start(config: Config, T: int) -> int:
 # --------------------------------------------------------------------------- the component
 
 
+_DEFAULT = LTLConfig()  # the constructor's defaults are the config's
+
+
 class LocalTandemLearning(Component):
     """LTL as a trainer component: owns the loss and back-propagates unit by unit (or step by step).
 
     Args:
         teacher: the trained ANN twin of the student (``kind="ann"``, ``T = 1``).
         mode: ``"offline"`` or ``"online"``.
+        The other arguments default to the ``ltl`` section's defaults:
         percentile: p of the target normalisation (None: 99.9 offline, 99 online).
         layer_weights: ``C_l`` per unit (None or empty: 1 each).
         T_warm: online: first step with a loss and in the readout (None: ``⌊3T/4⌋``).
@@ -238,23 +228,27 @@ class LocalTandemLearning(Component):
     """
 
     name = "ltl"
+    owns_loss = True
 
     def __init__(
         self,
         teacher: nn.Module,
-        mode: str = "offline",
-        percentile: float | None = None,
+        mode: str,
+        *,
+        percentile: float | None = _DEFAULT.percentile,
         layer_weights: Sequence[float] | None = None,
-        T_warm: int | None = None,
-        distill: float = 0.0,
-        distill_temperature: float = 4.0,
-        student_init: str = "random",
-        init_batches: int = 4,
+        T_warm: int | None = _DEFAULT.T_warm,
+        distill: float = _DEFAULT.distill,
+        distill_temperature: float = _DEFAULT.distill_temperature,
+        student_init: str = _DEFAULT.student_init,
+        init_batches: int = _DEFAULT.init_batches,
     ) -> None:
         if mode not in DEFAULT_PERCENTILE:
-            raise UserError(f"LTL mode must be 'offline' or 'online', got {mode!r}")
-        if student_init not in ("random", "teacher"):
-            raise UserError(f"ltl.student_init must be 'random' or 'teacher', got {student_init!r}")
+            raise UserError(f"LTL mode must be one of {list(DEFAULT_PERCENTILE)}, got {mode!r} "
+                            "(ltl.mode none turns it off)")
+        if student_init not in LTL_STUDENT_INITS:
+            raise UserError(f"ltl.student_init must be one of {list(LTL_STUDENT_INITS)}, got "
+                            f"{student_init!r}")
         if getattr(teacher, "kind", "ann") != "ann" or getattr(teacher, "T", 1) != 1:
             raise UserError("the LTL teacher must be an ANN (model.kind: ann, T = 1); train the "
                             "ANN twin of the student first")
@@ -273,14 +267,22 @@ class LocalTandemLearning(Component):
         self._loss_sums: dict[str, float] = {}
         self._loss_counts: dict[str, int] = {}
 
+    @classmethod
+    def from_config(cls, section: LTLConfig, *, teacher: nn.Module) -> LocalTandemLearning:
+        """From the ``ltl`` section (``mode`` offline or online) and the resolved ANN teacher."""
+        return cls(teacher, section.mode, percentile=section.percentile,
+                   layer_weights=section.layer_weights, T_warm=section.T_warm,
+                   distill=section.distill, distill_temperature=section.distill_temperature,
+                   student_init=section.student_init, init_batches=section.init_batches)
+
     # ---------------------------------------------------------------- set-up
 
-    def attach(self, trainer: Trainer) -> None:
-        student = trainer.model
-        dataset = trainer.train_loader.dataset
+    def attach(self, ctx: TrainingContext) -> None:
+        student = ctx.model
+        dataset = ctx.train_set
         example = collate_for(dataset)([dataset[i] for i in range(min(2, len(dataset)))])[0]
-        self.teacher.to(trainer.device).eval().requires_grad_(False)
-        self.unit_names = pair_units(student, self.teacher, example.to(trainer.device))
+        self.teacher.to(ctx.device).eval().requires_grad_(False)
+        self.unit_names = pair_units(student, self.teacher, example.to(ctx.device))
         if not self.layer_weights:
             self.layer_weights = [1.0] * len(self.unit_names)
         if len(self.layer_weights) != len(self.unit_names):
@@ -291,12 +293,12 @@ class LocalTandemLearning(Component):
             if T is None:
                 raise UserError("online LTL needs the student's number of time steps (model.T)")
             self.T_warm = resolve_T_warm(self.T_warm_option, T)
-            trainer.readout_start = self.T_warm
+            self.readout_start = self.T_warm  # inference reads out t >= T_warm too
         if self.student_init == "teacher" and not self.initialised:
-            loader = DataLoader(dataset, batch_size=trainer.config.data.batch_size, shuffle=False,
+            loader = DataLoader(dataset, batch_size=ctx.config.data.batch_size, shuffle=False,
                                 collate_fn=collate_for(dataset))
             init_student_from_teacher(student, self.teacher, self.estimate_percentiles(
-                loader, trainer.device))
+                loader, ctx.device))
             self.initialised = True
 
     def estimate_percentiles(self, loader: DataLoader, device: torch.device) -> list[float]:
@@ -318,9 +320,9 @@ class LocalTandemLearning(Component):
         activations, logits = teacher_activations(self.teacher, inputs)
         return [normalised_targets(a, self.percentile) for a in activations], logits
 
-    def _readout_loss(self, trainer: Trainer, logits: Tensor, targets: Tensor,
+    def _readout_loss(self, ctx: TrainingContext, logits: Tensor, targets: Tensor,
                       teacher_logits: Tensor) -> Tensor:
-        loss = F.cross_entropy(logits, targets, label_smoothing=trainer.config.train.label_smoothing)
+        loss = F.cross_entropy(logits, targets, label_smoothing=ctx.config.train.label_smoothing)
         if self.distill > 0:
             loss = loss + self.distill * distillation_loss(logits, teacher_logits,
                                                            self.distill_temperature)
@@ -330,34 +332,34 @@ class LocalTandemLearning(Component):
         self._loss_sums[name] = self._loss_sums.get(name, 0.0) + float(loss.detach()) * n
         self._loss_counts[name] = self._loss_counts.get(name, 0) + n
 
-    def compute_loss(self, trainer: Trainer, inputs: Tensor, targets: Tensor) -> StepOutput:
+    def compute_loss(self, ctx: TrainingContext, inputs: Tensor, targets: Tensor) -> StepOutput:
         unit_targets, teacher_logits = self.targets(inputs)
         if self.mode == "offline":
-            return self._offline(trainer, inputs, targets, unit_targets, teacher_logits)
-        return self._online(trainer, inputs, targets, unit_targets, teacher_logits)
+            return self._offline(ctx, inputs, targets, unit_targets, teacher_logits)
+        return self._online(ctx, inputs, targets, unit_targets, teacher_logits)
 
-    def _offline(self, trainer: Trainer, inputs: Tensor, targets: Tensor,
+    def _offline(self, ctx: TrainingContext, inputs: Tensor, targets: Tensor,
                  unit_targets: list[Tensor], teacher_logits: Tensor) -> StepOutput:
-        model, n = trainer.model, targets.shape[0]
+        model, n = ctx.model, targets.shape[0]
         total = 0.0
         last = None
         outputs = offline_unit_outputs(model, model.encode(inputs))
         for (name, spikes), target, weight in zip(outputs, unit_targets, self.layer_weights,
                                                   strict=True):
             loss = F.mse_loss(spikes.mean(0).float(), target)  # rate over T vs â_l
-            trainer.scaler.scale(weight * loss).backward()
+            ctx.backward(weight * loss)
             self._record(name, loss, n)
             total += weight * loss.item()
             last = spikes.detach()
         logits = model.classifier(last).mean(0)  # (B, classes), readout averaged over T
-        readout = self._readout_loss(trainer, logits.float(), targets, teacher_logits)
-        trainer.scaler.scale(readout).backward()
+        readout = self._readout_loss(ctx, logits.float(), targets, teacher_logits)
+        ctx.backward(readout)
         total += readout.item()
         return StepOutput(torch.tensor(total), logits.detach(), backpropagated=True)
 
-    def _online(self, trainer: Trainer, inputs: Tensor, targets: Tensor,
+    def _online(self, ctx: TrainingContext, inputs: Tensor, targets: Tensor,
                 unit_targets: list[Tensor], teacher_logits: Tensor) -> StepOutput:
-        model, n = trainer.model, targets.shape[0]
+        model, n = ctx.model, targets.shape[0]
         total, readout_sum = 0.0, None
         x = model.encode(inputs)  # (T, B, ...)
         for _, rates, last in online_running_rates(model, x, self.T_warm):
@@ -368,8 +370,8 @@ class LocalTandemLearning(Component):
                 self._record(name, unit_loss, n)
                 loss = loss + weight * unit_loss
             logits_t = model.classifier(rates[-1].detach().unsqueeze(0))[0]  # readout of r_{L,t}
-            loss = loss + self._readout_loss(trainer, logits_t.float(), targets, teacher_logits)
-            trainer.scaler.scale(loss).backward()
+            loss = loss + self._readout_loss(ctx, logits_t.float(), targets, teacher_logits)
+            ctx.backward(loss)
             total += loss.item()
             with torch.no_grad():
                 step_logits = model.classifier(last.unsqueeze(0))[0]  # inference readout at t
@@ -379,15 +381,15 @@ class LocalTandemLearning(Component):
 
     # ---------------------------------------------------------------- bookkeeping
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> dict[str, Any]:
+    def on_epoch_start(self, ctx: TrainingContext, epoch: int) -> dict[str, Any]:
         self._loss_sums, self._loss_counts = {}, {}
         return {}
 
-    def epoch_metrics(self, trainer: Trainer) -> dict[str, Any]:
+    def epoch_metrics(self, ctx: TrainingContext) -> dict[str, Any]:
         """``ltl_layer_losses``: unit name -> mean MSE over the epoch (per step, online), over
         every process under torchrun."""
         names = [n for n in self.unit_names if self._loss_counts.get(n)]
-        totals = trainer.dist.sum([self._loss_sums[n] for n in names]
+        totals = ctx.dist.sum([self._loss_sums[n] for n in names]
                                   + [self._loss_counts[n] for n in names])
         sums, counts = totals[:len(names)], totals[len(names):]
         return {"ltl_layer_losses": {n: s / c for n, s, c in zip(names, sums, counts, strict=True)}}
@@ -407,70 +409,3 @@ class LocalTandemLearning(Component):
         self.initialised = bool(state.get("initialised", self.initialised))
         self._loss_sums = dict(state.get("loss_sums", {}))
         self._loss_counts = dict(state.get("loss_counts", {}))
-
-
-# --------------------------------------------------------------------------- from a config
-
-
-def _recipe_file(name: str) -> Path:
-    path = Path(name)
-    if path.is_file():
-        return path
-    from spikegrad.recipes import CONFIG_DIR
-
-    packaged = CONFIG_DIR / f"{path.stem if path.suffix == '.yaml' else name}.yaml"
-    if packaged.is_file():
-        return packaged
-    raise UserError(f"ltl.teacher_recipe {name!r} is neither a file nor a packaged recipe")
-
-
-def resolve_teacher(ltl: LTLConfig, out_dir: str | Path | None, verbose: bool = True) -> nn.Module:
-    """The teacher: loaded from ``ltl.teacher_checkpoint``, or ``ltl.teacher_recipe`` trained first.
-
-    A recipe teacher trains into ``<out_dir>/teacher`` (a temporary folder without ``out_dir``);
-    a finished teacher run there with the same config is reused.
-    """
-    from spikegrad.checkpoint import load_model
-    from spikegrad.config import load_config
-
-    if ltl.teacher_checkpoint is not None:
-        model, _ = load_model(ltl.teacher_checkpoint)
-        return model
-    if ltl.teacher_recipe is None:
-        raise UserError("LTL needs a teacher: set ltl.teacher_checkpoint (a trained ANN twin) or "
-                        "ltl.teacher_recipe (a recipe with model.kind: ann, trained first)")
-    config = load_config(_recipe_file(ltl.teacher_recipe), ltl.teacher_set)
-    if config.ltl.mode != "none" or config.model.kind != "ann":
-        raise UserError(f"the teacher recipe {ltl.teacher_recipe!r} must train an ANN (model.kind: "
-                        "ann, ltl.mode: none); add 'model.kind=ann' to ltl.teacher_set")
-    if out_dir is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            return _train_teacher(config, Path(tmp), verbose)
-    return _train_teacher(config, Path(out_dir) / "teacher", verbose)
-
-
-def _train_teacher(config: Config, folder: Path, verbose: bool) -> nn.Module:
-    from spikegrad.checkpoint import load_model
-    from spikegrad.config import load_config
-    from spikegrad.run import train
-
-    started = (folder / "last.pt").is_file() and (folder / "config.yaml").is_file() \
-        and load_config(folder / "config.yaml") == config
-    if not (started and (folder / "summary.json").is_file()):
-        resume = folder / "last.pt" if started else None  # a teacher run stopped half-way
-        if verbose:
-            print(f"== LTL teacher: {'continuing' if resume else 'training'} "
-                  f"{config.name or 'the ANN'} in {folder}", flush=True)
-        train(config, folder, verbose=verbose, resume_from=resume)
-    model, _ = load_model(folder / "last.pt")
-    return model
-
-
-def build_ltl(config: Config, out_dir: str | Path | None = None, verbose: bool = True
-              ) -> LocalTandemLearning:
-    """The LTL component a config's ``ltl`` section asks for (its teacher resolved)."""
-    ltl = config.ltl
-    return LocalTandemLearning(
-        resolve_teacher(ltl, out_dir, verbose), ltl.mode, ltl.percentile, ltl.layer_weights,
-        ltl.T_warm, ltl.distill, ltl.distill_temperature, ltl.student_init, ltl.init_batches,
-    )

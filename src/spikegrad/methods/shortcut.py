@@ -26,7 +26,6 @@ therefore see exactly the plain SNN, at the same cost.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -35,45 +34,39 @@ import torch
 from torch import Tensor, nn
 
 from spikegrad.alignment import probe_batch
+from spikegrad.component import Component, StepOutput, TrainingContext
+from spikegrad.config import SHORTCUT_LOSSES, ShortcutConfig
 from spikegrad.errors import UserError, check_labels, check_time_major, did_you_mean
-from spikegrad.layers import mean_over_time
-from spikegrad.trainer import Component, StepOutput, Trainer
+from spikegrad.layers import TimeDistributed, mean_over_time
+from spikegrad.modes import eval_mode
+from spikegrad.neurons import ClippedReLU, SpikingNeuron
+from spikegrad.schedules import BALANCE_SCHEDULES, balance
 
 __all__ = [
     "LOSSES", "SCHEDULES", "ShortcutBackprop", "ShortcutBranch", "ShortcutBranches",
-    "balance_coefficient", "capture_outputs", "combine_logits", "default_attach_points",
+    "attach_candidates", "balance_coefficient", "capture_outputs", "combine_logits",
+    "default_attach_points",
 ]
 
-SCHEDULES = ("constant", "linear", "cosine", "step")
-LOSSES = ("combined", "separate")
+_DEFAULT = ShortcutConfig()  # the defaults here are the config's
+SCHEDULES = tuple(BALANCE_SCHEDULES)
+LOSSES = SHORTCUT_LOSSES
 
 
 def balance_coefficient(
-    schedule: str, iteration: int, total: int, lambda0: float = 0.25,
-    step_fraction: float = 0.5, gamma: float = 0.1,
+    schedule: str, iteration: int, total: int, lambda0: float = _DEFAULT.lambda0,
+    step_fraction: float = _DEFAULT.step_fraction, gamma: float = _DEFAULT.gamma,
 ) -> float:
     """λ(i), the weight of the shortcut branches at iteration ``i`` (0-based) of ``total``.
 
-    With progress ``p = clamp(i / I, 0, 1)``:
+    With progress ``p = clamp(i / I, 0, 1)`` (:mod:`spikegrad.schedules`):
 
     - ``constant``: ``λ0``
     - ``linear``: ``λ0·(1 - p)`` (the evolutionary method)
     - ``cosine``: ``λ0·(1 + cos(π·p)) / 2``
     - ``step``: ``λ0·γ^⌊p / f⌋``, a drop by ``γ`` every fraction ``f`` of training.
     """
-    if schedule not in SCHEDULES:
-        raise UserError(f"shortcut schedule must be one of {list(SCHEDULES)}, got {schedule!r}"
-                        f"{did_you_mean(schedule, SCHEDULES)}")
-    p = min(max(iteration / total, 0.0), 1.0) if total > 0 else 0.0
-    if schedule == "constant":
-        return lambda0
-    if schedule == "linear":
-        return lambda0 * (1.0 - p)
-    if schedule == "cosine":
-        return lambda0 * 0.5 * (1.0 + math.cos(math.pi * p))
-    if not 0.0 < step_fraction <= 1.0:
-        raise UserError(f"shortcut step_fraction must be in (0, 1], got {step_fraction}")
-    return lambda0 * gamma ** math.floor(p / step_fraction + 1e-9)
+    return balance(schedule, iteration, total, lambda0, step_fraction, gamma)
 
 
 def combine_logits(main: Tensor, branches: Sequence[Tensor], lam: float) -> Tensor:
@@ -132,6 +125,23 @@ def _unit_names(model: nn.Module) -> list[str]:
     return [name for name, _ in units()] if callable(units) else []
 
 
+def attach_candidates(model: nn.Module) -> list[str]:
+    """Names of the modules a branch can read: the model's units (``units()``), else every
+    activation (spiking neuron, clipped or plain ReLU) outside a :class:`TimeDistributed`,
+    whose output is time-major ``[T, B, C, ...]``."""
+    units = _unit_names(model)
+    if units:
+        return units
+    folded = {id(m) for td in model.modules() if isinstance(td, TimeDistributed) for m in td.modules()}
+    return [name for name, m in model.named_modules()
+            if isinstance(m, (SpikingNeuron, ClippedReLU, nn.ReLU)) and id(m) not in folded]
+
+
+def _choices(model: nn.Module) -> str:
+    names = attach_candidates(model)
+    return ", ".join(repr(n) for n in names[:40]) if names else "none found"
+
+
 def default_attach_points(model: nn.Module, every: int | None = None) -> list[str]:
     """Where branches go when the config names none.
 
@@ -144,8 +154,9 @@ def default_attach_points(model: nn.Module, every: int | None = None) -> list[st
         return list(stage_ends())[:-1]
     units = _unit_names(model)
     if not units:
-        raise UserError(f"{type(model).__name__} has no units(); name the modules for the "
-                        "shortcut branches in shortcut.attach")
+        raise UserError(f"{type(model).__name__} has no units() to place shortcut branches by "
+                        f"default; name the modules to branch from in shortcut.attach (its "
+                        f"time-major activations: {_choices(model)})")
     k = every if every is not None else max(1, len(units) // 4)
     points = [units[i] for i in range(k - 1, len(units) - 1, k)]
     if not points:
@@ -161,10 +172,10 @@ def check_attach_points(model: nn.Module, names: Sequence[str]) -> list[str]:
     modules = dict(model.named_modules())
     for name in names:
         if name not in modules or name == "":
-            choices = _unit_names(model) or [n for n in modules if n]
+            choices = attach_candidates(model) or [n for n in modules if n]
             raise UserError(f"shortcut attach point {name!r} is not a module of "
                             f"{type(model).__name__}{did_you_mean(name, choices)}; "
-                            f"its units are: {', '.join(choices[:40])}")
+                            f"it can branch from: {', '.join(choices[:40])}")
     if len(set(names)) != len(names):
         raise UserError(f"shortcut attach points repeat a name: {list(names)}")
     return list(names)
@@ -185,13 +196,8 @@ class ShortcutBranches(nn.Module):
     def for_model(cls, model: nn.Module, names: Sequence[str], example: Tensor) -> ShortcutBranches:
         """Probe ``model`` on ``example`` (eval mode, no gradient, RNG untouched) for sizes."""
         names = check_attach_points(model, names)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad(), _fork_rng(), capture_outputs(model, names) as captured:
-                outputs = model(example)  # (T, B, classes)
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.no_grad(), _fork_rng(), capture_outputs(model, names) as captured:
+            outputs = model(example)  # (T, B, classes)
         check_time_major(outputs, "model output", min_dims=3)
         features = []
         for name in names:
@@ -201,7 +207,8 @@ class ShortcutBranches(nn.Module):
                 raise UserError(
                     f"shortcut attach point {name!r} must output a time-major tensor [T, B, C, ...] "
                     f"with the model output's T and B {tuple(outputs.shape[:2])}, got {shape}; "
-                    "attach to a whole unit (e.g. 'features.0'), not a layer inside TimeDistributed"
+                    f"attach to a whole unit or activation ({_choices(model)}), not a layer inside "
+                    "TimeDistributed"
                 )
             features.append(out.shape[2])
         return cls(names, features, outputs.shape[-1])
@@ -226,16 +233,18 @@ class ShortcutBackprop(Component):
     """
 
     name = "shortcut"
+    owns_loss = True
 
     def __init__(
         self,
         attach: Sequence[str] | None = None,
-        every: int | None = None,
-        schedule: str = "linear",
-        lambda0: float = 0.25,
-        step_fraction: float = 0.5,
-        gamma: float = 0.1,
-        loss: str = "combined",
+        *,
+        every: int | None = _DEFAULT.every,
+        schedule: str = _DEFAULT.schedule,
+        lambda0: float = _DEFAULT.lambda0,
+        step_fraction: float = _DEFAULT.step_fraction,
+        gamma: float = _DEFAULT.gamma,
+        loss: str = _DEFAULT.loss,
         seed: int = 0,
     ) -> None:
         if loss not in LOSSES:
@@ -254,10 +263,11 @@ class ShortcutBackprop(Component):
         self._steps = 0
 
     @classmethod
-    def from_config(cls, section: Any, seed: int = 0) -> ShortcutBackprop:
-        """From a :class:`spikegrad.config.ShortcutConfig`."""
-        return cls(section.attach or None, section.every, section.schedule, section.lambda0,
-                   section.step_fraction, section.gamma, section.loss, seed)
+    def from_config(cls, section: ShortcutConfig, *, seed: int = 0) -> ShortcutBackprop:
+        """From the ``shortcut`` section; ``seed`` (``train.seed``) initialises the branches."""
+        return cls(section.attach or None, every=section.every, schedule=section.schedule,
+                   lambda0=section.lambda0, step_fraction=section.step_fraction,
+                   gamma=section.gamma, loss=section.loss, seed=seed)
 
     # -------------------------------------------------------------- set-up
 
@@ -270,12 +280,11 @@ class ShortcutBackprop(Component):
         self.branches = branches.to(example.device)
         return self.branches
 
-    def attach(self, trainer: Trainer) -> None:
-        loader = trainer.train_loader  # two samples, drawn without the global generator
-        example, _ = probe_batch(trainer.model, loader.dataset, 2, self.seed, trainer.device,
-                                 loader.collate_fn)
-        branches = self.build(trainer.model, example)
-        trainer.add_param_group(branches.parameters())
+    def attach(self, ctx: TrainingContext) -> None:
+        # two samples, drawn without the global generator
+        example, _ = probe_batch(ctx.model, ctx.train_set, 2, self.seed, ctx.device, ctx.collate_fn)
+        branches = self.build(ctx.model, example)
+        ctx.add_param_group(branches.parameters())
 
     # -------------------------------------------------------------- training
 
@@ -292,24 +301,24 @@ class ShortcutBackprop(Component):
         check_time_major(main, "model output", min_dims=3)
         return main, self.branches(captured)
 
-    def compute_loss(self, trainer: Trainer, inputs: Tensor, targets: Tensor) -> StepOutput:
-        lam = self.coefficient(trainer.iteration, trainer.total_iterations)
-        main, branches = self.outputs(trainer.model, inputs)
+    def compute_loss(self, ctx: TrainingContext, inputs: Tensor, targets: Tensor) -> StepOutput:
+        lam = self.coefficient(ctx.iteration, ctx.total_iterations)
+        main, branches = self.outputs(ctx.model, inputs)
         check_labels(targets, main.shape[-1], "training labels")
         if self.loss == "combined":
-            loss = trainer.default_loss(combine_logits(main, branches, lam), targets)
+            loss = ctx.default_loss(combine_logits(main, branches, lam), targets)
         else:
-            loss = trainer.default_loss(main, targets) + lam * sum(
-                trainer.default_loss(b, targets) for b in branches)
+            loss = ctx.default_loss(main, targets) + lam * sum(
+                ctx.default_loss(b, targets) for b in branches)
         self._lambda_sum += lam
         self._steps += 1
         # Training accuracy is that of the network's own head: what is deployed.
         return StepOutput(loss, mean_over_time(main).detach())
 
-    def epoch_metrics(self, trainer: Trainer) -> dict[str, Any]:
+    def epoch_metrics(self, ctx: TrainingContext) -> dict[str, Any]:
         """``shortcut_lambda``: the mean λ over the epoch's training steps."""
         lam = self._lambda_sum / self._steps if self._steps else self.coefficient(
-            trainer.iteration, trainer.total_iterations)
+            ctx.iteration, ctx.total_iterations)
         self._lambda_sum, self._steps = 0.0, 0
         return {"shortcut_lambda": lam}
 

@@ -8,15 +8,26 @@
 
 from spikegrad.models import cnn, plain, resnet, vgg  # noqa: F401  (register the models)
 from spikegrad.models._registry import create, entry, list_models, register_model
-from spikegrad.models.common import SpikingNetwork, activation_factory
+from spikegrad.models.common import (
+    ConvUnit,
+    LinearUnit,
+    ModelSpec,
+    SpikingNetwork,
+    activation_factory,
+    global_pool_classifier,
+)
 
 list = list_models
 
 __all__ = [
+    "ConvUnit",
+    "LinearUnit",
+    "ModelSpec",
     "SpikingNetwork",
     "activation_factory",
     "create",
     "entry",
+    "global_pool_classifier",
     "list",
     "list_models",
     "register_model",

@@ -1,20 +1,35 @@
 """Model registry: ``register_model(name, cls, **fixed)``; ``create(name, **kwargs)`` builds.
 
-A registered entry is a class (or function) plus the arguments that define the variant,
-e.g. ``register_model("resnet18", SpikingResNet, blocks=(2, 2, 2, 2))``.
+A registered entry is a network class (or function) taking a :class:`ModelSpec` (the
+arguments every network shares) and keyword arguments of its own architecture, plus the
+ones that define the variant, e.g. ``register_model("resnet18", SpikingResNet,
+blocks=(2, 2, 2, 2))``. ``create`` takes both kinds of argument as keywords (the form stored
+in checkpoints): the :class:`ModelSpec` fields go into the spec, the rest to the builder.
+
+:func:`create` checks every argument before building: its name against the spec's fields and
+the constructor's signature, its value against the annotated type (``batch_norm: bool`` refuses ``"maybe"``;
+numbers must be finite), and sizes against :data:`SIZE_LIMITS` (``width: -1`` or
+``num_classes: 0`` are refused, as are sizes that could not fit in memory).
 """
 
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
 import fnmatch
 import inspect
-from collections.abc import Callable
+import math
+import numbers
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from spikegrad.errors import UserError, did_you_mean, unknown_name_error
+from spikegrad.models.common import DEFAULT_SPEC, ModelSpec, SpikingNetwork, activation_factory
 
 
 @dataclass(frozen=True)
@@ -23,24 +38,32 @@ class ModelEntry:
     builder: Callable[..., nn.Module]
     fixed: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    #: the defaults of the shared arguments for this network
+    spec: ModelSpec = DEFAULT_SPEC
+
+    def own_arguments(self) -> list[str]:
+        """The builder's own keyword arguments a user may pass (not fixed by the variant)."""
+        params = inspect.signature(self.builder).parameters
+        return [p for p in params if p not in self.fixed and p not in ("self", "spec")]
 
     def arguments(self) -> list[str]:
-        """The keyword arguments a user may pass (the builder's, minus the fixed ones)."""
-        params = inspect.signature(self.builder).parameters
-        return [p for p in params if p not in self.fixed and p != "self"]
+        """Every keyword argument a user may pass: the shared ones, then the network's own."""
+        return [*ModelSpec.names(), *self.own_arguments()]
 
 
 _MODELS: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    name: str, builder: Callable[..., nn.Module], description: str = "", **fixed: Any
+    name: str, builder: Callable[..., nn.Module], description: str = "", *,
+    spec: ModelSpec = DEFAULT_SPEC, **fixed: Any,
 ) -> None:
-    """Register ``builder(**fixed, **user_kwargs)`` under ``name``."""
+    """Register ``builder(spec, **fixed, **user_kwargs)`` under ``name``; ``spec`` gives the
+    defaults of the shared arguments (e.g. one input channel for the digits)."""
     if name in _MODELS:
         raise RuntimeError(f"model {name!r} is registered twice")
     doc = description or (inspect.getdoc(builder) or "").split("\n")[0]
-    _MODELS[name] = ModelEntry(name, builder, dict(fixed), doc)
+    _MODELS[name] = ModelEntry(name, builder, dict(fixed), doc, spec)
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -55,14 +78,135 @@ def entry(name: str) -> ModelEntry:
     return _MODELS[name]
 
 
-def create(name: str, **kwargs: Any) -> nn.Module:
-    """Build the registered model ``name``; an unknown keyword argument is named in the error."""
+#: ``(exclusive lower bound, inclusive upper bound)`` of size arguments, by name; a sequence
+#: (``channels``, ``blocks``, VGG ``layers``) has the bound on each of its numbers
+SIZE_LIMITS: dict[str, tuple[float, float]] = {
+    "num_classes": (0, 1 << 20), "in_channels": (0, 1 << 16), "T": (0, 100_000),
+    "width": (0, 64.0), "activation_max": (0, math.inf), "input_size": (0, 1 << 16),
+    "depth": (0, 1000), "stem_channels": (0, 1 << 16), "hidden_fc": (0, 1 << 20),
+    "channels": (0, 1 << 16), "blocks": (0, 1000), "layers": (0, 1 << 16),
+}
+
+
+def _type_text(tp: Any) -> str:
+    """An annotation in words: ``int or null``, ``a list of (int or str)``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_text(a) for a in args)
+    if origin is typing.Literal:
+        return " or ".join(repr(a) for a in args)
+    if tp is type(None):
+        return "null"
+    if origin in (collections.abc.Sequence, list, tuple):
+        inner = _type_text(args[0]) if args else "values"
+        return f"a list of ({inner})" if " or " in inner else f"a list of {inner}"
+    if origin in (collections.abc.Mapping, dict):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _conforms(value: Any, tp: Any) -> bool:
+    """Whether ``value`` has the annotated type ``tp`` (unknown annotations pass)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (collections.abc.Sequence, list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        item = args[0] if args and (origin is not tuple or args[-1] is Ellipsis) else Any
+        return all(_conforms(v, item) for v in value)
+    if origin in (collections.abc.Mapping, dict) or tp in (dict, Mapping):
+        return isinstance(value, Mapping)
+    return not isinstance(tp, type) or isinstance(value, tp)
+
+
+def _show(bound: float) -> str:
+    return str(int(bound)) if math.isfinite(bound) and float(bound).is_integer() else f"{bound:g}"
+
+
+def _numbers(value: Any) -> list[float]:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [n for v in value for n in _numbers(v)]
+    return []
+
+
+def _hints(target: Any) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # an annotation that cannot be resolved: check the names only
+        return {}
+
+
+def check_arguments(name: str, builder: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
+    """Refuse an argument of the wrong type, a non-finite number or a size out of range: the
+    shared ones against the :class:`ModelSpec` fields, the others against ``builder``."""
+    own = _hints(builder.__init__ if inspect.isclass(builder) else builder)
+    hints = {**own, **_hints(ModelSpec)}
+    for key, value in kwargs.items():
+        if key in hints and not _conforms(value, hints[key]):
+            raise UserError(f"model {name!r} argument {key!r} must be {_type_text(hints[key])}, got "
+                            f"{value!r} ({type(value).__name__})")
+        values = _numbers(value)
+        if not all(math.isfinite(v) for v in values):
+            raise UserError(f"model {name!r} argument {key!r} must be finite, got {value!r}")
+        if key in SIZE_LIMITS:
+            low, high = SIZE_LIMITS[key]
+            bad = next((v for v in values if not low < v <= high), None)
+            if bad is not None:
+                raise UserError(f"model {name!r} argument {key!r} must lie in ({_show(low)}, "
+                                f"{_show(high)}], got {value!r}")
+
+
+#: what a spiking network's output is: the classifier's per-step values, or the spikes of a
+#: neuron layer after it (same neuron and surrogate as the network; for spike-count losses)
+READOUTS = ("logits", "spikes")
+
+
+def create(name: str, readout: str = "logits", **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name``; an unknown keyword argument or a value of the wrong
+    type or range is named in the error.
+
+    ``readout="spikes"`` puts a spiking neuron layer after the classifier of a spiking
+    network (``model.output_neuron``), so the outputs are spikes ``[T, B, classes]``.
+    """
     model = entry(name)
     accepted = model.arguments()
     for key in kwargs:
         if key not in accepted:
             raise UserError(
                 f"model {name!r} has no argument {key!r}{did_you_mean(key, accepted)}; "
-                f"it accepts: {', '.join(accepted)}"
+                f"it accepts: {', '.join([*accepted, 'readout'])}"
             )
-    return model.builder(**model.fixed, **kwargs)
+    if readout not in READOUTS:
+        raise unknown_name_error("readout", readout, READOUTS)
+    check_arguments(name, model.builder, kwargs)
+    shared = set(ModelSpec.names())
+    spec = dataclasses.replace(model.spec, **{k: v for k, v in kwargs.items() if k in shared})
+    own = {k: v for k, v in kwargs.items() if k not in shared}
+    try:
+        built = model.builder(spec, **model.fixed, **own)
+    except (MemoryError, OverflowError) as exc:
+        raise UserError(f"model {name!r} with {kwargs} does not fit in memory ({exc}); choose "
+                        "smaller sizes (width, channels, input_size)") from exc
+    if readout == "spikes":
+        if not isinstance(built, SpikingNetwork) or built.kind != "snn":
+            raise UserError(f"readout 'spikes' needs a spiking network (kind snn); {name!r} with "
+                            f"kind {spec.kind!r} reads out logits")
+        built.output_neuron = activation_factory("snn", spec.neuron, spec.surrogate)()
+    return built

@@ -6,14 +6,10 @@ from torch import nn
 
 from spikegrad.layers import TimeDistributed
 from spikegrad.models._registry import register_model
-from spikegrad.models.common import (
-    ConvUnit,
-    NeuronSpec,
-    SpikingNetwork,
-    SurrogateSpec,
-    activation_factory,
-    scaled,
-)
+from spikegrad.models.common import ConvUnit, ModelSpec, SpikingNetwork
+
+#: the digits' defaults: one channel, 8×8
+DIGITS = ModelSpec(in_channels=1, input_size=8)
 
 
 class DigitsCNN(SpikingNetwork):
@@ -24,32 +20,19 @@ class DigitsCNN(SpikingNetwork):
     batch norm layers (biased convolutions instead).
     """
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        in_channels: int = 1,
-        T: int = 4,
-        kind: str = "snn",
-        neuron: NeuronSpec = None,
-        surrogate: SurrogateSpec = None,
-        width: float = 1.0,
-        encoder: str = "direct",
-        activation_max: float = 2.0,
-        input_size: int = 8,
-        batch_norm: bool = True,
-    ) -> None:
-        super().__init__(T, kind, encoder)
-        act = activation_factory(kind, neuron, surrogate, activation_max)
-        c1, c2, c3 = scaled(32, width), scaled(64, width), scaled(128, width)
+    def __init__(self, spec: ModelSpec = DIGITS) -> None:
+        super().__init__(spec.T, spec.kind, spec.encoder)
+        act, bn = spec.activation(), spec.batch_norm
+        c1, c2, c3 = spec.channels(32), spec.channels(64), spec.channels(128)
         self.features = nn.Sequential(
-            ConvUnit(in_channels, c1, act(), batch_norm=batch_norm),
-            ConvUnit(c1, c2, act(), pool=True, batch_norm=batch_norm),
-            ConvUnit(c2, c3, act(), pool=True, batch_norm=batch_norm),
+            ConvUnit(spec.in_channels, c1, act(), batch_norm=bn),
+            ConvUnit(c1, c2, act(), pool=True, batch_norm=bn),
+            ConvUnit(c2, c3, act(), pool=True, batch_norm=bn),
         )
-        side = input_size // 4
+        side = spec.input_size // 4
         self.classifier = TimeDistributed(
-            nn.Sequential(nn.Flatten(), nn.Linear(c3 * side * side, num_classes))
+            nn.Sequential(nn.Flatten(), nn.Linear(c3 * side * side, spec.num_classes))
         )
 
 
-register_model("digits_cnn", DigitsCNN)
+register_model("digits_cnn", DigitsCNN, spec=DIGITS)

@@ -2,8 +2,9 @@
 
 Every registered network is ``encoder -> features -> classifier``:
 
-- ``encoder`` turns a static input ``[B, C, H, W]`` into ``[T, B, C, H, W]`` (direct or
-  Poisson); time-major inputs (event frames) pass through unchanged.
+- ``encoder`` turns a static input ``[B, C, H, W]`` into ``[T, B, C, H, W]`` (direct,
+  Poisson, latency or delta: :mod:`spikegrad.encoders`); time-major inputs (event frames)
+  pass through unchanged, except into an encoder of sequences (delta).
 - ``features`` is an ``nn.Sequential`` of *units*; each unit ends in one activation (a
   spiking neuron, or a clipped ReLU in the ANN twin). Shortcut branches attach to units by
   name; local tandem learning pairs the units of teacher and student one to one.
@@ -11,19 +12,24 @@ Every registered network is ``encoder -> features -> classifier``:
 
 ``kind="ann"`` builds the ANN twin of the same architecture: ``T = 1``, and every neuron
 replaced by ``ClippedReLU(activation_max)``.
+
+What every registered network shares (classes, input, time steps, activation, width, batch
+norm) is one :class:`ModelSpec`; each network's constructor takes a spec plus the arguments
+of its own architecture.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 from torch import Tensor, nn
 
-from spikegrad import neurons, surrogates
+from spikegrad import encoders, neurons, surrogates
 from spikegrad.errors import UserError
-from spikegrad.layers import DirectEncoder, PoissonEncoder, TimeDistributed
+from spikegrad.layers import TimeDistributed
 
 ActivationFactory = Callable[[], nn.Module]
 NeuronSpec = Mapping[str, Any] | str | None
@@ -35,7 +41,7 @@ KINDS = ("snn", "ann")
 def surrogate_factory(spec: SurrogateSpec) -> Callable[[], surrogates.Surrogate]:
     """A function returning a fresh surrogate per neuron from a name, mapping or instance."""
     if spec is None:
-        return lambda: surrogates.Dspike(temperature=3.0)
+        return surrogates.default
     if isinstance(spec, surrogates.Surrogate):
         return lambda: copy.deepcopy(spec)
     if isinstance(spec, str):
@@ -74,16 +80,68 @@ def activation_factory(
     return lambda: neurons.create(neuron_type, surrogate=make_surrogate(), **params)
 
 
-def make_encoder(encoder: str, T: int) -> nn.Module:
-    choices = {"direct": DirectEncoder, "poisson": PoissonEncoder}
-    if encoder not in choices:
-        raise UserError(f"encoder must be one of {sorted(choices)}, got {encoder!r}")
-    return choices[encoder](T)
+def make_encoder(encoder: str | Mapping[str, Any], T: int) -> nn.Module:
+    """An encoder of the registry :mod:`spikegrad.encoders`: a name or ``{"name": ..., **options}``."""
+    made = encoders.create(encoder, T)
+    if getattr(made, "mode", None) == "on_off":
+        raise UserError("the delta encoder's on_off mode doubles the input channels, which the "
+                        "registered models' first layer does not take; use mode signed")
+    return made
 
 
 def scaled(channels: int, width: float) -> int:
     """Channel count scaled by the width multiplier, at least 1."""
     return max(1, round(channels * width))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The arguments every registered network takes, with their defaults.
+
+    Attributes:
+        num_classes: output classes.
+        in_channels: channels of one input sample.
+        input_size: side of a (square) input image (networks that need it size layers by it).
+        T: time steps (``kind="ann"`` uses 1).
+        kind: ``snn``, or ``ann`` for the ANN twin (clipped ReLU instead of neurons).
+        neuron: neuron type name or mapping of :class:`spikegrad.neurons.SpikingNeuron` arguments.
+        surrogate: surrogate name, mapping ``{"name", **params}`` or instance (copied per neuron);
+            None: the default surrogate (:func:`spikegrad.surrogates.default`).
+        width: channel width multiplier.
+        encoder: a name of :mod:`spikegrad.encoders` (``direct`` repeats the input; ``poisson``,
+            ``latency``, ``delta``) or a mapping ``{"name": ..., **options}``.
+        activation_max: clip of the ANN twin's ReLU.
+        batch_norm: batch norm after each weight layer (False: biased layers instead).
+    """
+
+    num_classes: int = 10
+    in_channels: int = 3
+    input_size: int = 32
+    T: int = 4
+    kind: str = "snn"
+    neuron: NeuronSpec = None
+    surrogate: SurrogateSpec = None
+    width: float = 1.0
+    encoder: str | Mapping[str, Any] = "direct"
+    activation_max: float = 2.0
+    batch_norm: bool = True
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The argument names, in order."""
+        return [f.name for f in fields(cls)]
+
+    def activation(self) -> ActivationFactory:
+        """A factory of fresh activations: the neuron (or the ANN twin's clipped ReLU)."""
+        return activation_factory(self.kind, self.neuron, self.surrogate, self.activation_max)
+
+    def channels(self, base: int) -> int:
+        """``base`` channels scaled by the width multiplier (at least 1)."""
+        return scaled(base, self.width)
+
+
+#: the shared defaults (a network registered with other defaults says so in its entry)
+DEFAULT_SPEC = ModelSpec()
 
 
 class ConvUnit(nn.Sequential):
@@ -144,7 +202,9 @@ class SpikingNetwork(nn.Module):
     features: nn.Sequential
     classifier: nn.Module
 
-    def __init__(self, T: int, kind: str, encoder: str = "direct", input_dims: int = 3) -> None:
+    def __init__(self, T: int, kind: str, encoder: str | Mapping[str, Any] = "direct",
+                 input_dims: int = 3) -> None:
+        """Subclasses built from a :class:`ModelSpec` pass ``spec.T, spec.kind, spec.encoder``."""
         super().__init__()
         if kind not in KINDS:
             raise UserError(f"model kind must be one of {KINDS}, got {kind!r}")
@@ -154,13 +214,15 @@ class SpikingNetwork(nn.Module):
         self.T = 1 if kind == "ann" else int(T)
         self.input_dims = input_dims
         self.encoder = make_encoder(encoder, self.T)
+        #: a neuron layer after the classifier (``readout="spikes"``, see models.create), or None
+        self.output_neuron: nn.Module | None = None
 
     def encode(self, x: Tensor) -> Tensor:
         """Static ``[B, *sample]`` -> ``[T, B, *sample]``; time-major input passes through."""
         if x.dim() == self.input_dims + 1:
             return self.encoder(x)
-        if x.dim() == self.input_dims + 2:
-            return x
+        if x.dim() == self.input_dims + 2:  # a sequence: coded only by encoders of sequences
+            return self.encoder(x, time_major=True) if getattr(self.encoder, "sequence_input", False) else x
         raise UserError(
             f"{type(self).__name__} expects a static batch with {self.input_dims + 1} dimensions "
             f"[B, ...] or a time-major batch with {self.input_dims + 2} dimensions [T, B, ...], "
@@ -170,7 +232,8 @@ class SpikingNetwork(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.encode(x)  # (T, B, C, H, W)
         x = self.features(x)
-        return self.classifier(x)  # (T, B, classes)
+        x = self.classifier(x)  # (T, B, classes)
+        return x if self.output_neuron is None else self.output_neuron(x)  # logits, or spikes
 
     def units(self) -> list[tuple[str, nn.Module]]:
         """``(name, unit)`` for every unit of ``features``, in order."""

@@ -17,13 +17,11 @@ from torch import nn
 from spikegrad.errors import UserError
 from spikegrad.models._registry import register_model
 from spikegrad.models.common import (
+    DEFAULT_SPEC,
     ConvUnit,
-    NeuronSpec,
+    ModelSpec,
     SpikingNetwork,
-    SurrogateSpec,
-    activation_factory,
     global_pool_classifier,
-    scaled,
 )
 
 
@@ -37,45 +35,30 @@ class PlainCNN(SpikingNetwork):
     """Plain spiking CNN of ``depth`` convolutional units (no shortcuts).
 
     Args:
+        spec: the arguments every network shares (``input_size`` skips pools below 1×1).
         depth: number of conv units (at least ``len(channels)``).
         channels: channels per stage before the width multiplier.
-        input_size: side of the (square) input, to skip pools below 1×1.
-        batch_norm: batch norm after every convolution (False: biased convolutions instead).
     """
 
-    def __init__(
-        self,
-        depth: int = 16,
-        channels: Sequence[int] = (64, 128, 256, 512),
-        num_classes: int = 10,
-        in_channels: int = 3,
-        T: int = 4,
-        kind: str = "snn",
-        neuron: NeuronSpec = None,
-        surrogate: SurrogateSpec = None,
-        width: float = 1.0,
-        encoder: str = "direct",
-        activation_max: float = 2.0,
-        input_size: int = 32,
-        batch_norm: bool = True,
-    ) -> None:
-        super().__init__(T, kind, encoder)
+    def __init__(self, spec: ModelSpec = DEFAULT_SPEC, *, depth: int = 16,
+                 channels: Sequence[int] = (64, 128, 256, 512)) -> None:
+        super().__init__(spec.T, spec.kind, spec.encoder)
         if int(depth) < len(channels):
             raise UserError(f"plain_cnn needs depth >= {len(channels)} (one unit per stage), "
                             f"got {depth}")
-        act = activation_factory(kind, neuron, surrogate, activation_max)
+        act = spec.activation()
         units: OrderedDict[str, nn.Module] = OrderedDict()
-        width_in, side = in_channels, input_size
+        width_in, side = spec.in_channels, spec.input_size
         lengths = stage_lengths(int(depth), len(channels))
         for stage, (count, base) in enumerate(zip(lengths, channels, strict=True)):
-            width_out = scaled(base, width)
+            width_out = spec.channels(base)
             for index in range(count):
                 pool = index == count - 1 and stage < len(channels) - 1 and side >= 2
                 units[f"conv{len(units) + 1}"] = ConvUnit(width_in, width_out, act(), pool=pool,
-                                                         batch_norm=batch_norm)
+                                                         batch_norm=spec.batch_norm)
                 width_in, side = width_out, side // 2 if pool else side
         self.features = nn.Sequential(units)
-        self.classifier = global_pool_classifier(width_in, num_classes)
+        self.classifier = global_pool_classifier(width_in, spec.num_classes)
 
 
 register_model("plain_cnn", PlainCNN,

@@ -20,15 +20,13 @@ from spikegrad.errors import UserError
 from spikegrad.layers import TimeDistributed
 from spikegrad.models._registry import register_model
 from spikegrad.models.common import (
+    DEFAULT_SPEC,
     ActivationFactory,
     ConvUnit,
     LinearUnit,
-    NeuronSpec,
+    ModelSpec,
     SpikingNetwork,
-    SurrogateSpec,
-    activation_factory,
     global_pool_classifier,
-    scaled,
 )
 
 
@@ -69,43 +67,36 @@ class SpikingResNet(SpikingNetwork):
     """Spiking ResNet with basic blocks.
 
     Args:
+        spec: the arguments every network shares (``input_size`` is not needed: global
+            average pooling takes any size).
         blocks: blocks per stage, e.g. ``(2, 2, 2, 2)`` for ResNet-18.
         channels: channels per stage before the width multiplier.
         stem_channels: channels of the stem convolution.
         hidden_fc: if set, a spiking fully connected unit of this size before the output
             layer (ResNet-19).
         stem: ``"cifar"`` (3×3, stride 1) or ``"imagenet"`` (7×7 stride 2, then 3×3 max pool).
-        batch_norm: batch norm after every convolution (False: biased convolutions instead).
     """
 
     def __init__(
         self,
+        spec: ModelSpec = DEFAULT_SPEC,
+        *,
         blocks: Sequence[int],
         channels: Sequence[int],
         stem_channels: int,
         hidden_fc: int | None = None,
-        num_classes: int = 10,
-        in_channels: int = 3,
-        T: int = 4,
-        kind: str = "snn",
-        neuron: NeuronSpec = None,
-        surrogate: SurrogateSpec = None,
-        width: float = 1.0,
-        encoder: str = "direct",
-        activation_max: float = 2.0,
         stem: str = "cifar",
-        batch_norm: bool = True,
     ) -> None:
-        super().__init__(T, kind, encoder)
+        super().__init__(spec.T, spec.kind, spec.encoder)
         if len(blocks) != len(channels):
             raise UserError(f"blocks {tuple(blocks)} and channels {tuple(channels)} differ in length")
-        act = activation_factory(kind, neuron, surrogate, activation_max)
-        width_in = scaled(stem_channels, width)
+        act, batch_norm = spec.activation(), spec.batch_norm
+        width_in = spec.channels(stem_channels)
         units: OrderedDict[str, nn.Module] = OrderedDict()
         if stem == "cifar":
-            units["stem"] = ConvUnit(in_channels, width_in, act(), batch_norm=batch_norm)
+            units["stem"] = ConvUnit(spec.in_channels, width_in, act(), batch_norm=batch_norm)
         elif stem == "imagenet":
-            ops: list[nn.Module] = [nn.Conv2d(in_channels, width_in, 7, 2, 3, bias=not batch_norm)]
+            ops: list[nn.Module] = [nn.Conv2d(spec.in_channels, width_in, 7, 2, 3, bias=not batch_norm)]
             if batch_norm:
                 ops.append(nn.BatchNorm2d(width_in))
             units["stem"] = nn.Sequential(
@@ -114,7 +105,7 @@ class SpikingResNet(SpikingNetwork):
         else:
             raise UserError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
         for stage, (count, base) in enumerate(zip(blocks, channels, strict=True), start=1):
-            width_out = scaled(base, width)
+            width_out = spec.channels(base)
             for index in range(count):
                 stride = 2 if index == 0 and stage > 1 else 1
                 units[f"layer{stage}_{index}"] = BasicBlock(width_in, width_out, stride, act,
@@ -122,15 +113,15 @@ class SpikingResNet(SpikingNetwork):
                 width_in = width_out
         if hidden_fc is None:
             self.features = nn.Sequential(units)
-            self.classifier = global_pool_classifier(width_in, num_classes)
+            self.classifier = global_pool_classifier(width_in, spec.num_classes)
         else:
-            hidden = scaled(hidden_fc, width)
+            hidden = spec.channels(hidden_fc)
             units["fc"] = nn.Sequential(
                 TimeDistributed(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())),
                 LinearUnit(width_in, hidden, act(), batch_norm=batch_norm),
             )
             self.features = nn.Sequential(units)
-            self.classifier = TimeDistributed(nn.Linear(hidden, num_classes))
+            self.classifier = TimeDistributed(nn.Linear(hidden, spec.num_classes))
 
     def stage_ends(self) -> list[str]:
         """Names of the last unit of every stage, in order."""

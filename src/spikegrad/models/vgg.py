@@ -16,15 +16,7 @@ from torch import nn
 from spikegrad.errors import UserError
 from spikegrad.layers import TimeDistributed
 from spikegrad.models._registry import register_model
-from spikegrad.models.common import (
-    ConvUnit,
-    LinearUnit,
-    NeuronSpec,
-    SpikingNetwork,
-    SurrogateSpec,
-    activation_factory,
-    scaled,
-)
+from spikegrad.models.common import DEFAULT_SPEC, ConvUnit, LinearUnit, ModelSpec, SpikingNetwork
 
 VGG_LAYERS: dict[str, tuple[int | str, ...]] = {
     "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
@@ -38,43 +30,33 @@ class SpikingVGG(SpikingNetwork):
     """Spiking VGG.
 
     Args:
+        spec: the arguments every network shares (``input_size`` skips pools below 1×1 and
+            sizes the first fully connected layer; ``batch_norm=False``: biased layers
+            instead, as in the local tandem learning student).
         layers: channel counts and ``"M"`` (downsample by 2) in order.
         hidden_fc: sizes of spiking fully connected units before the output layer.
-        input_size: side of the (square) input image, used to skip pools below 1×1 and
-            size the first fully connected layer.
         downsample: ``"avg"`` (2×2 average pool) or ``"stride"`` (stride-2 convolution).
-        batch_norm: batch norm after every convolution and hidden linear layer (False: biased
-            layers instead, as in the local tandem learning student).
     """
 
     def __init__(
         self,
+        spec: ModelSpec = DEFAULT_SPEC,
+        *,
         layers: Sequence[int | str],
-        num_classes: int = 10,
-        in_channels: int = 3,
-        T: int = 4,
-        kind: str = "snn",
-        neuron: NeuronSpec = None,
-        surrogate: SurrogateSpec = None,
-        width: float = 1.0,
-        encoder: str = "direct",
-        activation_max: float = 2.0,
-        input_size: int = 32,
         hidden_fc: Sequence[int] = (),
         downsample: str = "avg",
-        batch_norm: bool = True,
     ) -> None:
-        super().__init__(T, kind, encoder)
+        super().__init__(spec.T, spec.kind, spec.encoder)
         if downsample not in ("avg", "stride"):
             raise UserError(f"downsample must be 'avg' or 'stride', got {downsample!r}")
-        act = activation_factory(kind, neuron, surrogate, activation_max)
+        act, batch_norm = spec.activation(), spec.batch_norm
         units: list[nn.Module] = []
-        channels, side = in_channels, input_size
+        channels, side = spec.in_channels, spec.input_size
         for i, item in enumerate(layers):
             if item == "M":
                 continue
             shrink = i + 1 < len(layers) and layers[i + 1] == "M" and side >= 2
-            out = scaled(int(item), width)
+            out = spec.channels(int(item))
             if shrink and downsample == "stride":
                 units.append(ConvUnit(channels, out, act(), stride=2, batch_norm=batch_norm))
             else:
@@ -82,11 +64,11 @@ class SpikingVGG(SpikingNetwork):
             channels, side = out, side // 2 if shrink else side
         features = channels * side * side
         for i, size in enumerate(hidden_fc):
-            units.append(LinearUnit(features, scaled(size, width), act(), flatten=i == 0,
+            units.append(LinearUnit(features, spec.channels(size), act(), flatten=i == 0,
                                     batch_norm=batch_norm))
-            features = scaled(size, width)
+            features = spec.channels(size)
         self.features = nn.Sequential(*units)
-        head = [nn.Linear(features, num_classes)]
+        head = [nn.Linear(features, spec.num_classes)]
         if not hidden_fc:
             head.insert(0, nn.Flatten())
         self.classifier = TimeDistributed(nn.Sequential(*head))

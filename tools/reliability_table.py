@@ -1,6 +1,10 @@
 """Regenerate the table of faults and bad inputs in ``docs/reliability.md`` from real runs.
 
-    python -m bench.reliability_table          # a few minutes on 2 CPU cores
+    python -m tools.reliability_table          # a few minutes on 2 CPU cores
+
+``--cases WORD ...`` runs only the cases whose description contains a word (the table in
+``--doc`` then holds only those rows); ``--doc`` writes the table into another copy of the
+page.
 
 Every case runs for real in a fresh process: the ``spikegrad`` command (or ``torchrun`` with
 two processes), or a short Python snippet for the library API. The table shows the exit
@@ -10,6 +14,7 @@ status and the message the user sees, verbatim: the last line the process printe
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -91,32 +96,43 @@ def run(case: Case, work: Path) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
-def prepare(work: Path) -> None:
+#: the files of trained runs that some cases use (``prepare`` trains them only when needed)
+TRAINED = ("run", "ann", "damaged", "cut.pt", "v9.pt")
+
+
+def needs_trained_runs(cases: list[Case]) -> bool:
+    words = " ".join(" ".join(c.argv or []) + (c.python or "") for c in cases).replace("/", " ").split()
+    return any(name in words for name in TRAINED)
+
+
+def prepare(work: Path, trained_runs: bool = True) -> None:
     """The files the cases use: a tiny recipe, a trained run, damaged and foreign files."""
     sys.path.insert(0, str(ROOT / "src"))
     import torch
 
-    from spikegrad.demo import recipe_path
+    from spikegrad.recipes import recipe_path
 
     (work / "tiny.yaml").write_text(TINY.format(recipe=recipe_path("digits")))
     (work / "ltl.yaml").write_text(f"extends: {recipe_path('digits_ltl')}\n")
     (work / "bad.yaml").write_text("model: {T: [4\n")
     (work / "file").write_text("")
+    (work / "empty").mkdir()
+    (work / "zero.pt").write_bytes(b"")
+    torch.save({"weights": torch.zeros(2)}, work / "foreign.pt")
+    torch.save({"format": "spikegrad-checkpoint", "payload": Exploit()}, work / "evil.pt")
+    if not trained_runs:
+        return
     subprocess.run([sys.executable, "-m", "spikegrad", "train", "tiny.yaml", "--out", "run"],
                    check=True, capture_output=True, env=env(), cwd=work)
     subprocess.run([sys.executable, "-m", "spikegrad", "train", "tiny.yaml", "--out", "ann",
                     "--set", "model.kind=ann", "--set", "train.epochs=1"],
                    check=True, capture_output=True, env=env(), cwd=work)
-    (work / "zero.pt").write_bytes(b"")
     data = (work / "run" / "last.pt").read_bytes()
     (work / "cut.pt").write_bytes(data[: len(data) // 2])
     shutil.copytree(work / "run", work / "damaged")
     (work / "damaged" / "last.pt").write_bytes(data[: len(data) // 2])
-    (work / "empty").mkdir()
-    torch.save({"weights": torch.zeros(2)}, work / "foreign.pt")
     payload = torch.load(work / "run" / "last.pt", weights_only=True)
     torch.save({**payload, "version": 9}, work / "v9.pt")
-    torch.save({"format": "spikegrad-checkpoint", "payload": Exploit()}, work / "evil.pt")
 
 
 LABELS = """
@@ -236,9 +252,8 @@ Trainer(net, data, data, Config().with_overrides({"train.device": "cpu"}), verbo
          expect=2),
     Case("data", "a builder of your own whose files are missing", python=api("""
 import torch
-from spikegrad.config import load_config
+from spikegrad import load_config, train
 from spikegrad.data import register_dataset
-from spikegrad.run import train
 @register_dataset("my_files")
 def my_files(root="data/mine"):  # a builder that leaves missing files to torch.load
     return torch.load(f"{root}/train.pt"), torch.load(f"{root}/test.pt"), None
@@ -247,9 +262,8 @@ train(load_config(None, ["data.name=my_files", "data.root=/nonexistent"]), None)
     Case("data", "event frames with another T than model.T", python=api("""
 import torch
 from torch.utils.data import TensorDataset
-from spikegrad.config import load_config
+from spikegrad import load_config, train
 from spikegrad.data import DatasetInfo, register_dataset
-from spikegrad.run import train
 @register_dataset("frames")
 def frames(root=None):
     d = TensorDataset(torch.rand(8, 6, 1, 8, 8), torch.zeros(8, dtype=torch.long))
@@ -321,12 +335,11 @@ Trainer(nn.Linear(4, 3), data, data, Config().with_overrides({"train.device": "c
     Case("faults", "loss becomes NaN/inf, train.nonfinite=skip",
          ["train", "tiny.yaml", "--out", "skip", "--set", "optim.lr=1e12",
           "--set", "train.nonfinite=skip", "--set", "train.epochs=1"], expect=0,
-         show=lambda p, work: "exit 0; metrics.jsonl: " + ", ".join(
-             re.findall(r'"nonfinite_steps": \d+', (work / "skip" / "metrics.jsonl").read_text()))),
+         show=lambda p, work: "exit 0; metrics.jsonl: " + ", ".join(re.findall(
+             r'"nonfinite_(?:steps|samples)": \d+', (work / "skip" / "metrics.jsonl").read_text()))),
     Case("faults", "disk full while writing a checkpoint", python=api("""
 import errno, torch
-from spikegrad.config import load_config
-from spikegrad.run import train
+from spikegrad import load_config, train
 real, calls = torch.save, []
 def full(obj, f, *a, **k):
     calls.append(1)
@@ -376,12 +389,18 @@ def display(case: Case) -> str:
     return f"`{prefix} {' '.join(case.argv)}`{stop}"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", nargs="+", metavar="WORD",
+                        help="only the cases whose description contains one of these words")
+    parser.add_argument("--doc", type=Path, default=DOC, help="the page whose table is rewritten")
+    args = parser.parse_args(argv)
+    cases = [c for c in CASES if not args.cases or any(w in c.what for w in args.cases)]
     work = Path(tempfile.mkdtemp(prefix="spikegrad-reliability-"))
     try:
-        prepare(work)
+        prepare(work, trained_runs=needs_trained_runs(cases))
         rows, failures = [], []
-        for case in CASES:
+        for case in cases:
             proc = run(case, work)
             text = shown(case, proc, work)
             if "Traceback" in proc.stderr and not case.torchrun:
@@ -393,9 +412,9 @@ def main() -> int:
             print(f"{proc.returncode:>4}  {case.what}: {text}", flush=True)
         table = "\n".join(["| kind | input or fault | command | exit | what the user sees |",
                            "|---|---|---|---|---|", *rows])
-        doc = DOC.read_text()
+        doc = args.doc.read_text()
         start, stop = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-        DOC.write_text(doc[:start] + "\n" + table + "\n" + doc[stop:])
+        args.doc.write_text(doc[:start] + "\n" + table + "\n" + doc[stop:])
         for failure in failures:
             print("UNEXPECTED:", failure, file=sys.stderr)
         return 1 if failures else 0

@@ -1,7 +1,7 @@
 """Local tandem learning against BPTT: accuracy, time per epoch and peak training memory.
 
-    python -m bench.ltl compare [--dataset digits] [--T 8] [--epochs 5] [--width 1.0]
-    python -m bench.ltl memory  [--dataset cluttered_digits] [--T 4 8 16 32] [--steps 3]
+    python -m experiments.ltl compare [--dataset digits] [--T 8] [--epochs 5] [--width 1.0]
+    python -m experiments.ltl memory  [--dataset cluttered_digits] [--T 4 8 16 32] [--steps 3]
 
 ``compare`` trains the ANN teacher (digits.yaml, ``model.kind=ann``), then from the same
 recipe (``digits_ltl.yaml``: no batch norm, LIF λ = 0.905, θ = 0.6) offline LTL (random and
@@ -61,19 +61,14 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Build the run of ``spec`` and either fit it or time a few steps, measuring memory."""
     import torch
 
-    from spikegrad.config import load_config
-    from spikegrad.data import build_augmentation
-    from spikegrad.demo import recipe_path
-    from spikegrad.run import build_components, build_parts
-    from spikegrad.trainer import Trainer
+    from spikegrad import Trainer, build_parts, load_config
+    from spikegrad.recipes import recipe_path
 
     torch.set_num_threads(1)
     config = load_config(recipe_path(spec["recipe"]), spec["overrides"])
-    parts = build_parts(config)
+    parts = build_parts(config)  # the teacher comes from ltl.teacher_checkpoint
     out = spec.get("out")
-    trainer = Trainer(parts.model, parts.train_set, parts.test_set, config,
-                      components=build_components(config, parts.model, out, verbose=False),
-                      out_dir=out, augment=build_augmentation(config.data.augment),
+    trainer = Trainer(parts.model, parts.train_set, parts.test_set, config, out_dir=out,
                       model_args=parts.model_args, verbose=False)
     batches = []
     if spec["mode"] == "steps":  # (making a loader iterator draws from its generator)
@@ -103,7 +98,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         if stored["spec"] == spec:
             return stored["result"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run([sys.executable, "-m", "bench.ltl", "_worker", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, "-m", "experiments.ltl", "_worker", json.dumps(spec)],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{spec['label']} failed:\n{proc.stderr[-3000:]}")
@@ -164,15 +159,14 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
-def memory(args: argparse.Namespace) -> list[dict[str, Any]]:
-    import torch  # noqa: F401  (the checkpoint below)
+#: what ``memory`` compares: overrides of the digits_ltl recipe
+MEMORY_METHODS = {"bptt": ["ltl.mode=none"], "ltl-offline": [], "ltl-online": ["ltl.mode=online"]}
 
-    from spikegrad import models
+
+def memory(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from spikegrad import build_model, datasets_from_config, load_config
     from spikegrad.checkpoint import save_checkpoint
-    from spikegrad.config import load_config
-    from spikegrad.data import build_datasets
-    from spikegrad.demo import recipe_path
-    from spikegrad.run import model_arguments
+    from spikegrad.recipes import recipe_path
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,13 +174,11 @@ def memory(args: argparse.Namespace) -> list[dict[str, Any]]:
         config = load_config(recipe_path("digits"),
                              [*data_overrides(args.dataset), "model.kind=ann",
                               f"model.width={args.width}"])
-        info = build_datasets(args.dataset)[2]
-        model_args = model_arguments(config, info)
+        model, model_args = build_model(config, datasets_from_config(config.data)[2])
         teacher = Path(tmp) / "teacher.pt"
-        save_checkpoint(teacher, models.create(model_args["name"], **model_args["kwargs"]), model_args)
+        save_checkpoint(teacher, model, model_args)
         for T in args.T:
-            for label, extra in (("bptt", ["ltl.mode=none"]), ("ltl-offline", []),
-                                 ("ltl-online", ["ltl.mode=online"])):
+            for label, extra in ((m, MEMORY_METHODS[m]) for m in args.methods):
                 overrides = [*data_overrides(args.dataset), f"model.width={args.width}",
                              f"model.T={T}", f"data.batch_size={args.batch}",
                              f"ltl.teacher_checkpoint={teacher}", *extra]
@@ -196,7 +188,7 @@ def memory(args: argparse.Namespace) -> list[dict[str, Any]]:
                 results.append(result)
                 print(f"  T={T} {label}: {result['peak_mib']:.1f} MiB, "
                       f"{result['step_seconds']:.3f} s/step", file=sys.stderr)
-    labels = ["bptt", "ltl-offline", "ltl-online"]
+    labels = list(args.methods)
     print(f"\n{args.dataset}, digits_cnn width {args.width}, batch {args.batch}, "
           f"{args.steps} training steps, one thread\n")
     print("| T | " + " | ".join(f"{m} peak MiB" for m in labels) + " | "
@@ -214,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "_worker":
         print(json.dumps(worker(json.loads(argv[1]))))
         return
-    parser = argparse.ArgumentParser(prog="python -m bench.ltl", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.ltl", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("compare", help="teacher, offline/online LTL and BPTT: accuracy, time, memory")
     p.add_argument("--dataset", default="digits")
@@ -230,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--methods", nargs="+", default=list(MEMORY_METHODS), choices=list(MEMORY_METHODS))
     p.add_argument("--out", default="runs/bench_ltl")
     args = parser.parse_args(argv)
     results = compare(args) if args.command == "compare" else memory(args)

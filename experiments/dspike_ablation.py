@@ -1,6 +1,6 @@
 """Ablation of the adaptive Dspike temperature on the cluttered digits benchmark.
 
-Same network (``configs/digits.yaml``: digits_cnn, T = 4, LIF 0.25 / 0.5, hard reset), data
+Same network (the packaged ``digits`` recipe: digits_cnn, T = 4, LIF 0.25 / 0.5, hard reset), data
 (``cluttered_digits``), optimiser and epochs for every row; only the surrogate changes:
 
 - ``dspike-adaptive``: Dspike from b = 3 with the temperature search (the ``dspike`` defaults);
@@ -11,7 +11,7 @@ Each row runs for every seed into ``OUT/<row>/seed<k>`` (a finished run is kept 
 rerun). The summary is a Markdown table of the final and best test accuracy (mean ± std
 over seeds) and a plot of the temperature trajectory of the adaptive runs.
 
-    OMP_NUM_THREADS=1 python -m bench.dspike_ablation --out runs/dspike_ablation --jobs 2
+    OMP_NUM_THREADS=1 python -m experiments.dspike_ablation --out runs/dspike_ablation --jobs 2
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from spikegrad.recipes import recipe_path
 
 ROWS: dict[str, list[str]] = {
     "dspike-adaptive": ["dspike.adaptive=true"],
@@ -39,7 +41,7 @@ def run_one(out: Path, row: str, seed: int, epochs: int, extra: list[str]) -> Pa
         return folder
     overrides = [*ROWS[row], "data.name=cluttered_digits", f"train.epochs={epochs}", f"train.seed={seed}",
                  "train.threads=1", "train.progress=false", f"name=ablation-{row}-seed{seed}", *extra]
-    cmd = [sys.executable, "-m", "spikegrad", "train", "configs/digits.yaml", "--out", str(folder)]
+    cmd = [sys.executable, "-m", "spikegrad", "train", str(recipe_path("digits")), "--out", str(folder)]
     if (folder / "last.pt").exists():
         cmd.append("--resume")  # a run stopped half-way continues
     for item in overrides:
@@ -99,7 +101,7 @@ def plot_temperatures(out: Path, seeds: list[int], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/dspike_ablation")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -109,7 +111,7 @@ def main() -> None:
     parser.add_argument("--plot", default="docs/dspike_temperature.png")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra override for every run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out = Path(args.out)
     jobs = [(row, seed) for seed in args.seeds for row in args.rows]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:

@@ -8,7 +8,7 @@ already finished are not trained again. Then the script tabulates test accuracy 
 sample std over seeds) and the first-layer / last-layer gradient-norm ratio, and draws the
 figures::
 
-    OMP_NUM_THREADS=1 python -m bench.shortcut_depth --out runs/shortcut_depth --docs docs/img
+    OMP_NUM_THREADS=1 python -m experiments.shortcut_depth --out runs/shortcut_depth --docs docs/img
 
 ``--report`` only re-reads finished runs. One thread per run (``train.threads=1``).
 """
@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from spikegrad.config import load_config
-from spikegrad.demo import recipe_path
+from spikegrad import load_config, train
 from spikegrad.diagnostics import norm_ratio, read_gradients
-from spikegrad.run import train
+from spikegrad.recipes import recipe_path
 
 MODELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "plain4": ("cluttered_digits_plain_cnn_t2", ("model.options.depth=4",)),
@@ -170,7 +169,7 @@ def draw(results: dict[str, Any], docs: Path) -> list[Path]:
     return [path]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/shortcut_depth", type=Path)
     parser.add_argument("--docs", default=None, type=Path, help="folder for the figure")
@@ -180,7 +179,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key in every run, e.g. model.T=4")
     parser.add_argument("--report", action="store_true", help="only tabulate finished runs")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.report:
         train_grid(args.out, args.seeds, args.epochs, args.models, args.set)
     results = report(args.out, args.seeds)

@@ -1,6 +1,6 @@
 """Accuracy of a trained SNN on imperfect devices, before and after calibration.
 
-    python -m bench.ltl_devices --student runs/.../last.pt --teacher runs/.../teacher/last.pt \
+    python -m experiments.ltl_devices --student runs/.../last.pt --teacher runs/.../teacher/last.pt \
         [--steps 50] [--seeds 0 1 2] [--lr 0.001] [--plot docs/ltl_devices.png]
 
 For every device model (multiplicative weight variation σ, stuck-at-zero and stuck-at-max
@@ -25,13 +25,10 @@ from typing import Any
 
 import torch
 
+from spikegrad import datasets_from_config, evaluate_model, from_checkpoint
 from spikegrad.calibration import calibrate
-from spikegrad.checkpoint import load_model
-from spikegrad.config import Config, from_dict
-from spikegrad.data import build_datasets
-from spikegrad.data.loader import collate_for
+from spikegrad.data import collate_for
 from spikegrad.devices import DeviceModel
-from spikegrad.trainer import evaluate_model, resolve_device
 
 SWEEPS: dict[str, list[dict[str, Any]]] = {
     "sigma": [{"sigma": s} for s in (0.0, 0.1, 0.2, 0.3)],
@@ -46,22 +43,19 @@ METHODS = ("ltl-online", "bptt")
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     torch.set_num_threads(1)
-    student, payload = load_model(args.student)
-    teacher, _ = load_model(args.teacher)
-    config: Config = from_dict(Config, payload["config"]).with_overrides(
-        {"optim.name": "adam", "train.device": "cpu"})
-    options = dict(config.data.options)
-    if config.data.root is not None:
-        options["root"] = config.data.root
-    train_set, test_set, _ = build_datasets(config.data.name, **options)
+    stored = from_checkpoint(args.student, ["optim.name=adam", "train.device=cpu"])
+    student, config = stored.model, stored.config
+    teacher = from_checkpoint(args.teacher).model
+    train_set, test_set, _ = datasets_from_config(config.data)
     loader = torch.utils.data.DataLoader(test_set, batch_size=config.data.eval_batch_size,
                                          collate_fn=collate_for(test_set))
-    ideal = evaluate_model(student, loader, resolve_device("cpu"))["test_acc"]
-    teacher_acc = evaluate_model(teacher, loader, resolve_device("cpu"))["test_acc"]
+    cpu = torch.device("cpu")
+    ideal = evaluate_model(student, loader, cpu)["test_acc"]
+    teacher_acc = evaluate_model(teacher, loader, cpu)["test_acc"]
     print(f"ideal student {100 * ideal:.2f}%, teacher {100 * teacher_acc:.2f}%", file=sys.stderr)
     rows = []
-    for sweep, settings in SWEEPS.items():
-        for setting in settings:
+    for sweep in args.sweeps:
+        for setting in SWEEPS[sweep][:args.first]:
             for seed in args.seeds:
                 devices = DeviceModel(seed=seed, **setting)
                 for method in METHODS:
@@ -139,13 +133,17 @@ def plot(summary: list[dict[str, Any]], head: dict[str, Any], path: Path) -> Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.ltl_devices",
+    parser = argparse.ArgumentParser(prog="python -m experiments.ltl_devices",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--student", help="checkpoint of the trained SNN")
     parser.add_argument("--teacher", help="checkpoint of its ANN teacher")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--sweeps", nargs="+", default=list(SWEEPS), choices=list(SWEEPS),
+                        help="device models to sweep (default: all)")
+    parser.add_argument("--first", type=int, default=None,
+                        help="only the first this many settings of each sweep (default: all)")
     parser.add_argument("--out", default="runs/bench_ltl/devices.json")
     parser.add_argument("--plot", default="docs/ltl_devices.png")
     parser.add_argument("--from-json", action="store_true",

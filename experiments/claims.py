@@ -1,0 +1,80 @@
+"""Verdicts on a paper's claim from an experiment's paired comparisons.
+
+A verdict reads the 95% t-interval of the paired difference of final accuracies
+(``results["comparisons"]``):
+
+- ``better(a, b)``: *holds* when the interval of ``a - b`` lies above 0, *fails* when it lies
+  below 0 (``b`` is better), otherwise *not shown* (the difference is within the seed noise);
+- ``within(a, b, points)``: "``a`` is within ``points`` of ``b``": *holds* when the interval of
+  ``b - a`` lies below ``points`` (points as fractions, 0.01 = 1 point), *fails* when it lies
+  above, otherwise *not shown*.
+
+A verdict on runs that had not plateaued says so; a smoke run's verdicts are marked SMOKE.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["better", "comparison", "within"]
+
+
+def comparison(results: dict[str, Any], a: str, b: str) -> dict[str, Any] | None:
+    """The stored comparison ``a - b`` (or ``b - a`` with the signs flipped), None if absent."""
+    for c in results["comparisons"]:
+        if (c["a"], c["b"]) == (a, b):
+            return c["final"]
+        if (c["a"], c["b"]) == (b, a):
+            test = dict(c["final"])
+            test["diffs"] = [-d for d in test["diffs"]]
+            test["mean_diff"] = None if test["mean_diff"] is None else -test["mean_diff"]
+            test["ci"] = None if test["ci"] is None else [-test["ci"][1], -test["ci"][0]]
+            test["t"] = None if test["t"] is None else -test["t"]
+            return test
+    return None
+
+
+def _qualify(results: dict[str, Any], verdict: str, arms: tuple[str, ...]) -> str:
+    unconverged = [results["arms"][n]["label"] for n in arms
+                   if results["arms"][n]["converged"] < results["arms"][n]["runs_total"]]
+    if unconverged:
+        verdict += f" (not converged: {', '.join(unconverged)})"
+    if results["smoke"]:
+        verdict = "SMOKE: " + verdict
+    return verdict
+
+
+def _evidence(test: dict[str, Any], a_label: str, b_label: str) -> str:
+    ci = test["ci"]
+    text = f"{a_label} − {b_label}: {100 * test['mean_diff']:+.2f} points"
+    if ci is not None:
+        text += f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]"
+    if test["p"] is not None:
+        text += f", p = {test['p']:.3g}"
+    return text + f", n = {test['n']}"
+
+
+def better(results: dict[str, Any], a: str, b: str, claim: str) -> dict[str, Any]:
+    """Verdict on "``a`` is more accurate than ``b``" (final accuracy, paired seeds)."""
+    test = comparison(results, a, b)
+    la, lb = results["arms"][a]["label"], results["arms"][b]["label"]
+    if test is None or test["mean_diff"] is None or test["ci"] is None:
+        return {"claim": claim, "verdict": _qualify(results, "not testable (too few paired seeds)", (a, b)),
+                "evidence": "-", "a": a, "b": b}
+    lo, hi = test["ci"]
+    verdict = "holds" if lo > 0 else "fails" if hi < 0 else "not shown"
+    return {"claim": claim, "verdict": _qualify(results, verdict, (a, b)),
+            "evidence": _evidence(test, la, lb), "a": a, "b": b}
+
+
+def within(results: dict[str, Any], a: str, b: str, points: float, claim: str) -> dict[str, Any]:
+    """Verdict on "``a`` is within ``points`` (a fraction) of ``b``", i.e. ``b - a < points``."""
+    test = comparison(results, b, a)
+    la, lb = results["arms"][a]["label"], results["arms"][b]["label"]
+    if test is None or test["mean_diff"] is None or test["ci"] is None:
+        return {"claim": claim, "verdict": _qualify(results, "not testable (too few paired seeds)", (a, b)),
+                "evidence": "-", "a": a, "b": b}
+    lo, hi = test["ci"]
+    verdict = "holds" if hi < points else "fails" if lo > points else "not shown"
+    return {"claim": claim, "verdict": _qualify(results, verdict, (a, b)),
+            "evidence": _evidence(test, lb, la), "a": a, "b": b}

@@ -1,0 +1,936 @@
+"""The experiment runner: arms, the learning-rate search, seeds, resume, results, tables, plots.
+
+An :class:`Experiment` is a list of :class:`Arm` objects (a recipe plus overrides, a dataset
+split, an epoch budget and a learning-rate grid) and the comparisons between them. The runner
+
+1. checks the plan against the protocol (:func:`experiments.protocol.check_plan`);
+2. trains every arm's grid ``lr × tuning seed`` on the validation split, picks its rate
+   (:func:`experiments.protocol.choose_lr`), then trains the final seeds on the training set
+   and evaluates them on the test set; arms that need another arm's runs (an LTL teacher)
+   wait for them;
+3. writes ``results.json`` (every run's curves, plateau verdict, provenance), ``results.md``
+   (the tables, with the command beside them) and ``curves.png``.
+
+Run folders: ``OUT/runs/<arm>/tune/lr<lr>/seed<s>`` and ``OUT/runs/<arm>/final/seed<s>``. A
+folder that holds ``summary.json`` (or a recorded failure) is finished and never trained again,
+so a killed experiment loses only the runs in flight; those continue from their last
+checkpoint where spikegrad can resume them, else start over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from experiments import provenance
+from experiments.protocol import PROTOCOL, Protocol, ProtocolError, check_plan, choose_lr, plateau
+from experiments.splits import data_overrides, split_path
+from experiments.stats import describe, paired_t_test
+from spikegrad.config import Config, from_dict, load_config
+from spikegrad.data._registry import dataset_builder
+from spikegrad.diagnostics import read_jsonl
+from spikegrad.errors import TrainingDiverged, UserError
+
+__all__ = ["Arm", "Comparison", "DataSpec", "Experiment", "Runner", "execute", "load_run", "main",
+           "markdown", "plot_curves", "verify"]
+
+RECORD = "experiment_run.json"
+RESULTS = "results.json"
+TABLE = "results.md"
+PLOT = "curves.png"
+# per-epoch fields kept in results.json besides those whose name holds "acc"
+CURVE_KEYS = ("train_loss", "test_loss", "dspike_temperature", "shortcut_lambda", "lr")
+
+
+# --------------------------------------------------------------------------- definitions
+
+
+@dataclass
+class DataSpec:
+    """A dataset and how a run uses it: ``validation`` (fraction of the training set held out for
+    tuning), ``subset`` (at most this many training samples), ``split_seed`` (both cuts)."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    validation: float = 0.1
+    subset: int | None = None
+    split_seed: int = 0
+
+
+@dataclass
+class Arm:
+    """One row of an experiment: a recipe, overrides, data, epochs and how its rate is set.
+
+    Exactly one of ``lr_grid`` (tuned), ``lr`` with ``lr_reason`` (fixed, e.g. published) or
+    ``lr_from`` with ``lr_reason`` (the rate chosen for another arm) sets the rate.
+    ``depends`` maps a config key to another arm whose run of the same phase and seed provides
+    its ``last.pt`` (an LTL teacher). ``name`` is ``group/label``.
+    """
+
+    name: str
+    recipe: str
+    data: DataSpec
+    epochs: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+    lr_grid: list[float] = field(default_factory=list)
+    lr: float | None = None
+    lr_reason: str = ""
+    lr_from: str | None = None
+    lr_key: str = "optim.lr"
+    depends: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def group(self) -> str:
+        return self.name.rsplit("/", 1)[0] if "/" in self.name else ""
+
+    @property
+    def label(self) -> str:
+        return self.name.rsplit("/", 1)[-1]
+
+
+@dataclass
+class Comparison:
+    """The paired difference ``a - b`` (same seeds) between two arms."""
+
+    a: str
+    b: str
+
+
+@dataclass
+class Experiment:
+    name: str
+    title: str
+    arms: list[Arm]
+    seeds: list[int]
+    tuning_seeds: list[int]
+    comparisons: list[Comparison] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    claims: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None
+    extra_overrides: list[str] = field(default_factory=list)
+    protocol: Protocol = PROTOCOL
+    #: called with the runner before the arms are scheduled (e.g. a check that picks a setting
+    #: of every arm); it may change ``arms`` and returns what it found for results.json
+    prepare: Callable[[Runner], dict[str, Any]] | None = None
+
+    def arm(self, name: str) -> Arm:
+        for arm in self.arms:
+            if arm.name == name:
+                return arm
+        raise UserError(f"experiment {self.name!r} has no arm {name!r}; its arms: "
+                        f"{', '.join(a.name for a in self.arms)}")
+
+    def plan(self) -> dict[str, Any]:
+        return {"seeds": self.seeds, "tuning_seeds": self.tuning_seeds,
+                "arms": [{"name": a.name, "epochs": a.epochs, "lr_grid": a.lr_grid, "lr": a.lr,
+                          "lr_reason": a.lr_reason, "lr_from": a.lr_from,
+                          "validation": a.data.validation} for a in self.arms]}
+
+
+def recipe_file(recipe: str) -> Path:
+    """A recipe path, or the name of a packaged recipe (``digits`` -> ``configs/digits.yaml``)."""
+    from spikegrad.recipes import CONFIG_DIR
+
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    packaged = CONFIG_DIR / f"{path.stem if path.suffix == '.yaml' else recipe}.yaml"
+    if packaged.is_file():
+        return packaged
+    raise UserError(f"recipe {recipe!r} is neither a file nor a packaged recipe")
+
+
+def _lr_name(lr: float) -> str:
+    return f"lr{lr:g}"
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def _finished(folder: Path) -> bool:
+    return (folder / "summary.json").is_file() or _failure(folder) is not None
+
+
+def _failure(folder: Path) -> str | None:
+    path = folder / RECORD
+    if path.is_file():
+        return json.loads(path.read_text()).get("failed")
+    return None
+
+
+def execute(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train the run ``spec`` describes into its folder (unless finished); returns its record.
+
+    A run stopped half-way continues from its ``last.pt`` where :func:`spikegrad.run.train`
+    takes ``resume_from``, else starts over. A diverged run is recorded as failed.
+    """
+    from spikegrad.run import train
+
+    folder = Path(spec["folder"])
+    record_path = folder / RECORD
+    if _finished(folder):
+        if record_path.is_file():
+            return json.loads(record_path.read_text())
+        return _write_record(folder, spec, None, None)
+    config = from_dict(Config, spec["config"])
+    resume = folder / "last.pt"
+    can_resume = resume.is_file() and "resume_from" in inspect.signature(train).parameters
+    if folder.exists() and not can_resume:
+        shutil.rmtree(folder)
+    tic = time.perf_counter()
+    try:
+        try:
+            if can_resume:
+                train(config, folder, verbose=False, resume_from=resume)
+            else:
+                train(config, folder, verbose=False)
+        except TrainingDiverged:
+            raise
+        except UserError:
+            if not can_resume:
+                raise
+            shutil.rmtree(folder)  # the partial run could not be continued: start it over
+            train(config, folder, verbose=False)
+    except TrainingDiverged as exc:
+        return _write_record(folder, spec, time.perf_counter() - tic, str(exc))
+    return _write_record(folder, spec, time.perf_counter() - tic, None)
+
+
+def _write_record(folder: Path, spec: dict[str, Any], wall: float | None,
+                  failed: str | None) -> dict[str, Any]:
+    import torch
+
+    record = {**{k: v for k, v in spec.items() if k != "config"}, "config": spec["config"],
+              "wall_seconds": wall, "failed": failed, "threads": torch.get_num_threads(),
+              "machine": provenance.machine(spec["config"]["train"]["device"]),
+              "finished_at": provenance.now()}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def load_run(folder: Path, protocol: Protocol = PROTOCOL) -> dict[str, Any]:
+    """One finished run as results.json stores it: accuracies, curves, plateau, extras."""
+    record = json.loads((folder / RECORD).read_text()) if (folder / RECORD).is_file() else {}
+    rows = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
+    keys = ("arm", "phase", "seed", "lr", "eval_set", "wall_seconds", "threads", "failed", "depends",
+            "machine")
+    out: dict[str, Any] = {k: record.get(k) for k in keys}
+    out["folder"] = str(folder)
+    out["epochs"] = len(rows)
+    if not rows or record.get("failed"):
+        out.update(final_acc=None, best_acc=None, converged=False, curves={})
+        return out
+    eval_acc = [r["test_acc"] for r in rows]
+    train_acc = [r["train_acc"] for r in rows]
+    curves: dict[str, list] = {"train_acc": train_acc, "eval_acc": eval_acc}
+    for key in dict.fromkeys(k for r in rows for k in r):  # in the order the rows name them
+        if key in ("train_acc", "test_acc"):
+            continue
+        values = [r.get(key) for r in rows]
+        if (key in CURVE_KEYS or "acc" in key) and all(isinstance(v, (int, float, dict)) or v is None
+                                                        for v in values):
+            curves[key] = values
+    best = max(range(len(eval_acc)), key=lambda i: eval_acc[i])
+    verdict = plateau(train_acc, protocol, [r.get("train_loss") for r in rows])
+    last = rows[-1]
+    extras = {k: v for k, v in last.items() if "acc" in k and k not in ("train_acc", "test_acc")}
+    out.update(final_acc=eval_acc[-1], best_acc=eval_acc[best], best_epoch=best + 1,
+               final_train_acc=train_acc[-1], final_train_loss=last.get("train_loss"),
+               converged=verdict["converged"], plateau=verdict, extras=extras, curves=curves,
+               train_seconds=sum(r.get("seconds", 0.0) for r in rows))
+    return out
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+class _Serial:
+    """An executor that runs each job at once in this process (``--jobs 1``)."""
+
+    def submit(self, fn: Callable, *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+    def __enter__(self) -> _Serial:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class Runner:
+    """Runs an :class:`Experiment` into ``out`` (see the module docstring)."""
+
+    def __init__(self, experiment: Experiment, out: str | Path, *, device: str = "cpu", jobs: int = 1,
+                 threads: int | None = None, smoke: bool = False, command: str = "",
+                 verbose: bool = True) -> None:
+        self.experiment = experiment
+        self.out = Path(out)
+        self.device = device
+        self.jobs = max(1, int(jobs))
+        if threads is None and device == "cpu":
+            threads = max(1, provenance.usable_cores() // self.jobs)
+        self.threads = threads
+        self.smoke = smoke
+        self.command = command
+        self.verbose = verbose
+        self.prepared: dict[str, Any] = {}
+        self._done: dict[str, dict[str, Any]] = {}  # folder -> record
+        self._chosen: dict[str, dict[str, Any]] = {}  # arm -> choose_lr's answer
+        self.violations = self.check()
+
+    # ---------------------------------------------------------------- planning
+
+    def check(self) -> list[str]:
+        """The protocol check (raises unless smoke) plus the structure of the arms."""
+        exp = self.experiment
+        names = [a.name for a in exp.arms]
+        if len(set(names)) != len(names):
+            raise UserError(f"experiment {exp.name!r} names an arm twice: {names}")
+        for index, arm in enumerate(exp.arms):
+            earlier = set(names[:index])
+            for key, other in arm.depends.items():
+                if other not in earlier:
+                    raise UserError(f"arm {arm.name!r}: {key} needs arm {other!r}, which must come "
+                                    "before it")
+                if arm.lr_grid and not exp.arm(other).lr_grid:
+                    raise UserError(f"arm {arm.name!r} is tuned but the arm it needs, {other!r}, has no "
+                                    "tuning runs to pair its tuning runs with")
+        for c in exp.comparisons:
+            exp.arm(c.a), exp.arm(c.b)
+        violations = check_plan(exp.plan(), smoke=self.smoke, protocol=exp.protocol, out=self.out,
+                                repo=provenance.REPO)
+        for name in dict.fromkeys(a.data.name for a in exp.arms):
+            dataset_builder(name)  # an unknown dataset fails before any training, naming the known ones
+        return violations
+
+    def folder(self, arm: Arm, phase: str, seed: int, lr: float | None = None) -> Path:
+        base = self.out / "runs" / arm.name / phase
+        return base / _lr_name(lr) / f"seed{seed}" if phase == "tune" else base / f"seed{seed}"
+
+    def lr_of(self, arm: Arm) -> float | None:
+        """The arm's final learning rate, or None while its tuning runs are unfinished."""
+        if arm.lr_grid:
+            chosen = self._chosen.get(arm.name)
+            return None if chosen is None else chosen["lr"]
+        if arm.lr_from:
+            return self.lr_of(self.experiment.arm(arm.lr_from))
+        return arm.lr
+
+    def config(self, arm: Arm, phase: str, seed: int, lr: float,
+               depends: dict[str, str] | None = None) -> Config:
+        """The resolved config of one run."""
+        data = arm.data
+        split = data_overrides(data.name, data.options,
+                               validation=data.validation if phase == "tune" else None,
+                               split_seed=data.split_seed, subset=data.subset)
+        config = load_config(recipe_file(arm.recipe)).with_overrides(arm.overrides).with_overrides(split)
+        config = config.with_overrides(self.experiment.extra_overrides)  # --set wins over the arm's own
+        run: dict[str, Any] = {
+            arm.lr_key: lr, "train.epochs": arm.epochs, "train.seed": seed,
+            "train.device": self.device, "train.progress": False,
+            "name": f"{self.experiment.name}/{arm.name}/{phase}/seed{seed}",
+        }
+        if self.threads is not None:
+            run["train.threads"] = self.threads
+        run.update(depends or {})
+        return config.with_overrides(run)
+
+    def _spec(self, phase: str, arm: Arm, seed: int, lr: float | None) -> dict[str, Any] | None:
+        """The spec of a run whose prerequisites are met, else None."""
+        lr = lr if phase == "tune" else self.lr_of(arm)
+        if lr is None:
+            return None
+        depends, relative = {}, {}
+        for key, other_name in arm.depends.items():
+            other = self.experiment.arm(other_name)
+            other_lr = self.lr_of(other) if phase == "final" else self._chosen.get(other.name, {}).get("lr")
+            if other_lr is None:
+                return None
+            folder = self.folder(other, phase, seed, other_lr)
+            if str(folder) not in self._done:
+                return None
+            if self._done[str(folder)].get("failed"):
+                raise UserError(f"arm {arm.name!r} needs {other.name!r} {phase} seed {seed}, which "
+                                f"failed: {self._done[str(folder)]['failed']}")
+            depends[key] = str(folder / "last.pt")
+            relative[key] = str((folder / "last.pt").relative_to(self.out))
+        folder = self.folder(arm, phase, seed, lr)
+        return {"experiment": self.experiment.name, "arm": arm.name, "phase": phase, "seed": seed,
+                "lr": lr, "eval_set": "validation" if phase == "tune" else "test",
+                "folder": str(folder), "depends": relative, "smoke": self.smoke,
+                "config": self.config(arm, phase, seed, lr, depends).to_dict()}
+
+    def tasks(self) -> list[tuple[str, Arm, int, float | None]]:
+        out: list[tuple[str, Arm, int, float | None]] = []
+        for arm in self.experiment.arms:
+            out += [("tune", arm, s, lr) for lr in arm.lr_grid for s in self.experiment.tuning_seeds]
+            out += [("final", arm, s, None) for s in self.experiment.seeds]
+        return out
+
+    # ---------------------------------------------------------------- running
+
+    def log(self, message: str) -> None:
+        if self.verbose:
+            print(message, flush=True)
+
+    def _record_done(self, task: tuple, record: dict[str, Any], folder: str) -> None:
+        phase, arm, _, _ = task
+        self._done[folder] = record
+        if phase == "tune" and arm.name not in self._chosen:
+            folders = [self.folder(arm, "tune", s, lr) for lr in arm.lr_grid
+                       for s in self.experiment.tuning_seeds]
+            if all(str(f) in self._done for f in folders):
+                self._chosen[arm.name] = self.choose(arm)
+                chosen = self._chosen[arm.name]
+                self.log(f"   {arm.name}: learning rate {chosen['lr']:g}"
+                         + (" (at the edge of the grid)" if chosen["at_edge"] else ""))
+
+    def choose(self, arm: Arm) -> dict[str, Any]:
+        table = {}
+        for lr in arm.lr_grid:
+            runs = [load_run(self.folder(arm, "tune", s, lr), self.experiment.protocol)
+                    for s in self.experiment.tuning_seeds]
+            table[lr] = [r["final_acc"] for r in runs]
+        return choose_lr(table)
+
+    def train(self) -> None:
+        """Train every run not yet finished (in ``jobs`` processes), in dependency order."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        pending = self.tasks()
+        running: dict[Future, tuple] = {}
+        executor = _Serial() if self.jobs == 1 else ProcessPoolExecutor(self.jobs, get_context("spawn"))
+        started = time.perf_counter()
+        with executor:
+            while pending or running:
+                progressed = True
+                while progressed:
+                    progressed = False
+                    for task in list(pending):
+                        spec = self._spec(*task)
+                        if spec is None:
+                            continue
+                        pending.remove(task)
+                        progressed = True
+                        if _finished(Path(spec["folder"])):
+                            self._record_done(task, execute(spec), spec["folder"])
+                            continue
+                        self.log(f"== {spec['arm']} {spec['phase']} seed {spec['seed']} lr {spec['lr']:g}")
+                        running[executor.submit(execute, spec)] = (task, spec["folder"])
+                        if isinstance(executor, _Serial):  # done already: record it first
+                            progressed = False
+                            break
+                if not running:
+                    if pending:
+                        names = sorted({f"{t[1].name} {t[0]}" for t in pending})
+                        raise UserError(f"cannot schedule {names}: what they need never finished")
+                    break
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in finished:
+                    task, folder = running.pop(future)
+                    record = future.result()
+                    self._record_done(task, record, folder)
+                    acc = load_run(Path(folder), self.experiment.protocol)["final_acc"]
+                    state = f"FAILED: {record['failed']}" if record.get("failed") else \
+                        f"{record['eval_set']} acc {100 * acc:.2f}%"
+                    self.log(f"   done {record['arm']} {record['phase']} seed {record['seed']}: {state}"
+                             f" ({(record['wall_seconds'] or 0):.0f} s)")
+        self.train_wall = time.perf_counter() - started
+
+    def run(self, train: bool = True) -> dict[str, Any]:
+        """Prepare, train (unless ``train`` is False: only finished runs are read) and report."""
+        if self.experiment.prepare is not None:
+            self.prepared = self.experiment.prepare(self)
+            self.violations = self.check()
+        if train:
+            self.train()
+        else:
+            for task in self.tasks():  # fill in what is on disk
+                spec = self._spec(*task)
+                if spec is not None and _finished(Path(spec["folder"])):
+                    self._record_done(task, execute(spec), spec["folder"])
+        results = self.collect()
+        self.write(results)
+        return results
+
+    def run_check(self, arm: Arm, seed: int, lr: float, phase: str = "check") -> dict[str, Any]:
+        """Train (or read) one validation-split run outside the arms' grid (a preparatory check)."""
+        spec = {"experiment": self.experiment.name, "arm": arm.name, "phase": phase, "seed": seed,
+                "lr": lr, "eval_set": "validation", "depends": {}, "smoke": self.smoke,
+                "folder": str(self.out / "runs" / phase / arm.name / f"seed{seed}"),
+                "config": self.config(arm, "tune", seed, lr).to_dict()}
+        if not _finished(Path(spec["folder"])):
+            self.log(f"== {phase} {arm.name} seed {seed} lr {lr:g}")
+        execute(spec)
+        return load_run(Path(spec["folder"]), self.experiment.protocol)
+
+    # ---------------------------------------------------------------- results
+
+    def collect(self) -> dict[str, Any]:
+        exp, protocol = self.experiment, self.experiment.protocol
+        arms: dict[str, Any] = {}
+        for arm in exp.arms:
+            tune_runs = [load_run(self.folder(arm, "tune", s, lr), protocol) for lr in arm.lr_grid
+                         for s in exp.tuning_seeds if _finished(self.folder(arm, "tune", s, lr))]
+            chosen = self._chosen.get(arm.name)
+            lr = self.lr_of(arm)
+            finals = [] if lr is None else [
+                load_run(self.folder(arm, "final", s, lr), protocol) for s in exp.seeds
+                if _finished(self.folder(arm, "final", s, lr))]
+            for run in finals + tune_runs:
+                run["run_dir"] = str(Path(run["folder"]).relative_to(self.out))
+            ok = [r for r in finals if r["final_acc"] is not None]
+            arms[arm.name] = {
+                "group": arm.group, "label": arm.label, "recipe": arm.recipe,
+                "overrides": arm.overrides, "data": asdict(arm.data), "epochs": arm.epochs,
+                "note": arm.note, "lr": lr,
+                "lr_source": "tuned" if arm.lr_grid else ("from " + arm.lr_from if arm.lr_from else "fixed"),
+                "lr_reason": arm.lr_reason, "lr_grid": arm.lr_grid, "lr_choice": chosen,
+                "seeds": [r["seed"] for r in ok], "failed_seeds": [r["seed"] for r in finals if r not in ok],
+                "final_acc": describe([r["final_acc"] for r in ok], protocol.confidence),
+                "best_acc": describe([r["best_acc"] for r in ok], protocol.confidence),
+                "final_train_acc": describe([r["final_train_acc"] for r in ok], protocol.confidence),
+                "converged": sum(bool(r["converged"]) for r in ok), "runs_total": len(ok),
+                "train_seconds": sum(r.get("train_seconds") or 0.0 for r in finals + tune_runs),
+                "runs": finals, "tuning_runs": tune_runs,
+            }
+        comparisons = []
+        for c in exp.comparisons:
+            a, b = arms[c.a], arms[c.b]
+            ra = {r["seed"]: r for r in a["runs"] if r["final_acc"] is not None}
+            rb = {r["seed"]: r for r in b["runs"] if r["final_acc"] is not None}
+            seeds = sorted(set(ra) & set(rb))
+            comparisons.append({
+                "a": c.a, "b": c.b, "seeds": seeds,
+                "final": paired_t_test([ra[s]["final_acc"] for s in seeds],
+                                       [rb[s]["final_acc"] for s in seeds], protocol.confidence),
+                "best": paired_t_test([ra[s]["best_acc"] for s in seeds],
+                                      [rb[s]["best_acc"] for s in seeds], protocol.confidence),
+                "not_converged": [n for n in (c.a, c.b)
+                                  if arms[n]["converged"] < arms[n]["runs_total"]],
+            })
+        results: dict[str, Any] = {
+            "experiment": exp.name, "title": exp.title, "smoke": self.smoke,
+            "violations": self.violations, "command": self.command, "written_at": provenance.now(),
+            "machine": provenance.machine(self.device), "device": self.device, "jobs": self.jobs,
+            "threads_per_run": self.threads, "train_wall_seconds": getattr(self, "train_wall", None),
+            "protocol": {**protocol.to_dict(), "lr_rule": choose_lr({1.0: [1.0]})["rule"]},
+            "split": split_path(), "seeds": exp.seeds, "tuning_seeds": exp.tuning_seeds,
+            "settings": exp.settings, "notes": exp.notes, "prepared": self.prepared,
+            "arms": arms, "comparisons": comparisons,
+        }
+        results["claims"] = exp.claims(results) if exp.claims is not None else []
+        return results
+
+    def write(self, results: dict[str, Any]) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / RESULTS).write_text(json.dumps(_finite(results), indent=1, allow_nan=False,
+                                                   default=_json_default) + "\n")
+        (self.out / TABLE).write_text(markdown(results))
+        plot_curves(results, self.out / PLOT)
+        self.log(f"\nwrote {self.out / RESULTS}, {self.out / TABLE}, {self.out / PLOT}")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (strict JSON; a diverged loss)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _pct(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
+
+
+def fmt_stats(stats: dict[str, Any]) -> str:
+    """``91.30 ± 1.11 [89.92, 92.68]`` (percent; the interval is the t-interval of the mean)."""
+    if stats["mean"] is None:
+        return "-"
+    if stats["std"] is None:
+        return f"{_pct(stats['mean'])} (n = 1)"
+    lo, hi = stats["ci"]
+    return f"{_pct(stats['mean'])} ± {_pct(stats['std'])} [{_pct(lo)}, {_pct(hi)}]"
+
+
+def fmt_diff(test: dict[str, Any]) -> str:
+    """``+1.23 [+0.10, +2.36], p = 0.036`` (points)."""
+    if test["mean_diff"] is None:
+        return "-"
+    text = f"{100 * test['mean_diff']:+.2f}"
+    if test["ci"] is not None:
+        text += f" [{100 * test['ci'][0]:+.2f}, {100 * test['ci'][1]:+.2f}]"
+    if test["p"] is not None:
+        text += f", p = {test['p']:.3g}" + (" (all differences equal)" if test["degenerate"] else "")
+    return text
+
+
+def converged_cell(arm: dict[str, Any]) -> str:
+    n, total = arm["converged"], arm["runs_total"]
+    return f"{n}/{total}" if n == total else f"**not converged** ({n}/{total} plateaued)"
+
+
+def _arm_cell(results: dict[str, Any], name: str) -> str:
+    arm = results["arms"][name]
+    flag = "" if arm["converged"] == arm["runs_total"] else " ⚠ not converged"
+    return f"{arm['label']}{flag}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The experiment's tables, ready for docs/results.md, with the command beside them."""
+    m = results["machine"]
+    lines = [f"### {results['title']}", ""]
+    if results["smoke"]:
+        lines += ["> **SMOKE TEST: tiny settings below the protocol's minimums; not a result.**",
+                  f"> Violations: {'; '.join(results['violations']) or 'none'}", ""]
+    module = results["command"].split()[2] if results["command"].startswith("python -m") else "experiments.X"
+    lines += ["```bash", results["command"], "```", "",
+              "One stored seed is trained again and compared, bit for bit, with "
+              f"`python -m {module} --verify OUT/results.json --arm ARM --seed SEED --out DIR` "
+              "(on another machine too).", ""]
+    commit = (m.get("git_commit") or "unknown")[:12]
+    commit += " (uncommitted changes)" if m.get("git_dirty") else ""
+    wall = results.get("train_wall_seconds")
+    threads = results["threads_per_run"] or "default"
+    lines += [f"Machine: {m['cpu']}, {m['usable_cores']} usable cores, {threads} torch thread(s) per run, "
+              f"{results['jobs']} run(s) at a time; device {m['device']}. "
+              f"Python {m['python']}, torch {m['torch']}, numpy {m['numpy']}, spikegrad {m['spikegrad']}, "
+              f"commit {commit}. Written {results['written_at']}"
+              + (f"; training wall time {wall / 60:.1f} min." if wall else "."), ""]
+    p = results["protocol"]
+    seeds = ", ".join(map(str, results["seeds"]))
+    lines += [f"Protocol: {len(results['seeds'])} paired seeds per arm ({seeds}); "
+              f"learning rates tuned on a validation split of the training set over tuning seeds "
+              f"{', '.join(map(str, results['tuning_seeds']))} ({p['lr_rule']}); plateau: training "
+              f"accuracy gained < {100 * p['plateau_delta']:g} points over the last "
+              f"max({p['plateau_min_window']}, ⌈{p['plateau_fraction']:g}·E⌉) epochs. Accuracies in %: "
+              f"mean ± sample std [{100 * p['confidence']:g}% t-interval]; final = last epoch, best = best "
+              "epoch (an optimistic estimate: it is picked on the test set).", ""]
+    lines += [f"- {note}" for note in results["notes"]]
+    if results["notes"]:
+        lines.append("")
+    groups = list(dict.fromkeys(a["group"] for a in results["arms"].values()))
+    for group in groups:
+        names = [n for n, a in results["arms"].items() if a["group"] == group]
+        if group:
+            lines += [f"#### {group}", ""]
+        lines += ["| arm | learning rate | seeds | final acc | best acc | final train acc | plateaued | "
+                  "epochs |", "|---|---|---|---|---|---|---|---|"]
+        for name in names:
+            a = results["arms"][name]
+            lr = "-" if a["lr"] is None else f"{a['lr']:g}"
+            if a["lr_source"] == "tuned" and a["lr_choice"] and a["lr_choice"]["at_edge"]:
+                lr += " (grid edge)"
+            elif a["lr_source"] != "tuned":
+                lr += f" ({a['lr_source']}: {a['lr_reason']})" if a["lr_reason"] else f" ({a['lr_source']})"
+            failed = f" ({len(a['failed_seeds'])} failed)" if a["failed_seeds"] else ""
+            lines.append(f"| {_arm_cell(results, name)} | {lr} | {len(a['seeds'])}{failed} | "
+                         f"{fmt_stats(a['final_acc'])} | {fmt_stats(a['best_acc'])} | "
+                         f"{fmt_stats(a['final_train_acc'])} | {converged_cell(a)} | {a['epochs']} |")
+        lines.append("")
+        comps = [c for c in results["comparisons"] if results["arms"][c["a"]]["group"] == group]
+        if comps:
+            lines += ["| paired difference (points) | seeds | final: mean [CI], p | best: mean [CI], p | "
+                      "per seed (final) |", "|---|---|---|---|---|"]
+            for c in comps:
+                per_seed = ", ".join(f"{100 * d:+.2f}" for d in c["final"]["diffs"])
+                lines.append(f"| {_arm_cell(results, c['a'])} − {_arm_cell(results, c['b'])} | "
+                             f"{len(c['seeds'])} | {fmt_diff(c['final'])} | {fmt_diff(c['best'])} | "
+                             f"{per_seed} |")
+            lines.append("")
+        extras = _extras_rows(results, names)
+        if extras:
+            lines += [*extras, ""]
+    lines += _lr_tables(results)
+    if results["claims"]:
+        lines += ["| claim | verdict | evidence |", "|---|---|---|"]
+        lines += [f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for c in results["claims"]]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _extras_rows(results: dict[str, Any], names: Iterable[str]) -> list[str]:
+    """Other accuracies the runs report at their last epoch (e.g. shortcut heads), mean over seeds."""
+    keys: dict[str, None] = {}
+    for name in names:
+        for run in results["arms"][name]["runs"]:
+            for key, value in (run.get("extras") or {}).items():
+                if isinstance(value, dict):
+                    keys.update({f"{key}.{k}": None for k in value})
+                elif isinstance(value, (int, float)):
+                    keys[key] = None
+    if not keys:
+        return []
+    rows = ["| arm | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name in names:
+        runs = [r for r in results["arms"][name]["runs"] if r.get("extras")]
+        cells = []
+        for key in keys:
+            head, _, sub = key.partition(".")
+            vals = [r["extras"].get(head) for r in runs]
+            vals = [v.get(sub) if sub and isinstance(v, dict) else v for v in vals]
+            vals = [v for v in vals if isinstance(v, (int, float))]
+            cells.append(fmt_stats(describe(vals)) if vals else "-")
+        rows.append(f"| {_arm_cell(results, name)} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _lr_tables(results: dict[str, Any]) -> list[str]:
+    tuned = [(n, a) for n, a in results["arms"].items() if a["lr_choice"]]
+    if not tuned:
+        return []
+    lines = ["Learning-rate search (final validation accuracy, %, per tuning seed; the chosen rate in bold; "
+             "⚠ marks a run that had not plateaued):", "",
+             "| arm | " + " | ".join(["learning rate", "per tuning seed", "mean ± std"]) + " |",
+             "|---|---|---|---|"]
+    for name, arm in tuned:
+        by_lr: dict[float, list] = {}
+        for run in arm["tuning_runs"]:
+            by_lr.setdefault(run["lr"], []).append(run)
+        for row in arm["lr_choice"]["rows"]:
+            runs = by_lr.get(row["lr"], [])
+            seeds = ", ".join(("failed" if r["final_acc"] is None else _pct(r["final_acc"]))
+                              + ("" if r["converged"] else " ⚠") for r in runs)
+            lr = f"**{row['lr']:g}**" if row["lr"] == arm["lr_choice"]["lr"] else f"{row['lr']:g}"
+            stats = "-" if row["mean"] is None else _pct(row["mean"]) + (
+                f" ± {_pct(row['std'])}" if row["std"] is not None else "")
+            lines.append(f"| {name} | {lr} | {seeds} | {stats} |")
+    return [*lines, ""]
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def plot_curves(results: dict[str, Any], path: Path) -> None:
+    """Training accuracy and evaluation accuracy per epoch, mean ± std band per arm, one row of
+    panels per group (final runs only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    groups = list(dict.fromkeys(a["group"] for a in results["arms"].values()))
+    fig, axes = plt.subplots(len(groups), 2, figsize=(10, 3.4 * len(groups)), squeeze=False,
+                             layout="constrained")
+    for row, group in enumerate(groups):
+        for arm in results["arms"].values():
+            if arm["group"] != group:
+                continue
+            for col, key in enumerate(("train_acc", "eval_acc")):
+                curves = [r["curves"][key] for r in arm["runs"] if r["curves"].get(key)]
+                if not curves:
+                    continue
+                length = min(len(c) for c in curves)
+                data = 100 * np.array([c[:length] for c in curves], dtype=float)
+                epochs = np.arange(1, length + 1)
+                mean = data.mean(0)
+                std = data.std(0, ddof=1) if len(curves) > 1 else np.zeros(length)
+                flag = "" if arm["converged"] == arm["runs_total"] else " (not converged)"
+                line, = axes[row, col].plot(epochs, mean, label=f"{arm['label']}{flag}")
+                axes[row, col].fill_between(epochs, mean - std, mean + std, color=line.get_color(),
+                                            alpha=0.2)
+        for col, what in enumerate(("training accuracy, %", "test accuracy, %")):
+            ax = axes[row, col]
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(what)
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{group}: {what.split(',')[0]}" if group else what.split(",")[0])
+        axes[row, 1].legend(fontsize="small")
+    title = results["title"] + (" — SMOKE TEST, not a result" if results["smoke"] else "")
+    fig.suptitle(f"{title}\nmean ± std over seeds")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def verify(results_path: str | Path, arm: str, seed: int, out: str | Path, *, phase: str = "final",
+           lr: float | None = None, device: str | None = None, threads: int | None = None,
+           verbose: bool = True) -> dict[str, Any]:
+    """Train one stored run again from its stored config and compare it with the stored result.
+
+    ``bitwise``: every per-epoch training loss and accuracy and evaluation accuracy is equal.
+    The dependencies (an LTL teacher) are read from the stored experiment's folder.
+    """
+    results_path = Path(results_path)
+    if not results_path.is_file():
+        raise UserError(f"--verify {str(results_path)!r} does not exist (give an experiment's results.json)")
+    results = json.loads(results_path.read_text())
+    if arm not in results["arms"]:
+        raise UserError(f"{str(results_path)!r} has no arm {arm!r}; its arms: {', '.join(results['arms'])}")
+    runs = results["arms"][arm]["runs" if phase == "final" else "tuning_runs"]
+    stored = [r for r in runs if r["seed"] == seed and (lr is None or r["lr"] == lr)]
+    if not stored:
+        raise UserError(f"{str(results_path)!r} holds no {phase} run of arm {arm!r} with seed {seed}")
+    run = stored[0]
+    record_path = results_path.parent / run["run_dir"] / RECORD  # beside results.json, wherever it moved
+    record = json.loads(record_path.read_text())
+    config = from_dict(Config, record["config"])
+    depends = record.get("depends") or {}
+    changes: dict[str, Any] = {k: str(results_path.parent / rel) for k, rel in depends.items()}
+    if device is not None:
+        changes["train.device"] = device
+    changes["train.threads"] = threads if threads is not None else record.get("threads")
+    config = config.with_overrides(changes)
+    folder = Path(out) / "verify" / arm / phase / f"seed{seed}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    spec = {**{k: record[k] for k in ("experiment", "arm", "phase", "seed", "lr", "eval_set")},
+            "folder": str(folder), "depends": record.get("depends") or {}, "smoke": record.get("smoke"),
+            "config": config.to_dict()}
+    new_record = execute(spec)
+    again = load_run(folder)
+    keys = ("train_loss", "train_acc", "eval_acc")
+    old_curves = {k: run["curves"].get(k) for k in keys}
+    new_curves = {k: again["curves"].get(k) for k in keys}
+    bitwise = old_curves == new_curves
+    report = {
+        "arm": arm, "phase": phase, "seed": seed, "bitwise": bitwise,
+        "stored": {"final_acc": run["final_acc"], "best_acc": run["best_acc"], "machine": record["machine"],
+                   "threads": record.get("threads")},
+        "rerun": {"final_acc": again["final_acc"], "best_acc": again["best_acc"],
+                  "machine": new_record["machine"], "threads": new_record.get("threads")},
+        "final_acc_diff": None if again["final_acc"] is None or run["final_acc"] is None
+        else again["final_acc"] - run["final_acc"],
+        "first_differing_epoch": _first_difference(old_curves, new_curves),
+    }
+    (Path(out) / "verify.json").write_text(json.dumps(report, indent=1) + "\n")
+    if verbose:
+        same = "bit for bit identical" if bitwise else (
+            f"different from epoch {report['first_differing_epoch']} on; final accuracy "
+            f"{_pct(run['final_acc'])}% stored, {_pct(again['final_acc'])}% now "
+            f"({100 * (report['final_acc_diff'] or 0):+.2f} points)")
+        print(f"{arm} {phase} seed {seed}: {same}\nwrote {Path(out) / 'verify.json'}")
+    return report
+
+
+def _first_difference(a: dict[str, list | None], b: dict[str, list | None]) -> int | None:
+    epochs = max(len(v or []) for v in (*a.values(), *b.values()))
+    for e in range(epochs):
+        for key in a:
+            x, y = a[key] or [], b[key] or []
+            if (x[e] if e < len(x) else None) != (y[e] if e < len(y) else None):
+                return e + 1
+    return None
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output folder (results, tables, plot, run folders)")
+    parser.add_argument("--scale", choices=("small", "large"), default="small",
+                        help="small: sized for 2 CPU cores (the default); large: bigger nets, more "
+                             "epochs and seeds, for a GPU")
+    parser.add_argument("--device", help="cpu (the default), cuda, cuda:N or auto; with --verify: "
+                        "the stored run's device unless given")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny settings on the built-in digits, allowed below the protocol's "
+                             "minimums; outputs are marked SMOKE and are not results")
+    parser.add_argument("--seeds", type=int, nargs="+", help="final seeds (default: the scale's)")
+    parser.add_argument("--tuning-seeds", type=int, nargs="+", help="tuning seeds (default: the scale's)")
+    parser.add_argument("--epochs", type=int, help="override every arm's epochs")
+    parser.add_argument("--arms", nargs="+", help="run only these arms (names as in results.md)")
+    parser.add_argument("--jobs", type=int, help="runs at a time (default: one per core on CPU, 1 on GPU)")
+    parser.add_argument("--threads", type=int, help="torch threads per run (default: cores / jobs on CPU)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every run (recorded in the command)")
+    parser.add_argument("--report", action="store_true", help="only tabulate the finished runs")
+    parser.add_argument("--verify", metavar="RESULTS_JSON",
+                        help="re-train one stored run (--arm, --seed) and compare it with the stored one")
+    parser.add_argument("--arm", help="with --verify: the arm")
+    parser.add_argument("--seed", type=int, help="with --verify: the seed")
+    parser.add_argument("--phase", choices=("final", "tune"), default="final", help="with --verify")
+    parser.add_argument("--lr", type=float, help="with --verify --phase tune: the learning rate of the run")
+    parser.add_argument("--quiet", action="store_true")
+
+
+def apply_common(experiment: Experiment, args: argparse.Namespace) -> Experiment:
+    """The command line's seeds, epochs, arm selection and overrides applied to an experiment."""
+    if args.seeds:
+        experiment.seeds = list(args.seeds)
+    if args.tuning_seeds:
+        experiment.tuning_seeds = list(args.tuning_seeds)
+    if args.epochs:
+        for arm in experiment.arms:
+            arm.epochs = args.epochs
+    if args.arms:
+        keep = set(args.arms)
+        unknown = keep - {a.name for a in experiment.arms}
+        if unknown:
+            raise UserError(f"unknown arms {sorted(unknown)}; this experiment has: "
+                            f"{', '.join(a.name for a in experiment.arms)}")
+        needed = set(keep)
+        for arm in reversed(experiment.arms):  # what the kept arms need comes along
+            if arm.name in needed:
+                needed |= set(arm.depends.values()) | ({arm.lr_from} if arm.lr_from else set())
+        experiment.arms = [a for a in experiment.arms if a.name in needed]
+        experiment.comparisons = [c for c in experiment.comparisons if {c.a, c.b} <= needed]
+    experiment.extra_overrides = list(args.set)
+    return experiment
+
+
+def main(module: str, build: Callable[[argparse.Namespace], Experiment],
+         add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+         argv: list[str] | None = None, description: str = "") -> dict[str, Any] | None:
+    """The command line of an experiment module: run (resumable), ``--report`` or ``--verify``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    add_common_arguments(parser)
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        if args.verify:
+            if args.arm is None or args.seed is None:
+                raise UserError("--verify needs --arm and --seed (which stored run to train again)")
+            verify(args.verify, args.arm, args.seed, args.out, phase=args.phase, lr=args.lr,
+                   device=args.device, threads=args.threads, verbose=not args.quiet)
+            return None
+        args.device = args.device or "cpu"
+        experiment = apply_common(build(args), args)
+        jobs = args.jobs or (1 if args.device != "cpu" else provenance.usable_cores())
+        runner = Runner(experiment, args.out, device=args.device, jobs=jobs, threads=args.threads,
+                        smoke=args.smoke, command=provenance.command_line(module, argv),
+                        verbose=not args.quiet)
+        results = runner.run(train=not args.report)
+        if not args.quiet:
+            print("\n" + markdown(results))
+        return results
+    except ProtocolError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

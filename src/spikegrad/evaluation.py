@@ -1,0 +1,71 @@
+"""Evaluating a model: accuracy, loss and firing rate over a dataset, in eval mode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from spikegrad.analysis import EvalProbe
+from spikegrad.config import AnalysisConfig
+from spikegrad.errors import UserError, check_labels
+from spikegrad.layers import mean_over_time
+
+__all__ = ["evaluate_model"]
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module, loader: Iterable, device: torch.device, amp_dtype: torch.dtype | None = None,
+    analysis: AnalysisConfig | None = None, readout_start: int = 0,
+    reduce: Callable[[list[float]], list[float]] | None = None, nonfinite: str = "refuse",
+) -> dict[str, Any]:
+    """Test accuracy, loss (of the time-averaged logits) and mean firing rate, in eval mode.
+
+    With ``analysis.monitors``, the result also holds ``"analysis"``: per-layer activity,
+    SOPs and energy (:class:`spikegrad.analysis.EvalProbe`). The logits are averaged over
+    the time steps ``t >= readout_start`` (0: all of them; online local tandem learning
+    reads out from its warm-up step on). ``reduce`` sums the running totals over processes
+    when each evaluates a shard (the ``"analysis"`` detail stays this process's own).
+
+    Logits that are NaN or infinite mean no prediction: ``nonfinite="refuse"`` raises a
+    :class:`UserError` (an accuracy of them would mean nothing); ``"count"`` (training with
+    ``train.nonfinite: skip``) counts those samples as wrong, leaves them out of the loss
+    (None when no sample is left) and reports how many in ``"nonfinite_samples"``.
+    """
+    if nonfinite not in ("refuse", "count"):
+        raise UserError(f"nonfinite must be 'refuse' or 'count', got {nonfinite!r}")
+    model.eval()
+    loss_sum, correct, seen, bad = 0.0, 0, 0, 0
+    with EvalProbe(model, analysis) as monitor:
+        for inputs, targets in loader:
+            inputs = inputs.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                outputs = model(inputs)  # (T, B, classes)
+            logits = mean_over_time(outputs[readout_start:]).float()
+            check_labels(targets, logits.shape[1], "test labels")
+            finite = torch.isfinite(logits).all(1)  # (B,)
+            if nonfinite == "refuse" and not finite.all():
+                raise UserError("the model's logits on the test set are NaN or inf; check the model's "
+                                "weights (a diverged checkpoint?) and the test inputs")
+            loss_sum += float(nn.functional.cross_entropy(logits[finite], targets[finite], reduction="sum"))
+            correct += int(((logits.argmax(1) == targets) & finite).sum())
+            seen += targets.shape[0]
+            bad += int((~finite).sum())
+            monitor.add_samples(targets.shape[0])
+    spikes, slots = monitor.monitor.spike_totals()
+    if reduce is not None:
+        loss_sum, correct, seen, spikes, slots, bad = reduce([loss_sum, correct, seen, spikes, slots, bad])
+    if seen == 0:
+        raise UserError("the evaluation set is empty")
+    result = {"test_loss": loss_sum / (seen - bad) if seen > bad else None, "test_acc": correct / seen,
+              "firing_rate": spikes / slots if slots else None}
+    if nonfinite == "count":
+        result["nonfinite_samples"] = int(bad)
+    detail = monitor.summary()
+    if detail is not None:
+        result["analysis"] = detail
+    return result

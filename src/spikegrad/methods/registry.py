@@ -1,0 +1,116 @@
+"""Method registry: which config section turns on which training method.
+
+Every method is a :class:`~spikegrad.component.Component` class with a keyword-only
+``from_config(section, *, ...)``. An entry names the config section it reads, when that
+section asks for the method, and which of the builder's resources ``from_config`` needs
+besides the section (``seed``: ``train.seed``; ``teacher``: the resolved ANN teacher).
+Entries are kept in the order the methods are built and their hooks run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from spikegrad.component import Component
+from spikegrad.config import Config
+from spikegrad.diagnostics import GradientDiagnostics
+from spikegrad.errors import UserError, unknown_name_error
+from spikegrad.methods.dspike import AdaptiveTemperature
+from spikegrad.methods.ltl import LocalTandemLearning
+from spikegrad.methods.shortcut import ShortcutBackprop
+
+__all__ = ["RESOURCES", "Method", "components_from_config", "enabled_methods", "method", "methods",
+           "register_method"]
+
+#: what a builder can pass to ``from_config`` besides the section
+RESOURCES = ("seed", "teacher")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: ``component.from_config(config.<section>, **needs)``."""
+
+    section: str
+    component: type[Component]
+    #: ``enabled(config, model)``: does this config ask for the method on this model?
+    enabled: Callable[[Config, nn.Module | None], bool]
+    needs: tuple[str, ...] = ()
+    description: str = ""
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(section: str, component: type[Component],
+                    enabled: Callable[[Config, nn.Module | None], bool], *,
+                    needs: tuple[str, ...] = (), description: str = "") -> Method:
+    """Register the method that ``config.<section>`` configures (built after those before it)."""
+    if section in _METHODS:
+        raise RuntimeError(f"method section {section!r} is registered twice")
+    if section not in Config.__dataclass_fields__:
+        raise RuntimeError(f"{section!r} is not a config section")
+    unknown = [n for n in needs if n not in RESOURCES]
+    if unknown or not callable(getattr(component, "from_config", None)):
+        raise RuntimeError(f"{component.__name__} needs from_config(section, *, ...) taking only "
+                           f"{RESOURCES}, not {unknown}")
+    _METHODS[section] = entry = Method(section, component, enabled, needs, description)
+    return entry
+
+
+def methods() -> list[Method]:
+    """Every registered method, in build order."""
+    return list(_METHODS.values())
+
+
+def method(section: str) -> Method:
+    """The method configured by ``config.<section>``; an unknown section lists the valid ones."""
+    if section not in _METHODS:
+        raise unknown_name_error("method section", section, _METHODS)
+    return _METHODS[section]
+
+
+def enabled_methods(config: Config, model: nn.Module | None = None) -> list[Method]:
+    """The methods ``config`` turns on for ``model``, in build order."""
+    return [m for m in _METHODS.values() if m.enabled(config, model)]
+
+
+def components_from_config(config: Config, model: nn.Module | None = None, *,
+                           teacher: nn.Module | None = None) -> list[Component]:
+    """One component per method ``config`` turns on, each from its section's ``from_config``.
+
+    ``teacher`` is the resolved ANN teacher (local tandem learning); resolving it from
+    ``ltl.teacher_checkpoint`` or ``ltl.teacher_recipe`` is the caller's business
+    (:func:`spikegrad.build.build_components`).
+    """
+    resources: dict[str, Any] = {"seed": config.train.seed, "teacher": teacher}
+    components = []
+    for entry in enabled_methods(config, model):
+        missing = [n for n in entry.needs if resources[n] is None]
+        if missing:
+            raise UserError(f"the {entry.section} section needs the {' and '.join(missing)} "
+                            "resolved first (spikegrad.build.build_components does it)")
+        section = getattr(config, entry.section)
+        components.append(entry.component.from_config(section, **{n: resources[n] for n in entry.needs}))
+    return components
+
+
+def _model_kind(config: Config, model: nn.Module | None) -> str:
+    """``snn`` or ``ann``: the model's own ``kind`` (registered networks), else ``model.kind``."""
+    return getattr(model, "kind", None) or config.model.kind
+
+
+register_method("ltl", LocalTandemLearning, lambda config, model: config.ltl.mode != "none",
+                needs=("teacher",), description="local tandem learning against an ANN teacher")
+# the ANN twin of an adaptive recipe (an LTL teacher, say) has no surrogate to search
+register_method("dspike", AdaptiveTemperature,
+                lambda config, model: config.dspike.adaptive and _model_kind(config, model) == "snn",
+                needs=("seed",), description="adaptive Dspike temperature (Algorithm 1)")
+register_method("diagnostics", GradientDiagnostics,
+                lambda config, model: config.diagnostics.gradient_interval > 0,
+                description="gradient norms and the first layer's histogram")
+register_method("shortcut", ShortcutBackprop, lambda config, model: config.shortcut.enabled,
+                needs=("seed",), description="shortcut back-propagation branches")

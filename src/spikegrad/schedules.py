@@ -1,0 +1,85 @@
+"""Schedules over training: the learning rate, and the shortcut branches' balance coefficient.
+
+Both are registries of named functions of the training progress; the config's choices
+(``schedule.name``, ``shortcut.schedule``) are their names.
+
+Learning rate, per iteration ``i`` with ``n`` iterations per epoch: a linear warm-up
+``(i + 1) / W`` over the first ``W = warmup_epochs·n`` iterations, then
+
+- ``cosine``: ``f + (1 - f)·(1 + cos(π·p))/2`` with ``p = (i - W) / (I - W)`` and the floor
+  ``f = min_lr / lr``;
+- ``constant``: 1;
+- ``step``: ``γ^⌊epoch / step_epochs⌋``.
+
+Balance coefficient ``λ(i)`` at iteration ``i`` of ``I``, with ``p = clamp(i / I, 0, 1)``:
+
+- ``constant``: ``λ0`` (plain shortcut back-propagation with ``λ0 = 1``);
+- ``linear``: ``λ0·(1 - p)`` (the evolutionary method);
+- ``cosine``: ``λ0·(1 + cos(π·p)) / 2``;
+- ``step``: ``λ0·γ^⌊p / f⌋``, a drop by ``γ`` every fraction ``f`` of training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from spikegrad.errors import UserError, did_you_mean
+
+__all__ = ["BALANCE_SCHEDULES", "LR_SCHEDULES", "balance", "balance_schedules", "lr_factor", "lr_schedules"]
+
+
+def _cosine_with_floor(p: float, floor: float) -> float:
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(p, 1.0)))
+
+
+#: ``name -> g(progress, epoch, schedule section, base lr)``: the multiplier after the warm-up
+LR_SCHEDULES: dict[str, Callable[[float, int, Any, float], float]] = {
+    "cosine": lambda p, epoch, s, lr: _cosine_with_floor(p, s.min_lr / lr),
+    "constant": lambda p, epoch, s, lr: 1.0,
+    "step": lambda p, epoch, s, lr: s.gamma ** (epoch // s.step_epochs),
+}
+
+
+def lr_schedules() -> list[str]:
+    """The names ``schedule.name`` accepts."""
+    return list(LR_SCHEDULES)
+
+
+def lr_factor(config: Any, iteration: int, iters_per_epoch: int) -> float:
+    """Multiplier of the base learning rate at ``iteration`` (warm-up, then ``schedule.name``)."""
+    sched, epochs = config.schedule, config.train.epochs
+    total = max(1, epochs * iters_per_epoch)
+    warmup = int(sched.warmup_epochs * iters_per_epoch)
+    if iteration < warmup:
+        return (iteration + 1) / warmup
+    progress = (iteration - warmup) / max(1, total - warmup)
+    return LR_SCHEDULES[sched.name](progress, iteration // iters_per_epoch, sched, config.optim.lr)
+
+
+#: ``name -> λ(p, λ0, f, γ)`` with ``p`` the progress in ``[0, 1]``
+BALANCE_SCHEDULES: dict[str, Callable[[float, float, float, float], float]] = {
+    "constant": lambda p, lambda0, f, gamma: lambda0,
+    "linear": lambda p, lambda0, f, gamma: lambda0 * (1.0 - p),
+    "cosine": lambda p, lambda0, f, gamma: lambda0 * 0.5 * (1.0 + math.cos(math.pi * p)),
+    "step": lambda p, lambda0, f, gamma: lambda0 * gamma ** math.floor(p / f + 1e-9),
+}
+
+
+def balance_schedules() -> list[str]:
+    """The names ``shortcut.schedule`` accepts."""
+    return list(BALANCE_SCHEDULES)
+
+
+def balance(schedule: str, iteration: int, total: int, lambda0: float, step_fraction: float,
+            gamma: float) -> float:
+    """``λ(i)``, the weight of the shortcut branches at iteration ``i`` (0-based) of ``total``."""
+    if schedule not in BALANCE_SCHEDULES:
+        names = list(BALANCE_SCHEDULES)
+        raise UserError(f"shortcut schedule must be one of {names}, got {schedule!r}"
+                        f"{did_you_mean(schedule, names)}")
+    if schedule == "step" and not 0.0 < step_fraction <= 1.0:
+        raise UserError(f"shortcut step_fraction must be in (0, 1], got {step_fraction}")
+    p = min(max(iteration / total, 0.0), 1.0) if total > 0 else 0.0
+    return BALANCE_SCHEDULES[schedule](p, lambda0, step_fraction, gamma)

@@ -1,0 +1,63 @@
+"""Smoke test of ``python -m experiments.ltl_claims`` (tiny settings on the built-in digits)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from experiments import ltl_claims
+from experiments.protocol import check_plan
+from tests.experiment_helpers import check_outputs, run_experiment
+
+MODULE = "experiments.ltl_claims"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ltl_claims")
+    return out, run_experiment(MODULE, out)
+
+
+@pytest.mark.slow
+def test_smoke_outputs(smoke):
+    out, results = smoke
+    check_outputs(out, results, MODULE)
+    arms = results["arms"]
+    assert set(arms) == {"digits/ann-teacher", "digits/ltl-offline", "digits/ltl-online", "digits/bptt"}
+    for mode in ("offline", "online"):
+        arm = arms[f"digits/ltl-{mode}"]
+        assert arm["lr"] == 1e-4 and arm["lr_source"] == "fixed" and arm["lr_reason"] == "published"
+        for run in arm["runs"]:  # seed s learns from the teacher of seed s
+            teacher = run["depends"]["ltl.teacher_checkpoint"]
+            assert teacher == f"runs/digits/ann-teacher/final/seed{run['seed']}/last.pt"
+            config = (out / run["run_dir"] / "config.yaml").read_text()
+            assert str(out / teacher) in config and f"mode: {mode}" in config
+            assert "height: 1.0" in config and "width: 0.4" in config
+    assert arms["digits/bptt"]["lr_source"] == "tuned"
+    claims = {c["claim"] for c in results["claims"]}
+    assert "digits: offline LTL is within 1 point of its teacher after 5 epochs" in claims
+
+
+@pytest.mark.slow
+def test_verify_retrains_a_stored_seed_bit_for_bit(smoke, tmp_path):
+    from experiments.runner import verify
+
+    out, _ = smoke
+    report = verify(out / "results.json", "digits/ltl-offline", 1, tmp_path, verbose=False)
+    assert report["bitwise"] and report["final_acc_diff"] == 0.0
+    assert report["first_differing_epoch"] is None
+    assert report["rerun"]["machine"]["cpu"] == report["stored"]["machine"]["cpu"]
+    assert Path(tmp_path / "verify.json").is_file()
+
+
+def test_default_scales_satisfy_the_protocol():
+    for scale in ("small", "large"):
+        experiment = ltl_claims.build(argparse.Namespace(smoke=False, scale=scale, dataset=None))
+        assert check_plan(experiment.plan(), smoke=False) == []
+        student = experiment.arm("mnist/ltl-offline")
+        assert student.lr == 1e-4 and student.epochs == 5
+        assert student.overrides["model.T"] == 16
+        assert student.overrides["model.surrogate"] == {"name": "rectangle", "width": 0.4, "height": 1.0}
+        assert student.overrides["data.batch_size"] == 64

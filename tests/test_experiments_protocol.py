@@ -1,0 +1,238 @@
+"""The experiment protocol: plateau criterion, learning-rate rule, refusals, splits, verdicts, tables."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import splits
+from experiments.claims import better, within
+from experiments.protocol import Protocol, ProtocolError, check_plan, choose_lr, plateau
+from experiments.runner import Arm, DataSpec, Experiment, Runner, markdown, verify
+from experiments.stats import paired_t_test
+from spikegrad.config import Config
+from spikegrad.errors import UserError
+from spikegrad.run import build_parts
+
+# ----------------------------------------------------------------- plateau
+
+
+def test_plateau_by_hand():
+    # E = 7: window max(3, ceil(7/4)) = 3; gain = max(a[4:7]) - max(a[:4]) = 0.863 - 0.85
+    rising = plateau([0.5, 0.7, 0.8, 0.85, 0.86, 0.862, 0.863])
+    assert rising["window"] == 3 and rising["gain"] == pytest.approx(0.013)
+    assert not rising["converged"] and rising["plateau_epoch"] is None
+    # gain 0.953 - 0.951 < 0.005; at epoch 6 the gain was 0.953 - 0.95, at epoch 5 0.952 - 0.9
+    flat = plateau([0.5, 0.9, 0.95, 0.951, 0.952, 0.953, 0.953], train_loss=[1, .5, .3, .25, .2, .2, .19])
+    assert flat["converged"] and flat["gain"] == pytest.approx(0.002)
+    assert flat["plateau_epoch"] == 6
+    assert flat["loss_change"] == pytest.approx((0.19 - 0.25) / 0.25)
+    falling = plateau([0.9, 0.95, 0.94, 0.93, 0.92])  # no gain at all: a plateau (or worse)
+    assert falling["converged"] and falling["gain"] < 0
+
+
+def test_plateau_window_and_too_short_runs():
+    protocol = Protocol()
+    assert protocol.window(4) == 3 and protocol.window(15) == 4 and protocol.window(40) == 10
+    short = plateau([0.1, 0.5, 0.9])  # E = w: nothing before the window to compare with
+    assert not short["converged"] and short["gain"] is None
+    strict = Protocol(plateau_delta=0.001)
+    assert not plateau([0.5, 0.9, 0.95, 0.951, 0.952, 0.953, 0.953], strict)["converged"]
+
+
+# ----------------------------------------------------------------- learning-rate rule
+
+
+def test_choose_lr_rule():
+    out = choose_lr({0.01: [0.80, 0.82], 0.1: [0.85, 0.83], 1.0: [0.84, 0.84]})
+    assert out["lr"] == 0.1 and not out["at_edge"]  # the tie of 0.1 and 1.0 goes to the smaller rate
+    assert [r["mean"] for r in out["rows"]] == pytest.approx([0.81, 0.84, 0.84])
+    edge = choose_lr({0.01: [0.5, 0.5], 0.1: [0.6, 0.7], 1.0: [0.9, 0.8]})
+    assert edge["lr"] == 1.0 and edge["at_edge"]
+    failed = choose_lr({0.01: [0.5, 0.5], 0.1: [None, 0.99]})  # a diverged seed disqualifies its rate
+    assert failed["lr"] == 0.01 and failed["rows"][1]["failed"]
+    with pytest.raises(ProtocolError, match="every learning rate"):
+        choose_lr({0.1: [None, None]})
+
+
+# ----------------------------------------------------------------- refusals
+
+
+def _plan(**changes):
+    arm = {"name": "a", "epochs": 10, "lr_grid": [0.01, 0.1, 1.0], "lr": None, "lr_reason": "",
+           "lr_from": None, "validation": 0.1}
+    arm.update(changes.pop("arm", {}))
+    return {"seeds": [0, 1, 2, 3, 4], "tuning_seeds": [10, 11], "arms": [arm], **changes}
+
+
+def test_check_plan_accepts_the_minimums_and_refuses_less():
+    assert check_plan(_plan(), smoke=False) == []
+    cases = {
+        "4 seeds per arm": _plan(seeds=[0, 1, 2, 3]),
+        "1 tuning seeds": _plan(tuning_seeds=[10]),
+        "a learning-rate grid of 2 values": _plan(arm={"lr_grid": [0.1, 1.0]}),
+        "without a validation split": _plan(arm={"validation": None}),
+        "a fixed learning rate needs a stated reason": _plan(arm={"lr_grid": [], "lr": 0.1}),
+        "too few to judge a plateau": _plan(arm={"epochs": 3}),
+        "repeat a seed": _plan(seeds=[0, 1, 2, 3, 4, 4]),
+    }
+    for expected, plan in cases.items():
+        with pytest.raises(ProtocolError, match=expected) as exc:
+            check_plan(plan, smoke=False)
+        assert "--smoke" in str(exc.value)
+        assert any(expected in v for v in check_plan(plan, smoke=True))  # smoke: recorded, not refused
+    assert check_plan(_plan(arm={"lr_grid": [], "lr": 1e-4, "lr_reason": "published"}), smoke=False) == []
+
+
+def test_smoke_outputs_never_go_into_docs(tmp_path):
+    docs = tmp_path / "docs"
+    with pytest.raises(ProtocolError, match="may not write into"):
+        check_plan(_plan(), smoke=True, out=docs / "x", repo=tmp_path)
+    check_plan(_plan(), smoke=True, out=tmp_path / "runs", repo=tmp_path)
+
+
+def _tiny_experiment(**arm_changes) -> Experiment:
+    arm = Arm(name="digits/atan", recipe="digits", data=DataSpec("digits", validation=0.2, subset=100),
+              epochs=2, lr_grid=[0.05, 0.1], overrides={"model.width": 0.25, "model.T": 2,
+                                                        "model.surrogate": {"name": "atan"}})
+    for key, value in arm_changes.items():
+        setattr(arm, key, value)
+    return Experiment(name="tiny", title="tiny", arms=[arm], seeds=[0, 1], tuning_seeds=[7])
+
+
+def test_runner_refuses_unknown_datasets_and_bad_dependencies(tmp_path):
+    with pytest.raises(UserError, match="unknown dataset 'no_such_set'"):
+        Runner(_tiny_experiment(data=DataSpec("no_such_set")), tmp_path, smoke=True)
+    with pytest.raises(UserError, match="must come before it"):
+        Runner(_tiny_experiment(depends={"ltl.teacher_checkpoint": "digits/teacher"}), tmp_path, smoke=True)
+    with pytest.raises(ProtocolError):
+        Runner(_tiny_experiment(), tmp_path, smoke=False)
+
+
+# ----------------------------------------------------------------- splits
+
+
+def test_stratified_holdout_and_subset():
+    labels = np.repeat(np.arange(4), [50, 30, 20, 100])
+    keep, held = splits.stratified_holdout(labels, 0.1, seed=3)
+    assert len(np.intersect1d(keep, held)) == 0 and len(keep) + len(held) == len(labels)
+    assert [int((labels[held] == c).sum()) for c in range(4)] == [5, 3, 2, 10]
+    again = splits.stratified_holdout(labels, 0.1, seed=3)
+    assert np.array_equal(held, again[1])
+    assert not np.array_equal(held, splits.stratified_holdout(labels, 0.1, seed=4)[1])
+    subset = splits.stratified_subset(labels, 40, seed=0)
+    assert len(subset) == 40 and len(set(subset.tolist())) == 40
+    assert [int((labels[subset] == c).sum()) for c in range(4)] == [10, 6, 4, 20]
+    assert len(splits.stratified_subset(labels, 1000, seed=0)) == len(labels)
+    with pytest.raises(UserError):
+        splits.stratified_holdout(labels, 1.0, seed=0)
+
+
+def _parts(overrides):
+    return build_parts(Config().with_overrides({"model.width": 0.25, **overrides}))
+
+
+def test_adapter_split_replaces_the_test_set_with_validation():
+    plain = _parts(splits.data_overrides("digits", validation=None))
+    assert (len(plain.train_set), len(plain.test_set)) == (1433, 364)
+    tune = _parts({"data.name": splits.ADAPTER_NAME, "data.options": {
+        "base": "digits", "validation": 0.2, "split_seed": 0, "subset": 500}})
+    assert len(tune.train_set) == 500
+    val_idx = set(tune.test_set.indices)
+    assert len(val_idx) == pytest.approx(0.2 * 1433, abs=10)
+    assert tune.test_set.dataset is tune.train_set.dataset  # validation comes from the training set
+    assert not val_idx & set(tune.train_set.indices)
+    final = _parts({"data.name": splits.ADAPTER_NAME, "data.options": {"base": "digits", "subset": 500}})
+    assert len(final.train_set) == 500 and len(final.test_set) == 364
+
+
+def test_data_overrides_switch_to_spikegrads_own_keys(monkeypatch):
+    monkeypatch.setattr(splits, "native_split_keys", lambda: set())
+    adapted = splits.data_overrides("digits", validation=0.1, split_seed=2, subset=300)
+    assert adapted["data.name"] == splits.ADAPTER_NAME
+    assert adapted["data.options"] == {"base": "digits", "base_options": {}, "validation": 0.1,
+                                       "split_seed": 2, "subset": 300}
+    monkeypatch.setattr(splits, "native_split_keys", lambda: {"validation", "split_seed", "subset"})
+    native = splits.data_overrides("digits", validation=0.1, split_seed=2, subset=300)
+    assert native == {"data.name": "digits", "data.options": {}, "data.validation": 0.1,
+                      "data.split_seed": 2, "data.subset": 300}
+    with pytest.raises(UserError, match="unknown dataset"):
+        splits.data_overrides("no_such_set", validation=None)
+
+
+# ----------------------------------------------------------------- verdicts
+
+
+def _results(a_values, b_values, converged=(5, 5), smoke=False):
+    return {"smoke": smoke,
+            "arms": {"g/a": {"label": "a", "converged": converged[0], "runs_total": 5},
+                     "g/b": {"label": "b", "converged": converged[1], "runs_total": 5}},
+            "comparisons": [{"a": "g/a", "b": "g/b", "final": paired_t_test(a_values, b_values)}]}
+
+
+def test_verdicts():
+    b = [0.80, 0.81, 0.79, 0.80, 0.82]
+    up = [x + d for x, d in zip(b, [0.02, 0.03, 0.025, 0.02, 0.03], strict=True)]
+    assert better(_results(up, b), "g/a", "g/b", "c")["verdict"] == "holds"
+    assert better(_results(up, b), "g/b", "g/a", "c")["verdict"] == "fails"  # read in reverse
+    noisy = [x + d for x, d in zip(b, [0.02, -0.03, 0.01, -0.01, 0.0], strict=True)]
+    assert better(_results(noisy, b), "g/a", "g/b", "c")["verdict"] == "not shown"
+    close = [x - d for x, d in zip(b, [0.002, 0.003, 0.001, 0.002, 0.003], strict=True)]
+    assert within(_results(close, b), "g/a", "g/b", 0.01, "c")["verdict"] == "holds"
+    far = [x - d for x, d in zip(b, [0.05, 0.04, 0.06, 0.05, 0.045], strict=True)]
+    assert within(_results(far, b), "g/a", "g/b", 0.01, "c")["verdict"] == "fails"
+    flagged = better(_results(up, b, converged=(3, 5), smoke=True), "g/a", "g/b", "c")["verdict"]
+    assert flagged == "SMOKE: holds (not converged: a)"
+
+
+# ----------------------------------------------------------------- runner, tables, verify
+
+
+@pytest.mark.slow
+def test_tiny_experiment_tables_and_verify(tmp_path):
+    results = Runner(_tiny_experiment(), tmp_path / "exp", smoke=True, threads=1, verbose=False).run()
+    arm = results["arms"]["digits/atan"]
+    assert arm["lr"] in (0.05, 0.1) and len(arm["runs"]) == 2 and len(arm["tuning_runs"]) == 2
+    text = markdown(results)
+    assert "| atan ⚠ not converged |" in text and "**not converged** (0/2 plateaued)" in text
+    assert "Learning-rate search" in text and " ⚠ |" in text
+    # a stored result that differs from what the code computes now is caught
+    path = tmp_path / "exp" / "results.json"
+    stored = json.loads(path.read_text())
+    stored["arms"]["digits/atan"]["runs"][0]["curves"]["eval_acc"][1] += 0.01
+    path.write_text(json.dumps(stored))
+    report = verify(path, "digits/atan", 0, tmp_path / "v", verbose=False)
+    assert not report["bitwise"] and report["first_differing_epoch"] == 2
+    with pytest.raises(UserError, match="no final run of arm 'digits/atan' with seed 9"):
+        verify(path, "digits/atan", 9, tmp_path / "v", verbose=False)
+
+
+def test_costs_measures_a_network():
+    from experiments.costs import measure
+
+    cost = measure("digits", ["model.width=0.25", "model.T=2"], samples=16)
+    assert cost["train_ms"] > 0 and cost["eval_ms"] > 0
+
+
+def test_results_json_is_strict():
+    from experiments.runner import _finite
+
+    value = {"a": [float("nan"), 1.0, (float("inf"),)], "b": "x"}
+    assert _finite(value) == {"a": [None, 1.0, [None]], "b": "x"}
+
+
+def test_verify_command_line_errors(tmp_path, capsys):
+    from experiments import ltl_claims
+    from experiments.runner import main
+
+    def run(*argv):
+        with pytest.raises(SystemExit) as exc:
+            main("experiments.ltl_claims", ltl_claims.build, ltl_claims.add_arguments,
+                 argv=["--out", str(tmp_path), *argv])
+        assert exc.value.code == 2
+        return capsys.readouterr().err
+
+    assert "--verify needs --arm and --seed" in run("--verify", "results.json")
+    assert "does not exist" in run("--verify", str(tmp_path / "none.json"), "--arm", "a", "--seed", "0")

@@ -1,0 +1,57 @@
+"""Smoke test of ``python -m experiments.shortcut_claims`` (tiny settings on the built-in digits)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from experiments import shortcut_claims
+from experiments.protocol import check_plan
+from tests.experiment_helpers import check_outputs, run_experiment
+
+MODULE = "experiments.shortcut_claims"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shortcut_claims")
+    return out, run_experiment(MODULE, out, "--models", "plain16")
+
+
+@pytest.mark.slow
+def test_smoke_outputs(smoke):
+    out, results = smoke
+    check_outputs(out, results, MODULE)
+    labels = {a["label"] for a in results["arms"].values()}
+    assert labels == {"vanilla", "vanilla-long", "shortcut", "evolutionary", "evolutionary-shallow",
+                      "evolutionary-deep"}
+    arms = results["arms"]
+    assert arms["plain16/vanilla-long"]["epochs"] == 2 * arms["plain16/vanilla"]["epochs"]
+    assert arms["plain16/vanilla-long"]["lr"] == arms["plain16/vanilla"]["lr"]
+    assert arms["plain16/evolutionary-shallow"]["overrides"]["shortcut.attach"] == ["features.conv4"]
+    assert arms["plain16/evolutionary-deep"]["overrides"]["shortcut.attach"] == ["features.conv12"]
+    # the surrogate check ran first and its choice is used by every arm
+    check = results["prepared"]["surrogate_check"]
+    assert set(check["table"]) == set(shortcut_claims.SURROGATES)
+    chosen = shortcut_claims.SURROGATES[check["chosen"]]
+    assert all(a["overrides"]["model.surrogate"] == chosen for a in arms.values())
+    assert (out / "runs" / "check" / "plain16" / f"vanilla-{check['chosen']}").is_dir()
+    config = (out / arms["plain16/shortcut"]["runs"][0]["run_dir"] / "config.yaml").read_text()
+    assert "schedule: constant" in config and "lambda0: 1.0" in config
+    assert any("λ = 1" in c["claim"] for c in results["claims"])
+
+
+def test_default_scales_satisfy_the_protocol():
+    for scale in ("small", "large"):
+        experiment = shortcut_claims.build(argparse.Namespace(smoke=False, scale=scale, dataset=None,
+                                                              models=None, surrogate=None))
+        assert check_plan(experiment.plan(), smoke=False) == []
+        names = {a.name for a in experiment.arms}
+        assert {"plain16/vanilla", "resnet34/vanilla", "resnet34/evolutionary", "plain16/evolutionary-deep",
+                "plain16/vanilla-long"} <= names
+        assert experiment.prepare is not None  # the surrogate check runs before the arms
+    large = shortcut_claims.build(argparse.Namespace(smoke=False, scale="large", dataset=None, models=None,
+                                                     surrogate="atan-2"))
+    assert "resnet34/evolutionary-shallow" in {a.name for a in large.arms} and large.prepare is None
+    assert all(a.overrides["model.surrogate"] == shortcut_claims.SURROGATES["atan-2"] for a in large.arms)

@@ -1,0 +1,74 @@
+"""The run folder's bookkeeping, on its own: files, checkpoint rotation, resume checks."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from spikegrad.checkpoint import load_checkpoint
+from spikegrad.config import Config, load_config
+from spikegrad.distributed import DistributedContext
+from spikegrad.errors import UserError
+from spikegrad.resume import EpochProgress, StopOnSignal
+from spikegrad.rundir import RunFolder
+
+
+def test_without_a_folder_nothing_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = RunFolder(None, DistributedContext())
+    assert not run.enabled and not run.writes and run.local_path is None and run.last_checkpoint is None
+    run.prepare(Config(), [])
+    run.append_metrics({"epoch": 1})
+    run.write_summary({"method": "x"})
+    assert list(tmp_path.iterdir()) == []
+    assert run.last_good_state() == "no checkpoint was written yet"
+
+
+def test_prepare_append_and_summary(tmp_path):
+    run = RunFolder(tmp_path / "run", DistributedContext())
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.prev.pt").write_bytes(b"an older run's")
+    run.prepare(Config(name="x"), [{"epoch": 1, "test_acc": 0.5}])
+    assert load_config(tmp_path / "run" / "config.yaml") == Config(name="x")
+    assert not (tmp_path / "run" / "last.prev.pt").exists()  # a fresh run has no fallback
+    run.append_metrics({"epoch": 2, "test_acc": 0.75})
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    run.write_summary({"method": "dspike", "T": 4})
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == {"method": "dspike", "T": 4}
+
+
+def test_an_unwritable_folder_is_refused(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="cannot write to the run folder"):
+        RunFolder(tmp_path / "file" / "run", DistributedContext()).prepare(Config(), [])
+
+
+def test_checkpoints_rotate_and_a_resume_checks_the_config(tmp_path):
+    run = RunFolder(tmp_path, DistributedContext())
+    model = nn.Linear(2, 2)
+    state = {"config": Config().to_dict(), "iteration": 1}
+    run.save_checkpoint(model, None, state, "the end of epoch 1 (iteration 1)", best=True)
+    assert {p.name for p in tmp_path.iterdir()} == {"last.pt", "best.pt"}
+    run.save_checkpoint(model, None, {**state, "iteration": 2}, "the end of epoch 2 (iteration 2)")
+    assert load_checkpoint(tmp_path / "last.prev.pt")["iteration"] == 1
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 2
+    assert run.last_good_state().endswith("keeps the last good state: the end of epoch 2 (iteration 2)")
+    assert run.read_checkpoint(tmp_path / "last.pt", Config())["iteration"] == 2
+    with pytest.raises(UserError, match=r"cannot resume .*train\.epochs: 10 -> 3"):
+        run.read_checkpoint(tmp_path / "last.pt", Config().with_overrides({"train.epochs": 3}))
+    other = RunFolder(tmp_path / "other", DistributedContext())
+    other.resumed_from(tmp_path / "last.pt", "x")  # from another folder's file: not kept as previous
+    other.save_checkpoint(model, None, state, "y")
+    assert not (tmp_path / "other" / "last.prev.pt").exists()
+
+
+def test_collectives_of_one_process_are_local():
+    run = RunFolder(None, DistributedContext())
+    progress = EpochProgress(row={"epoch": 1}, batches=2, loss_sum=3.0, correct=4, seen=5)
+    assert run.progress_totals(progress)["loss_sum"] == 3.0 and run.progress_totals(None) is None
+    assert len(run.rng_states()) == 1 and torch.equal(run.rng_states()[0]["torch"], torch.get_rng_state())
+    stop = StopOnSignal(enabled=False)
+    stop.signum = 15
+    assert not run.stop_requested(stop)  # only while a folder can take the save

@@ -1,0 +1,251 @@
+"""Every script in bench/ (speed and memory), experiments/ (re-runs of the papers' claims)
+and tools/ (documentation generators) runs here with tiny arguments, and imports only the
+public API: the ``spikegrad`` package's exports or a module listed in docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = ("bench", "experiments", "tools")
+#: the documented module APIs (docs/architecture.md, "Public API")
+PUBLIC_MODULES = {
+    "spikegrad", "spikegrad.alignment", "spikegrad.analysis", "spikegrad.build",
+    "spikegrad.calibration", "spikegrad.checkpoint", "spikegrad.config", "spikegrad.data",
+    "spikegrad.devices", "spikegrad.diagnostics", "spikegrad.errors", "spikegrad.fdg",
+    "spikegrad.fused", "spikegrad.fused.check", "spikegrad.layers", "spikegrad.lean",
+    "spikegrad.losses", "spikegrad.methods", "spikegrad.models", "spikegrad.monitors",
+    "spikegrad.neurons", "spikegrad.recipes", "spikegrad.surrogates", "spikegrad.cli",
+    "spikegrad.encoders", "spikegrad.recording", "spikegrad.report", "spikegrad.alignment_report",
+    "spikegrad.demo", "spikegrad.temperature_search",
+}
+
+
+def scripts() -> list[Path]:
+    return sorted(p for folder in FOLDERS for p in (ROOT / folder).glob("*.py") if p.name != "__init__.py")
+
+
+def module_name(path: Path) -> str:
+    return f"{path.parent.name}.{path.stem}"
+
+
+def spikegrad_imports(path: Path) -> set[str]:
+    """Every ``spikegrad`` module the file imports, in its code or in snippets it runs."""
+    tree = ast.parse(path.read_text())
+    trees = [tree] + [ast.parse(node.value) for node in ast.walk(tree)
+                      if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                      and "spikegrad" in node.value and _parses(node.value)]
+    found = set()
+    for node in (n for t in trees for n in ast.walk(t)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("spikegrad"):
+            found.add(node.module)
+            if node.module == "spikegrad":  # ``from spikegrad import models``: the submodule too
+                found |= {f"spikegrad.{a.name}" for a in node.names
+                          if (ROOT / "src" / "spikegrad" / f"{a.name}.py").exists()
+                          or (ROOT / "src" / "spikegrad" / a.name).is_dir()}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("spikegrad")}
+    return found
+
+
+def _parses(text: str) -> bool:
+    try:
+        ast.parse(text)
+    except SyntaxError:
+        return False
+    return True
+
+
+def test_scripts_import_only_the_public_api():
+    private = {module_name(p): sorted(spikegrad_imports(p) - PUBLIC_MODULES) for p in scripts()}
+    assert {k: v for k, v in private.items() if v} == {}
+
+
+def test_bench_holds_speed_and_memory_benchmarks_only():
+    # gpu_session_report: the tables and environment record of bench/gpu_session.sh's GPU runs
+    assert {p.stem for p in (ROOT / "bench").glob("*.py")} == {
+        "__init__", "_harness", "dspike_search", "gpu_check", "gpu_session_report", "loader",
+        "monitor_overhead", "neuron", "train_step"}
+
+
+def test_every_script_has_a_smoke_test():
+    assert {module_name(p) for p in scripts() if not p.stem.startswith("_")} == set(SMOKE)
+
+
+def run_script(module: str, *args: str, cwd: Path = ROOT, timeout: int = 180) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{module} {' '.join(args)}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def tiny_checkpoints(folder: Path) -> tuple[Path, Path]:
+    """An untrained spiking digits_cnn (width 0.125, T = 2) and its ANN twin, as checkpoints."""
+    from spikegrad import build_model, datasets_from_config, load_config
+    from spikegrad.checkpoint import save_checkpoint
+    from spikegrad.recipes import recipe_path
+
+    paths = []
+    for kind in ("snn", "ann"):
+        config = load_config(recipe_path("digits"), [f"model.kind={kind}", "model.width=0.125",
+                                                     "model.T=2", "data.batch_size=64"])
+        model, args = build_model(config, datasets_from_config(config.data)[2])
+        paths.append(folder / f"{kind}.pt")
+        save_checkpoint(paths[-1], model, args, config=config.to_dict())
+    return paths[0], paths[1]
+
+
+def smoke_dspike_search(tmp_path: Path) -> None:
+    out = run_script("bench.dspike_search", "--recipe", "digits", "--iterations", "1", "--width", "0.125",
+                     "--set", "data.batch_size=16", "--set", "dspike.batch_size=8",
+                     "--set", "dspike.num_weights=4")
+    assert "one search = " in out and '"search_fdg_s"' in out
+
+
+def smoke_loader(tmp_path: Path) -> None:
+    run_script("bench.loader", "--batch", "4", "--T", "1", "--width", "0.0625", "--steps", "1",
+               "--loader-batches", "1", "--workers", "0", "--repeats", "1", "--images", "16",
+               "--device", "cpu", "--json", str(tmp_path / "loader.json"))
+    assert "fed_over_step" in json.loads((tmp_path / "loader.json").read_text())
+
+
+def smoke_monitor_overhead(tmp_path: Path) -> None:
+    out = run_script("bench.monitor_overhead", "--rounds", "1", "--batches", "1")
+    assert "activity + SOPs (default)" in out
+
+
+def smoke_neuron(tmp_path: Path) -> None:
+    out = run_script("bench.neuron", "--only", "spikegrad", "--T", "2",
+                     "--batch", "2", "--channels", "2", "--size", "4", "--threads", "1",
+                     "--rounds", "1", "--reps", "1")
+    assert "| spikegrad " in out and "# finished" in out
+
+
+def smoke_train_step(tmp_path: Path) -> None:
+    out = run_script("bench.train_step", "--only", "spikegrad", "--batch", "2", "--T", "1",
+                     "--threads", "1", "--rounds", "1", "--reps", "1")
+    assert "| spikegrad " in out and "# finished" in out
+
+
+def smoke_gpu_check(tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        assert "Triton" in run_script("bench.gpu_check", "--help")  # its GPU checks need CUDA
+        return
+    run_script("bench.gpu_check", timeout=600)
+
+
+def smoke_gpu_session_report(tmp_path: Path) -> None:
+    run_script("bench.gpu_session_report", "report", str(tmp_path / "work"), str(tmp_path / "out"))
+    assert (tmp_path / "out" / "tables.md").is_file() and (tmp_path / "out" / "results.json").is_file()
+    out = run_script("bench.gpu_session_report", "build", "digits.yaml", "--set", "model.width=0.125",
+                     cwd=ROOT / "src" / "spikegrad" / "configs")
+    assert "digits_cnn:" in out and "logits (4, 1, 10)" in out
+
+
+def smoke_dspike_search_study(tmp_path: Path) -> None:
+    snn, _ = tiny_checkpoints(tmp_path)
+    out = run_script("experiments.dspike_search_study", "--checkpoint", f"tiny={snn}",
+                     "--out", str(tmp_path / "study"), "--batches", "3", "--batch-size", "8", "--pool", "6",
+                     "--epsilons", "1", "--epsilon-batches", "2", "--epsilon-weights", "4",
+                     "--temperatures", "2.5", "3", "3.5", "--draws", "3", "--ks", "4", "--ms", "1", "2",
+                     "--searches", "1")
+    assert "tiny" in out and (tmp_path / "study" / "study.md").is_file()
+    assert json.loads((tmp_path / "study" / "study.json").read_text())["models"].keys() == {"tiny"}
+
+
+def smoke_dspike_ablation(tmp_path: Path) -> None:
+    out = run_script("experiments.dspike_ablation", "--out", str(tmp_path / "runs"), "--seeds", "0",
+                     "--rows", "dspike-adaptive", "--epochs", "1", "--plot", str(tmp_path / "b.png"),
+                     "--set", "model.width=0.125", "--set", "model.T=2", "--set", "data.batch_size=256",
+                     "--set", "data.name=digits", "--set", "diagnostics.gradient_interval=0", cwd=tmp_path)
+    assert "| dspike-adaptive |" in out and (tmp_path / "b.png").is_file()
+
+
+def smoke_shortcut_depth(tmp_path: Path) -> None:
+    out = run_script("experiments.shortcut_depth", "--out", str(tmp_path / "runs"), "--seeds", "0",
+                     "--models", "plain4", "--epochs", "1", "--docs", str(tmp_path / "img"),
+                     "--set", "model.width=0.125", "--set", "data.batch_size=256",
+                     "--set", "data.name=digits", cwd=tmp_path)
+    assert "| plain4 | " in out and (tmp_path / "img" / "shortcut_depth.png").is_file()
+
+
+def smoke_ltl(tmp_path: Path) -> None:
+    out = run_script("experiments.ltl", "memory", "--dataset", "digits", "--T", "2", "--width", "0.125",
+                     "--batch", "8", "--steps", "1", "--methods", "ltl-online", "--out", str(tmp_path))
+    (row,) = json.loads((tmp_path / "memory_digits.json").read_text())
+    assert row["label"] == "ltl-online" and row["peak_mib"] >= 0 and "| 2 |" in out
+
+
+def smoke_ltl_devices(tmp_path: Path) -> None:
+    student, teacher = tiny_checkpoints(tmp_path)
+    out = run_script("experiments.ltl_devices", "--student", str(student), "--teacher", str(teacher),
+                     "--steps", "1", "--seeds", "0", "--sweeps", "sigma", "--first", "2", "--out",
+                     str(tmp_path / "devices.json"), "--plot", str(tmp_path / "devices.png"))
+    assert "| σ=0.1 |" in out and (tmp_path / "devices.png").is_file()
+
+
+def smoke_reliability_table(tmp_path: Path) -> None:
+    doc = tmp_path / "reliability.md"
+    doc.write_text("before\n<!-- table:begin -->\nold\n<!-- table:end -->\nafter\n")
+    run_script("tools.reliability_table", "--cases", "unknown surrogate", "--doc", str(doc))
+    text = doc.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    assert "| config | unknown surrogate | `spikegrad train tiny.yaml --set model.surrogate={name: " \
+        "dspik}` | 2 |" in text and "unknown surrogate 'dspik' (did you mean 'dspike'?)" in text
+
+
+def smoke_api_reference(tmp_path: Path) -> None:
+    run_script("tools.api_reference", "--check")  # exit 1 when docs/api.md is stale
+
+
+def smoke_plot_screenshots(tmp_path: Path) -> None:
+    runs, img = tmp_path / "runs", tmp_path / "img"
+    run_script("tools.plot_screenshots", "--runs", str(runs), "--out", str(img), "--epochs", "1",
+               "--skip", "fdg", "--set", "model.width=0.125", "--set", "data.batch_size=256",
+               "--set", "diagnostics.gradient_interval=2", timeout=600)
+    assert (img / "gradients.png").is_file() and (runs / "dspike" / "recording.npz").is_file()
+    assert any(p.name.startswith("report-spike-raster") for p in img.glob("*.png"))
+
+
+def smoke_code_metrics(tmp_path: Path) -> None:
+    out = run_script("tools.code_metrics", "--top", "1")
+    assert "longest files: src/spikegrad/" in out and "longest functions: spikegrad/" in out
+    # the package's modules import one another one way only, even inside functions
+    assert "import cycles (module level): 0" in out and "import cycles (any level): 0" in out
+
+
+SMOKE = {
+    "bench.dspike_search": smoke_dspike_search,
+    "bench.loader": smoke_loader,
+    "bench.monitor_overhead": smoke_monitor_overhead,
+    "bench.neuron": smoke_neuron,
+    "bench.train_step": smoke_train_step,
+    "bench.gpu_check": smoke_gpu_check,
+    "bench.gpu_session_report": smoke_gpu_session_report,
+    "experiments.dspike_ablation": smoke_dspike_ablation,
+    "experiments.dspike_search_study": smoke_dspike_search_study,
+    "experiments.shortcut_depth": smoke_shortcut_depth,
+    "experiments.ltl": smoke_ltl,
+    "experiments.ltl_devices": smoke_ltl_devices,
+    "tools.reliability_table": smoke_reliability_table,
+    "tools.code_metrics": smoke_code_metrics,
+    "tools.api_reference": smoke_api_reference,
+    "tools.plot_screenshots": smoke_plot_screenshots,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", sorted(SMOKE))
+def test_script_runs_with_tiny_arguments(module, tmp_path):
+    SMOKE[module](tmp_path)
