@@ -87,8 +87,9 @@ def search_objective(ctx: TrainingContext) -> tuple[ForwardFn | None, LossFn]:
     :meth:`spikegrad.component.Component.search_objective`): a component that owns the
     training loss returns ``forward(model, inputs) -> outputs`` and ``loss_fn(outputs,
     targets) -> loss`` so that the FDG and the surrogate gradients are those of the loss the
-    run trains on (e.g. shortcut branches: main head + λ·branches). At most one may answer;
-    without one, the plain forward pass (``None``) and ``ctx.default_loss``.
+    run trains on (e.g. main head + λ·branches for shortcut branches; no built-in method
+    answers yet). At most one may answer; without one, the plain forward pass (``None``) and
+    ``ctx.default_loss``.
     """
     found = []
     for component in ctx.components:
