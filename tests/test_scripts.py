@@ -26,7 +26,7 @@ PUBLIC_MODULES = {
     "spikegrad.losses", "spikegrad.methods", "spikegrad.models", "spikegrad.monitors",
     "spikegrad.neurons", "spikegrad.recipes", "spikegrad.surrogates", "spikegrad.cli",
     "spikegrad.encoders", "spikegrad.recording", "spikegrad.report", "spikegrad.alignment_report",
-    "spikegrad.demo",
+    "spikegrad.demo", "spikegrad.temperature_search",
 }
 
 
@@ -153,6 +153,17 @@ def smoke_gpu_session_report(tmp_path: Path) -> None:
     assert "digits_cnn:" in out and "logits (4, 1, 10)" in out
 
 
+def smoke_dspike_search_study(tmp_path: Path) -> None:
+    snn, _ = tiny_checkpoints(tmp_path)
+    out = run_script("experiments.dspike_search_study", "--checkpoint", f"tiny={snn}",
+                     "--out", str(tmp_path / "study"), "--batches", "3", "--batch-size", "8", "--pool", "6",
+                     "--epsilons", "1", "--epsilon-batches", "2", "--epsilon-weights", "4",
+                     "--temperatures", "2.5", "3", "3.5", "--draws", "3", "--ks", "4", "--ms", "1", "2",
+                     "--searches", "1")
+    assert "tiny" in out and (tmp_path / "study" / "study.md").is_file()
+    assert json.loads((tmp_path / "study" / "study.json").read_text())["models"].keys() == {"tiny"}
+
+
 def smoke_dspike_ablation(tmp_path: Path) -> None:
     out = run_script("experiments.dspike_ablation", "--out", str(tmp_path / "runs"), "--seeds", "0",
                      "--rows", "dspike-adaptive", "--epochs", "1", "--plot", str(tmp_path / "b.png"),
@@ -223,6 +234,7 @@ SMOKE = {
     "bench.gpu_check": smoke_gpu_check,
     "bench.gpu_session_report": smoke_gpu_session_report,
     "experiments.dspike_ablation": smoke_dspike_ablation,
+    "experiments.dspike_search_study": smoke_dspike_search_study,
     "experiments.shortcut_depth": smoke_shortcut_depth,
     "experiments.ltl": smoke_ltl,
     "experiments.ltl_devices": smoke_ltl_devices,

@@ -186,6 +186,7 @@ def _cmd_fdg(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, split=args.split, seed=args.seed, points=args.points,
         factor=args.range, names=args.surrogates.split(",") if args.surrogates else None,
         device=args.device, overrides=args.set, batches=args.batches, extend=args.extend,
+        bn_mode=args.bn_mode,
     )
     print(format_report(report))
     prefix = args.out or Path(args.checkpoint).with_name("fdg")
@@ -359,6 +360,9 @@ def _add_fdg(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-weights", type=int, default=256,
                    help="probe a seeded random subset of K weights (default 256; 0: all)")
     p.add_argument("--batch-size", type=int, default=128, help="samples in the fixed batch")
+    p.add_argument("--bn-mode", choices=("train", "eval"),
+                   help="batch norm: train (the batch's own statistics) or eval (running statistics); "
+                        "default: dspike.bn_mode's")
     p.add_argument("--split", choices=("train", "test"), default="train")
     p.add_argument("--seed", type=int, default=0, help="draws the batch and the probed weights")
     p.add_argument("--points", type=int, default=9, help="sharpness values per surrogate")

@@ -17,7 +17,7 @@ inference must read out a window of time steps only, declares it (``readout_star
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from spikegrad.errors import check_labels
+from spikegrad.errors import UserError, check_labels
 
 if TYPE_CHECKING:
     from spikegrad.config import Config
@@ -71,7 +71,9 @@ class TrainingContext:
     only), ``device``, ``dist`` (:class:`~spikegrad.distributed.DistributedContext`: rank,
     sums and broadcasts over processes), ``train_set`` and ``collate_fn`` (the training data
     and how the loader batches it), ``run_dir`` (the run folder on the process that writes
-    it, else None); ``epoch``, ``iteration`` and ``total_iterations`` (live).
+    it, else None), ``components`` (every component of the run, in hook order, to read only:
+    e.g. the temperature search asks them for :meth:`Component.search_objective`);
+    ``epoch``, ``iteration`` and ``total_iterations`` (live).
     """
 
     def __init__(
@@ -79,14 +81,14 @@ class TrainingContext:
         train_set: Dataset, collate_fn: Callable[[list], Any], position: Position,
         default_loss: Callable[[Tensor, Tensor], Tensor], backward: Callable[[Tensor], None],
         add_param_group: Callable[[Iterable[nn.Parameter]], None], run_dir: Path | None,
-        search_objective: Callable[[], Objective] | None = None,
         check_labels: Callable[[Tensor, int, str], None] | None = None,
+        components: Sequence[Component] = (),
     ) -> None:
         self.model, self.config, self.device, self.dist = model, config, device, dist
         self.train_set, self.collate_fn, self.run_dir = train_set, collate_fn, run_dir
+        self.components: tuple[Component, ...] = tuple(components)
         self._position = position
         self._default_loss, self._backward, self._add_param_group = default_loss, backward, add_param_group
-        self._search_objective = search_objective
         self._check_labels = check_labels
 
     @property
@@ -108,11 +110,13 @@ class TrainingContext:
 
     def search_objective(self) -> Objective:
         """``(forward, loss_fn)`` of the loss the next training step optimises (see
-        :data:`Objective`): a loss-owning component's (:meth:`Component.search_objective`),
-        else ``(None, default_loss)``."""
-        if self._search_objective is None:
-            return None, self.default_loss
-        return self._search_objective()
+        :data:`Objective`): the one component of the run (``components``) whose
+        :meth:`Component.search_objective` answers, else ``(None, default_loss)``."""
+        found = [(c.name, o) for c in self.components if (o := c.search_objective(self)) is not None]
+        if len(found) > 1:
+            raise UserError(f"the Dspike temperature search can differentiate one training loss, but "
+                            f"components {[name for name, _ in found]} each define one; disable all but one")
+        return found[0][1] if found else (None, self.default_loss)
 
     def check_labels(self, targets: Tensor, num_classes: int, name: str = "training labels") -> None:
         """A :class:`~spikegrad.errors.UserError` unless ``targets`` are class indices in

@@ -32,8 +32,10 @@ import yaml
 
 from spikegrad import encoders, fused, losses, neurons, schedules, surrogates
 from spikegrad.errors import UserError, did_you_mean
+from spikegrad.fdg import BN_MODES
 from spikegrad.models.common import KINDS
 from spikegrad.safe_yaml import load_yaml, read_text, yaml_problem
+from spikegrad.temperature_search import RULES
 
 #: ``ltl.mode``: none, or the two ways of local tandem learning
 LTL_MODES = ("none", "offline", "online")
@@ -241,8 +243,8 @@ class DspikeConfig:
     At the start of every ``every``-th epoch (from the second epoch on: before any training,
     batch norm's running statistics are still the initial ones) the finite difference
     gradient of the probed layer is compared with the Dspike surrogate gradient for each
-    candidate ``b + j·delta`` (``j`` in ``candidates``, never below ``b_min``), and the
-    most similar candidate is kept.
+    candidate ``b + j·delta`` (``j`` in ``candidates``, never below ``b_min``) on
+    ``probe_batches`` probe batches, and ``rule`` decides from the cosine similarities.
     """
 
     adaptive: bool = option(False, doc="search the temperature during training (model.surrogate "
@@ -254,8 +256,8 @@ class DspikeConfig:
     b_min: float = option(0.5, gt=0.0, doc="lower bound on the temperature")
     epsilon: float = option(1.0, gt=0.0,
                             doc="FDG step as a fraction of the RMS of the probed layer's weights")
-    num_weights: int | None = option(64, gt=0, doc="K, weights probed (a seeded random subset; "
-                                                   "None: all)")
+    num_weights: int | None = option(32, gt=0, doc="K, weights probed per probe batch (a seeded random "
+                                                   "subset; None: all; the paper's search: 64)")
     batch_size: int = option(64, gt=0, doc="samples in the fixed mini-batch of each search")
     every: int = option(1, gt=0, doc="search every this many epochs")
     layer: str | None = option(None, doc="probed layer (qualified name; None: the first weight "
@@ -263,6 +265,17 @@ class DspikeConfig:
     per_layer: bool = option(False, doc="one temperature per unit, each chosen by the FDG of the "
                                         "unit's first weight layer (an extension, off in the paper)")
     max_stacked: int = option(512, gt=0, doc="samples per stacked FDG forward call (memory bound)")
+    rule: str = option("significant", choices=RULES,
+                       doc="significant: keep b unless a candidate's mean cosine beats b's by more than "
+                           "the standard error of the paired difference over the probe batches; paper: "
+                           "the candidate of highest mean cosine (Algorithm 1)")
+    bn_mode: str = option("train", choices=BN_MODES,
+                          doc="batch norm in the FDG and surrogate gradients: train (the probe batch's "
+                              "own statistics, as training uses; running statistics untouched) or eval "
+                              "(running statistics, the paper's code)")
+    probe_batches: int = option(4, min=1, max=1000,
+                                doc="probe batches per search, each with its own weights; the cosines are "
+                                    "averaged (rule significant needs >= 2)")
 
 
 @dataclass

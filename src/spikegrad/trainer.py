@@ -33,7 +33,7 @@ from spikegrad import distributed
 from spikegrad.analysis import epoch_fields
 from spikegrad.build.components import build_components
 from spikegrad.checkpoint import load_weights
-from spikegrad.component import Component, Objective, Position, StepOutput, TrainingContext
+from spikegrad.component import Component, Position, StepOutput, TrainingContext
 from spikegrad.config import Config
 from spikegrad.data.augment import build_augmentation
 from spikegrad.data.from_config import eval_split
@@ -222,7 +222,7 @@ class Trainer:
             train_set=train_set, collate_fn=self.train_loader.collate_fn, position=self._position,
             default_loss=self.default_loss, backward=self.backward,
             add_param_group=self.add_param_group, run_dir=self.run.local_path,
-            search_objective=self.search_objective, check_labels=self.check_labels,
+            check_labels=self.check_labels, components=self.components,
         )
         for component in self.components:
             component.attach(self.context)
@@ -269,15 +269,6 @@ class Trainer:
     def default_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """CE on the time-averaged logits, or TET's per-step loss (``train.loss``)."""
         return training_loss(self.config.train)(outputs, targets)
-
-    def search_objective(self) -> Objective:
-        """``(forward, loss_fn)`` of the loss a training step optimises (:data:`Objective`): the
-        first component's that gives one, else ``(None, default_loss)``."""
-        for component in self.components:
-            objective = component.search_objective(self.context)
-            if objective is not None:
-                return objective
-        return None, self.default_loss
 
     def compute_loss(self, inputs: Tensor, targets: Tensor) -> StepOutput:
         """The training loss of one batch: the owning component's, else :meth:`default_loss`."""
