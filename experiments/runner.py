@@ -38,7 +38,7 @@ from experiments.protocol import PROTOCOL, Protocol, ProtocolError, check_plan, 
 from experiments.splits import SPLIT_SOURCE, data_overrides
 from experiments.stats import describe, paired_t_test
 from spikegrad.config import Config, from_dict, load_config
-from spikegrad.data._registry import dataset_builder
+from spikegrad.data import dataset_builder
 from spikegrad.diagnostics import read_jsonl
 from spikegrad.errors import TrainingDiverged, UserError
 
@@ -176,7 +176,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     A run stopped half-way continues from its ``last.pt`` where :func:`spikegrad.run.train`
     takes ``resume_from``, else starts over. A diverged run is recorded as failed.
     """
-    from spikegrad.run import train
+    from spikegrad import train
 
     folder = Path(spec["folder"])
     record_path = folder / RECORD

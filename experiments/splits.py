@@ -23,8 +23,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from spikegrad.data import build_datasets
-from spikegrad.data._registry import dataset_builder
+from spikegrad.data import build_datasets, dataset_builder
 from spikegrad.errors import UserError
 
 __all__ = ["SPLIT_SOURCE", "data_overrides", "training_size"]

@@ -68,17 +68,26 @@ def test_subset_is_stratified_and_cut_before_validation():
 
 def test_bad_values_are_refused():
     data = _labelled([5, 5])
-    with pytest.raises(UserError, match=r"data\.validation must be a fraction in \[0, 1\)"):
-        split_training_set(data, validation=1.0)
+    for value in (1.0, -0.5, True, "0.1"):
+        with pytest.raises(UserError, match=r"data\.validation must be a fraction 0 < v < 1 of the "
+                           r"training set to hold out for validation \(e\.g\. 0\.1\), or 0 to evaluate on "
+                           r"the test set"):
+            split_training_set(data, validation=value)
     with pytest.raises(UserError, match=r"data\.validation=0\.01 of 10 training samples holds out 0"):
         split_training_set(data, validation=0.01)
     with pytest.raises(UserError, match=r"data\.subset must be a positive number"):
         split_training_set(data, subset=0)
-    for value in ("1.5", "1.0", "1"):  # a strict upper bound: all held out would leave no training
-        with pytest.raises(UserError, match=r"'data\.validation' must be < 1\.0"):
+    # a fraction strictly inside (0, 1), or 0 for none: all held out would leave no training
+    for value in ("1.5", "1.0", "1", "-0.1", "-1e-9"):
+        with pytest.raises(UserError, match=r"^config key 'data\.validation': must be a fraction 0 < v < 1 "
+                           r"of the training set to hold out for validation \(e\.g\. 0\.1\), or 0 to "
+                           r"evaluate on the test set; got "):
             load_config(None, [f"data.validation={value}"])
-    with pytest.raises(UserError, match=r"'data\.validation' must be >= 0\.0"):
-        load_config(None, ["data.validation=-0.1"])
+    for value in ("true", "0.1x", ".nan", ".inf"):
+        with pytest.raises(UserError, match=r"'data\.validation' must be a (finite )?number"):
+            load_config(None, [f"data.validation={value}"])
+    assert load_config(None, ["data.validation=0"]).data.validation == 0.0
+    assert load_config(None, ["data.validation=0.999"]).data.validation == 0.999
     with pytest.raises(UserError, match=r"'data\.subset' must be > 0"):
         load_config(None, ["data.subset=0"])
     with pytest.raises(UserError, match=r"'data\.subset' must be"):

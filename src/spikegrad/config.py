@@ -126,8 +126,9 @@ class DataConfig:
     options: dict = option(factory=dict, doc="further dataset-specific options")
     subset: int | None = option(None, gt=0, doc="train on a stratified subset of at most this many "
                                 "training samples (None: all); cut before data.validation")
-    validation: float = option(0.0, min=0.0, lt=1.0, doc="fraction in [0, 1) of the training set held "
-                               "out, stratified, and evaluated on instead of the test set (0: the test set)")
+    validation: float = option(0.0, check=lambda v: _check_holdout_fraction(v),
+                               doc="fraction 0 < v < 1 of the training set held out, stratified, and "
+                               "evaluated on instead of the test set (0: no split, the test set)")
     split_seed: int = option(0, min=0, doc="seed of data.subset and data.validation (not train.seed: "
                              "every run tunes on the same validation samples)")
 
@@ -500,6 +501,14 @@ def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
             raise UserError(f"config key {key!r} must be <= {bound} ({reason}), got {value!r}")
     elif limit is not None and value > limit:
         raise UserError(f"config key {key!r} must be <= {limit}, got {value!r}")
+
+
+def _check_holdout_fraction(value: float) -> str | None:
+    """``data.validation``: 0 (no validation split) or a fraction strictly between 0 and 1."""
+    if value == 0 or 0 < value < 1:
+        return None
+    return (f"must be a fraction 0 < v < 1 of the training set to hold out for validation (e.g. 0.1), "
+            f"or 0 to evaluate on the test set; got {value!r}")
 
 
 def _check_surrogate(value: Mapping[str, Any]) -> str | None:

@@ -77,8 +77,8 @@ def split_training_set(
     if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
         raise UserError(f"data.subset must be a positive number of samples or null, got {subset!r}")
     if isinstance(validation, bool) or not (isinstance(validation, (int, float)) and 0 <= validation < 1):
-        raise UserError(f"data.validation must be a fraction in [0, 1) of the training set, got "
-                        f"{validation!r}; 0 evaluates on the test set")
+        raise UserError(f"data.validation must be a fraction 0 < v < 1 of the training set to hold out "
+                        f"for validation (e.g. 0.1), or 0 to evaluate on the test set; got {validation!r}")
     if subset is None and not validation:
         return train, None
     labels = dataset_labels(train)
