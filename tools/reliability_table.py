@@ -442,13 +442,14 @@ def adversarial_table(words: list[str] | None) -> tuple[str, list[str]]:
     work = Path(tempfile.mkdtemp(prefix="spikegrad-adversarial-"))
     try:
         for index, c in enumerate(hostile):
-            outcome = run_case(c, work / str(index))
+            folder = work / str(index)
+            outcome = run_case(c, folder)
             tally = counts.setdefault(c.category, dict.fromkeys(OUTCOMES, 0))
             tally[outcome.kind] += 1
             if outcome.kind != c.expect:
                 failures.append(f"{c.id}: {outcome.kind}, expected {c.expect}: {outcome.message}")
-            rows.append(f"| {c.category} | `{c.id}` | {cell(c.what, work)} | {outcome.kind} | "
-                        f"{cell(outcome.message, work)} |")
+            rows.append(f"| {c.category} | `{c.id}` | {cell(c.what, folder)} | {outcome.kind} | "
+                        f"{cell(outcome.message, folder)} |")
             print(f"{outcome.kind:<9} {outcome.seconds:6.1f}s  {c.id}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

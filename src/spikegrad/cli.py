@@ -248,7 +248,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-config-change", action="store_true",
                    help="resume although the config changes what the run computes (e.g. optim.lr)")
     p.add_argument("--overwrite", action="store_true",
-                   help="start over in an --out folder that already holds a run")
+                   help="start over in an --out folder that already holds a run (the old run's "
+                        "files are removed first)")
     p.set_defaults(func=_cmd_train)
 
 
