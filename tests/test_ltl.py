@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikegrad import models, neurons, surrogates
-from spikegrad.checkpoint import load_model
+from spikegrad.checkpoint import load_checkpoint, load_model
 from spikegrad.config import Config, load_config
 from spikegrad.demo import recipe_path
 from spikegrad.dynamics import NeuronState
@@ -29,6 +29,7 @@ from spikegrad.methods.ltl import (
 )
 from spikegrad.methods.teacher_init import fold_batch_norm, init_student_from_teacher
 from spikegrad.run import train
+from tests.stopped_runs import stopped_run
 
 NEURON = {"type": "lif", "leak": 0.9, "threshold": 0.6, "reset": "hard"}
 
@@ -427,21 +428,36 @@ def test_layer_weights_must_match_the_units(tmp_path, teacher_checkpoint):
         train(config, tmp_path, verbose=False)
 
 
-def test_a_teacher_run_stopped_half_way_continues_instead_of_starting_over(tmp_path, monkeypatch):
+def test_a_newer_teacher_stopped_half_way_continues_and_is_never_used_half_trained(tmp_path, monkeypatch):
+    """An older teacher finished in teacher/ (its summary.json stays); a newer one with another
+    config started there and was stopped mid-epoch. Its own checkpoint says it is not done, so
+    it continues to the end (the summary.json of the old one once passed it as finished)."""
     import spikegrad.run as run_module
 
-    config = load_config(recipe_path("digits")).with_overrides({
+    older = load_config(recipe_path("digits")).with_overrides({
         "model.kind": "ann", "model.width": 0.25, "train.epochs": 1, "train.threads": 1,
-        "train.progress": False, "data.batch_size": 128,
+        "train.progress": False, "data.batch_size": 128, "diagnostics.gradient_interval": 0,
     })
+    newer = older.with_overrides({"train.seed": 1})
     folder = tmp_path / "teacher"
-    run_module.train(config, folder, verbose=False)
-    (folder / "summary.json").unlink()  # as if stopped before the end
+    run_module.train(older, folder, verbose=False)
+    stopped_run(newer, folder, iteration=5)  # of 12 in its one epoch
+    stale = json.loads((folder / "summary.json").read_text())
+    assert run_module.teacher_state(newer, folder) == ("stopped", [])
+    assert run_module.teacher_state(older, folder)[0] == "other"
     calls = []
     real_train = run_module.train
     monkeypatch.setattr(run_module, "train",
                         lambda *a, **k: calls.append(k.get("resume_from")) or real_train(*a, **k))
-    run_module._train_teacher(config, folder, verbose=False)
-    assert calls == [folder / "last.pt"] and (folder / "summary.json").is_file()
-    run_module._train_teacher(config, folder, verbose=False)  # finished: reused, not retrained
+    teacher = run_module._train_teacher(newer, folder, verbose=False)
+    assert calls == [folder / "last.pt"]  # continued, not started over
+    final = load_checkpoint(folder / "last.pt")
+    assert final["progress"] is None and final["epoch"] == 1 and final["iteration"] == 12
+    assert final["config"]["train"]["seed"] == 1
+    for key, value in teacher.state_dict().items():  # the model handed to LTL is the finished one
+        assert torch.equal(value, final["model"][key]), key
+    assert json.loads((folder / "summary.json").read_text())["wall_seconds"] != stale["wall_seconds"]
+    run_module._train_teacher(newer, folder, verbose=False)  # finished: reused, not retrained
     assert len(calls) == 1
+    run_module._train_teacher(older, folder, verbose=False)  # another config: trained anew
+    assert calls[1:] == [None] and load_checkpoint(folder / "last.pt")["config"]["train"]["seed"] == 0

@@ -66,9 +66,12 @@ def test_report_cli_errors_exit_2(tmp_path, capsys):
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "metrics.jsonl" in capsys.readouterr().err
     bad = write_run(tmp_path / "bad", "dspike")
-    (bad / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2, "tr')
+    (bad / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2, "tr\n{"epoch": 3}\n')  # damaged inside
     assert main(["report", str(bad)]) == 2
     assert "line 2" in capsys.readouterr().err
+    (bad / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2, "tr')  # a torn last line: left out
+    assert main(["report", str(bad)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

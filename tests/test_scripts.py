@@ -259,12 +259,17 @@ def smoke_ltl_devices(tmp_path: Path) -> None:
 
 def smoke_reliability_table(tmp_path: Path) -> None:
     doc = tmp_path / "reliability.md"
-    doc.write_text("before\n<!-- table:begin -->\nold\n<!-- table:end -->\nafter\n")
-    run_script("tools.reliability_table", "--cases", "unknown surrogate", "--doc", str(doc))
+    doc.write_text("before\n<!-- table:begin -->\nSTALE\n<!-- table:end -->\nmiddle\n"
+                   "<!-- adversarial:begin -->\nSTALE\n<!-- adversarial:end -->\nafter\n")
+    run_script("tools.reliability_table", "--cases", "unknown surrogate", "pickle-cycle", "--doc", str(doc))
     text = doc.read_text()
-    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    assert text.startswith("before\n") and text.endswith("after\n") and "STALE" not in text
     assert "| config | unknown surrogate | `spikegrad train tiny.yaml --set model.surrogate={name: " \
         "dspik}` | 2 |" in text and "unknown surrogate 'dspik' (did you mean 'dspike'?)" in text
+    # the hostile-input table: its counts (tried, clear, correct and the five defects) and row
+    assert "| pickled data | 1 | 1 | 0 | 0 | 0 | 0 | 0 | 0 |" in text
+    assert "| **all** | **1** | **1** | **0** | **0** | **0** | **0** | **0** | **0** |" in text
+    assert "| pickled data | `pickle-cycle` | a list that contains itself | clear | " in text
 
 
 def smoke_api_reference(tmp_path: Path) -> None:

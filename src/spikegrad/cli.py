@@ -27,6 +27,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from spikegrad.config import load_config
     from spikegrad.resume import resume_checkpoint_path
     from spikegrad.run import train
+    from spikegrad.rundir import default_run_folder
 
     resume_from = Path(args.resume_from) if args.resume_from else None
     if args.config is None:  # resuming without a recipe: the run folder's own config
@@ -37,14 +38,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = load_config(folder / "config.yaml", args.set)
     else:
         config = load_config(args.config, args.set)
-    out = args.out or (str(resume_from.parent) if resume_from else f"runs/{config.name or 'run'}")
+    out = args.out or (str(resume_from.parent) if resume_from else str(default_run_folder(config.name)))
     if args.resume and resume_from is None:
         resume_from = resume_checkpoint_path(out)
-    if resume_from is None and not args.overwrite and (Path(out) / "last.pt").is_file():
-        raise UserError(f"{out!r} already holds a run (last.pt); continue it with --resume, "
-                        "start it over with --overwrite, or choose another --out")
+    # a folder holding another run is refused (or, with --overwrite, emptied) under its lock
     summary = train(config, out, resume_from=resume_from,
-                    allow_config_change=args.allow_config_change)
+                    allow_config_change=args.allow_config_change, overwrite=args.overwrite)
     if _rank() == 0:
         print(json.dumps(summary, indent=2))
     return 0
@@ -254,7 +253,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-config-change", action="store_true",
                    help="resume although the config changes what the run computes (e.g. optim.lr)")
     p.add_argument("--overwrite", action="store_true",
-                   help="start over in an --out folder that already holds a run")
+                   help="start over in an --out folder that already holds a run (the old run's "
+                        "files are removed first)")
     p.set_defaults(func=_cmd_train)
 
 

@@ -18,12 +18,14 @@ import io
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from spikegrad import runlock
 from spikegrad.analysis import ANALYSIS_FILE
 from spikegrad.diagnostics import GRADIENTS_FILE, read_jsonl
 from spikegrad.errors import UserError
@@ -48,6 +50,8 @@ class Run:
     config: dict[str, Any] = field(default_factory=dict)
     analysis: dict[str, Any] = field(default_factory=dict)
     gradients: list[dict[str, Any]] = field(default_factory=list)
+    #: the trainer writing the folder now (``"PID n on HOST"``), None when no run is in progress
+    in_progress: str | None = None
 
     def series(self, key: str) -> tuple[list[float], list[Any]]:
         """``(epochs, values)`` of a metrics field, skipping epochs where it is missing."""
@@ -113,7 +117,8 @@ def load_run(folder: str | Path, label: str | None = None) -> Run:
     if not (folder / METRICS_FILE).is_file():
         raise UserError(f"{str(folder)!r} is not a run folder (it has no {METRICS_FILE}); pass the "
                         "folder that `spikegrad train --out` or `spikegrad demo` wrote")
-    run = Run(folder, label or folder.name, metrics=_read_metrics(folder / METRICS_FILE))
+    run = Run(folder, label or folder.name, metrics=_read_metrics(folder / METRICS_FILE),
+              in_progress=runlock.holder(folder))
     if (folder / "summary.json").is_file():
         run.summary = _read_json(folder / "summary.json")
     if (folder / ANALYSIS_FILE).is_file():
@@ -910,6 +915,7 @@ def render_report(runs: list[Run], title: str = "spikegrad report") -> str:
              "<p class='note'>Runs: " + ", ".join(
                  f"<code>{html.escape(r.label)}</code> ({html.escape(str(r.folder))})" for r in runs)
              + f". Written {datetime.now():%Y-%m-%d %H:%M}.</p>",
+             *(f"<p class='note'><b>In progress</b>: {html.escape(note)}.</p>" for note in in_progress(runs)),
              "<h2>Summary</h2>", _summary_table(runs)]
     for build in SECTIONS:
         built = build(runs)
@@ -924,6 +930,12 @@ def render_report(runs: list[Run], title: str = "spikegrad report") -> str:
     return "\n".join(parts)
 
 
+def in_progress(runs: Sequence[Run]) -> list[str]:
+    """A line for each run still being trained (its last epoch and summary may change)."""
+    return [f"{r.label} is still training ({r.in_progress}): the page shows it as it stood when "
+            "written" for r in runs if r.in_progress]
+
+
 def default_output(runs: list[Run]) -> Path:
     """``RUN/report.html`` for one run; ``report.html`` in the runs' common folder otherwise."""
     if len(runs) == 1:
@@ -936,6 +948,8 @@ def write_report(paths: Sequence[str | Path], out: str | Path | None = None,
                  title: str | None = None) -> Path:
     """Read the run folders, write the HTML report and return its path."""
     runs = find_runs(paths)
+    for note in in_progress(runs):
+        print(f"spikegrad: note: {note}", file=sys.stderr, flush=True)
     target = Path(out) if out is not None else default_output(runs)
     page = render_report(runs, title or f"spikegrad report: {', '.join(r.label for r in runs)}")
     try:

@@ -14,21 +14,27 @@ from torch import nn
 
 from spikegrad import build, distributed
 from spikegrad.build import RunParts, build_parts, model_arguments
-from spikegrad.checkpoint import load_model
+from spikegrad.checkpoint import load_checkpoint, load_model
 from spikegrad.component import Component
-from spikegrad.config import Config, load_config
+from spikegrad.config import Config
 from spikegrad.data import build_augmentation
+from spikegrad.errors import UserError
 from spikegrad.methods.registry import method
-from spikegrad.trainer import Trainer
+from spikegrad.resume import config_differences
+from spikegrad.rundir import claim
+from spikegrad.trainer import Trainer, resolve_device
 
-__all__ = ["RunParts", "build_components", "build_parts", "model_arguments", "prepare_teacher", "train"]
+__all__ = ["RunParts", "build_components", "build_parts", "model_arguments", "prepare_teacher",
+           "teacher_state", "train"]
 
 
 def prepare_teacher(config: Config, out_dir: str | Path | None, verbose: bool = True) -> nn.Module | None:
     """The LTL teacher that must be trained first (``ltl.teacher_recipe``), else None.
 
-    It trains into ``<out_dir>/teacher`` (a temporary folder without ``out_dir``); a finished
-    teacher run there with the same config is reused, one stopped half-way continues.
+    It trains into ``<out_dir>/teacher`` (a temporary folder without ``out_dir``). Whether a
+    teacher there is finished is read from its own checkpoint (:func:`teacher_state`): a
+    finished one with the same config is reused, one stopped half-way continues, and one
+    trained with another config is replaced.
     """
     ltl = config.ltl
     if not method("ltl").enabled(config, None) or ltl.teacher_checkpoint is not None \
@@ -41,15 +47,42 @@ def prepare_teacher(config: Config, out_dir: str | Path | None, verbose: bool = 
     return _train_teacher(teacher, Path(out_dir) / "teacher", verbose)
 
 
+def teacher_state(config: Config, folder: Path) -> tuple[str, list[str]]:
+    """Where the teacher run in ``folder`` stands, from its ``last.pt`` alone (never from a side
+    file such as ``summary.json``, which an older teacher may have left): ``("finished", [])``
+    (its progress is None and its epoch is ``train.epochs``), ``("stopped", [])`` (the same
+    config, not finished: it continues), ``("other", differences)`` (trained with another
+    config) or ``("none", [])`` (no checkpoint)."""
+    last = folder / "last.pt"
+    if not last.is_file():
+        return "none", []
+    try:
+        payload = load_checkpoint(last)
+    except UserError as exc:
+        raise UserError(f"the LTL teacher cannot be read: {exc}; or delete {str(folder)!r} to train "
+                        "the teacher again") from exc
+    differences = config_differences(payload.get("config", {}), config)
+    if differences:
+        return "other", differences
+    if payload.get("progress") is None and payload.get("epoch") == config.train.epochs:
+        return "finished", []
+    return "stopped", []
+
+
 def _train_teacher(config: Config, folder: Path, verbose: bool) -> nn.Module:
-    started = (folder / "last.pt").is_file() and (folder / "config.yaml").is_file() \
-        and load_config(folder / "config.yaml") == config
-    if not (started and (folder / "summary.json").is_file()):
-        resume = folder / "last.pt" if started else None  # a teacher run stopped half-way
+    state, differences = teacher_state(config, folder)
+    if state != "finished":
         if verbose:
-            print(f"== LTL teacher: {'continuing' if resume else 'training'} "
-                  f"{config.name or 'the ANN'} in {folder}", flush=True)
-        train(config, folder, verbose=verbose, resume_from=resume)
+            doing = {"stopped": "continuing", "none": "training",
+                     "other": "training anew (the one there had " + "; ".join(differences) + ")"}
+            print(f"== LTL teacher: {doing[state]} {config.name or 'the ANN'} in {folder}", flush=True)
+        if state == "stopped":
+            train(config, folder, verbose=verbose, resume_from=folder / "last.pt")
+        else:  # nothing of another teacher may stay (a summary.json, a best.pt)
+            train(config, folder, verbose=verbose, overwrite=True)
+        if teacher_state(config, folder)[0] != "finished":
+            raise UserError(f"the LTL teacher in {str(folder)!r} did not finish; run the same command "
+                            "again to continue it")
     model, _ = load_model(folder / "last.pt")
     return model
 
@@ -63,27 +96,37 @@ def build_components(
 
 
 def train(config: Config, out_dir: str | Path | None, verbose: bool = True,
-          resume_from: str | Path | None = None, allow_config_change: bool = False) -> dict[str, Any]:
+          resume_from: str | Path | None = None, allow_config_change: bool = False,
+          overwrite: bool | None = None) -> dict[str, Any]:
     """Train the run described by ``config`` into ``out_dir``; returns its summary.
 
     ``resume_from``: a checkpoint to continue from (see :meth:`Trainer.resume`).
+    ``overwrite``: what to do with a folder that already holds a run: None writes over it as
+    the files come (the library's default), False refuses it unless the run continues from
+    it, True removes its files first (``spikegrad train`` passes False, or True for
+    ``--overwrite``; see :func:`spikegrad.rundir.check_destination`). The folder is locked
+    for the whole run, an LTL teacher's training included (:mod:`spikegrad.runlock`).
     """
-    parts = build_parts(config)
-    trainer = Trainer(
-        parts.model,
-        parts.train_set,
-        parts.test_set,
-        config,
-        components=build_components(config, parts.model, out_dir, verbose),
-        out_dir=out_dir,
-        augment=build_augmentation(config.data.augment, parts.info),
-        model_args=parts.model_args,
-        verbose=verbose,
-    )
+    dist = distributed.setup(resolve_device(config.train.device), config.distributed)
     try:
-        if resume_from is not None:
-            trainer.resume(resume_from, allow_config_change)
-        return trainer.fit()
+        with claim(out_dir, dist, resume_from=resume_from, overwrite=overwrite, verbose=verbose):
+            parts = build_parts(config)
+            trainer = Trainer(
+                parts.model,
+                parts.train_set,
+                parts.test_set,
+                config,
+                components=build_components(config, parts.model, out_dir, verbose),
+                out_dir=out_dir,
+                augment=build_augmentation(config.data.augment, parts.info),
+                model_args=parts.model_args,
+                verbose=verbose,
+            )
+            try:
+                if resume_from is not None:
+                    trainer.resume(resume_from, allow_config_change)
+                return trainer.fit()
+            finally:
+                del trainer  # its DDP wrapper goes before the process group
     finally:
-        del trainer  # its DDP wrapper goes before the process group
         distributed.shutdown()

@@ -41,6 +41,7 @@ from spikegrad.data.loader import check_dataset, collate_for
 from spikegrad.data.sampler import GlobalBatchSampler, ShardSampler
 from spikegrad.diagnostics import GRADIENTS_FILE
 from spikegrad.distributed import DistributedContext
+from spikegrad.durable import disk_error
 from spikegrad.errors import TrainingDiverged, UserError, check_labels, explain_model_input
 from spikegrad.evaluation import evaluate_model
 from spikegrad.layers import mean_over_time
@@ -182,7 +183,7 @@ class Trainer:
         self.model_args = model_args
         self.verbose = verbose and self.dist.is_main
         #: the run folder and its bookkeeping (files, checkpoints; rank 0 writes)
-        self.run = RunFolder(out_dir, self.dist)
+        self.run = RunFolder(out_dir, self.dist, verbose=self.verbose)
         check_dataset(train_set, "training set", allow_empty=False)
         check_dataset(test_set, "test set")
         self.loader_generator, self.train_sampler, self.train_loader, self.test_loader = _loaders(
@@ -496,13 +497,31 @@ class Trainer:
         }
 
     def fit(self) -> dict[str, Any]:
-        """Train for ``train.epochs`` epochs, evaluating after each; returns the summary."""
-        self.run.prepare(self.config, self.history)
+        """Train for ``train.epochs`` epochs, evaluating after each; returns the summary.
+
+        The run folder is locked from the start to the end (:mod:`spikegrad.runlock`). A write
+        that fails for a full disk or a file-size limit, wherever it happens (checkpoints,
+        side files, a component's file, TensorBoard), stops the run with a :class:`UserError`
+        saying what ``last.pt`` still holds."""
+        try:
+            self.run.prepare(self.config, self.history)
+            return self._fit()
+        except (OSError, RuntimeError) as exc:
+            failed = disk_error(exc)
+            if failed is None or not self.run.writes:
+                raise
+            what = repr(str(failed.filename)) if failed.filename else f"into {str(self.run.path)!r}"
+            raise self.run.write_failure(what, failed) from exc
+        finally:
+            self.run.release()
+
+    def _fit(self) -> dict[str, Any]:
         tensorboard = None
         if self.run.writes and self.config.analysis.tensorboard:
             from spikegrad.tensorboard_log import TensorBoardLogger
 
-            tensorboard = TensorBoardLogger(self.run.path / "tensorboard")
+            with self.run.writing("TensorBoard events (tensorboard/)"):
+                tensorboard = TensorBoardLogger(self.run.path / "tensorboard")
         start = self._started = time.perf_counter()
         try:  # a stop on a signal is an exception too: close the TensorBoard file
             with StopOnSignal(enabled=self.run.enabled) as self._stop:
@@ -510,7 +529,8 @@ class Trainer:
                     self._run_epoch(epoch, tensorboard)
         finally:
             if tensorboard is not None:
-                tensorboard.close()
+                with self.run.writing("TensorBoard events (tensorboard/)"):
+                    tensorboard.close()
         summary = self.summary(self.wall_seconds_before + time.perf_counter() - start)
         self.run.write_summary(summary)
         return summary
@@ -536,8 +556,9 @@ class Trainer:
             self.save_checkpoint(best=improved)
         self.run.write_analysis(detail, epoch + 1)
         if tensorboard is not None:
-            tensorboard.log_epoch(row)
-            tensorboard.log_gradients(self.run.path / GRADIENTS_FILE)
+            with self.run.writing("TensorBoard events (tensorboard/)"):
+                tensorboard.log_epoch(row)
+                tensorboard.log_gradients(self.run.path / GRADIENTS_FILE)
         self._stop_if_requested(saved=True)
 
     # ------------------------------------------------------------------ output
