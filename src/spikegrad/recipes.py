@@ -23,8 +23,9 @@ class RecipeRow:
     error: str = ""
 
 
-def recipe_files(folder: Path = CONFIG_DIR) -> list[Path]:
-    return sorted(folder.glob("*.yaml"))
+def recipe_files(folder: Path | None = None) -> list[Path]:
+    """The recipes (``*.yaml``) in ``folder``, by name; None: the packaged ones."""
+    return sorted((CONFIG_DIR if folder is None else folder).glob("*.yaml"))
 
 
 def recipe_path(name: str | Path, what: str = "recipe") -> Path:
@@ -40,8 +41,9 @@ def recipe_path(name: str | Path, what: str = "recipe") -> Path:
                     f"recipes: {', '.join(p.stem for p in recipe_files())}")
 
 
-def recipe_rows(folder: Path = CONFIG_DIR) -> list[RecipeRow]:
-    """One row per recipe (``extends`` resolved); a recipe that fails to load says why."""
+def recipe_rows(folder: Path | None = None) -> list[RecipeRow]:
+    """One row per recipe in ``folder`` (None: the packaged ones; ``extends`` resolved); a
+    recipe that fails to load says why."""
     rows = []
     for path in recipe_files(folder):
         try:
