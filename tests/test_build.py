@@ -166,8 +166,11 @@ def test_the_summary_of_a_custom_model_names_its_method_and_time_steps(tmp_path)
     data = toy_data()
     summary = Trainer(sequential(T=3, spiking=False), data, data, toy_config(), out_dir=tmp_path,
                       verbose=False).fit()
-    assert (summary["method"], summary["T"], summary["name"]) == ("ann", 3, "Sequential")
+    # unnamed: the run folder's name, or without a folder the model's class and the method
+    assert (summary["method"], summary["T"], summary["name"]) == ("ann", 3, tmp_path.name)
     assert json.loads((tmp_path / "summary.json").read_text())["method"] == "ann"
+    folderless = Trainer(sequential(T=2), data, data, toy_config(), verbose=False).fit()
+    assert folderless["name"] == "Sequential-dspike"
     named = Trainer(sequential(T=2), data, data, toy_config(name="mine"), verbose=False).fit()
     assert (named["method"], named["T"], named["name"]) == ("dspike", 2, "mine")
 

@@ -301,7 +301,8 @@ def test_ltl_runs_report_method_and_layer_losses(tmp_path, teacher_checkpoint, m
     assert list(losses) == ["features.0", "features.1", "features.2"]
     assert all(0 <= v <= 1 for v in losses.values())
     assert summary["final_test_acc"] > 0.4  # initialised from the teacher (about 0.7; chance 0.1)
-    proc = subprocess.run([sys.executable, "-m", "spikegrad.cli", "eval", str(tmp_path / "last.pt")],
+    proc = subprocess.run([sys.executable, "-m", "spikegrad.cli", "eval", str(tmp_path / "last.pt"),
+                           "--json"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr  # eval reads the online readout window from the config
     assert json.loads(proc.stdout)["test_acc"] == pytest.approx(summary["final_test_acc"])
@@ -326,7 +327,7 @@ def test_calibrate_cli(tmp_path, teacher_checkpoint):
                             "ltl.student_init": "teacher"})
     train(config, tmp_path, verbose=False)
     command = [sys.executable, "-m", "spikegrad.cli", "calibrate", str(tmp_path / "last.pt"),
-               "--sigma", "0.3", "--stuck-at-zero", "0.1", "--steps", "2"]
+               "--sigma", "0.3", "--stuck-at-zero", "0.1", "--steps", "2", "--json"]
     proc = subprocess.run([*command, "--teacher", str(teacher_checkpoint)], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

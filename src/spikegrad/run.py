@@ -18,7 +18,7 @@ from spikegrad.checkpoint import load_model
 from spikegrad.component import Component
 from spikegrad.config import Config, load_config
 from spikegrad.data import build_augmentation
-from spikegrad.methods.registry import method
+from spikegrad.methods.registry import method, run_name
 from spikegrad.trainer import Trainer
 
 __all__ = ["RunParts", "build_components", "build_parts", "model_arguments", "prepare_teacher", "train"]
@@ -42,6 +42,8 @@ def prepare_teacher(config: Config, out_dir: str | Path | None, verbose: bool = 
 
 
 def _train_teacher(config: Config, folder: Path, verbose: bool) -> nn.Module:
+    if not config.name:  # as train() names it, so that the stored config.yaml compares equal
+        config = config.with_overrides({"name": run_name(config)})
     started = (folder / "last.pt").is_file() and (folder / "config.yaml").is_file() \
         and load_config(folder / "config.yaml") == config
     if not (started and (folder / "summary.json").is_file()):
@@ -49,7 +51,8 @@ def _train_teacher(config: Config, folder: Path, verbose: bool) -> nn.Module:
         if verbose:
             print(f"== LTL teacher: {'continuing' if resume else 'training'} "
                   f"{config.name or 'the ANN'} in {folder}", flush=True)
-        train(config, folder, verbose=verbose, resume_from=resume)
+        # a teacher run of another config in the folder is trained over
+        train(config, folder, verbose=verbose, resume_from=resume, overwrite=True)
     model, _ = load_model(folder / "last.pt")
     return model
 
@@ -63,11 +66,16 @@ def build_components(
 
 
 def train(config: Config, out_dir: str | Path | None, verbose: bool = True,
-          resume_from: str | Path | None = None, allow_config_change: bool = False) -> dict[str, Any]:
+          resume_from: str | Path | None = None, allow_config_change: bool = False,
+          overwrite: bool = False) -> dict[str, Any]:
     """Train the run described by ``config`` into ``out_dir``; returns its summary.
 
-    ``resume_from``: a checkpoint to continue from (see :meth:`Trainer.resume`).
+    ``resume_from``: a checkpoint to continue from (see :meth:`Trainer.resume`);
+    ``overwrite``: start over in an ``out_dir`` that already holds a run (refused otherwise).
+    A config without a ``name`` gets its default one (:func:`~spikegrad.methods.registry.run_name`).
     """
+    if not config.name:
+        config = config.with_overrides({"name": run_name(config)})
     parts = build_parts(config)
     trainer = Trainer(
         parts.model,
@@ -79,6 +87,7 @@ def train(config: Config, out_dir: str | Path | None, verbose: bool = True,
         augment=build_augmentation(config.data.augment, parts.info),
         model_args=parts.model_args,
         verbose=verbose,
+        overwrite=overwrite,
     )
     try:
         if resume_from is not None:

@@ -33,7 +33,8 @@ from spikegrad.distributed import DistributedContext
 from spikegrad.errors import UserError
 from spikegrad.resume import EpochProgress, StopOnSignal, check_resume_config, rng_state
 
-__all__ = ["CONFIG_FILE", "METRICS_FILE", "SUMMARY_FILE", "RunFolder"]
+__all__ = ["CONFIG_FILE", "METRICS_FILE", "SUMMARY_FILE", "RunFolder", "finished_summary", "holds_run",
+           "refuse_existing_run"]
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -86,6 +87,7 @@ class RunFolder:
             return
         (self.path / CONFIG_FILE).write_text(config.to_yaml())
         (self.path / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in history))
+        (self.path / SUMMARY_FILE).unlink(missing_ok=True)  # written again when the run ends
         if self.last_saved is None:  # a fresh run: an older run's fallback is no fallback
             previous_path(self.path / LAST).unlink(missing_ok=True)
 
@@ -170,3 +172,38 @@ class RunFolder:
     def stop_requested(self, stop: StopOnSignal) -> bool:
         """Whether SIGTERM/SIGINT reached any process (only while a folder can take the save)."""
         return stop.enabled and self.dist.any(stop.signum is not None)[0]
+
+
+# ------------------------------------------------------------------ the guard against training into a run
+
+
+def holds_run(path: str | Path) -> bool:
+    """Whether the folder ``path`` holds a run (its ``last.pt``)."""
+    return (Path(path) / LAST).is_file()
+
+
+def refuse_existing_run(path: str | Path | None, fix: str) -> None:
+    """The one guard against training a new run into a folder that already holds one: a
+    :class:`UserError` whose message ends with ``fix`` (how to continue or start over, in the
+    caller's terms: command-line flags or Python arguments)."""
+    if path is not None and holds_run(path):
+        raise UserError(f"{str(path)!r} already holds a run (last.pt); {fix}")
+
+
+def finished_summary(path: str | Path, epochs: int) -> dict[str, Any] | None:
+    """The summary of the run in ``path`` if it has trained ``epochs`` epochs and ended (its
+    ``summary.json``, which :meth:`RunFolder.prepare` removes while a run trains, and a
+    ``last.pt`` of that epoch), else None. A ``last.pt`` that cannot be read is the
+    :class:`UserError` of :func:`~spikegrad.checkpoint.load_checkpoint` (naming
+    ``last.prev.pt``), not a finished run."""
+    summary_path = Path(path) / SUMMARY_FILE
+    if not (holds_run(path) and summary_path.is_file()):
+        return None
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError):
+        return None
+    done = summary.get("epochs") if isinstance(summary, dict) else None
+    if not (isinstance(done, int) and done >= epochs):
+        return None
+    return summary if load_checkpoint(Path(path) / LAST)["epoch"] >= epochs else None

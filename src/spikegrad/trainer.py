@@ -45,9 +45,10 @@ from spikegrad.layers import mean_over_time
 from spikegrad.losses import training_loss
 from spikegrad.neurons import SpikingNeuron
 from spikegrad.resume import EpochProgress, StopOnSignal, TrainingStopped, ignore_interrupts, set_rng_state
-from spikegrad.rundir import RunFolder
+from spikegrad.rundir import RunFolder, refuse_existing_run
 from spikegrad.schedules import lr_factor
 from spikegrad.seeding import seed_everything
+from spikegrad.threads import apply_threads
 
 __all__ = [
     "Component", "StepOutput", "Trainer", "evaluate_model", "lr_factor", "resolve_device",
@@ -141,6 +142,11 @@ class Trainer:
             ``data.augment``.
         model_args: ``{"name", "kwargs"}`` that rebuild the model from the registry, stored in
             checkpoints so ``spikegrad eval`` can load them.
+        overwrite: let :meth:`fit` start over in an ``out_dir`` that already holds a run
+            (without it, and without :meth:`resume`, that is an error).
+
+    With ``train.threads`` unset, torch computes with the CPUs that are free
+    (:func:`spikegrad.threads.apply_threads`).
     """
 
     def __init__(
@@ -155,11 +161,11 @@ class Trainer:
         augment: Callable[[Tensor], Tensor] | None = None,
         model_args: dict[str, Any] | None = None,
         verbose: bool = True,
+        overwrite: bool = False,
     ) -> None:
         self.config = config if config is not None else Config()
         train = self.config.train
-        if train.threads:
-            torch.set_num_threads(train.threads)
+        threads = apply_threads(train.threads)
         self.dist = distributed.setup(resolve_device(train.device), self.config.distributed)
         model = _created(model, train.seed)
         if components is None:  # what the config's method sections ask for
@@ -178,6 +184,9 @@ class Trainer:
         self.augment = augment
         self.model_args = model_args
         self.verbose = verbose and self.dist.is_main
+        if self.verbose and threads.note:
+            print(threads.note, flush=True)
+        self.overwrite = overwrite
         #: the run folder and its bookkeeping (files, checkpoints; rank 0 writes)
         self.run = RunFolder(out_dir, self.dist)
         check_dataset(train_set, "training set", allow_empty=False)
@@ -419,7 +428,9 @@ class Trainer:
         """What ``summary.json`` holds: method, name, accuracies, times, size, activity, ``T``."""
         return {
             "method": self.method_name(),
-            "name": self.config.name or (self.model_args or {}).get("name") or type(self.model).__name__,
+            # the config's name, else the run folder's, else the model's class and the method
+            "name": self.config.name or (self.run.path.name if self.run.path is not None else
+                                         f"{type(self.model).__name__}-{self.method_name()}"),
             "best_test_acc": self.best_test_acc,
             "final_test_acc": self.history[-1]["test_acc"] if self.history else None,
             "epochs": self.epoch,
@@ -431,7 +442,14 @@ class Trainer:
         }
 
     def fit(self) -> dict[str, Any]:
-        """Train for ``train.epochs`` epochs, evaluating after each; returns the summary."""
+        """Train for ``train.epochs`` epochs, evaluating after each; returns the summary.
+
+        An ``out_dir`` that already holds a run is refused unless this trainer resumed
+        (:meth:`resume`) or was made with ``overwrite=True``."""
+        if self.run.last_saved is None and not self.overwrite:
+            refuse_existing_run(self.run.path, "continue it with trainer.resume(PATH_TO_LAST_PT) "
+                                "before fit(), start it over with Trainer(..., overwrite=True), or "
+                                "choose another out_dir")
         self.run.prepare(self.config, self.history)
         tensorboard = None
         if self.run.writes and self.config.analysis.tensorboard:
