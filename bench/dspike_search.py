@@ -6,8 +6,11 @@ Side by side in one process:
 
 1. the mean time of a few training iterations (forward, backward, optimizer step), after one
    warm-up iteration, times the 391 iterations of a CIFAR-10 epoch (50,000 / 128);
-2. the time of one search with the recipe's ``dspike`` settings (probe batch, FDG, one
-   BPTT forward and one backward per candidate), split into its FDG and BPTT parts.
+2. the time of one search with the recipe's ``dspike`` settings (per probe batch: the FDG,
+   one BPTT forward and one backward per candidate), split into its FDG and BPTT parts.
+
+Both in wall-clock and in process CPU time; with ``--threads 1`` on a shared machine the
+CPU-time ratio is the one that does not depend on what else runs.
 
 The search cost does not depend on the weights' values (every operation is dense), so an
 untrained model measures it. Run with ``python -m bench.dspike_search``; ``--width 0.5``
@@ -25,9 +28,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from spikegrad import AdaptiveTemperature, Trainer, build_model, load_config
-from spikegrad.alignment import probe_batch
 from spikegrad.data import DatasetInfo
-from spikegrad.fdg import finite_difference_gradient, resolve_layer, sample_weight_indices
+from spikegrad.fdg import finite_difference_gradient, sample_weight_indices
 from spikegrad.recipes import recipe_path
 
 ITERATIONS_PER_EPOCH = 391  # ceil(50,000 / 128)
@@ -64,27 +66,29 @@ def main(argv: list[str] | None = None) -> None:
 
     # training iterations
     trainer.model.train()
-    times = []
+    times, cpu_times = [], []
     for i, (x, y) in enumerate(trainer.train_loader):
         x, y = trainer.to_device(x, y)
         sync()
-        tic = time.perf_counter()
+        tic, cpu = time.perf_counter(), time.process_time()
         trainer.train_step(x, y)
         sync()
         if i > 0:
             times.append(time.perf_counter() - tic)
+            cpu_times.append(time.process_time() - cpu)
         if len(times) == args.iterations:
             break
     iteration = sum(times) / len(times)
     epoch = iteration * ITERATIONS_PER_EPOCH
+    cpu_epoch = sum(cpu_times) / len(cpu_times) * ITERATIONS_PER_EPOCH
 
-    # one search, then its FDG part again on its own (same probe batch, weights and step)
+    # one search, then its FDG part again on its own (same probe batches, weights, step and loss)
     sync()
-    tic = time.perf_counter()
+    tic, cpu = time.perf_counter(), time.process_time()
     similarities = search.search(trainer.context, epoch=1)
     sync()
-    total = time.perf_counter() - tic
-    fdg_seconds = [time_fdg(trainer, search, sync)]
+    total, cpu_total = time.perf_counter() - tic, time.process_time() - cpu
+    fdg_seconds = time_fdg(trainer, search, sync)
     d = config.dspike
     result = {
         "recipe": args.recipe, "width": args.width, "device": str(device),
@@ -92,31 +96,41 @@ def main(argv: list[str] | None = None) -> None:
         "train_iteration_s": iteration, "train_epoch_s_extrapolated": epoch,
         "search_s": total, "search_fdg_s": sum(fdg_seconds), "search_rest_s": total - sum(fdg_seconds),
         "search_fraction_of_epoch": total / epoch,
+        # process CPU time: with one thread on a shared CPU, the ratio that does not depend on the load
+        "train_epoch_cpu_s_extrapolated": cpu_epoch, "search_cpu_s": cpu_total,
+        "search_fraction_of_epoch_cpu": cpu_total / cpu_epoch,
         "settings": {"num_weights": d.num_weights, "batch_size": d.batch_size, "epsilon": d.epsilon,
-                     "candidates": d.candidates, "max_stacked": d.max_stacked},
+                     "candidates": d.candidates, "max_stacked": d.max_stacked, "rule": d.rule,
+                     "bn_mode": d.bn_mode, "probe_batches": d.probe_batches},
         "similarities": similarities,
     }
     print(json.dumps(result, indent=2))
     print(f"\none search = {100 * total / epoch:.1f}% of one training epoch "
-          f"({total:.1f} s vs. {ITERATIONS_PER_EPOCH} × {iteration:.2f} s = {epoch:.0f} s)")
+          f"({total:.1f} s vs. {ITERATIONS_PER_EPOCH} × {iteration:.2f} s = {epoch:.0f} s); "
+          f"in process CPU time {100 * cpu_total / cpu_epoch:.1f}%")
 
 
-def time_fdg(trainer: Trainer, search: AdaptiveTemperature, sync) -> float:
-    """Seconds of the finite difference gradient of the search of epoch 1 (its probe batch,
-    probed weights and step, as :class:`spikegrad.AdaptiveTemperature` draws them)."""
-    d, seed = search.config, search.probe_seed(1)
-    inputs, targets = probe_batch(trainer.model, trainer.train_loader.dataset, d.batch_size, seed,
-                                  trainer.device, trainer.train_loader.collate_fn)
-    _, layer = resolve_layer(trainer.model, d.layer)
+def time_fdg(trainer: Trainer, search: AdaptiveTemperature, sync) -> list[float]:
+    """Seconds of each finite difference gradient of the search of epoch 1: its probe batches,
+    probed weights, step, batch-norm mode and loss, as :class:`spikegrad.AdaptiveTemperature`
+    draws them (one FDG per probe batch)."""
+    ctx, d = trainer.context, search.config
+    batches = search.probe_batches(ctx, 1)
+    generator = torch.Generator().manual_seed(search.probe_seed(1))
+    layer = search.groups[0].layer
     weight = layer.weight
-    indices = sample_weight_indices(weight.numel(), d.num_weights, torch.Generator().manual_seed(seed))
     epsilon = d.epsilon * float(weight.detach().pow(2).mean().sqrt())
-    sync()
-    tic = time.perf_counter()
-    finite_difference_gradient(trainer.model, layer, inputs, targets, epsilon, indices.to(weight.device),
-                               trainer.default_loss, d.max_stacked)
-    sync()
-    return time.perf_counter() - tic
+    forward, loss_fn = ctx.search_objective()
+    seconds = []
+    for inputs, targets in batches:
+        indices = sample_weight_indices(weight.numel(), d.num_weights, generator).to(weight.device)
+        sync()
+        tic = time.perf_counter()
+        finite_difference_gradient(trainer.model, layer, inputs, targets, epsilon, indices, loss_fn,
+                                   d.max_stacked, d.bn_mode, forward)
+        sync()
+        seconds.append(time.perf_counter() - tic)
+    return seconds
 
 
 if __name__ == "__main__":

@@ -20,11 +20,10 @@ import torch
 from torch.utils.data import TensorDataset
 
 from experiments.runner import recipe_file
-from spikegrad import checkpoint, models
+from spikegrad import Trainer, build_components, checkpoint, models
+from spikegrad.build import model_arguments
 from spikegrad.config import load_config
 from spikegrad.data import DatasetInfo
-from spikegrad.run import build_components, model_arguments
-from spikegrad.trainer import Trainer
 
 INFO = DatasetInfo(num_classes=10, sample_shape=(1, 28, 28))
 STUDENT = ["model.T=16", "model.width=0.25", "ltl.teacher_recipe=null",
@@ -65,7 +64,7 @@ def measure(recipe: str, overrides: list[str], samples: int = 512, device: str =
     model = models.create(margs["name"], **margs["kwargs"])
     generator = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.rand(samples, 1, 28, 28, generator=generator), torch.arange(samples) % 10)
-    trainer = Trainer(model, data, data, config, components=build_components(config, model, None, False),
+    trainer = Trainer(model, data, data, config, components=build_components(config, model),
                       verbose=False)
     start = _clock(trainer.device)
     trainer.train_one_epoch(0)

@@ -35,10 +35,10 @@ from typing import Any
 
 from experiments import provenance
 from experiments.protocol import PROTOCOL, Protocol, ProtocolError, check_plan, choose_lr, plateau
-from experiments.splits import data_overrides, split_path
+from experiments.splits import SPLIT_SOURCE, data_overrides
 from experiments.stats import describe, paired_t_test
 from spikegrad.config import Config, from_dict, load_config
-from spikegrad.data._registry import dataset_builder
+from spikegrad.data import dataset_builder
 from spikegrad.diagnostics import read_jsonl
 from spikegrad.errors import TrainingDiverged, UserError
 
@@ -176,7 +176,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     A run stopped half-way continues from its ``last.pt`` where :func:`spikegrad.run.train`
     takes ``resume_from``, else starts over. A diverged run is recorded as failed.
     """
-    from spikegrad.run import train
+    from spikegrad import train
 
     folder = Path(spec["folder"])
     record_path = folder / RECORD
@@ -532,7 +532,7 @@ class Runner:
             "machine": provenance.machine(self.device), "device": self.device, "jobs": self.jobs,
             "threads_per_run": self.threads, "train_wall_seconds": getattr(self, "train_wall", None),
             "protocol": {**protocol.to_dict(), "lr_rule": choose_lr({1.0: [1.0]})["rule"]},
-            "split": split_path(), "seeds": exp.seeds, "tuning_seeds": exp.tuning_seeds,
+            "split": SPLIT_SOURCE, "seeds": exp.seeds, "tuning_seeds": exp.tuning_seeds,
             "settings": exp.settings, "notes": exp.notes, "prepared": self.prepared,
             "arms": arms, "comparisons": comparisons,
         }

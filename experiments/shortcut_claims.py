@@ -69,7 +69,7 @@ def attach_points(model: str, width: float, T: int) -> list[str]:
     from experiments.runner import recipe_file
     from spikegrad import models
     from spikegrad.config import load_config
-    from spikegrad.methods.shortcut import default_attach_points
+    from spikegrad.methods import default_attach_points
 
     config = load_config(recipe_file(MODELS[model]))
     options = dict(config.model.options)

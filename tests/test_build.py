@@ -84,7 +84,7 @@ def test_from_config_takes_every_setting_of_its_section():
         "shortcut.step_fraction": 0.25, "shortcut.gamma": 0.2, "shortcut.loss": "separate",
         "ltl.mode": "online", "ltl.percentile": 97.5, "ltl.layer_weights": [1.0, 2.0],
         "ltl.T_warm": 1, "ltl.distill": 0.5, "ltl.distill_temperature": 2.0,
-        "diagnostics.gradient_interval": 7, "diagnostics.histogram_bins": 5})
+        "ltl.readout_detach": False, "diagnostics.gradient_interval": 7, "diagnostics.histogram_bins": 5})
     shortcut = ShortcutBackprop.from_config(config.shortcut, seed=3)
     assert (shortcut.attach_names, shortcut.schedule, shortcut.lambda0, shortcut.step_fraction,
             shortcut.gamma, shortcut.loss, shortcut.seed) == (["features.1"], "step", 0.5, 0.25, 0.2,
@@ -92,7 +92,8 @@ def test_from_config_takes_every_setting_of_its_section():
     teacher = spikegrad.models.create("digits_cnn", kind="ann", width=0.25)
     ltl = LocalTandemLearning.from_config(config.ltl, teacher=teacher)
     assert (ltl.mode, ltl.percentile, ltl.layer_weights, ltl.T_warm_option, ltl.distill,
-            ltl.distill_temperature) == ("online", 97.5, [1.0, 2.0], 1, 0.5, 2.0)
+            ltl.distill_temperature, ltl.readout_detach) == ("online", 97.5, [1.0, 2.0], 1, 0.5, 2.0,
+                                                             False)
     diagnostics = GradientDiagnostics.from_config(config.diagnostics)
     assert (diagnostics.interval, diagnostics.bins) == (7, 5)
     with pytest.raises(TypeError):
@@ -240,3 +241,40 @@ def test_model_create_checks_shared_and_own_arguments_by_type_and_size():
         models.create("resnet18", stem=3)  # the network's own argument
     with pytest.raises(UserError, match=r"'depth' must lie in"):
         models.create("plain_cnn", depth=0)
+
+
+def test_a_teacher_recipe_inherits_the_students_training_set_cuts(tmp_path):
+    """A teacher trained for a student tuned on a validation split never sees that split: it
+    takes data.validation, data.split_seed and data.subset from the student unless its recipe
+    or ltl.teacher_set sets them."""
+    import yaml
+
+    from spikegrad.build import datasets_from_config, teacher_config
+
+    cuts = {"data.validation": 0.25, "data.subset": 600, "data.split_seed": 3}
+    student = tiny_config(**{"ltl.mode": "offline", "ltl.teacher_recipe": "digits",
+                             "ltl.teacher_set": ["model.kind=ann", "model.width=0.25", "train.epochs=1",
+                                                 "train.progress=false", "train.threads=1"], **cuts})
+    teacher = teacher_config(student.ltl, student.data)
+    assert (teacher.data.validation, teacher.data.subset, teacher.data.split_seed) == (0.25, 600, 3)
+    recipe_data = load_config(recipe_path("digits")).data
+    assert teacher_config(student.ltl).data == recipe_data  # without the student: the recipe's own
+    own = student.with_overrides({"ltl.teacher_set": [*student.ltl.teacher_set, "data.validation=0.0"]})
+    taught = teacher_config(own.ltl, own.data)  # teacher_set wins, the rest is inherited
+    assert (taught.data.validation, taught.data.subset, taught.data.split_seed) == (0.0, 600, 3)
+    recipe = tmp_path / "teacher.yaml"
+    recipe.write_text(yaml.safe_dump({"extends": str(recipe_path("digits")), "model": {"kind": "ann"},
+                                      "data": {"split_seed": 9, "subset": None}}))
+    fixed = student.with_overrides({"ltl.teacher_recipe": str(recipe), "ltl.teacher_set": []})
+    taught = teacher_config(fixed.ltl, fixed.data)  # the recipe's own keys win, even a null
+    assert (taught.data.validation, taught.data.subset, taught.data.split_seed) == (0.25, None, 9)
+    # trained first by train(): the teacher's run evaluates on the student's validation split
+    summary = train(student, tmp_path / "run", verbose=False)
+    assert summary["eval_split"] == "validation"
+    teacher_summary = json.loads((tmp_path / "run" / "teacher" / "summary.json").read_text())
+    assert teacher_summary["eval_split"] == "validation"
+    stored = load_config(tmp_path / "run" / "teacher" / "config.yaml")
+    assert stored == teacher
+    t_train, t_val, _ = datasets_from_config(stored.data)
+    s_train, s_val, _ = datasets_from_config(student.data)
+    assert t_val.indices == s_val.indices and t_train.indices == s_train.indices

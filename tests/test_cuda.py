@@ -2,10 +2,11 @@
 
 The Triton kernels against the reference loop on CUDA (and past 2^31 elements; float16 and
 bfloat16 against the float32 reference on the same values), no host synchronisation inside
-the fused neuron, the neuron under autocast running the kernel on half-precision currents,
-the trainer's mixed-precision steps running it too, mixed-precision training with its
-gradient scaler checkpointed and resumed exactly, pinned-memory loading, the command
-line on ``train.device: cuda``, and the multi-process code paths through NCCL under torchrun.
+the fused neuron nor in a training step after the first (``train.nonfinite: stop``), the
+neuron under autocast running the kernel on half-precision currents, the trainer's
+mixed-precision steps running it too, mixed-precision training with its gradient scaler
+checkpointed and resumed exactly, pinned-memory loading, the command line on
+``train.device: cuda``, and the multi-process code paths through NCCL under torchrun.
 """
 
 from __future__ import annotations
@@ -302,3 +303,57 @@ def test_torchrun_one_process_through_nccl_matches_no_process_group(tmp_path):
         for ra, rb in zip(*rows, strict=True):
             ra, rb = json.loads(ra), json.loads(rb)
             assert ra["train_acc"] == rb["train_acc"] and ra["test_acc"] == rb["test_acc"]
+
+
+# ----------------------------------------------------------------------------- no synchronisation per step
+
+
+@pytest.mark.parametrize("shortcut", [False, True])
+def test_training_steps_do_not_wait_for_the_gpu(shortcut):
+    """After the first step (whose labels are checked on the device), a training batch on CUDA
+    with ``train.nonfinite: stop`` (labels checked on the host before the transfer, the step,
+    the running sums and the non-finite flag kept on the device) never synchronises with the
+    host; reading the flag and the sums afterwards does, once."""
+    from spikegrad.config import load_config
+    from spikegrad.run import build_parts
+
+    config = load_config(recipe_path("digits")).with_overrides({
+        "model.width": 0.25, "model.T": 2, "train.device": "cuda", "train.progress": False,
+        "train.epochs": 1, "shortcut.enabled": shortcut})
+    parts = build_parts(config)
+    trainer = Trainer(parts.model, parts.train_set, parts.test_set, config, verbose=False)
+    assert trainer._guard is not None
+    trainer.progress = trainer._start_epoch(0)
+    trainer.model.train()
+    batches = iter(trainer.train_loader)
+    first, later = next(batches), [next(batches) for _ in range(3)]  # pinned by the loader
+    trainer._in_epoch = True
+    trainer._train_batch(*first)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for inputs, targets in later:
+            trainer._train_batch(inputs, targets)
+            trainer._after_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        trainer._in_epoch = False
+    trainer._check_guard()  # no non-finite step
+    progress = trainer.progress.flush()
+    assert progress.seen == 4 * config.data.batch_size and 0 <= progress.correct <= progress.seen
+    assert progress.loss_sum > 0 and trainer.iteration == 4
+
+
+def test_running_sums_on_the_device_equal_those_on_the_host():
+    from spikegrad.component import StepOutput
+    from spikegrad.resume import EpochProgress
+
+    gen = torch.Generator().manual_seed(0)
+    device, host = EpochProgress(row={}, loss_sum=0.25, correct=3), EpochProgress(row={}, loss_sum=0.25,
+                                                                                  correct=3)
+    for _ in range(7):
+        loss, logits = torch.rand((), generator=gen) * 3, torch.randn(16, 5, generator=gen)
+        targets = torch.randint(0, 5, (16,), generator=gen)
+        host.record(StepOutput(loss, logits), targets)
+        device.record(StepOutput(loss.to(CUDA), logits.to(CUDA)), targets.to(CUDA))
+    assert device.to_dict() == host.to_dict()  # bit for bit: the same float64 sums in order

@@ -1,21 +1,28 @@
 """The adaptive Dspike temperature (Algorithm 1), its config, recipes and the fdg command."""
 
+import itertools
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 import spikegrad.methods.dspike as dspike_module
-from spikegrad.alignment import surrogate_gradients
+import spikegrad.temperature_search as search_module
+from spikegrad.alignment import cosine_similarity, probe_batch, surrogate_gradients
 from spikegrad.checkpoint import load_checkpoint
 from spikegrad.cli import main
+from spikegrad.component import Component
 from spikegrad.config import Config, DspikeConfig, load_config
 from spikegrad.demo import demo_configs, recipe_path
 from spikegrad.errors import UserError
+from spikegrad.fdg import finite_difference_gradient, sample_weight_indices
 from spikegrad.methods.dspike import AdaptiveTemperature, candidate_temperatures, choose_temperature
+from spikegrad.modes import eval_mode
 from spikegrad.run import build_components, build_parts, train
 from spikegrad.surrogates import Dspike
+from spikegrad.temperature_search import decide
 from spikegrad.trainer import Trainer
 
 DSPIKE_RECIPES = sorted(Path(str(recipe_path("digits"))).parent.glob("*_dspike.yaml"))
@@ -50,17 +57,23 @@ def trainer_for(config: Config) -> tuple[Trainer, AdaptiveTemperature]:
     return trainer, components[0]
 
 
-def test_search_picks_the_candidate_whose_gradient_matches_the_fdg(monkeypatch):
+PAPER = {"dspike.rule": "paper", "dspike.bn_mode": "eval", "dspike.probe_batches": 1}
+
+
+@pytest.mark.parametrize("options", [PAPER, {}], ids=["paper", "default"])
+def test_search_picks_the_candidate_whose_gradient_matches_the_fdg(monkeypatch, options):
     """Constructed case: the 'FDG' is the Dspike gradient at b = 2, the search starts at 3."""
-    config = tiny_config(**{"dspike.b0": 3.0, "dspike.delta": 1.0, "dspike.candidates": [-1, 0, 1]})
+    config = tiny_config(**{"dspike.b0": 3.0, "dspike.delta": 1.0, "dspike.candidates": [-1, 0, 1]},
+                         **options)
     trainer, search = trainer_for(config)
     group = search.groups[0]
 
-    def fake_fdg(model, layer, inputs, targets, epsilon, indices, loss_fn, max_stacked):
+    def fake_fdg(model, layer, inputs, targets, epsilon, indices, loss_fn, max_stacked, bn_mode, forward):
         assignment = {n: Dspike(2.0) for n in group.neurons}
-        return surrogate_gradients(model, layer, inputs, targets, [assignment], indices, loss_fn)[0]
+        return surrogate_gradients(model, layer, inputs, targets, [assignment], indices, loss_fn, bn_mode,
+                                   forward)[0]
 
-    monkeypatch.setattr(dspike_module, "finite_difference_gradient", fake_fdg)
+    monkeypatch.setattr(search_module, "finite_difference_gradient", fake_fdg)  # where the search calls it
     row = search.on_epoch_start(trainer.context, 1)
     assert set(row["dspike_similarity"]) == {"2", "3", "4"}
     assert row["dspike_similarity"]["2"] == pytest.approx(1.0)
@@ -90,7 +103,8 @@ def test_search_leaves_the_global_random_state_and_the_training_mode_alone():
 
 
 def test_a_real_run_moves_the_temperature_and_records_it(tmp_path):
-    summary = train(tiny_config(), tmp_path, verbose=False)
+    """The paper's rule moves b on every search's argmax (the default rule may rightly stay)."""
+    summary = train(tiny_config(**PAPER), tmp_path, verbose=False)
     assert summary["method"] == "dspike-adaptive"
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     temps = [r["dspike_temperature"] for r in rows]
@@ -114,6 +128,69 @@ def test_the_search_composes_with_shortcut_branches_in_one_run(tmp_path):
     assert lambdas == sorted(lambdas, reverse=True) and 0 < lambdas[-1] < lambdas[0] < 0.25
     weights = load_checkpoint(tmp_path / "best.pt")["model"]
     assert not any("branch" in key for key in weights)
+
+
+@pytest.mark.parametrize("loss", ["combined", "separate"])
+def test_under_shortcut_the_search_differentiates_the_training_loss(monkeypatch, loss):
+    """With branches on, the loss of the FDG and of the surrogate gradients is the loss the
+    training step optimises (main + λ·branches at the next step's λ), not the main head's:
+    the same value on the same batch, and the stacked FDG is that loss's central difference."""
+    config = tiny_config(**{"shortcut.enabled": True, "shortcut.loss": loss, "shortcut.lambda0": 1.0,
+                            "dspike.num_weights": 4, "dspike.probe_batches": 1, "dspike.bn_mode": "eval",
+                            "dspike.rule": "paper"})
+    trainer, search = trainer_for(config)
+    trainer.iteration = trainer.total_iterations // 4  # λ = 0.75 on the linear schedule
+    seen = {}
+    real_fdg, real_grads = search_module.finite_difference_gradient, search_module.surrogate_gradients
+
+    def loss_of(model, forward, loss_fn, inputs, targets):
+        with torch.no_grad(), eval_mode(model):
+            return float(loss_fn(model(inputs) if forward is None else forward(model, inputs), targets))
+
+    def fdg(model, layer, inputs, targets, epsilon, indices, loss_fn, max_stacked, bn_mode, forward):
+        seen.update(fdg_loss=loss_of(model, forward, loss_fn, inputs, targets), inputs=inputs,
+                    targets=targets, epsilon=epsilon, indices=indices, layer=layer)
+        seen["fdg"] = real_fdg(model, layer, inputs, targets, epsilon, indices, loss_fn, max_stacked,
+                               bn_mode, forward)
+        return seen["fdg"]
+
+    def grads(model, layer, inputs, targets, assignments, indices, loss_fn, bn_mode, forward):
+        seen["grads_loss"] = loss_of(model, forward, loss_fn, inputs, targets)
+        return real_grads(model, layer, inputs, targets, assignments, indices, loss_fn, bn_mode, forward)
+
+    monkeypatch.setattr(search_module, "finite_difference_gradient", fdg)
+    monkeypatch.setattr(search_module, "surrogate_gradients", grads)
+    search.search(trainer.context, 1)
+    model, x, y = trainer.model, seen["inputs"], seen["targets"]
+
+    def step_loss():  # what the training step computes, in the probes' eval mode
+        with torch.no_grad(), eval_mode(model):
+            return float(trainer.compute_loss(x, y).loss)
+
+    with torch.no_grad(), eval_mode(model):
+        main_only = float(trainer.default_loss(model(x), y))
+    assert seen["fdg_loss"] == pytest.approx(step_loss(), rel=1e-6)
+    assert seen["grads_loss"] == pytest.approx(step_loss(), rel=1e-6)
+    assert abs(main_only - step_loss()) > 1e-3  # the main head's loss is another loss
+    forward, loss_fn = trainer.context.search_objective()  # what a search calls, as functions
+    with torch.no_grad(), eval_mode(model):
+        assert float(loss_fn(forward(model, x), y)) == pytest.approx(step_loss(), rel=1e-6)
+    flat, expected = seen["layer"].weight.data.view(-1), []
+    for i in seen["indices"].tolist():  # the central difference of the step's loss, by hand
+        original = flat[i].clone()
+        flat[i] = original + seen["epsilon"]
+        plus = step_loss()
+        flat[i] = original - seen["epsilon"]
+        minus = step_loss()
+        flat[i] = original
+        expected.append((plus - minus) / (2 * seen["epsilon"]))
+    assert torch.allclose(seen["fdg"].double(), torch.tensor(expected, dtype=torch.float64), atol=1e-4)
+    assert seen["fdg"].abs().sum() > 0
+
+
+def test_without_branches_the_search_objective_is_the_default_loss():
+    trainer, _ = trainer_for(tiny_config())
+    assert trainer.context.search_objective() == (None, trainer.context.default_loss)
 
 
 def test_state_restores_the_temperature_into_a_fresh_model():
@@ -156,6 +233,16 @@ def test_fdg_command_on_event_frames_keeps_time_first(tmp_path, capsys):
 def test_bad_dspike_settings_are_user_errors():
     with pytest.raises(UserError, match=r"dspike\.candidates"):
         AdaptiveTemperature(DspikeConfig(candidates=[]))
+    with pytest.raises(UserError, match=r"dspike\.rule=significant needs dspike\.probe_batches >= 2"):
+        AdaptiveTemperature(DspikeConfig(rule="significant", probe_batches=1))
+    with pytest.raises(UserError, match=r"dspike\.bn_mode"):
+        tiny_config(**{"dspike.bn_mode": "frozen"})
+    with pytest.raises(UserError, match=r"dspike\.rule"):
+        tiny_config(**{"dspike.rule": "argmax"})
+    with pytest.raises(UserError, match=r"'dspike\.probe_batches' must be >= 1, got 0"):
+        tiny_config(**{"dspike.probe_batches": 0})
+    with pytest.raises(UserError, match=r"'dspike\.probe_batches' must be <= 1000"):
+        tiny_config(**{"dspike.probe_batches": 1001})
     with pytest.raises(UserError, match="per_layer"):
         AdaptiveTemperature(DspikeConfig(per_layer=True, layer="features.0"))
     with pytest.raises(UserError, match=r"model\.surrogate\.name=dspike"):
@@ -203,6 +290,187 @@ def test_fdg_command_writes_a_table_json_and_plot(tmp_path, capsys):
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["probed"] == 24 and len(report["points"]) == 6
     assert report["epsilon_relative"] == DspikeConfig().epsilon
+    assert report["bn_mode"] == DspikeConfig().bn_mode == "train"
+    assert "batch norm in train mode" in stdout
     assert out.with_suffix(".png").stat().st_size > 10_000
     assert main(["fdg", checkpoint, "--layer", "nope"]) == 2
     assert "unknown weight layer 'nope'" in capsys.readouterr().err
+    assert main(["fdg", checkpoint, "--batch-size", "32", "--num-weights", "24", "--points", "1",
+                 "--surrogates", "dspike", "--bn-mode", "eval", "--out", str(out)]) == 0
+    evaluated = json.loads(out.with_suffix(".json").read_text())
+    assert evaluated["bn_mode"] == "eval" and evaluated["points"][0]["similarity"] != report["points"][0][
+        "similarity"]
+
+
+# --------------------------------------------------------------------------- the decision rule
+
+
+def test_significant_rule_keeps_b_within_the_standard_error_and_moves_beyond_it():
+    candidates = [2.5, 3.0, 3.5]
+    base = torch.tensor([0.40, 0.10, 0.70, 0.55], dtype=torch.float64)  # batch-to-batch spread
+    # 3.5 beats 3.0 by 0.01, 0.03, 0.02, 0.02: mean 0.02, SE = std/2 = 0.0040825 -> moves
+    clear = torch.stack([base - 0.05, base, base + torch.tensor([0.01, 0.03, 0.02, 0.02])], 1)
+    d = decide("significant", candidates, clear, 3.0)
+    assert d.chosen == 3.5
+    assert d.difference[2] == pytest.approx(0.02)
+    assert d.se[2] == pytest.approx(math.sqrt(((0.01 - 0.02) ** 2 + 0.01 ** 2) / 3) / 2)
+    assert d.se[1] == 0.0 and d.mean[1] == pytest.approx(float(base.mean()))
+    # 3.5 beats 3.0 by 0.05, -0.03, 0.04, -0.02: mean 0.01 < SE 0.0212 -> keeps b, the paper's moves
+    noisy = torch.stack([base - 0.05, base, base + torch.tensor([0.05, -0.03, 0.04, -0.02])], 1)
+    assert decide("significant", candidates, noisy, 3.0).chosen == 3.0
+    assert decide("paper", candidates, noisy, 3.0).chosen == 3.5
+    # two winners: the higher mean wins; what a batch adds to every candidate cancels
+    both = torch.stack([base + 0.1, base, base + 0.05], 1)
+    assert decide("significant", candidates, both, 3.0).chosen == 2.5
+    shifted = both + torch.tensor([[5.0], [-3.0], [0.0], [1.0]], dtype=torch.float64)
+    assert decide("significant", candidates, shifted, 3.0).chosen == 2.5
+    tie = torch.stack([base + 0.05, base, base + 0.05], 1)
+    assert decide("significant", [2.0, 3.0, 3.5], tie, 3.0).chosen == 3.5  # closest to b
+    with pytest.raises(UserError, match="at least two probe batches"):
+        decide("significant", candidates, clear[:1], 3.0)
+    with pytest.raises(UserError, match=r"must be one of \['paper', 'significant'\]"):
+        decide("vote", candidates, clear, 3.0)
+
+
+def test_paper_rule_on_one_batch_is_choose_temperature():
+    for candidates, row in [([2.5, 3.0, 3.5], [0.2, 0.1, 0.3]), ([2.5, 3.0, 3.5], [0.2, 0.2, 0.2]),
+                            ([2.5, 3.1, 3.5], [0.3, 0.1, 0.3]), ([0.5, 1.0], [0.4, 0.1])]:
+        got = decide("paper", candidates, torch.tensor([row], dtype=torch.float64), 3.0)
+        assert got.chosen == choose_temperature(candidates, row, 3.0)
+        assert got.mean == row and all(math.isnan(v) for v in got.se)  # no standard error from one batch
+    two = torch.tensor([[0.2, 0.1, 0.3], [0.5, 0.1, 0.3]], dtype=torch.float64)
+    assert decide("paper", [2.5, 3.0, 3.5], two, 3.0).chosen == 2.5  # argmax of the mean
+
+
+def reference_paper_search(trainer, search, epoch):
+    """The search as Algorithm 1 and the code before several batches and batch-norm modes did it:
+    one probe batch seeded by seed·1000003 + epoch, the weights from a generator of that seed,
+    FDG and surrogate gradients in eval mode, the argmax of the cosines."""
+    group, cfg = search.groups[0], search.config
+    seed = search.seed * 1_000_003 + epoch
+    loader = trainer.train_loader
+    inputs, targets = probe_batch(trainer.model, loader.dataset, cfg.batch_size, seed, trainer.device,
+                                  loader.collate_fn)
+    weight = group.layer.weight
+    indices = sample_weight_indices(weight.numel(), cfg.num_weights, torch.Generator().manual_seed(seed))
+    rms = float(weight.detach().pow(2).mean().sqrt())
+    fdg = finite_difference_gradient(trainer.model, group.layer, inputs, targets, cfg.epsilon * rms, indices,
+                                     trainer.default_loss, cfg.max_stacked)
+    current = search.temperatures[group.name]
+    candidates = candidate_temperatures(current, cfg.delta, cfg.candidates, cfg.b_min)
+    assignments = [{n: n.surrogate.with_sharpness(b) for n in group.neurons} for b in candidates]
+    grads = surrogate_gradients(trainer.model, group.layer, inputs, targets, assignments, indices,
+                                trainer.default_loss)
+    sims = [cosine_similarity(fdg, g) for g in grads]
+    chosen = choose_temperature(candidates, sims, current)
+    return {f"{b:.6g}": v for b, v in zip(candidates, sims, strict=True)}, chosen
+
+
+def test_the_paper_options_reproduce_algorithm_1_as_before():
+    trainer, search = trainer_for(tiny_config(**PAPER, **{"train.epochs": 6}))
+    for x, y in trainer.train_loader:  # one epoch: batch norm's statistics let the network fire
+        trainer.train_step(*trainer.to_device(x, y))
+    moved = False
+    for epoch in range(1, 6):
+        trainer.train_step(*trainer.to_device(x, y))  # new weights and statistics between searches
+        expected, chosen = reference_paper_search(trainer, search, epoch)
+        before = search.temperatures["model"]
+        row = search.on_epoch_start(trainer.context, epoch)
+        assert row["dspike_similarity"] == expected  # exactly: same batch, weights and arithmetic
+        assert row["dspike_temperature"] == chosen and "dspike_similarity_se" not in row
+        moved |= chosen != before
+    assert moved
+
+
+def test_the_default_search_is_deterministic_and_records_its_standard_errors():
+    rows = []
+    for _ in range(2):
+        trainer, search = trainer_for(tiny_config())
+        rows.append(search.on_epoch_start(trainer.context, 1))
+    assert rows[0] == {**rows[1], "dspike_search_seconds": rows[0]["dspike_search_seconds"]}
+    config = search.config
+    assert (config.rule, config.bn_mode, config.probe_batches) == ("significant", "train", 4)
+    se = rows[0]["dspike_similarity_se"]
+    assert set(se) == set(rows[0]["dspike_similarity"]) == {"2.5", "3", "3.5"}
+    assert se["3"] == 0.0 and se["2.5"] > 0 and se["3.5"] > 0
+
+
+def test_a_real_run_with_the_default_rule_moves_only_beyond_the_standard_error(tmp_path):
+    train(tiny_config(**{"train.epochs": 4}), tmp_path, verbose=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for before, row in itertools.pairwise(rows):
+        b, chosen = before["dspike_temperature"], row["dspike_temperature"]
+        sims, se = row["dspike_similarity"], row["dspike_similarity_se"]
+        beats = {c for c in sims if sims[c] - sims[f"{b:.6g}"] > se[c]}
+        assert (f"{chosen:.6g}" in beats) if chosen != b else not beats
+
+
+def test_the_search_differentiates_the_loss_of_a_component_that_defines_one(monkeypatch):
+    """A component owning the training loss (e.g. shortcut branches) gives the search its objective."""
+
+    def forward(model, inputs):
+        out = model(inputs)
+        return out, 0.5 * out
+
+    def loss_fn(outputs, targets):
+        return sum(trainer.default_loss(o, targets) for o in outputs)
+
+    class Owner(Component):
+        name = "owner"
+
+        def search_objective(self, ctx):
+            assert ctx is trainer.context
+            return forward, loss_fn
+
+    seen = []
+    original = search_module.finite_difference_gradient
+
+    def spy(model, layer, inputs, targets, epsilon, indices, loss, max_stacked, bn_mode, fwd):
+        seen.append((fwd, loss))
+        return original(model, layer, inputs, targets, epsilon, indices, loss, max_stacked, bn_mode, fwd)
+
+    config = tiny_config(**PAPER)
+    parts = build_parts(config)
+    search = AdaptiveTemperature(config.dspike)
+    owner = Owner()
+    trainer = Trainer(parts.model, parts.train_set, parts.test_set, config, components=[search, owner],
+                      verbose=False)
+    monkeypatch.setattr(search_module, "finite_difference_gradient", spy)
+    search.on_epoch_start(trainer.context, 1)
+    assert seen == [(forward, loss_fn)]
+    assert trainer.context.components == (search, owner)
+    assert trainer.context.search_objective() == (forward, loss_fn)
+    # without such a component: the plain forward pass and the run's loss
+    plain = trainer_for(config)[0].context
+    assert plain.search_objective() == (None, plain.default_loss)
+
+
+def test_the_search_refuses_two_components_that_each_define_its_loss():
+    class Owner(Component):
+        def search_objective(self, ctx):
+            return None, ctx.default_loss
+
+    first, second = Owner(), Owner()
+    first.name, second.name = "first", "second"
+    config = tiny_config(**PAPER)
+    parts = build_parts(config)
+    search = AdaptiveTemperature(config.dspike)
+    trainer = Trainer(parts.model, parts.train_set, parts.test_set, config,
+                      components=[search, first, second], verbose=False)
+    with pytest.raises(UserError, match=r"components \['first', 'second'\] each define one"):
+        search.on_epoch_start(trainer.context, 1)
+
+
+def test_the_significant_rule_compares_with_b_also_when_the_candidates_leave_it_out(monkeypatch):
+    trainer, search = trainer_for(tiny_config(**{"dspike.candidates": [-1, 1], "dspike.probe_batches": 2}))
+    seen = []
+
+    def fake_matrix(model, layer, batches, index_sets, epsilon, assignments, *rest):
+        seen.append(([a[next(iter(a))].temperature for a in assignments], len(batches), len(index_sets)))
+        return torch.tensor([[0.5, 0.4, 0.1], [0.6, 0.5, 0.2]], dtype=torch.float64)
+
+    monkeypatch.setattr(dspike_module, "similarity_matrix", fake_matrix)
+    row = search.on_epoch_start(trainer.context, 1)
+    assert seen == [([2.5, 3.0, 3.5], 2, 2)]
+    assert row["dspike_temperature"] == 2.5  # beats 3 by 0.1 in both batches (SE 0)
+    assert row["dspike_similarity_se"] == pytest.approx({"2.5": 0.0, "3": 0.0, "3.5": 0.0}, abs=1e-12)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from experiments import splits
@@ -114,52 +113,49 @@ def test_runner_refuses_unknown_datasets_and_bad_dependencies(tmp_path):
 # ----------------------------------------------------------------- splits
 
 
-def test_stratified_holdout_and_subset():
-    labels = np.repeat(np.arange(4), [50, 30, 20, 100])
-    keep, held = splits.stratified_holdout(labels, 0.1, seed=3)
-    assert len(np.intersect1d(keep, held)) == 0 and len(keep) + len(held) == len(labels)
-    assert [int((labels[held] == c).sum()) for c in range(4)] == [5, 3, 2, 10]
-    again = splits.stratified_holdout(labels, 0.1, seed=3)
-    assert np.array_equal(held, again[1])
-    assert not np.array_equal(held, splits.stratified_holdout(labels, 0.1, seed=4)[1])
-    subset = splits.stratified_subset(labels, 40, seed=0)
-    assert len(subset) == 40 and len(set(subset.tolist())) == 40
-    assert [int((labels[subset] == c).sum()) for c in range(4)] == [10, 6, 4, 20]
-    assert len(splits.stratified_subset(labels, 1000, seed=0)) == len(labels)
-    with pytest.raises(UserError):
-        splits.stratified_holdout(labels, 1.0, seed=0)
-
-
 def _parts(overrides):
     return build_parts(Config().with_overrides({"model.width": 0.25, **overrides}))
 
 
-def test_adapter_split_replaces_the_test_set_with_validation():
+def test_experiment_splits_are_the_librarys_cut():
+    """Tuning: ``subset`` training samples beside a validation split of ``f`` of the whole
+    training set; final: the same-sized subset against the test set (digits: 1433 / 364)."""
     plain = _parts(splits.data_overrides("digits", validation=None))
-    assert (len(plain.train_set), len(plain.test_set)) == (1433, 364)
-    tune = _parts({"data.name": splits.ADAPTER_NAME, "data.options": {
-        "base": "digits", "validation": 0.2, "split_seed": 0, "subset": 500}})
-    assert len(tune.train_set) == 500
-    val_idx = set(tune.test_set.indices)
-    assert len(val_idx) == pytest.approx(0.2 * 1433, abs=10)
+    assert (len(plain.train_set), len(plain.test_set), plain.eval_split) == (1433, 364, "test")
+    tune_overrides = splits.data_overrides("digits", validation=0.2, split_seed=0, subset=500)
+    held = round(0.2 * 1433)  # 287
+    assert tune_overrides == {"data.name": "digits", "data.options": {},
+                              "data.validation": held / (500 + held), "data.split_seed": 0,
+                              "data.subset": 500 + held}
+    tune = _parts(tune_overrides)
+    assert (len(tune.train_set), len(tune.test_set), tune.eval_split) == (500, held, "validation")
     assert tune.test_set.dataset is tune.train_set.dataset  # validation comes from the training set
+    val_idx = set(tune.test_set.indices)
     assert not val_idx & set(tune.train_set.indices)
-    final = _parts({"data.name": splits.ADAPTER_NAME, "data.options": {"base": "digits", "subset": 500}})
-    assert len(final.train_set) == 500 and len(final.test_set) == 364
+    # the library's own cut, with the keys the overrides set
+    from spikegrad.data.splits import split_training_set
+
+    train, val = split_training_set(plain.train_set, subset=500 + held, validation=held / (500 + held),
+                                    seed=0)
+    assert val.indices == tune.test_set.indices and train.indices == tune.train_set.indices
+    final = _parts(splits.data_overrides("digits", validation=None, subset=500))
+    assert (len(final.train_set), len(final.test_set), final.eval_split) == (500, 364, "test")
+    whole = _parts(splits.data_overrides("digits", validation=0.2))  # no subset: f of everything
+    assert (len(whole.train_set), len(whole.test_set)) == (1433 - held, held)
+    large = _parts(splits.data_overrides("digits", validation=0.2, subset=1300))  # 1300 + 287 > 1433
+    assert (len(large.train_set), len(large.test_set)) == (1433 - held, held)
+    other = _parts(splits.data_overrides("digits", validation=0.2, split_seed=1, subset=500))
+    assert set(other.test_set.indices) != val_idx
 
 
-def test_data_overrides_switch_to_spikegrads_own_keys(monkeypatch):
-    monkeypatch.setattr(splits, "native_split_keys", lambda: set())
-    adapted = splits.data_overrides("digits", validation=0.1, split_seed=2, subset=300)
-    assert adapted["data.name"] == splits.ADAPTER_NAME
-    assert adapted["data.options"] == {"base": "digits", "base_options": {}, "validation": 0.1,
-                                       "split_seed": 2, "subset": 300}
-    monkeypatch.setattr(splits, "native_split_keys", lambda: {"validation", "split_seed", "subset"})
-    native = splits.data_overrides("digits", validation=0.1, split_seed=2, subset=300)
-    assert native == {"data.name": "digits", "data.options": {}, "data.validation": 0.1,
-                      "data.split_seed": 2, "data.subset": 300}
+def test_data_overrides_refuse_bad_values():
     with pytest.raises(UserError, match="unknown dataset"):
         splits.data_overrides("no_such_set", validation=None)
+    for bad in (0.0, 1.0, True, "0.1"):
+        with pytest.raises(UserError, match=r"validation fraction must be in \(0, 1\)"):
+            splits.data_overrides("digits", validation=bad)
+    with pytest.raises(UserError, match="training subset must be a positive"):
+        splits.data_overrides("digits", validation=0.1, subset=0)
 
 
 # ----------------------------------------------------------------- verdicts

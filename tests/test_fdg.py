@@ -21,6 +21,7 @@ from spikegrad.fdg import (
     eval_mode,
     finite_difference_gradient,
     finite_difference_gradient_loop,
+    probe_mode,
     resolve_layer,
     sample_weight_indices,
 )
@@ -104,6 +105,155 @@ def test_fdg_equals_the_analytic_gradient_of_a_non_spiking_network(layer_name):
     fdg = finite_difference_gradient(model, layer, x, y, 1e-6, indices)
     assert analytic.abs().max() > 1e-4
     torch.testing.assert_close(fdg, analytic, rtol=1e-6, atol=1e-8)
+
+
+def batch_norm_buffers(model):
+    return [b.clone() for name, b in model.named_buffers() if "running" in name or "batches" in name]
+
+
+@pytest.mark.parametrize("layer_name, max_stacked", [
+    ("features.0.0.module.0", 24),     # first conv; 2 copies per call, 5 calls
+    ("features.1.0.module.0", 1000),   # a deeper conv, one call of 10 copies
+    ("classifier.module.1", 60),       # the linear read-out
+])
+def test_train_mode_fdg_equals_a_loop_of_training_mode_passes(layer_name, max_stacked):
+    """Stacked copies each normalised with their own batch statistics = separate train-mode passes."""
+    x, y = batch()
+    model = calibrated(spiking_cnn(), x)
+    layer = layer_named(model, layer_name)
+    indices = sample_weight_indices(layer.weight.numel(), 5, torch.Generator().manual_seed(1))
+    eps = 0.3 * float(layer.weight.detach().pow(2).mean().sqrt())
+    before = batch_norm_buffers(model)
+    fast = finite_difference_gradient(model, layer, x, y, eps, indices, max_stacked=max_stacked,
+                                      bn_mode="train")
+    slow = finite_difference_gradient_loop(model, layer, x, y, eps, indices, bn_mode="train")
+    assert (slow != 0).any()
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-9)
+    evaluated = finite_difference_gradient(model, layer, x, y, eps, indices, bn_mode="eval")
+    assert not torch.allclose(fast, evaluated), "batch statistics must change the loss surface"
+    for a, b in zip(before, batch_norm_buffers(model), strict=True):
+        assert torch.equal(a, b), "the probes must not move batch norm's running statistics"
+
+
+def test_train_mode_fdg_equals_the_loop_in_a_residual_block_with_poisson_input():
+    x, y = batch(n=6, side=8, channels=3)
+    torch.manual_seed(0)
+    model = models.create("resnet20", T=2, width=0.5, neuron=LIF, in_channels=3, encoder="poisson")
+    model = calibrated(model, x)
+    encoded = model.encode(x)
+    layer = layer_named(model, "features.layer2_0.conv1.module.0")
+    indices = torch.tensor([0, 7, 100, 311])
+    eps = 0.5 * float(layer.weight.detach().pow(2).mean().sqrt())
+    fast = finite_difference_gradient(model, layer, encoded, y, eps, indices, max_stacked=12,
+                                      bn_mode="train")
+    slow = finite_difference_gradient_loop(model, layer, encoded, y, eps, indices, bn_mode="train")
+    assert (slow != 0).any()
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-9)
+
+
+def train_mode_gradient(model, layer, x, y, forward=None, loss_fn=mean_logit_cross_entropy):
+    """Autograd of the loss of a training-mode pass (batch statistics) on a copy of ``model``."""
+    twin = copy.deepcopy(model).train()
+    twin_layer = dict(twin.named_modules())[next(n for n, m in model.named_modules() if m is layer)]
+    outputs = twin(x) if forward is None else forward(twin, x)
+    loss_fn(outputs, y).backward()
+    return twin_layer.weight.grad.flatten()
+
+
+@pytest.mark.parametrize("layer_name", ["features.0.0.module.0", "features.1.0.module.0",
+                                        "classifier.module.1"])
+def test_train_mode_fdg_equals_autograd_with_batch_statistics_on_the_ann_twin(layer_name):
+    x, y = batch()
+    model = calibrated(spiking_cnn(kind="ann"), x)
+    layer = layer_named(model, layer_name)
+    indices = torch.arange(0, layer.weight.numel(), 3)
+    analytic = train_mode_gradient(model, layer, x, y)[indices]
+    fdg = finite_difference_gradient(model, layer, x, y, 1e-6, indices, bn_mode="train", max_stacked=60)
+    assert analytic.abs().max() > 1e-4
+    torch.testing.assert_close(fdg, analytic, rtol=1e-6, atol=1e-8)
+    if layer_name != "classifier.module.1":  # followed by batch norm: its statistics depend on w
+        eval_fdg = finite_difference_gradient(model, layer, x, y, 1e-6, indices, bn_mode="eval")
+        assert cosine_similarity(eval_fdg, analytic) < 0.999, "eval mode is another function of w"
+
+
+def test_train_mode_surrogate_gradients_equal_a_training_mode_backward_pass():
+    x, y = batch()
+    model = calibrated(spiking_cnn(), x)
+    layer = layer_named(model, "features.1.0.module.0")
+    neurons = [m for m in model.modules() if hasattr(m, "surrogate")]
+    before = batch_norm_buffers(model)
+    (grad,) = surrogate_gradients(model, layer, x, y, [{}], bn_mode="train")
+    torch.testing.assert_close(grad, train_mode_gradient(model, layer, x, y))
+    (evaluated,) = surrogate_gradients(model, layer, x, y, [{}], bn_mode="eval")
+    assert cosine_similarity(grad, evaluated) < 0.999
+    assert all(torch.equal(a, b) for a, b in zip(before, batch_norm_buffers(model), strict=True))
+    assert all(n.surrogate.temperature == 3.0 for n in neurons) and not model.training
+
+
+def test_probe_mode_normalises_each_stacked_copy_with_its_own_statistics_and_restores_the_model():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    model = nn.Sequential(bn)
+    copies = [torch.randn(2, 4, 3, 5, 5, dtype=torch.float64) * (p + 1) + p for p in range(3)]  # (T, B, ..)
+    stacked = torch.stack(copies, 1).flatten(0, 2)  # rows ordered (T, copy, B)
+    reference = nn.BatchNorm2d(3).double()
+    reference.load_state_dict(bn.state_dict())
+    reference.train()
+    with probe_mode(model, "train", groups=3, batch=4):
+        assert not bn.training
+        out = model(stacked).unflatten(0, (2, 3, 4))
+    for p in range(3):
+        expected = reference(copies[p].flatten(0, 1)).unflatten(0, (2, 4))
+        torch.testing.assert_close(out[:, p], expected)
+    assert torch.equal(bn.running_mean, torch.zeros(3)) and int(bn.num_batches_tracked) == 0
+    assert "forward" not in bn.__dict__ and bn.training
+    with pytest.raises(UserError, match="not a multiple of the stacked batch"), \
+            probe_mode(model, "train", groups=3, batch=5):
+        model(stacked)
+    with pytest.raises(UserError, match=r"must be one of \['eval', 'train'\]"), probe_mode(model, "batch"):
+        pass
+
+
+def test_fdg_of_a_network_with_auxiliary_heads_equals_autograd_of_its_loss():
+    """``forward`` may return several heads and the loss combine them (a shortcut-style loss)."""
+    x, y = batch()
+    model = calibrated(spiking_cnn(kind="ann"), x)
+    torch.manual_seed(1)
+    head = nn.Linear(8, 10).double()  # an auxiliary head on the first unit, outside the model
+
+    def forward(net, inputs):
+        captured = {}
+        handle = net.features[0].register_forward_hook(lambda m, a, out: captured.setdefault("s", out))
+        try:
+            main = net(inputs)
+        finally:
+            handle.remove()
+        return main, head(captured["s"].mean(dim=(-2, -1)))  # (T, B, classes) each
+
+    def loss_fn(outputs, targets):
+        main, aux = outputs
+        return mean_logit_cross_entropy(main + 0.5 * aux, targets)
+
+    layer = layer_named(model, "features.0.0.module.0")
+    indices = torch.arange(0, layer.weight.numel(), 2)
+    for bn_mode in ("eval", "train"):
+        with probe_mode(model, bn_mode), torch.enable_grad():
+            layer.weight.grad = None
+            loss_fn(forward(model, x), y).backward()
+        analytic = layer.weight.grad.flatten()[indices]
+        fdg = finite_difference_gradient(model, layer, x, y, 1e-6, indices, loss_fn, max_stacked=48,
+                                         bn_mode=bn_mode, forward=forward)
+        torch.testing.assert_close(fdg, analytic, rtol=1e-6, atol=1e-8)
+        loop = finite_difference_gradient_loop(model, layer, x, y, 1e-6, indices[:3], loss_fn,
+                                               bn_mode=bn_mode, forward=forward)
+        torch.testing.assert_close(loop, analytic[:3], rtol=1e-6, atol=1e-8)
+        (surrogate,) = surrogate_gradients(model, layer, x, y, [{}], indices, loss_fn, bn_mode, forward)
+        torch.testing.assert_close(surrogate, analytic)
+    main_only = finite_difference_gradient(model, layer, x, y, 1e-6, indices)
+    assert cosine_similarity(main_only, analytic) < 0.9999, "the auxiliary head must matter"
 
 
 def test_basis_response_is_the_layer_applied_to_the_basis_weight():

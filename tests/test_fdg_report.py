@@ -110,7 +110,8 @@ def test_checkpoint_analysis_repeats_the_fdg_on_each_probe_batch(adaptive_checkp
     report = analyse_checkpoint(adaptive_checkpoint, num_weights=12, batch_size=16, points=3,
                                 names=["dspike"], batches=2, extend=0, seed=5)
     assert report.batches == 2 and len(report.points) == 3
-    # by hand: probe batches of seeds 5 and 6, the weights of seed 5
+    assert report.bn_mode == "train"  # dspike.bn_mode's default: batch norm as in training
+    # by hand: probe batches of seeds 5 and 6, the weights of seed 5, batch norm in train mode
     from spikegrad.checkpoint import load_model
     from spikegrad.config import Config, from_dict
 
@@ -122,8 +123,9 @@ def test_checkpoint_analysis_repeats_the_fdg_on_each_probe_batch(adaptive_checkp
     eps = float(layer.weight.detach().pow(2).mean().sqrt())
     for k, seed in enumerate((5, 6)):
         x, y = probe_batch(model, train_set, 16, seed)
-        fdg = finite_difference_gradient(model, layer, x, y, eps, indices, mean_logit_cross_entropy)
-        rows = alignment_sweep(model, layer, x, y, fdg, indices, ["dspike"], 3, 8.0)
+        fdg = finite_difference_gradient(model, layer, x, y, eps, indices, mean_logit_cross_entropy,
+                                         bn_mode="train")
+        rows = alignment_sweep(model, layer, x, y, fdg, indices, ["dspike"], 3, 8.0, bn_mode="train")
         assert [r.similarity for r in rows] == pytest.approx([s[k] for s in report.similarities])
     assert report.run_temperatures == {"model": payload["components"]["dspike"]["temperatures"]["model"]}
     assert "mean ± std over 2 probe batches" in format_report(report)

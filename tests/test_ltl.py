@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikegrad import models, neurons, surrogates
-from spikegrad.checkpoint import load_model
+from spikegrad.checkpoint import load_checkpoint, load_model
 from spikegrad.config import Config, load_config
 from spikegrad.demo import recipe_path
 from spikegrad.dynamics import NeuronState
@@ -29,6 +29,7 @@ from spikegrad.methods.ltl import (
 )
 from spikegrad.methods.teacher_init import fold_batch_norm, init_student_from_teacher
 from spikegrad.run import train
+from tests.stopped_runs import stopped_run
 
 NEURON = {"type": "lif", "leak": 0.9, "threshold": 0.6, "reset": "hard"}
 
@@ -187,6 +188,52 @@ def test_online_gradient_equals_the_per_step_truncated_reference():
     assert not torch.allclose(online, reference(truncate=False), atol=1e-3)  # BPTT differs
 
 
+class _PassUnit(nn.Module):
+    """A unit that passes its input on: its 'spikes' are the input spikes themselves."""
+
+    def forward(self, x):
+        return x
+
+
+class _HandNet(nn.Module):
+    """One pass-through unit and a linear readout: every spike and logit is known by hand."""
+
+    def __init__(self, weight, bias):
+        super().__init__()
+        self.features = nn.Sequential(_PassUnit())
+        self.classifier = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.classifier.weight.copy_(torch.tensor(weight))
+            self.classifier.bias.copy_(torch.tensor(bias))
+
+    def units(self):
+        return [("features.0", self.features[0])]
+
+
+def test_online_readout_gradient_at_step_t_sees_step_t_only():
+    """Spikes s_0 = (1, 0), s_1 = (0, 1), s_2 = (1, 1) of one sample; the readout's running
+    average R_t/(t+1) with R_t = R_(t-1).detach() + W·s_t + c. The step-t loss c_tᵀ·R_t/(t+1)
+    gives the weight gradient c_t·s_tᵀ/(t+1) (step t's spikes only) and the bias c_t/(t+1);
+    the readout of the running rate gives c_t·r_tᵀ (every step's spikes) and c_t."""
+    net = _HandNet([[1.0, 2.0], [3.0, 4.0]], [0.5, -0.5])
+    x = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]], [[1.0, 1.0]]])  # (T = 3, B = 1, 2)
+    c = torch.tensor([1.0, -2.0])
+    W, b = net.classifier.weight, net.classifier.bias
+    for t, rates, last in online_running_rates(net, x, T_warm=1, readout=net.classifier):
+        assert len(rates) == 2  # the unit's rate, then the readout's
+        r = x[: t + 1, 0].mean(0)  # the unit's running rate by hand
+        assert torch.allclose(rates[0][0], r)
+        assert torch.allclose(rates[1][0], W.detach() @ r + b.detach())  # the same value...
+        assert torch.allclose(last[0], W.detach() @ x[t, 0] + b.detach())  # o_t
+        gw, gb = torch.autograd.grad((rates[1][0] * c).sum(), [W, b])
+        assert torch.allclose(gw, torch.outer(c, x[t, 0]) / (t + 1))  # ...but step t's spikes only
+        assert torch.allclose(gb, c / (t + 1))
+        old = net.classifier(rates[0].detach())[0]  # readout of the running rate, as before
+        gw_old, gb_old = torch.autograd.grad((old * c).sum(), [W, b])
+        assert torch.allclose(gw_old, torch.outer(c, r)) and torch.allclose(gb_old, c)
+        assert not torch.allclose(gw_old, gw)
+
+
 def fake_trainer(model):
     """What LTL uses of its training context: the model, a backward function, the config."""
     return SimpleNamespace(model=model, backward=lambda loss: loss.backward(), config=Config())
@@ -213,6 +260,43 @@ def test_offline_component_gradients_are_the_weighted_local_losses():
             assert torch.allclose(p.grad, g, atol=1e-6)
     ce = F.cross_entropy(student.classifier(last).mean(0), y)
     assert out.loss.item() == pytest.approx(expected_loss + ce.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_online_component_readout_gradient_is_the_published_one(detach):
+    """The component's readout gradient: ``Σ_(t >= T_warm) δ_t·s_(L,t)ᵀ/(t+1)`` with the
+    readout's running sum detached every step (the default, as published), ``Σ δ_t·r_(L,t)ᵀ``
+    with ``readout_detach=False``; ``δ_t`` the gradient of the step's CE at its logits."""
+    torch.manual_seed(5)
+    student, teacher = digits_net(T=5, batch_norm=False), trained_like_teacher()
+    x, y = torch.rand(3, 1, 8, 8) * 3, torch.tensor([1, 4, 7])
+    ltl = LocalTandemLearning(teacher, "online", T_warm=2, readout_detach=detach)
+    assert LocalTandemLearning(teacher, "online").readout_detach  # the default
+    ltl.T_warm, ltl.unit_names, ltl.layer_weights = 2, [n for n, _ in student.units()], [1.0] * 3
+    linear = student.classifier.module[1]
+    with torch.no_grad():  # the last unit's spikes at every step, and its running rates
+        spikes = [last for _, _, last in online_running_rates(student, student.encode(x), 0)]
+    out = ltl.compute_loss(fake_trainer(student), x, y)
+    expected, inference = torch.zeros_like(linear.weight), 0.0
+    for t in range(2, 5):
+        s_t = spikes[t].flatten(1)  # (B, features)
+        r_t = torch.stack(spikes[: t + 1]).mean(0).flatten(1)
+        logits = (r_t @ linear.weight.T + linear.bias).detach().requires_grad_(True)
+        (delta,) = torch.autograd.grad(F.cross_entropy(logits, y), logits)
+        expected += delta.T @ (s_t / (t + 1) if detach else r_t)
+        inference = inference + (s_t @ linear.weight.T + linear.bias).detach()
+    assert torch.allclose(linear.weight.grad, expected, atol=1e-6)
+    assert torch.allclose(out.logits, inference / 3, atol=1e-5)  # o_t averaged over t >= T_warm
+
+
+def test_readout_detach_is_refused_offline_and_spiking_readouts_are_refused():
+    with pytest.raises(UserError, match="readout_detach applies to online LTL only"):
+        LocalTandemLearning(trained_like_teacher(), "offline", readout_detach=False)
+    student = digits_net(batch_norm=False, readout="spikes")
+    ltl = LocalTandemLearning(trained_like_teacher(), "online")
+    ctx = SimpleNamespace(model=student, train_set=None, device=torch.device("cpu"))
+    with pytest.raises(UserError, match="readout: spikes"):
+        ltl.attach(ctx)
 
 
 @pytest.mark.parametrize("mode", ["offline", "online"])
@@ -345,21 +429,39 @@ def test_layer_weights_must_match_the_units(tmp_path, teacher_checkpoint):
         train(config, tmp_path, verbose=False)
 
 
-def test_a_teacher_run_stopped_half_way_continues_instead_of_starting_over(tmp_path, monkeypatch):
+def test_a_newer_teacher_stopped_half_way_continues_and_is_never_used_half_trained(tmp_path, monkeypatch):
+    """An older teacher finished in teacher/; a newer one with another config started there
+    and was stopped mid-epoch, leaving the old summary.json (as an older spikegrad did, writing
+    over the folder). Its own checkpoint says it is not done, so it continues to the end (the
+    summary.json of the old one once passed it as finished)."""
     import spikegrad.run as run_module
 
-    config = load_config(recipe_path("digits")).with_overrides({
+    older = load_config(recipe_path("digits")).with_overrides({
         "model.kind": "ann", "model.width": 0.25, "train.epochs": 1, "train.threads": 1,
-        "train.progress": False, "data.batch_size": 128,
+        "train.progress": False, "data.batch_size": 128, "diagnostics.gradient_interval": 0,
     })
+    newer = older.with_overrides({"train.seed": 1})
     folder = tmp_path / "teacher"
-    run_module.train(config, folder, verbose=False)
-    (folder / "summary.json").unlink()  # as if stopped before the end
+    run_module.train(older, folder, verbose=False)
+    stale_text = (folder / "summary.json").read_text()
+    stopped_run(newer, folder, iteration=5, overwrite=None)  # of 12 in its one epoch
+    (folder / "summary.json").write_text(stale_text)
+    stale = json.loads(stale_text)
+    assert run_module.teacher_state(newer, folder) == ("stopped", [])
+    assert run_module.teacher_state(older, folder)[0] == "other"
     calls = []
     real_train = run_module.train
     monkeypatch.setattr(run_module, "train",
                         lambda *a, **k: calls.append(k.get("resume_from")) or real_train(*a, **k))
-    run_module._train_teacher(config, folder, verbose=False)
-    assert calls == [folder / "last.pt"] and (folder / "summary.json").is_file()
-    run_module._train_teacher(config, folder, verbose=False)  # finished: reused, not retrained
+    teacher = run_module._train_teacher(newer, folder, verbose=False)
+    assert calls == [folder / "last.pt"]  # continued, not started over
+    final = load_checkpoint(folder / "last.pt")
+    assert final["progress"] is None and final["epoch"] == 1 and final["iteration"] == 12
+    assert final["config"]["train"]["seed"] == 1
+    for key, value in teacher.state_dict().items():  # the model handed to LTL is the finished one
+        assert torch.equal(value, final["model"][key]), key
+    assert json.loads((folder / "summary.json").read_text())["wall_seconds"] != stale["wall_seconds"]
+    run_module._train_teacher(newer, folder, verbose=False)  # finished: reused, not retrained
     assert len(calls) == 1
+    run_module._train_teacher(older, folder, verbose=False)  # another config: trained anew
+    assert calls[1:] == [None] and load_checkpoint(folder / "last.pt")["config"]["train"]["seed"] == 0

@@ -10,14 +10,15 @@ SMALL = {"width": 0.125, "T": 2}
 def small_input(name: str) -> torch.Tensor:
     size = 8 if name == "digits_cnn" else 16
     channels = 1 if name == "digits_cnn" else 3
+    if name == "cnn1d":  # signals [B, C, L]
+        return torch.rand(3, channels, size)
     return torch.rand(3, channels, size, size)
 
 
 def build(name: str, **kwargs) -> torch.nn.Module:
     channels = 1 if name == "digits_cnn" else 3
     size = small_input(name).shape[-1]
-    extra = {"input_size": size} if "input_size" in models.entry(name).arguments() else {}
-    return models.create(name, num_classes=5, in_channels=channels, **SMALL, **extra, **kwargs)
+    return models.create(name, num_classes=5, in_channels=channels, input_size=size, **SMALL, **kwargs)
 
 
 @pytest.mark.parametrize("name", models.list())
@@ -78,19 +79,68 @@ def test_vgg_depths():
     assert (convs("vgg11"), convs("vgg13"), convs("vgg16")) == (8, 10, 13)
 
 
+@pytest.mark.parametrize("name,strided", [("vgg11_ltl", [2, 4, 6, 8]), ("vgg16_ltl", [4, 7, 10, 13])])
+def test_ltl_vggs_keep_a_2x2_map_and_two_hidden_fc_layers(name, strided):
+    """The published CIFAR VGG-11 of local tandem learning (and its VGG-16 analogue)."""
+    snn = models.create(name, T=2, batch_norm=False)  # the student: no batch norm
+    ann = models.create(name, kind="ann")  # its teacher twin: batch norm
+    convs = [m for m in snn.features.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [i + 1 for i, c in enumerate(convs) if c.stride == (2, 2)] == strided
+    assert not any(isinstance(m, torch.nn.AvgPool2d) for m in snn.modules())
+    linears = [(m.in_features, m.out_features) for m in snn.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears == [(2048, 512), (512, 512), (512, 10)]
+    x = torch.rand(2, 3, 32, 32)
+    h_s, h_t = snn.encode(x), ann.encode(x)
+    shapes = []
+    for (s_name, s_unit), (t_name, t_unit) in zip(snn.units(), ann.units(), strict=True):
+        h_s, h_t = s_unit(h_s), t_unit(h_t)
+        assert s_name == t_name and h_s.shape[2:] == h_t.shape[2:]  # the twins pair unit by unit
+        shapes.append(tuple(h_s.shape[2:]))
+    assert shapes[len(convs) - 1] == (512, 2, 2) and shapes[len(convs):] == [(512,), (512,)]
+    assert snn(x).shape == (2, 2, 10) and ann(x).shape == (1, 2, 10)
+
+    def weights(model):
+        synapses = (torch.nn.Conv2d, torch.nn.Linear)
+        return [tuple(m.weight.shape) for m in model.modules() if isinstance(m, synapses)]
+
+    assert weights(snn) == weights(ann)  # the same synapses; only the batch norm differs
+    # the plain VGG-11 still halves five times (1×1 at 32×32) and has no hidden layer
+    plain = models.create("vgg11", kind="ann")
+    assert [m.in_features for m in plain.modules() if isinstance(m, torch.nn.Linear)] == [512]
+
+
+def test_cnn1d_and_the_ltl_vggs_take_a_model_spec_and_are_checked_like_every_network():
+    net = models.create("cnn1d", width=0.25, T=2)  # its spec's defaults: one channel, length 40
+    assert net(torch.rand(4, 1, 40)).shape == (2, 4, 10)
+    assert net.classifier.module[-1].in_features == models.common.scaled(128, 0.25) * 10  # 40 / 2 / 2
+    assert models.create("cnn1d", input_size=7, width=0.25)(torch.rand(2, 1, 7)).shape == (4, 2, 10)
+    with pytest.raises(UserError, match=r"'input_size' must be int, got 'x'"):
+        models.create("cnn1d", input_size="x")
+    with pytest.raises(UserError, match=r"'width' must lie in \(0, 64\]"):
+        models.create("cnn1d", width=-1.0)
+    with pytest.raises(UserError, match=r"cnn1d needs signals of length >= 4"):
+        models.create("cnn1d", input_size=3)
+    with pytest.raises(UserError, match=r"expects a static batch with 3 dimensions"):
+        net(torch.rand(2, 4, 1, 8, 8))  # time-major images are not signals
+    with pytest.raises(UserError, match=r"'batch_norm' must be bool, got 'maybe'"):
+        models.create("vgg11_ltl", batch_norm="maybe")
+    with pytest.raises(UserError, match=r"model 'vgg16_ltl' has no argument 'hidden_fc'"):
+        models.create("vgg16_ltl", hidden_fc=(8,))  # fixed by the registered layout
+
+
 def test_registry_errors_name_the_choices():
     with pytest.raises(UserError, match="did you mean 'resnet18'"):
         models.create("resnt18")
     with pytest.raises(UserError, match=r"has no argument 'widht'.*did you mean 'width'"):
         models.create("resnet18", widht=2)
-    assert models.list("vgg*") == ["vgg11", "vgg13", "vgg16"]
+    assert models.list("vgg*") == ["vgg11", "vgg11_ltl", "vgg13", "vgg16", "vgg16_ltl"]
 
 
 @pytest.mark.parametrize("name", models.list())
 def test_every_model_builds_without_batch_norm(name):
     model = build(name, batch_norm=False)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    weighted = [m for m in model.features.modules() if isinstance(m, torch.nn.Conv2d)]
+    weighted = [m for m in model.features.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d))]
     assert weighted and all(m.bias is not None for m in weighted)  # a bias instead of BN
     out = model(small_input(name))
     assert out.shape == (2, 3, 5)

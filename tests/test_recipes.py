@@ -101,3 +101,30 @@ def test_train_an_event_recipe_end_to_end(tmp_path):
     summary = train(config, tmp_path / "run", verbose=False)
     assert summary["T"] == 3 and summary["epochs"] == 1
     assert main(["eval", str(tmp_path / "run" / "last.pt"), "--device", "cpu"]) == 0
+
+
+SAMPLE_SHAPES = {"cifar10": (3, 32, 32), "tiny_imagenet": (3, 64, 64), "digits": (1, 8, 8)}
+
+
+def test_ltl_recipes_train_the_ann_twin_of_their_student():
+    import torch
+
+    from spikegrad import models
+    from spikegrad.build import teacher_config
+    from spikegrad.methods.ltl import pair_units
+
+    checked = []
+    for path in RECIPES:
+        student = load_config(path)
+        if student.ltl.mode == "none" or student.ltl.teacher_recipe is None:
+            continue
+        teacher = teacher_config(student.ltl, student.data)
+        assert teacher.model.kind == "ann" and teacher.model.name == student.model.name, path.name
+        assert teacher.data.name == student.data.name and teacher.model.width == student.model.width
+        shape = SAMPLE_SHAPES[student.data.name]
+        common = {"num_classes": 10, "in_channels": shape[0], "input_size": shape[-1], "width": 0.125}
+        s = models.create(student.model.name, T=2, **common, **student.model.options)
+        t = models.create(teacher.model.name, kind="ann", **common, **teacher.model.options)
+        assert pair_units(s, t, torch.rand(2, *shape))
+        checked.append(student.model.name)
+    assert {"vgg11_ltl", "vgg16_ltl", "digits_cnn"} <= set(checked)

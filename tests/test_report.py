@@ -42,6 +42,14 @@ def test_report_of_synthetic_runs_has_every_section_and_embeds_its_pngs(tmp_path
     assert "membrane potential statistics per layer" in [alt for alt, _ in pngs]
 
 
+def test_the_shortcut_section_shows_own_head_combined_and_branch_accuracy(tmp_path):
+    write_run(tmp_path / "shortcut", "dspike+shortcut", dspike=False, ltl=False)
+    page = render_report(find_runs([tmp_path / "shortcut"]))
+    assert "shortcut lambda and head accuracies per epoch" in [alt for alt, _ in images(page)]
+    assert ("Last epoch: shortcut: own head 83.8%, combined 88.8%, branches features.stem.act "
+            "50.0%, features.layer1_0.act 55.0%.") in page
+
+
 def test_sections_appear_only_when_their_data_exists(tmp_path):
     write_run(tmp_path / "plain", "dspike", dspike=False, shortcut=False, ltl=False,
               gradients=False, analysis=False)
@@ -58,9 +66,12 @@ def test_report_cli_errors_exit_2(tmp_path, capsys):
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "metrics.jsonl" in capsys.readouterr().err
     bad = write_run(tmp_path / "bad", "dspike")
-    (bad / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2, "tr')
+    (bad / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2, "tr\n{"epoch": 3}\n')  # damaged inside
     assert main(["report", str(bad)]) == 2
     assert "line 2" in capsys.readouterr().err
+    (bad / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2, "tr')  # a torn last line: left out
+    assert main(["report", str(bad)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from spikegrad.config import load_config
 from spikegrad.data.sampler import GlobalBatchSampler
 from spikegrad.demo import recipe_path
 from spikegrad.errors import TrainingDiverged, UserError
+from spikegrad.nonfinite import CHECK_EVERY, FiniteGuard
 from spikegrad.resume import (
     StopOnSignal,
     check_resume_config,
@@ -395,6 +396,50 @@ def test_nonfinite_step_stops_and_keeps_the_last_good_checkpoint(tmp_path, grad)
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("every,stops_at", [(0, 2 * CHECK_EVERY), (5, ITERS_PER_EPOCH + 5)])
+def test_a_nonfinite_step_read_later_from_the_device_names_the_same_step(tmp_path, grad, every,
+                                                                        stops_at):
+    """The guard CUDA runs use (forced here on the CPU): the flag is read every CHECK_EVERY
+    steps and before any checkpoint; the error names the bad step, no checkpoint follows it."""
+    trainer = poisoned_trainer(tmp_path, Poison(ITERS_PER_EPOCH + 3, grad),
+                               **{"train.checkpoint_every": every})
+    trainer._guard = FiniteGuard(torch.device("cpu"))
+    what = "gradient norm is (inf|nan)" if grad else "loss is nan"
+    with pytest.raises(TrainingDiverged, match=rf"{what} in step 49 \(epoch 2, batch 4\); "
+                                                r".*last\.pt' keeps the last good state: the end of "
+                                                r"epoch 1 \(iteration 45\)"):
+        trainer.fit()
+    assert trainer.iteration == stops_at  # where the flag was read
+    saved = load_checkpoint(tmp_path / "last.pt")
+    assert saved["iteration"] == ITERS_PER_EPOCH
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_nonfinite_step_read_from_the_device_at_the_epoch_end_stops_before_its_metrics(tmp_path):
+    """A bad step after the epoch's last periodic read is caught at the epoch's end: no
+    evaluation, metrics line or checkpoint follows it."""
+    trainer = poisoned_trainer(tmp_path, Poison(CHECK_EVERY + 5), **{"train.checkpoint_every": 0})
+    trainer._guard = FiniteGuard(torch.device("cpu"))
+    with pytest.raises(TrainingDiverged, match=rf"loss is nan in step {CHECK_EVERY + 6} \(epoch 1, "
+                                                rf"batch {CHECK_EVERY + 6}\); no checkpoint was written"):
+        trainer.fit()
+    assert trainer.iteration == ITERS_PER_EPOCH
+    assert not (tmp_path / "metrics.jsonl").exists() or not (tmp_path / "metrics.jsonl").read_text()
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_the_guard_records_the_first_bad_step_only():
+    guard = FiniteGuard(torch.device("cpu"))
+    assert guard.first_bad() is None  # nothing recorded: nothing to read
+    guard.record(0, torch.tensor(1.0), torch.tensor(2.0))
+    assert guard.first_bad() is None
+    guard.record(1, torch.tensor(1.0), torch.tensor(float("inf")))
+    guard.record(2, torch.tensor(float("nan")), None)
+    assert guard.first_bad() == (1, 1.0, float("inf"))
+
+
 def test_nonfinite_step_can_be_skipped_and_counted(tmp_path):
     trainer = poisoned_trainer(tmp_path, Poison(ITERS_PER_EPOCH + 3), **{"train.nonfinite": "skip"})
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -405,6 +450,102 @@ def test_nonfinite_step_can_be_skipped_and_counted(tmp_path):
     after = trainer.model.state_dict()
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
     assert not all(torch.equal(before[k], after[k]) for k in before)
+
+
+class Spy(Poison):
+    """A :class:`Poison` that notes each step's iteration, loss, hits and batch size."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(at)
+        self.steps: list[tuple[int, float, int, int]] = []
+
+    def compute_loss(self, trainer, inputs, targets):
+        out = super().compute_loss(trainer, inputs, targets)
+        hits = int((out.logits.argmax(1) == targets).sum())
+        self.steps.append((trainer.iteration, out.loss.item(), hits, targets.shape[0]))
+        return out
+
+
+@pytest.mark.parametrize("nonfinite,guard", [("stop", False), ("stop", True), ("skip", False)])
+def test_epoch_metrics_are_the_sums_of_the_steps_taken(tmp_path, nonfinite, guard):
+    """``train_loss`` is the sample-weighted mean loss and ``train_acc`` the hits of the steps
+    taken (the running sums read at every mid-epoch checkpoint and at the end, with the
+    device-side guard too); a skipped step counts in neither."""
+    at = 20 if nonfinite == "skip" else -1
+    spy = Spy(at)
+    trainer = poisoned_trainer(tmp_path, spy, **{"train.nonfinite": nonfinite, "train.epochs": 1,
+                                                 "train.checkpoint_every": 7})
+    if guard:
+        trainer._guard = FiniteGuard(torch.device("cpu"))
+    trainer.fit()
+    (row,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    taken = [s for s in spy.steps if s[0] != at]
+    assert len(taken) == ITERS_PER_EPOCH - (nonfinite == "skip")
+    loss_sum, seen = 0.0, 0
+    for _, loss, _, n in taken:
+        loss_sum, seen = loss_sum + loss * n, seen + n
+    assert row["train_loss"] == loss_sum / seen  # the same float64 sum, in the same order
+    assert row["train_acc"] == sum(hits for _, _, hits, _ in taken) / seen
+    assert row.get("nonfinite_steps", 0) == (nonfinite == "skip")
+
+
+def test_epoch_progress_sums_survive_reads_and_a_checkpoint_round_trip():
+    """Reading the running sums (a mid-epoch checkpoint) neither loses nor repeats a batch,
+    and a progress restored from its dict goes on from the stored sums."""
+    from spikegrad.resume import EpochProgress
+
+    gen = torch.Generator().manual_seed(0)
+    steps = []
+    for i in range(6):
+        n = 5 if i == 5 else 8
+        logits, targets = torch.randn(n, 3, generator=gen), torch.randint(0, 3, (n,), generator=gen)
+        steps.append((None if i == 2 else StepOutput(torch.rand((), generator=gen) * 2, logits), targets))
+    whole = EpochProgress(row={"epoch": 1})
+    for out, targets in steps:
+        whole.record(out, targets)
+    part = EpochProgress(row={"epoch": 1})
+    for out, targets in steps[:4]:
+        part.record(out, targets)
+    part.flush()
+    part = EpochProgress.from_dict(part.to_dict())
+    for out, targets in steps[4:]:
+        part.record(out, targets)
+    loss_sum = 0.0
+    for out, targets in steps:
+        loss_sum += out.loss.item() * len(targets) if out is not None else 0.0
+    hits = sum(int((out.logits.argmax(1) == t).sum()) for out, t in steps if out is not None)
+    expected = {"row": {"epoch": 1}, "batches": 6, "loss_sum": loss_sum, "correct": hits,
+                "seen": 4 * 8 + 5, "nonfinite": 1, "seconds": 0.0}
+    assert whole.to_dict() == expected and part.to_dict() == expected
+    assert part.to_dict() == expected  # reading again changes nothing
+
+
+def test_later_labels_are_checked_on_the_host_once_before_their_step(monkeypatch):
+    """The first batch's labels are checked against the model's output; every later batch's
+    on the host before the transfer, once (not again in the step), and a bad one stops
+    training before its step."""
+    import spikegrad.trainer as trainer_module
+    from spikegrad.errors import check_labels
+
+    calls = []
+
+    def counting(targets, num_classes, name):
+        calls.append((targets.device.type, num_classes))
+        check_labels(targets, num_classes, name)
+
+    monkeypatch.setattr(trainer_module, "check_labels", counting)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Unflatten(0, (1, -1)))
+    config = load_config(None, ["train.epochs=1", "train.progress=false", "train.device=cpu"])
+    data = TensorDataset(torch.randn(8, 4), torch.zeros(8, dtype=torch.long))
+    trainer = Trainer(model, data, data, config, verbose=False)
+    trainer.progress = trainer._start_epoch(0)
+    x = torch.randn(4, 4)
+    trainer._train_batch(x, torch.tensor([0, 1, 2, 0]))
+    trainer._train_batch(x, torch.tensor([2, 1, 0, 0]))
+    assert calls == [("cpu", 3), ("cpu", 3)] and trainer.iteration == 2
+    with pytest.raises(UserError, match=r"training labels must lie in \[0, 3\).*found 7"):
+        trainer._train_batch(x, torch.tensor([0, 7, 1, 2]))
+    assert trainer.iteration == 2 and trainer.progress.batches == 2
 
 
 class HalfNaN(nn.Module):

@@ -1,11 +1,17 @@
 """Every script in bench/ (speed and memory), experiments/ (re-runs of the papers' claims)
-and tools/ (documentation generators) runs here with tiny arguments, and imports only the
-public API: the ``spikegrad`` package's exports or a module listed in docs/architecture.md.
+and tools/ (documentation generators) runs here with tiny arguments, and every module there
+imports only the public API: the ``spikegrad`` package's exports or a module listed in
+docs/architecture.md.
+
+A script is a module with an ``if __name__ == "__main__":`` entry (``python -m folder.name``);
+the other modules there (``experiments.runner``, ``.protocol``, ``.stats``, ``bench._harness``,
+...) are helpers the scripts import, tested in their own files.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import os
 import subprocess
@@ -21,17 +27,34 @@ FOLDERS = ("bench", "experiments", "tools")
 PUBLIC_MODULES = {
     "spikegrad", "spikegrad.alignment", "spikegrad.analysis", "spikegrad.build",
     "spikegrad.calibration", "spikegrad.checkpoint", "spikegrad.config", "spikegrad.data",
-    "spikegrad.devices", "spikegrad.diagnostics", "spikegrad.errors", "spikegrad.fdg",
+    "spikegrad.devices", "spikegrad.dynamics", "spikegrad.diagnostics", "spikegrad.errors", "spikegrad.fdg",
     "spikegrad.fused", "spikegrad.fused.check", "spikegrad.layers", "spikegrad.lean",
     "spikegrad.losses", "spikegrad.methods", "spikegrad.models", "spikegrad.monitors",
     "spikegrad.neurons", "spikegrad.recipes", "spikegrad.surrogates", "spikegrad.cli",
     "spikegrad.encoders", "spikegrad.recording", "spikegrad.report", "spikegrad.alignment_report",
-    "spikegrad.demo",
+    "spikegrad.demo", "spikegrad.temperature_search",
 }
 
 
-def scripts() -> list[Path]:
+def modules() -> list[Path]:
+    """Every module of bench/, experiments/ and tools/."""
     return sorted(p for folder in FOLDERS for p in (ROOT / folder).glob("*.py") if p.name != "__init__.py")
+
+
+def has_main_entry(path: Path) -> bool:
+    """Whether the module has a top-level ``if __name__ == "__main__":`` block."""
+    for node in ast.parse(path.read_text()).body:
+        test = node.test if isinstance(node, ast.If) else None
+        if isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__" \
+                and len(test.comparators) == 1 and isinstance(test.comparators[0], ast.Constant) \
+                and test.comparators[0].value == "__main__":
+            return True
+    return False
+
+
+def scripts() -> list[Path]:
+    """The runnable modules: those with a ``__main__`` entry."""
+    return [p for p in modules() if has_main_entry(p)]
 
 
 def module_name(path: Path) -> str:
@@ -66,23 +89,37 @@ def _parses(text: str) -> bool:
 
 
 def test_scripts_import_only_the_public_api():
-    private = {module_name(p): sorted(spikegrad_imports(p) - PUBLIC_MODULES) for p in scripts()}
+    private = {module_name(p): sorted(spikegrad_imports(p) - PUBLIC_MODULES) for p in modules()}
     assert {k: v for k, v in private.items() if v} == {}
 
 
 def test_bench_holds_speed_and_memory_benchmarks_only():
-    # gpu_session_report: the tables and environment record of bench/gpu_session.sh's GPU runs
+    # gpu_session_report: the tables and environment record of bench/gpu_session.sh's GPU runs;
+    # half_potentials: the gradient error of the Triton neuron's half-precision potentials
     assert {p.stem for p in (ROOT / "bench").glob("*.py")} == {
-        "__init__", "_harness", "dspike_search", "gpu_check", "gpu_session_report", "loader",
-        "monitor_overhead", "neuron", "train_step"}
+        "__init__", "_harness", "dspike_search", "gpu_check", "gpu_session_report", "half_potentials",
+        "loader", "monitor_overhead", "neuron", "train_step"}
+
+
+def test_scripts_are_told_from_helper_modules_by_their_main_entry():
+    found = {module_name(p) for p in scripts()}
+    assert {"experiments.ltl_claims", "bench.half_potentials", "tools.api_reference"} <= found
+    helpers = {"bench._harness", "experiments.claims", "experiments.protocol", "experiments.provenance",
+               "experiments.runner", "experiments.splits", "experiments.stats"}
+    assert helpers == {module_name(p) for p in modules()} - found
 
 
 def test_every_script_has_a_smoke_test():
-    assert {module_name(p) for p in scripts() if not p.stem.startswith("_")} == set(SMOKE)
+    assert {module_name(p) for p in scripts()} == set(SMOKE) | set(SMOKE_ELSEWHERE)
+    assert not set(SMOKE) & set(SMOKE_ELSEWHERE)
+    for module, test_file in SMOKE_ELSEWHERE.items():  # an experiment's smoke run in its own test file
+        text = (ROOT / "tests" / test_file).read_text()
+        assert f'MODULE = "{module}"' in text and "run_experiment(MODULE" in text, test_file
 
 
-def run_script(module: str, *args: str, cwd: Path = ROOT, timeout: int = 180) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
+def run_script(module: str, *args: str, cwd: Path = ROOT, timeout: int = 180,
+               env: dict[str, str] | None = None) -> str:
+    env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -145,12 +182,48 @@ def smoke_gpu_check(tmp_path: Path) -> None:
     run_script("bench.gpu_check", timeout=600)
 
 
+def smoke_half_potentials(tmp_path: Path) -> None:
+    if importlib.util.find_spec("triton") is None:
+        assert "Triton" in run_script("bench.half_potentials", "--help")  # it measures Triton's kernel
+        return
+    out = run_script("bench.half_potentials", "--device", "cpu", "--shape", "2,8",
+                     env={"TRITON_INTERPRET": "1"})  # Triton's interpreter runs the kernel on the CPU
+    from spikegrad import surrogates
+
+    rows = [line.split("|")[1:-1] for line in out.splitlines()
+            if line.startswith(("| float16", "| bfloat16"))]
+    assert len(rows) == 2 * len(surrogates.available())  # two dtypes × every surrogate
+    for row in rows:  # errors relative to the largest gradient: none above a few bfloat16 roundings
+        errors = [float(v) for v in row[2:]]
+        assert len(errors) == 4 and all(0 <= e < 0.1 for e in errors), row
+
+
 def smoke_gpu_session_report(tmp_path: Path) -> None:
     run_script("bench.gpu_session_report", "report", str(tmp_path / "work"), str(tmp_path / "out"))
     assert (tmp_path / "out" / "tables.md").is_file() and (tmp_path / "out" / "results.json").is_file()
     out = run_script("bench.gpu_session_report", "build", "digits.yaml", "--set", "model.width=0.125",
                      cwd=ROOT / "src" / "spikegrad" / "configs")
     assert "digits_cnn:" in out and "logits (4, 1, 10)" in out
+
+
+def smoke_dspike_search_study(tmp_path: Path) -> None:
+    snn, _ = tiny_checkpoints(tmp_path)
+    out = run_script("experiments.dspike_search_study", "--checkpoint", f"tiny={snn}",
+                     "--out", str(tmp_path / "study"), "--batches", "3", "--batch-size", "8", "--pool", "6",
+                     "--epsilons", "1", "--epsilon-batches", "2", "--epsilon-weights", "4",
+                     "--temperatures", "2.5", "3", "3.5", "--draws", "3", "--ks", "4", "--ms", "1", "2",
+                     "--searches", "1")
+    assert "tiny" in out and (tmp_path / "study" / "study.md").is_file()
+    assert json.loads((tmp_path / "study" / "study.json").read_text())["models"].keys() == {"tiny"}
+
+
+def smoke_costs(tmp_path: Path) -> None:
+    out = run_script("experiments.costs", "--samples", "2")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "ms/sample" not in line]
+    assert len(rows) == 8 and rows[0].startswith("| Dspike CNN, width 0.25, T = 4")
+    for row in rows:
+        train_ms, eval_ms = (float(v) for v in row.split("|")[-3:-1])
+        assert train_ms > 0 and eval_ms > 0, row
 
 
 def smoke_dspike_ablation(tmp_path: Path) -> None:
@@ -186,12 +259,17 @@ def smoke_ltl_devices(tmp_path: Path) -> None:
 
 def smoke_reliability_table(tmp_path: Path) -> None:
     doc = tmp_path / "reliability.md"
-    doc.write_text("before\n<!-- table:begin -->\nold\n<!-- table:end -->\nafter\n")
-    run_script("tools.reliability_table", "--cases", "unknown surrogate", "--doc", str(doc))
+    doc.write_text("before\n<!-- table:begin -->\nSTALE\n<!-- table:end -->\nmiddle\n"
+                   "<!-- adversarial:begin -->\nSTALE\n<!-- adversarial:end -->\nafter\n")
+    run_script("tools.reliability_table", "--cases", "unknown surrogate", "pickle-cycle", "--doc", str(doc))
     text = doc.read_text()
-    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    assert text.startswith("before\n") and text.endswith("after\n") and "STALE" not in text
     assert "| config | unknown surrogate | `spikegrad train tiny.yaml --set model.surrogate={name: " \
         "dspik}` | 2 |" in text and "unknown surrogate 'dspik' (did you mean 'dspike'?)" in text
+    # the hostile-input table: its counts (tried, clear, correct and the five defects) and row
+    assert "| pickled data | 1 | 1 | 0 | 0 | 0 | 0 | 0 | 0 |" in text
+    assert "| **all** | **1** | **1** | **0** | **0** | **0** | **0** | **0** | **0** |" in text
+    assert "| pickled data | `pickle-cycle` | a list that contains itself | clear | " in text
 
 
 def smoke_api_reference(tmp_path: Path) -> None:
@@ -222,7 +300,10 @@ SMOKE = {
     "bench.train_step": smoke_train_step,
     "bench.gpu_check": smoke_gpu_check,
     "bench.gpu_session_report": smoke_gpu_session_report,
+    "bench.half_potentials": smoke_half_potentials,
+    "experiments.costs": smoke_costs,
     "experiments.dspike_ablation": smoke_dspike_ablation,
+    "experiments.dspike_search_study": smoke_dspike_search_study,
     "experiments.shortcut_depth": smoke_shortcut_depth,
     "experiments.ltl": smoke_ltl,
     "experiments.ltl_devices": smoke_ltl_devices,
@@ -230,6 +311,14 @@ SMOKE = {
     "tools.code_metrics": smoke_code_metrics,
     "tools.api_reference": smoke_api_reference,
     "tools.plot_screenshots": smoke_plot_screenshots,
+}
+
+
+#: experiments run in-process by their own test file (``--smoke``, see tests/experiment_helpers.py)
+SMOKE_ELSEWHERE = {
+    "experiments.dspike_surrogates": "test_experiments_dspike_surrogates.py",
+    "experiments.ltl_claims": "test_experiments_ltl_claims.py",
+    "experiments.shortcut_claims": "test_experiments_shortcut_claims.py",
 }
 
 

@@ -202,6 +202,68 @@ def test_branches_are_removed_at_inference(tmp_path):
     assert train_flops > count_flops(lambda: trained(x))
 
 
+class SwappedHead(nn.Module):
+    """A one-hot input ``[B, 2]`` held for T = 2 steps, an identity block ``feat`` and a head
+    that swaps the two classes: the network's own answer is always wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.feat = nn.Identity()
+        self.head = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+
+    def forward(self, x):
+        return self.head(self.feat(x.unsqueeze(0).expand(2, -1, -1)))  # (T, B, 2)
+
+
+def hand_set_shortcut_trainer(tmp_path, lambda0, loss="combined"):
+    """The branch at ``feat`` maps x to 2·x: right on every sample. ``o = main + λ·branch`` is
+    ``(P + 2λ·I)·x``: right for λ = 1 (2 > 1), wrong for λ = 0.25 (0.5 < 1); the separate
+    losses' ``log softmax(Px) + λ·log softmax(2x)`` likewise (-1.44 > -2.44; -1.35 < -0.85)."""
+    labels = torch.tensor([0, 1, 1, 0, 1, 0])
+    data = TensorDataset(torch.eye(2)[labels], labels)
+    component = ShortcutBackprop(["feat"], schedule="constant", lambda0=lambda0, loss=loss)
+    config = Config().with_overrides({"train.epochs": 1, "train.progress": False, "data.batch_size": 3,
+                                      "optim.lr": 1e-12, "optim.momentum": 0.0,
+                                      "optim.weight_decay": 0.0, "diagnostics.gradient_interval": 0})
+    trainer = Trainer(SwappedHead(), data, data, config, components=[component], out_dir=tmp_path,
+                      verbose=False)
+    with torch.no_grad():
+        component.branches.heads[0].linear.weight.copy_(2 * torch.eye(2))
+        component.branches.heads[0].linear.bias.zero_()
+    return trainer
+
+
+@pytest.mark.parametrize("loss", ["combined", "separate"])
+@pytest.mark.parametrize("lambda0,combined", [(1.0, 1.0), (0.25, 0.0)])
+def test_shortcut_runs_report_main_combined_and_branch_accuracy(tmp_path, loss, lambda0, combined):
+    trainer = hand_set_shortcut_trainer(tmp_path, lambda0, loss)
+    summary = trainer.fit()
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["test_acc"] == 0.0  # the network's own head: what is deployed
+    assert row["combined_test_acc"] == combined
+    assert row["branch_test_acc"] == {"feat": 1.0}
+    assert summary["final_test_acc"] == 0.0
+    assert summary["final_combined_test_acc"] == combined
+    assert summary["final_branch_test_acc"] == {"feat": 1.0}
+    assert json.loads((tmp_path / "summary.json").read_text())["final_branch_test_acc"] == {"feat": 1.0}
+    # at inference the branches are gone: the plain network, its own head, no hook left
+    model = trainer.model
+    assert not any(m._forward_hooks for m in model.modules())
+    plain = evaluate_model(model, trainer.test_loader, trainer.device)
+    assert plain["test_acc"] == 0.0 and "combined_test_acc" not in plain
+
+
+def test_runs_without_branches_evaluate_as_before():
+    trainer = toy_trainer(small("plain_cnn"))
+    result = trainer.evaluate()
+    assert not {"combined_test_acc", "branch_test_acc"} & set(result)
+    assert result == evaluate_model(trainer.model, trainer.test_loader, trainer.device,
+                                    analysis=trainer.config.analysis)
+    assert "final_combined_test_acc" not in trainer.summary(0.0)
+
+
 def shortcut_config(**overrides) -> Config:
     base = {"train.epochs": 2, "train.progress": False, "data.batch_size": 128, "model.width": 0.25,
             "model.T": 2, "shortcut.enabled": True, "shortcut.attach": ["features.1"],

@@ -13,6 +13,7 @@ from spikegrad.config import (
     LTL_MODES,
     SHORTCUT_LOSSES,
     Config,
+    DspikeConfig,
     LTLConfig,
     ModelConfig,
     NeuronConfig,
@@ -23,6 +24,7 @@ from spikegrad.config import (
 )
 from spikegrad.data import build_datasets
 from spikegrad.errors import UserError
+from spikegrad.fdg import BN_MODES
 from spikegrad.methods.ltl import LocalTandemLearning, pair_units
 from spikegrad.methods.shortcut import ShortcutBranches
 from spikegrad.models import ModelSpec
@@ -30,6 +32,7 @@ from spikegrad.models.common import KINDS
 from spikegrad.modes import eval_mode
 from spikegrad.recipes import CONFIG_DIR, recipe_path
 from spikegrad.schedules import BALANCE_SCHEDULES, LR_SCHEDULES
+from spikegrad.temperature_search import RULES
 
 
 def choices(section, key):
@@ -46,6 +49,8 @@ def test_config_choices_are_the_registries_names():
     assert set(choices(ShortcutConfig, "loss")) == set(SHORTCUT_LOSSES)
     assert set(choices(TrainConfig, "loss")) == set(losses.available())
     assert set(choices(LTLConfig, "mode")) == set(LTL_MODES)
+    assert set(choices(DspikeConfig, "rule")) == set(RULES) == {"paper", "significant"}
+    assert set(choices(DspikeConfig, "bn_mode")) == set(BN_MODES) == {"eval", "train"}
     with pytest.raises(UserError, match=r"'model\.surrogate': unknown surrogate 'dspik' \(did you mean "
                                         r"'dspike'\?\)"):
         Config().with_overrides({"model.surrogate": {"name": "dspik"}})

@@ -64,6 +64,26 @@ def test_documented_conventions_at_zero():
     assert surrogates.Dspike(b).derivative(zero).item() == pytest.approx(b / (2 * math.tanh(b / 2)))
 
 
+def test_rectangle_height_and_window_by_hand():
+    """Published LTL surrogate: height 1, half-width 0.2, i.e. width (the whole window) 0.4."""
+    ltl = surrogates.create("rectangle", width=0.4, height=1.0)
+    x = torch.tensor([-0.3, -0.2, -0.19, 0.0, 0.1, 0.19, 0.2, 0.5], dtype=torch.float64,
+                     requires_grad=True)
+    y = ltl(x)
+    assert y.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # Heaviside(x)
+    (grad,) = torch.autograd.grad(y, x, torch.full_like(x, 3.0))
+    assert grad.tolist() == [0.0, 0.0, 3.0, 3.0, 3.0, 3.0, 0.0, 0.0]  # 3 · 1 inside |x| < 0.2
+    default = surrogates.Rectangle(width=0.4)  # height 1/width = 2.5 unless given
+    assert default.height == pytest.approx(2.5) and ltl.params() == {"width": 0.4, "height": 1.0}
+    (grad,) = torch.autograd.grad(default(x).sum(), x)
+    assert grad.tolist() == pytest.approx([0.0, 0.0, 2.5, 2.5, 2.5, 2.5, 0.0, 0.0])
+    # the primitive: height · clamp(x + 0.2, 0, 0.4); its integral over the window is 0.4 · 1
+    assert ltl.primitive(torch.tensor([-1.0, 0.05, 1.0], dtype=torch.float64)).tolist() == \
+        pytest.approx([0.0, 0.25, 0.4])
+    with pytest.raises(UserError, match="height"):
+        surrogates.Rectangle(width=0.4, height=0.0)
+
+
 def dspike_reference(u_minus_theta: np.ndarray, b: float, w: float) -> np.ndarray:
     """docs/methods.md §2 written independently: z = x/w + 1/2, g = b/(2 tanh(b/2)) sech²(b(z-1/2)) / w."""
     z = u_minus_theta / w + 0.5

@@ -4,7 +4,12 @@
 
 ``--cases WORD ...`` runs only the cases whose description contains a word (the table in
 ``--doc`` then holds only those rows); ``--doc`` writes the table into another copy of the
-page.
+page. ``--part faults`` or ``--part adversarial`` regenerates one of the page's two tables.
+
+The second table is that of the hostile inputs of ``tests/test_adversarial.py``: every case
+of its ``CASES`` is run (:func:`tests.test_adversarial.run_case`, slow ones included) and
+classified as one of its ``OUTCOMES``; the table gives the counts per category (tried,
+clear, correct, traceback, silent, lost, hung, crashed) and one row per case.
 
 Every case runs for real in a fresh process: the ``spikegrad`` command (or ``torchrun`` with
 two processes), or a short Python snippet for the library API. The table shows the exit
@@ -30,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability.md"
 BEGIN, END = "<!-- table:begin -->", "<!-- table:end -->"
+ADVERSARIAL_BEGIN, ADVERSARIAL_END = "<!-- adversarial:begin -->", "<!-- adversarial:end -->"
 TINY = """extends: {recipe}
 model: {{width: 0.25, T: 2}}
 train: {{epochs: 2, threads: 1, progress: false, device: cpu, checkpoint_every: 10}}
@@ -389,13 +395,13 @@ def display(case: Case) -> str:
     return f"`{prefix} {' '.join(case.argv)}`{stop}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cases", nargs="+", metavar="WORD",
-                        help="only the cases whose description contains one of these words")
-    parser.add_argument("--doc", type=Path, default=DOC, help="the page whose table is rewritten")
-    args = parser.parse_args(argv)
-    cases = [c for c in CASES if not args.cases or any(w in c.what for w in args.cases)]
+def replace_between(doc: str, begin: str, end: str, text: str) -> str:
+    start, stop = doc.index(begin) + len(begin), doc.index(end)
+    return doc[:start] + "\n" + text + "\n" + doc[stop:]
+
+
+def faults_table(cases: list[Case]) -> tuple[str, list[str]]:
+    """The table of :data:`CASES` (each run in a fresh process) and what went unexpectedly."""
     work = Path(tempfile.mkdtemp(prefix="spikegrad-reliability-"))
     try:
         prepare(work, trained_runs=needs_trained_runs(cases))
@@ -410,16 +416,77 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(f"| {case.group} | {case.what} | {display(case)} | {proc.returncode} | "
                         f"{text} |")
             print(f"{proc.returncode:>4}  {case.what}: {text}", flush=True)
-        table = "\n".join(["| kind | input or fault | command | exit | what the user sees |",
-                           "|---|---|---|---|---|", *rows])
-        doc = args.doc.read_text()
-        start, stop = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-        args.doc.write_text(doc[:start] + "\n" + table + "\n" + doc[stop:])
-        for failure in failures:
-            print("UNEXPECTED:", failure, file=sys.stderr)
-        return 1 if failures else 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return "\n".join(["| kind | input or fault | command | exit | what the user sees |",
+                      "|---|---|---|---|---|", *rows]), failures
+
+
+def cell(text: str, work: Path) -> str:
+    """One line of a table cell: the temporary folder written ``<tmp>``, pipes escaped."""
+    lines = [line.strip() for line in text.replace(str(work), "<tmp>").splitlines() if line.strip()]
+    return (lines[-1] if lines else "").replace("|", "\\|")
+
+
+def adversarial_table(words: list[str] | None) -> tuple[str, list[str]]:
+    """The counts and rows of ``tests/test_adversarial.py``'s cases (run in this process, each in
+    a fresh temporary folder) and the cases whose outcome is not the one expected."""
+    sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+    os.environ["OMP_NUM_THREADS"] = "1"
+    from tests.test_adversarial import CASES as HOSTILE
+    from tests.test_adversarial import OUTCOMES, run_case
+
+    hostile = [c for c in HOSTILE if not words or any(w in c.what or w in c.id for w in words)]
+    counts: dict[str, dict[str, int]] = {}
+    rows, failures = [], []
+    work = Path(tempfile.mkdtemp(prefix="spikegrad-adversarial-"))
+    try:
+        for index, c in enumerate(hostile):
+            folder = work / str(index)
+            outcome = run_case(c, folder)
+            tally = counts.setdefault(c.category, dict.fromkeys(OUTCOMES, 0))
+            tally[outcome.kind] += 1
+            if outcome.kind != c.expect:
+                failures.append(f"{c.id}: {outcome.kind}, expected {c.expect}: {outcome.message}")
+            rows.append(f"| {c.category} | `{c.id}` | {cell(c.what, folder)} | {outcome.kind} | "
+                        f"{cell(outcome.message, folder)} |")
+            print(f"{outcome.kind:<9} {outcome.seconds:6.1f}s  {c.id}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    total = {kind: sum(t[kind] for t in counts.values()) for kind in OUTCOMES}
+    header = ["| category | tried | " + " | ".join(OUTCOMES) + " |", "|---" * (len(OUTCOMES) + 2) + "|"]
+    lines = [f"| {name} | {sum(t.values())} | " + " | ".join(str(t[k]) for k in OUTCOMES) + " |"
+             for name, t in counts.items()]
+    lines.append(f"| **all** | **{sum(total.values())}** | "
+                 + " | ".join(f"**{total[k]}**" for k in OUTCOMES) + " |")
+    table = "\n".join([*header, *lines, "",
+                       "| category | case | input | outcome | what the user sees (or the result) |",
+                       "|---|---|---|---|---|", *rows])
+    return table, failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", nargs="+", metavar="WORD",
+                        help="only the cases whose description (or id) contains one of these words")
+    parser.add_argument("--doc", type=Path, default=DOC, help="the page whose tables are rewritten")
+    parser.add_argument("--part", choices=("all", "faults", "adversarial"), default="all",
+                        help="which table to regenerate (default: both)")
+    args = parser.parse_args(argv)
+    failures = []
+    if args.part in ("all", "faults"):
+        cases = [c for c in CASES if not args.cases or any(w in c.what for w in args.cases)]
+        table, failed = faults_table(cases)
+        args.doc.write_text(replace_between(args.doc.read_text(), BEGIN, END, table))
+        failures += failed
+    if args.part in ("all", "adversarial"):
+        table, failed = adversarial_table(args.cases)
+        args.doc.write_text(replace_between(args.doc.read_text(), ADVERSARIAL_BEGIN, ADVERSARIAL_END,
+                                            table))
+        failures += failed
+    for failure in failures:
+        print("UNEXPECTED:", failure, file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ The alignment of a surrogate with the true loss surface is the cosine similarity
     cos(ĝ, g) = ĝ·g / (|ĝ|·|g|)
 
 between the finite difference gradient ``ĝ`` (:mod:`spikegrad.fdg`) and the surrogate
-gradient ``g`` of the same weights, loss and mini-batch (BPTT, batch norm in eval mode).
-It is 0 when either vector is zero.
+gradient ``g`` of the same weights, loss, mini-batch and batch-norm mode (BPTT; batch norm
+with its running statistics, ``bn_mode="eval"``, or with the batch's own statistics as in a
+training step, ``bn_mode="train"``; see :mod:`spikegrad.fdg`). It is 0 when either vector
+is zero.
 
 The forward pass of a spiking network does not depend on the surrogate, only its backward
 pass does. :func:`surrogate_gradients` therefore runs the forward pass once and one backward
@@ -27,7 +29,7 @@ from torch.utils.data import Dataset, default_collate
 
 from spikegrad import surrogates
 from spikegrad.errors import UserError
-from spikegrad.fdg import LossFn, eval_mode
+from spikegrad.fdg import ForwardFn, LossFn, probe_mode
 from spikegrad.losses import mean_logit_cross_entropy
 from spikegrad.neurons import SpikingNeuron
 
@@ -112,12 +114,15 @@ def surrogate_gradients(
     assignments: Sequence[Assignment],
     indices: Tensor | None = None,
     loss_fn: LossFn = mean_logit_cross_entropy,
+    bn_mode: str = "eval",
+    forward: ForwardFn | None = None,
 ) -> list[Tensor]:
     """BPTT gradient of ``loss_fn`` w.r.t. ``layer.weight.flatten()[indices]``, once per assignment.
 
-    One forward pass (eval mode, so batch norm uses running statistics as in the FDG), then
-    one backward pass per assignment with its surrogates in place. The model's own
-    surrogates are restored afterwards.
+    One forward pass (eval mode but for batch norm, ``bn_mode`` as in the FDG; ``forward``
+    and ``loss_fn`` as in :func:`spikegrad.fdg.finite_difference_gradient`), then one
+    backward pass per assignment with its surrogates in place. The model's own surrogates
+    are restored afterwards; batch norm's running statistics are not touched.
     """
     neurons = [m for m in model.modules() if isinstance(m, SpikingNeuron)]
     originals = [n.surrogate for n in neurons]
@@ -126,8 +131,8 @@ def surrogate_gradients(
     try:
         for neuron, switch in zip(neurons, switches, strict=True):
             neuron.surrogate = switch
-        with eval_mode(model), torch.enable_grad():
-            loss = loss_fn(model(inputs), targets)
+        with probe_mode(model, bn_mode), torch.enable_grad():
+            loss = loss_fn(model(inputs) if forward is None else forward(model, inputs), targets)
             for k, assignment in enumerate(assignments):
                 for neuron, switch, own in zip(neurons, switches, originals, strict=True):
                     switch.target = assignment.get(neuron, own)
@@ -170,12 +175,14 @@ def alignment_sweep(
     points: int = 9,
     factor: float = 8.0,
     loss_fn: LossFn = mean_logit_cross_entropy,
+    bn_mode: str = "eval",
+    forward: ForwardFn | None = None,
 ) -> list[SweepPoint]:
     """Cosine similarity with ``fdg`` of every surrogate in ``names`` over a sharpness sweep.
 
     Each surrogate is swept around its registry default; every neuron of the model uses the
     swept surrogate. A surrogate of the model's own type keeps the model's other parameters
-    (e.g. the Dspike window).
+    (e.g. the Dspike window). ``bn_mode`` and ``forward`` must be those of ``fdg``.
     """
     neurons = [m for m in model.modules() if isinstance(m, SpikingNeuron)]
     own = {type(n.surrogate): n.surrogate for n in neurons}
@@ -186,7 +193,8 @@ def alignment_sweep(
         for value in default_sweep(surrogates.create(name).sharpness, points, factor):
             rows.append((name, base.sharpness_name, value, base.with_sharpness(value)))
     grads = surrogate_gradients(
-        model, layer, inputs, targets, [dict.fromkeys(neurons, s) for *_, s in rows], indices, loss_fn
+        model, layer, inputs, targets, [dict.fromkeys(neurons, s) for *_, s in rows], indices, loss_fn,
+        bn_mode, forward,
     )
     return [SweepPoint(name, sharp, value, cosine_similarity(fdg, g))
             for (name, sharp, value, _), g in zip(rows, grads, strict=True)]

@@ -12,6 +12,10 @@ one probe batch is visible. Where a surrogate's best mean lies at an end of the 
 still rises there (by more than :data:`FLAT`: not a plateau), the sweep is extended on that
 side by the sweep's own geometric step, up to ``extend`` points, until the best lies
 inside; one still at an end after that is flagged (``at_edge``).
+
+Batch norm normalises as ``bn_mode`` says (:mod:`spikegrad.fdg`: the probe batch's own
+statistics, ``train``, or the running ones, ``eval``), the same in the finite difference
+and the surrogate gradients.
 """
 
 from __future__ import annotations
@@ -39,7 +43,14 @@ from spikegrad.config import Config, DspikeConfig, from_dict
 from spikegrad.data.from_config import datasets_from_config
 from spikegrad.data.loader import collate_for
 from spikegrad.errors import UserError, unknown_name_error
-from spikegrad.fdg import LossFn, finite_difference_gradient, resolve_layer, sample_weight_indices
+from spikegrad.fdg import (
+    ForwardFn,
+    LossFn,
+    check_bn_mode,
+    finite_difference_gradient,
+    resolve_layer,
+    sample_weight_indices,
+)
 from spikegrad.losses import mean_logit_cross_entropy, training_loss
 from spikegrad.neurons import SpikingNeuron
 from spikegrad.trainer import resolve_device
@@ -70,6 +81,9 @@ class AlignmentReport:
     sweep_points: int = 9
     factor: float = 8.0
     batches: int = 1
+    #: how batch norm normalised in the probes (:mod:`spikegrad.fdg`; reports from before the
+    #: option were made in eval mode)
+    bn_mode: str = "eval"
     spread: list[float] = field(default_factory=list)
     similarities: list[list[float]] = field(default_factory=list)
     extended: list[str] = field(default_factory=list)
@@ -142,14 +156,14 @@ def _swept(model: nn.Module, name: str, value: float) -> surrogates.Surrogate:
     return own.get(type(base), base).with_sharpness(value)
 
 
-def _similarities_at(model, layer, probes, indices, loss_fn, rows) -> list[list[float]]:
+def _similarities_at(model, layer, probes, indices, loss_fn, rows, bn_mode, forward) -> list[list[float]]:
     """Cosine per ``(name, value)`` row and probe batch, every neuron using the row's surrogate."""
     neurons = [m for m in model.modules() if isinstance(m, SpikingNeuron)]
     assignments = [dict.fromkeys(neurons, _swept(model, name, value)) for name, value in rows]
     per_probe = []
     for probe in probes:
         grads = surrogate_gradients(model, layer, probe.inputs, probe.targets, assignments, indices,
-                                    loss_fn)
+                                    loss_fn, bn_mode, forward)
         per_probe.append([cosine_similarity(probe.fdg, g) for g in grads])
     return [list(column) for column in zip(*per_probe, strict=True)]
 
@@ -164,8 +178,12 @@ def sweep_probes(
     factor: float = 8.0,
     loss_fn: LossFn = mean_logit_cross_entropy,
     extend: int = 4,
+    bn_mode: str = "eval",
+    forward: ForwardFn | None = None,
 ) -> Sweep:
     """:func:`~spikegrad.alignment.alignment_sweep` on every probe, averaged, then extended.
+
+    ``loss_fn``, ``bn_mode`` and ``forward`` must be those the probes' FDGs were computed with.
 
     A surrogate whose best mean cosine lies at the smallest (largest) swept value, rising
     there (:func:`edge`), gets one more value below (above) it, ``factor^(2/(points-1))``
@@ -175,7 +193,7 @@ def sweep_probes(
     table: dict[str, dict[float, list[float]]] = {}  # surrogate -> sharpness -> cosine per probe
     sharpness_name: dict[str, str] = {}
     sweeps = [alignment_sweep(model, layer, p.inputs, p.targets, p.fdg, indices, names, points, factor,
-                              loss_fn) for p in probes]
+                              loss_fn, bn_mode, forward) for p in probes]
     for j, point in enumerate(sweeps[0]):
         sharpness_name[point.surrogate] = point.sharpness_name
         table.setdefault(point.surrogate, {})[point.sharpness] = [sweep[j].similarity for sweep in sweeps]
@@ -190,7 +208,7 @@ def sweep_probes(
                 rows.append((name, values[-1] * step if side > 0 else values[0] / step))
         if not rows:
             break
-        found = _similarities_at(model, layer, probes, indices, loss_fn, rows)
+        found = _similarities_at(model, layer, probes, indices, loss_fn, rows, bn_mode, forward)
         for (name, value), sims in zip(rows, found, strict=True):
             table[name][value] = sims
             extended.add(name)
@@ -223,16 +241,19 @@ def analyse_checkpoint(
     max_stacked: int = 512,
     batches: int = 3,
     extend: int = 4,
+    bn_mode: str | None = None,
 ) -> AlignmentReport:
     """Run the analysis on a checkpoint's model and dataset (see the module docstring).
 
     ``epsilon`` is relative to the RMS of the layer's weights (None: the ``dspike.epsilon``
     default); ``num_weights`` probes a seeded random subset (None: every weight);
     ``batches`` probe batches give the error bars; ``extend`` bounds the points added
-    beyond an end of the sweep where the best lies (0: never extend).
+    beyond an end of the sweep where the best lies (0: never extend); ``bn_mode`` is how
+    batch norm normalises (:mod:`spikegrad.fdg`; None: the ``dspike.bn_mode`` default).
     """
     tic = time.perf_counter()
     epsilon = DspikeConfig().epsilon if epsilon is None else epsilon
+    bn_mode = check_bn_mode(DspikeConfig().bn_mode if bn_mode is None else bn_mode)
     if not epsilon > 0:
         raise UserError(f"--epsilon must be positive, got {epsilon}")
     if batches < 1 or extend < 0:
@@ -264,16 +285,16 @@ def analyse_checkpoint(
     for k in range(batches):
         inputs, targets = probe_batch(model, dataset, batch_size, seed + k, device_, collate_for(dataset))
         fdg = finite_difference_gradient(model, module, inputs, targets, absolute, indices, loss_fn,
-                                         max_stacked)
+                                         max_stacked, bn_mode)
         probes.append(Probe(inputs, targets, fdg))
-    sweep = sweep_probes(model, module, probes, indices, names, points, factor, loss_fn, extend)
+    sweep = sweep_probes(model, module, probes, indices, names, points, factor, loss_fn, extend, bn_mode)
     temperatures = ((payload.get("components") or {}).get("dspike") or {}).get("temperatures") or {}
     return AlignmentReport(
         checkpoint=str(checkpoint), layer=layer_name, weights=weight.numel(), probed=len(indices),
         nonzero_fdg=int((probes[0].fdg != 0).sum()), epsilon_relative=epsilon, epsilon=absolute,
         batch_size=len(probes[0].targets), split=split, seed=seed, seconds=time.perf_counter() - tic,
-        points=sweep.points, sweep_points=points, factor=factor, batches=batches, spread=sweep.spread,
-        similarities=sweep.similarities, extended=sweep.extended, at_edge=sweep.at_edge,
+        points=sweep.points, sweep_points=points, factor=factor, batches=batches, bn_mode=bn_mode,
+        spread=sweep.spread, similarities=sweep.similarities, extended=sweep.extended, at_edge=sweep.at_edge,
         run_temperatures={str(k): float(v) for k, v in temperatures.items()},
     )
 
@@ -287,7 +308,7 @@ def format_report(report: AlignmentReport) -> str:
     lines = [
         f"FDG of {report.layer}: {report.probed} of {report.weights} weights probed, "
         f"{report.nonzero_fdg} nonzero; epsilon {report.epsilon_relative:g} × weight RMS = "
-        f"{report.epsilon:.4g}; {over}",
+        f"{report.epsilon:.4g}; batch norm in {report.bn_mode} mode; {over}",
         "",
         f"{'surrogate':<13} {'parameter':<14} {'value':>9} {'cosine':>8} {'± std':>7}",
         "-" * 55,
@@ -372,7 +393,7 @@ def plot_report(report: AlignmentReport, path: str | Path) -> Path:
             if report.batches > 1 else f"one probe batch of {report.batch_size}")
     fig.suptitle(f"{source}: surrogate vs. finite difference gradient of "
                  f"{report.layer}\n(epsilon {report.epsilon_relative:g} × RMS, {report.probed} weights, "
-                 f"{bars} samples)", fontsize=10)
+                 f"{bars} samples, batch norm {report.bn_mode})", fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from spikegrad.config import AnalysisConfig
+from spikegrad.durable import atomic_write
 from spikegrad.energy import OpsCounter
 from spikegrad.monitors import ActivityMonitor
 
@@ -81,9 +82,9 @@ def epoch_fields(detail: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_analysis(folder: str | Path, detail: dict[str, Any], epoch: int | None = None) -> Path:
-    """Write ``analysis.json`` (with the epoch it belongs to) into a run folder."""
+    """Write ``analysis.json`` (with the epoch it belongs to) into a run folder, atomically."""
     path = Path(folder) / ANALYSIS_FILE
-    path.write_text(json.dumps({"epoch": epoch, **detail}, indent=2) + "\n")
+    atomic_write(path, json.dumps({"epoch": epoch, **detail}, indent=2) + "\n")
     return path
 
 

@@ -22,7 +22,6 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spikegrad.durable import fsync_dir, temporary_beside
 from spikegrad.errors import UserError, first_line
 
 FORMAT = "spikegrad-checkpoint"
@@ -53,7 +53,7 @@ def atomic_torch_save(obj: Any, path: str | Path, keep_previous: bool = False) -
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
@@ -65,16 +65,12 @@ def atomic_torch_save(obj: Any, path: str | Path, keep_previous: bool = False) -
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Make ``dst`` a copy of ``src`` atomically (a hard link where the file system allows)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    fd, tmp = temporary_beside(dst)
     os.close(fd)
     os.unlink(tmp)
     try:

@@ -25,14 +25,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from spikegrad.resume import TrainingStopped
     from spikegrad.run import train
-    from spikegrad.rundir import finished_summary, refuse_existing_run
+    from spikegrad.rundir import CLI_TERMS, finished_summary
 
     config, out, resume_from = _train_run(args)
-    if resume_from is None and not args.overwrite:
-        refuse_existing_run(out, "continue it with --resume, start it over with --overwrite, or "
-                            "choose another --out")
-    if resume_from is not None and Path(resume_from) == Path(out) / "last.pt":
-        done = finished_summary(out, config.train.epochs)
+    if resume_from is not None and not args.overwrite and Path(resume_from) == Path(out) / "last.pt":
+        done = finished_summary(out, config)  # its last.pt says so
         if done is not None:
             if _rank() == 0:
                 print(f"spikegrad: {out} has already finished ({done['epochs']} of "
@@ -41,8 +38,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 print(json.dumps(done, indent=2, ensure_ascii=False))
             return 0
     try:
-        summary = train(config, out, resume_from=resume_from,
-                        allow_config_change=args.allow_config_change, overwrite=args.overwrite)
+        # a folder holding another run is refused (or, with --overwrite, emptied) under its lock
+        summary = train(config, out, resume_from=resume_from, allow_config_change=args.allow_config_change,
+                        overwrite=args.overwrite, terms=CLI_TERMS)
     except TrainingStopped as exc:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise
@@ -65,7 +63,7 @@ def _train_run(args: argparse.Namespace) -> tuple[Any, str, Any]:
     from spikegrad.config import load_config
     from spikegrad.methods.registry import run_name
     from spikegrad.resume import config_differences, resume_checkpoint_path
-    from spikegrad.rundir import CONFIG_FILE
+    from spikegrad.rundir import CONFIG_FILE, default_run_folder
 
     device = [f"train.device={args.device}"] if args.device else []
     resume_from = Path(args.resume_from) if args.resume_from else None
@@ -86,7 +84,7 @@ def _train_run(args: argparse.Namespace) -> tuple[Any, str, Any]:
         config = load_config(folder / CONFIG_FILE, [*args.set, *device])
     else:
         config = load_config(recipe, [*args.set, *device])
-    out = out or (str(resume_from.parent) if resume_from else f"runs/{run_name(config)}")
+    out = out or (str(resume_from.parent) if resume_from else str(default_run_folder(run_name(config))))
     stored = Path(out) / CONFIG_FILE
     if recipe is not None and resuming and not args.set and stored.is_file():
         own = load_config(stored, device)
@@ -146,6 +144,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from spikegrad.analysis import format_analysis
     from spikegrad.build import datasets_from_config, from_checkpoint
+    from spikegrad.data.from_config import eval_split
     from spikegrad.data.loader import collate_for
     from spikegrad.evaluation import evaluate_model
     from spikegrad.methods.ltl import readout_start
@@ -164,7 +163,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_model(model.to(device), loader, device,
                             analysis=config.analysis if args.analysis else None,
                             readout_start=readout_start(config, getattr(model, "T", 1)))
-    result.update({"checkpoint": checkpoint, "split": args.split,
+    split = eval_split(config.data) if args.split == "test" else args.split
+    result.update({"checkpoint": checkpoint, "split": split,
                    "method": run.payload.get("method"), "epoch": run.payload.get("epoch")})
     if raster:
         from pathlib import Path
@@ -323,6 +323,7 @@ def _cmd_fdg(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, split=args.split, seed=args.seed, points=args.points,
         factor=args.range, names=args.surrogates.split(",") if args.surrogates else None,
         device=args.device, overrides=args.set, batches=args.batches, extend=args.extend,
+        bn_mode=args.bn_mode,
     )
     print(format_report(report))
     prefix = args.out or Path(checkpoint).with_name("fdg")
@@ -356,8 +357,10 @@ def _cmd_download(args: argparse.Namespace) -> int:
         return "download" in inspect.signature(dataset_builder(name)).parameters
 
     if not downloadable(args.name):
-        why = "is built in (no files)" if args.name in ("digits", "cluttered_digits", "event_digits") \
-            else "cannot be downloaded automatically; see docs/datasets.md for where to get it"
+        why = ("is built in (no files)" if args.name in ("digits", "cluttered_digits", "event_digits")
+               else "comes with its Python package (see docs/datasets.md)"
+               if args.name in ("animal_mnist", "mnist1d")
+               else "cannot be downloaded automatically; see docs/datasets.md for where to get it")
         raise UserError(f"dataset {args.name!r} {why}; downloadable datasets: "
                         + ", ".join(n for n in list_datasets() if downloadable(n)))
     train_set, test_set, info = build_datasets(args.name, root=args.root, download=True)
@@ -429,7 +432,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-config-change", action="store_true",
                    help="resume although the config changes what the run computes (e.g. optim.lr)")
     p.add_argument("--overwrite", action="store_true",
-                   help="start over in an --out folder that already holds a run")
+                   help="start over in an --out folder that already holds a run (the old run's "
+                        "files are removed first)")
     p.set_defaults(func=_cmd_train)
 
 
@@ -443,7 +447,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     ])
     p.add_argument("checkpoint", metavar="CHECKPOINT",
                    help="a checkpoint (.pt), or a run folder: its best.pt, else its last.pt")
-    p.add_argument("--split", choices=("test", "train"), default="test", help="which data to evaluate on")
+    p.add_argument("--split", choices=("test", "train"), default="test",
+                   help="test: the run's evaluation set (its validation split when the stored "
+                   "data.validation > 0; --set data.validation=0 for the test set)")
     _overrides(p, "the stored config", "data.root=/data")
     p.add_argument("--device", help="override train.device: auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--analysis", action="store_true",
@@ -547,7 +553,8 @@ def _add_recipes(sub: argparse._SubParsersAction) -> None:
 
 
 #: the registered datasets ``spikegrad download`` fetches (tests keep this list true)
-DOWNLOADABLE = ("cifar10", "cifar100", "cifar10_dvs", "dvs_gesture", "nmnist", "tiny_imagenet")
+DOWNLOADABLE = ("cifar10", "cifar100", "cifar10_dvs", "dvs_gesture", "fashion_mnist", "mnist", "nmnist",
+                "tiny_imagenet")
 
 
 def _add_download(sub: argparse._SubParsersAction) -> None:
@@ -555,8 +562,8 @@ def _add_download(sub: argparse._SubParsersAction) -> None:
         "spikegrad download cifar10 --root data/cifar10",
         "spikegrad train configs/base_cifar10.yaml --set data.root=data/cifar10  # then train on it",
     ], description="Download, check (MD5) and unpack a dataset into a folder. Downloadable: "
-        + ", ".join(DOWNLOADABLE) + ". The built-in digits need no files; ImageNet must be "
-        "fetched by hand (docs/datasets.md).")
+        + ", ".join(DOWNLOADABLE) + ". The built-in digits need no files, animal_mnist and mnist1d "
+        "come with their Python packages; ImageNet must be fetched by hand (docs/datasets.md).")
     p.add_argument("name", metavar="DATASET", help="one of: " + ", ".join(DOWNLOADABLE))
     p.add_argument("--root", required=True, help="folder for the dataset files (data.root)")
     p.set_defaults(func=_cmd_download)
@@ -588,6 +595,9 @@ def _add_fdg(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-weights", type=int, default=256,
                    help="probe a seeded random subset of K weights (0: all)")
     p.add_argument("--batch-size", type=int, default=128, help="samples in the fixed batch")
+    p.add_argument("--bn-mode", choices=("train", "eval"),
+                   help="batch norm: train (the batch's own statistics) or eval (running statistics); "
+                        "default: dspike.bn_mode's")
     p.add_argument("--split", choices=("train", "test"), default="train", help="data of the probe batches")
     p.add_argument("--seed", type=int, default=0, help="draws the batch and the probed weights")
     p.add_argument("--points", type=int, default=9, help="sharpness values per surrogate")

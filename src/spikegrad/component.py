@@ -9,13 +9,15 @@ loss compose freely with one that does.
 Every hook receives a :class:`TrainingContext`, not the trainer: the model, where training
 stands, the training data, the distributed helper, and the three things a method may do
 to the run (back-propagate a loss, add parameters to the optimizer, compute the default
-loss). A component that owns the loss says so (``owns_loss``) and, when inference must read
-out a window of time steps only, declares it (``readout_start``).
+loss), and the objective a training step optimises, for probes of the loss surface
+(``search_objective``). A component that owns the loss says so (``owns_loss``), gives that
+objective when it is a function of its heads' outputs (``search_objective``), and, when
+inference must read out a window of time steps only, declares it (``readout_start``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,11 +26,19 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from spikegrad.errors import UserError, check_labels
+
 if TYPE_CHECKING:
     from spikegrad.config import Config
     from spikegrad.distributed import DistributedContext
+    from spikegrad.evaluation import ExtraHeads
 
-__all__ = ["Component", "Position", "StepOutput", "TrainingContext"]
+__all__ = ["Component", "Objective", "Position", "StepOutput", "TrainingContext"]
+
+#: ``(forward, loss_fn)``: ``forward(model, inputs)`` returns the outputs a training step's loss
+#: is computed from (one tensor ``[T, B, classes]``, or a tuple of them: a network's head and
+#: auxiliary heads; None: ``model(inputs)``), ``loss_fn(outputs, targets)`` that loss
+Objective = tuple[Callable[[nn.Module, Tensor], Any] | None, Callable[[Any, Tensor], Tensor]]
 
 
 @dataclass
@@ -61,7 +71,9 @@ class TrainingContext:
     only), ``device``, ``dist`` (:class:`~spikegrad.distributed.DistributedContext`: rank,
     sums and broadcasts over processes), ``train_set`` and ``collate_fn`` (the training data
     and how the loader batches it), ``run_dir`` (the run folder on the process that writes
-    it, else None); ``epoch``, ``iteration`` and ``total_iterations`` (live).
+    it, else None), ``components`` (every component of the run, in hook order, to read only:
+    e.g. the temperature search asks them for :meth:`Component.search_objective`);
+    ``epoch``, ``iteration`` and ``total_iterations`` (live).
     """
 
     def __init__(
@@ -69,11 +81,15 @@ class TrainingContext:
         train_set: Dataset, collate_fn: Callable[[list], Any], position: Position,
         default_loss: Callable[[Tensor, Tensor], Tensor], backward: Callable[[Tensor], None],
         add_param_group: Callable[[Iterable[nn.Parameter]], None], run_dir: Path | None,
+        check_labels: Callable[[Tensor, int, str], None] | None = None,
+        components: Sequence[Component] = (),
     ) -> None:
         self.model, self.config, self.device, self.dist = model, config, device, dist
         self.train_set, self.collate_fn, self.run_dir = train_set, collate_fn, run_dir
+        self.components: tuple[Component, ...] = tuple(components)
         self._position = position
         self._default_loss, self._backward, self._add_param_group = default_loss, backward, add_param_group
+        self._check_labels = check_labels
 
     @property
     def epoch(self) -> int:
@@ -91,6 +107,24 @@ class TrainingContext:
     def default_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """The run's loss (``train.loss``) of per-step logits ``[T, B, classes]``."""
         return self._default_loss(outputs, targets)
+
+    def search_objective(self) -> Objective:
+        """``(forward, loss_fn)`` of the loss the next training step optimises (see
+        :data:`Objective`): the one component of the run (``components``) whose
+        :meth:`Component.search_objective` answers, else ``(None, default_loss)``."""
+        found = [(c.name, o) for c in self.components if (o := c.search_objective(self)) is not None]
+        if len(found) > 1:
+            raise UserError(f"the Dspike temperature search can differentiate one training loss, but "
+                            f"components {[name for name, _ in found]} each define one; disable all but one")
+        return found[0][1] if found else (None, self.default_loss)
+
+    def check_labels(self, targets: Tensor, num_classes: int, name: str = "training labels") -> None:
+        """A :class:`~spikegrad.errors.UserError` unless ``targets`` are class indices in
+        ``[0, num_classes)``; free when the trainer already checked the batch on the host."""
+        if self._check_labels is None:
+            check_labels(targets, num_classes, name)
+        else:
+            self._check_labels(targets, num_classes, name)
 
     def backward(self, loss: Tensor) -> None:
         """Back-propagate ``loss`` (scaled for mixed precision when the run uses it)."""
@@ -135,8 +169,24 @@ class Component:
         """Return a :class:`StepOutput` to own the training loss, or None to leave it."""
         return None
 
+    def search_objective(self, ctx: TrainingContext) -> Objective | None:
+        """The loss the next training step optimises as ``(forward, loss_fn)`` (:data:`Objective`),
+        for probes that differentiate it (the Dspike temperature search); None: the trainer's
+        default loss of the model's output. A component whose loss reads more than the model's
+        output (shortcut branches) gives it here."""
+        return None
+
+    def eval_heads(self, ctx: TrainingContext) -> ExtraHeads | None:
+        """Predictions of the component's own (e.g. auxiliary heads) to score in the epoch's
+        evaluation pass (:class:`~spikegrad.evaluation.ExtraHeads`); None: nothing to add."""
+        return None
+
     def epoch_metrics(self, ctx: TrainingContext) -> dict[str, Any]:
         """Fields added to the epoch's metrics line after training and evaluation."""
+        return {}
+
+    def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        """Fields added to ``summary.json``, given the metrics rows of every epoch so far."""
         return {}
 
     def method_name(self, base: str) -> str:

@@ -32,8 +32,10 @@ import yaml
 
 from spikegrad import encoders, fused, losses, neurons, schedules, surrogates
 from spikegrad.errors import UserError, did_you_mean
+from spikegrad.fdg import BN_MODES
 from spikegrad.models.common import KINDS
 from spikegrad.safe_yaml import load_yaml, read_text, yaml_problem
+from spikegrad.temperature_search import RULES
 
 #: ``ltl.mode``: none, or the two ways of local tandem learning
 LTL_MODES = ("none", "offline", "online")
@@ -122,6 +124,13 @@ class DataConfig:
                               doc="DataLoader worker processes (0: load in the main process)")
     augment: list[str] = option(factory=list, doc='batched augmentation ops, e.g. ["crop:4", "hflip"]')
     options: dict = option(factory=dict, doc="further dataset-specific options")
+    subset: int | None = option(None, gt=0, doc="train on a stratified subset of at most this many "
+                                "training samples (None: all); cut before data.validation")
+    validation: float = option(0.0, check=lambda v: _check_holdout_fraction(v),
+                               doc="fraction 0 < v < 1 of the training set held out, stratified, and "
+                               "evaluated on instead of the test set (0: no split, the test set)")
+    split_seed: int = option(0, min=0, doc="seed of data.subset and data.validation (not train.seed: "
+                             "every run tunes on the same validation samples)")
 
 
 @dataclass
@@ -217,6 +226,10 @@ class LTLConfig:
                                         doc="C_l per unit; empty: 1 for every unit")
     T_warm: int | None = option(None, min=0,
                                 doc="online: first step with a loss and in the readout; None: 3T/4")
+    readout_detach: bool | None = option(
+        None, doc="online: the readout's running sum detached every step, so step t's readout "
+                  "gradient sees step t's spikes only (None: true, as published); false: the "
+                  "readout of the running rate, whose gradient sees every past step")
     distill: float = option(0.0, min=0.0, doc="weight of distilling the teacher's logits (0: off)")
     distill_temperature: float = option(4.0, gt=0.0, doc="softmax temperature of the distillation")
     student_init: str = option("random", choices=LTL_STUDENT_INITS,
@@ -231,8 +244,8 @@ class DspikeConfig:
     At the start of every ``every``-th epoch (from the second epoch on: before any training,
     batch norm's running statistics are still the initial ones) the finite difference
     gradient of the probed layer is compared with the Dspike surrogate gradient for each
-    candidate ``b + j·delta`` (``j`` in ``candidates``, never below ``b_min``), and the
-    most similar candidate is kept.
+    candidate ``b + j·delta`` (``j`` in ``candidates``, never below ``b_min``) on
+    ``probe_batches`` probe batches, and ``rule`` decides from the cosine similarities.
     """
 
     adaptive: bool = option(False, doc="search the temperature during training (model.surrogate "
@@ -244,8 +257,8 @@ class DspikeConfig:
     b_min: float = option(0.5, gt=0.0, doc="lower bound on the temperature")
     epsilon: float = option(1.0, gt=0.0,
                             doc="FDG step as a fraction of the RMS of the probed layer's weights")
-    num_weights: int | None = option(64, gt=0, doc="K, weights probed (a seeded random subset; "
-                                                   "None: all)")
+    num_weights: int | None = option(32, gt=0, doc="K, weights probed per probe batch (a seeded random "
+                                                   "subset; None: all; the paper's search: 64)")
     batch_size: int = option(64, gt=0, doc="samples in the fixed mini-batch of each search")
     every: int = option(1, gt=0, doc="search every this many epochs")
     layer: str | None = option(None, doc="probed layer (qualified name; None: the first weight "
@@ -253,6 +266,17 @@ class DspikeConfig:
     per_layer: bool = option(False, doc="one temperature per unit, each chosen by the FDG of the "
                                         "unit's first weight layer (an extension, off in the paper)")
     max_stacked: int = option(512, gt=0, doc="samples per stacked FDG forward call (memory bound)")
+    rule: str = option("significant", choices=RULES,
+                       doc="significant: keep b unless a candidate's mean cosine beats b's by more than "
+                           "the standard error of the paired difference over the probe batches; paper: "
+                           "the candidate of highest mean cosine (Algorithm 1)")
+    bn_mode: str = option("train", choices=BN_MODES,
+                          doc="batch norm in the FDG and surrogate gradients: train (the probe batch's "
+                              "own statistics, as training uses; running statistics untouched) or eval "
+                              "(running statistics, the paper's code)")
+    probe_batches: int = option(4, min=1, max=1000,
+                                doc="probe batches per search, each with its own weights; the cosines are "
+                                    "averaged (rule significant needs >= 2)")
 
 
 @dataclass
@@ -478,6 +502,14 @@ def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
             raise UserError(f"config key {key!r} must be <= {bound} ({reason}), got {value!r}")
     elif limit is not None and value > limit:
         raise UserError(f"config key {key!r} must be <= {limit}, got {value!r}")
+
+
+def _check_holdout_fraction(value: float) -> str | None:
+    """``data.validation``: 0 (no validation split) or a fraction strictly between 0 and 1."""
+    if value == 0 or 0 < value < 1:
+        return None
+    return (f"must be a fraction 0 < v < 1 of the training set to hold out for validation (e.g. 0.1), "
+            f"or 0 to evaluate on the test set; got {value!r}")
 
 
 def _check_surrogate(value: Mapping[str, Any]) -> str | None:

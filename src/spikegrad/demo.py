@@ -28,12 +28,15 @@ from spikegrad.errors import UserError
 from spikegrad.methods.registry import run_name
 from spikegrad.recipes import recipe_path
 from spikegrad.run import train
-from spikegrad.rundir import finished_summary, holds_run, refuse_existing_run
+from spikegrad.rundir import LAST, Terms, check_destination, finished_summary
 
-__all__ = ["DEMO_ROWS", "DEMO_THREADS", "DemoRow", "demo_configs", "format_table", "recipe_path",
-           "run_demo"]
+__all__ = ["DEMO_ROWS", "DEMO_TERMS", "DEMO_THREADS", "DemoRow", "demo_configs", "format_table",
+           "recipe_path", "run_demo"]
 
 DEMO_JSON, DEMO_TXT = "demo.json", "demo.txt"
+#: how the run-folder guard names the ways out of a folder holding an earlier demo
+DEMO_TERMS = Terms(resume="`spikegrad demo --resume`", overwrite="`spikegrad demo --overwrite`",
+                   out="--out", own_folder="leave out --out")
 
 
 @dataclass(frozen=True)
@@ -99,24 +102,24 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, verbose: bo
         raise UserError("--resume continues the demo and --overwrite starts it over: give one")
     out_dir = Path(out_dir)
     rows = demo_configs(quick, out_dir, threads)
-    if not (resume or overwrite):
+    if not (resume or overwrite):  # before any row trains (each is guarded again as it starts)
         for row, _ in rows:
-            refuse_existing_run(out_dir / row.folder, "continue the demo with `spikegrad demo "
-                                "--resume`, start it over with `spikegrad demo --overwrite`, or "
-                                "choose another --out")
+            check_destination(out_dir / row.folder, None, False, DEMO_TERMS)
     for stale in (DEMO_JSON, DEMO_TXT):  # written again when every row has finished
         (out_dir / stale).unlink(missing_ok=True)
     summaries = []
     for row, config in rows:
         folder = out_dir / row.folder
-        done = finished_summary(folder, config.train.epochs) if resume else None
+        done = finished_summary(folder, config) if resume else None  # its last.pt says so
+        resume_from = folder / LAST if resume and (folder / LAST).is_file() else None
         if verbose:
             what = ("finished earlier, kept" if done is not None else
-                    "continuing" if resume and holds_run(folder) else "training")
+                    "continuing" if resume_from is not None else "training")
             print(f"\n== {row.folder}: {config.name or run_name(config)}, {what} ({folder})", flush=True)
         if done is None:
-            resume_from = folder / "last.pt" if resume and holds_run(folder) else None
-            done = train(config, folder, verbose=verbose, resume_from=resume_from, overwrite=overwrite)
+            # resuming a row stopped before its first checkpoint: nothing there to keep
+            done = train(config, folder, verbose=verbose, resume_from=resume_from,
+                         overwrite=overwrite or (resume and resume_from is None), terms=DEMO_TERMS)
         summaries.append(done)
     table = format_table(summaries)
     (out_dir / DEMO_JSON).write_text(json.dumps(summaries, indent=2, ensure_ascii=False) + "\n")

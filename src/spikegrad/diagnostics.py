@@ -20,9 +20,10 @@ first layer's norm to the last layer's (:func:`norm_ratio`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 
 from spikegrad.component import Component, TrainingContext
 from spikegrad.config import DiagnosticsConfig
+from spikegrad.durable import atomic_write, split_jsonl
 from spikegrad.errors import UserError
 
 __all__ = [
@@ -111,9 +113,18 @@ class GradientDiagnostics(Component):
         to the checkpoint's iteration (a resume may start mid-epoch, without an epoch start)."""
         if self._path is None and ctx.run_dir is not None:
             self._path = ctx.run_dir / GRADIENTS_FILE
-            kept = [r for r in read_gradients(self._path) if r["iteration"] <= ctx.iteration] \
-                if ctx.iteration and self._path.exists() else []
-            self._path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            kept = []
+            if ctx.iteration and self._path.exists():
+                for number, record in enumerate(read_gradients(self._path), start=1):
+                    step = record.get("iteration")
+                    if not isinstance(step, int) or isinstance(step, bool):
+                        raise UserError(f"{str(self._path)!r} record {number} has no whole 'iteration' "
+                                        f"(got {step!r}); the file is damaged: delete it (the resumed "
+                                        "run then records from the checkpoint on)")
+                    if step <= ctx.iteration:
+                        kept.append(record)
+            with _naming(self._path):
+                atomic_write(self._path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def on_epoch_start(self, ctx: TrainingContext, epoch: int) -> dict[str, Any]:
         self._open(ctx)
@@ -135,9 +146,20 @@ class GradientDiagnostics(Component):
             "first_layer_hist": gradient_histogram(grad, self.bins),
         }
         self.records.append(record)
-        if self._path is not None:
-            with self._path.open("a") as handle:
+        if self._path is not None:  # one write per line: one cut off is repaired on resume
+            with _naming(self._path), self._path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """An ``OSError`` of a write names the file it failed on (the trainer's error says it)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
 
 
 def read_gradients(run: str | Path) -> list[dict[str, Any]]:
@@ -154,11 +176,12 @@ def read_gradients(run: str | Path) -> list[dict[str, Any]]:
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The JSON objects of a run's ``.jsonl`` file (one per line; blank lines skipped).
 
-    A line that is not UTF-8, not JSON, or JSON but not an object is a :class:`UserError`
-    naming the line.
+    A torn last line (a write cut off, or one under way: :func:`spikegrad.durable.split_jsonl`)
+    is left out. Any other line that is not UTF-8, not JSON, or JSON but not an object is a
+    :class:`UserError` naming the line.
     """
     rows = []
-    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+    for number, raw in enumerate(split_jsonl(path.read_bytes())[0], start=1):
         if not raw.strip():
             continue
         try:

@@ -17,17 +17,34 @@ weights, so with ``e_i`` the basis weight (1 at index ``i``, 0 elsewhere)
 and ``layer(x; e_i)`` is nonzero in one output channel only (the output channel of ``w_i``).
 ``P`` copies of the batch are stacked along the batch axis; a forward hook adds copy ``p``'s
 perturbation to the layer's output, and the rest of the network runs once on the stacked
-batch. Everything is in eval mode (batch norm uses its running statistics, so each sample is
-normalised on its own and stacking changes nothing), and the copies are cut into chunks of at
-most ``max_stacked`` samples (but at least one ± pair) to bound memory.
+batch. The copies are cut into chunks of at most ``max_stacked`` samples (but at least one ±
+pair) to bound memory.
+
+Batch norm (``bn_mode``); every other module is in eval mode (dropout off):
+
+- ``eval``: batch norm uses its running statistics, so each sample is normalised on its own
+  and stacking changes nothing.
+- ``train``: batch norm normalises with the statistics of the batch it is given, as in a
+  training step: in the perturbed pass at ``w ± ε·e_i`` the mean and variance of each
+  channel are those of the probe batch under ``w ± ε·e_i``, and the gradient flows through
+  them. Each stacked copy is normalised with its own statistics (the copies are folded into
+  the channel axis for one ``batch_norm`` call), so the result equals ``2K`` separate
+  training-mode passes. The running statistics are neither used nor updated.
+
+The loss is ``loss_fn(forward(model, inputs), targets)``; ``forward`` (default
+``model(inputs)``) may return one tensor ``[T, B, classes]`` or a tuple of them (e.g. a
+network's head and auxiliary heads), and ``loss_fn`` receives the same structure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from spikegrad.errors import UserError, unknown_name_error
 from spikegrad.layers import PoissonEncoder
@@ -35,17 +52,26 @@ from spikegrad.losses import mean_logit_cross_entropy
 from spikegrad.modes import eval_mode
 
 __all__ = [
+    "BN_MODES",
+    "ForwardFn",
     "LossFn",
     "basis_response",
+    "check_bn_mode",
     "eval_mode",
     "finite_difference_gradient",
     "finite_difference_gradient_loop",
+    "probe_mode",
     "resolve_layer",
     "sample_weight_indices",
     "weight_layers",
 ]
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
+#: ``(outputs, targets) -> loss``; ``outputs`` as the forward function returns them
+LossFn = Callable[[Any, Tensor], Tensor]
+#: ``(model, inputs) -> outputs``: one tensor ``[T, B, classes]`` or a tuple of such tensors
+ForwardFn = Callable[[nn.Module, Tensor], Any]
+#: how batch norm normalises in the probes (see the module docstring)
+BN_MODES = ("eval", "train")
 WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -65,6 +91,70 @@ def resolve_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Mo
     if name not in found:
         raise unknown_name_error("weight layer", name, found)
     return name, found[name]
+
+
+def check_bn_mode(bn_mode: str) -> str:
+    """``bn_mode`` if it is one of :data:`BN_MODES`, else a :class:`UserError`."""
+    if bn_mode not in BN_MODES:
+        raise UserError(f"the batch-norm mode of the gradient probes must be one of {list(BN_MODES)}, "
+                        f"got {bn_mode!r}")
+    return bn_mode
+
+
+def _batch_statistics_forward(bn: nn.modules.batchnorm._BatchNorm, groups: int, batch: int | None):
+    """``bn``'s training-mode normalisation, each of ``groups`` stacked copies with its own
+    statistics, running statistics untouched.
+
+    The input's first axis is ``lead·groups·batch`` (``lead``: time steps folded into the
+    batch, or 1). Copy ``p``'s channels become channels ``p·C .. (p+1)·C - 1`` of one
+    ``batch_norm`` call, whose per-channel statistics are then per copy and channel.
+    """
+
+    def forward(x: Tensor) -> Tensor:
+        if groups == 1:
+            return F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+        n, channels = x.shape[0], x.shape[1]
+        if batch is None or n % (groups * batch):
+            raise UserError(f"FDG with batch norm in train mode: a batch-norm input has {n} rows, not a "
+                            f"multiple of the stacked batch ({groups}×{batch})")
+        shaped = x.unflatten(0, (n // (groups * batch), groups, batch)).transpose(1, 2)  # (lead, B, P, C..)
+        folded = shaped.flatten(2, 3).flatten(0, 1)  # (lead·B, P·C, ...)
+        weight = None if bn.weight is None else bn.weight.repeat(groups)
+        bias = None if bn.bias is None else bn.bias.repeat(groups)
+        y = F.batch_norm(folded, None, None, weight, bias, True, 0.0, bn.eps)
+        y = y.unflatten(1, (groups, channels)).unflatten(0, shaped.shape[:2])  # (lead, B, P, C, ...)
+        return y.transpose(1, 2).flatten(0, 2)
+
+    return forward
+
+
+@contextlib.contextmanager
+def probe_mode(model: nn.Module, bn_mode: str = "eval", groups: int = 1,
+               batch: int | None = None) -> Iterator[nn.Module]:
+    """Every module in eval mode for the block; with ``bn_mode="train"`` batch norm normalises
+    with the batch statistics of each of ``groups`` stacked copies of ``batch`` samples and
+    leaves its running statistics alone (see the module docstring). Flags and forwards are
+    restored afterwards."""
+    check_bn_mode(bn_mode)
+    patched = []
+    with eval_mode(model):
+        try:
+            if bn_mode == "train":
+                for m in model.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        patched.append((m, m.__dict__.get("forward")))
+                        m.forward = _batch_statistics_forward(m, groups, batch)
+            yield model
+        finally:
+            for m, own in patched:
+                if own is None:
+                    del m.forward
+                else:
+                    m.forward = own
+
+
+def _call(model: nn.Module, inputs: Tensor, forward: ForwardFn | None) -> Any:
+    return model(inputs) if forward is None else forward(model, inputs)
 
 
 def sample_weight_indices(numel: int, k: int | None, generator: torch.Generator | None = None) -> Tensor:
@@ -111,12 +201,18 @@ def _batch_dim(model: nn.Module, inputs: Tensor) -> int:
     return 1 if dims is not None and inputs.dim() == dims + 2 else 0
 
 
-def _per_copy_losses(outputs: Tensor, targets: Tensor, copies: int, loss_fn: LossFn) -> Tensor:
-    """Loss of each of ``copies`` stacked batches; ``outputs`` is ``[T, copies·B, classes]``."""
-    if outputs.dim() != 3:
-        raise UserError(f"FDG needs a model returning [T, B, classes], got shape {tuple(outputs.shape)}")
-    chunks = outputs.chunk(copies, dim=1)  # copies × (T, B, classes)
-    return torch.stack([loss_fn(chunk, targets) for chunk in chunks])
+def _per_copy_losses(outputs: Any, targets: Tensor, copies: int, loss_fn: LossFn) -> Tensor:
+    """Loss of each of ``copies`` stacked batches; ``outputs`` is ``[T, copies·B, classes]``
+    or a sequence of such tensors (each is cut the same way; ``loss_fn`` gets a tuple)."""
+    heads = (outputs,) if isinstance(outputs, Tensor) else tuple(outputs)
+    for head in heads:
+        if not isinstance(head, Tensor) or head.dim() != 3:
+            shape = tuple(head.shape) if isinstance(head, Tensor) else type(head).__name__
+            raise UserError(f"FDG needs a model returning [T, B, classes], got {shape}")
+    cut = [head.chunk(copies, dim=1) for head in heads]  # heads × copies × (T, B, classes)
+    if isinstance(outputs, Tensor):
+        return torch.stack([loss_fn(chunk, targets) for chunk in cut[0]])
+    return torch.stack([loss_fn(tuple(c[p] for c in cut), targets) for p in range(copies)])
 
 
 class _PerturbationHook:
@@ -156,21 +252,28 @@ def finite_difference_gradient(
     indices: Tensor | None = None,
     loss_fn: LossFn = mean_logit_cross_entropy,
     max_stacked: int = 4096,
+    bn_mode: str = "eval",
+    forward: ForwardFn | None = None,
 ) -> Tensor:
     """Central FDG ``[K]`` of ``loss_fn`` with respect to ``layer.weight.flatten()[indices]``.
 
     Args:
-        model: maps a batch to per-time-step outputs ``[T, B, classes]``; run in eval mode.
+        model: maps a batch to per-time-step outputs ``[T, B, classes]``; run in eval mode
+            but for batch norm (``bn_mode``).
         layer: a convolution (``groups=1``) or linear layer of ``model``, called once per
             forward pass on an input whose first axis is ``batch`` or ``time·batch``.
         inputs, targets: the fixed mini-batch. For a stochastic encoder pass the encoded
             time-major batch (``model.encode(x)``) so every perturbation sees the same input.
         epsilon: the step, in the units of the weights.
         indices: flat weight indices to probe (default: all).
-        loss_fn: ``loss_fn(outputs [T, B, classes], targets) -> scalar``.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar``, ``outputs`` as ``forward`` returns them.
         max_stacked: samples per forward call (copies × batch), at least one ± pair (2 × batch).
+        bn_mode: ``eval`` (running statistics) or ``train`` (each pass's own batch statistics,
+            running statistics untouched); see the module docstring.
+        forward: ``forward(model, inputs) -> outputs`` (default: ``model(inputs)``).
     """
     _check_layer(layer)
+    check_bn_mode(bn_mode)
     if not epsilon > 0:
         raise UserError(f"the FDG step epsilon must be positive, got {epsilon}")
     if indices is None:
@@ -186,21 +289,21 @@ def finite_difference_gradient(
     perturbed = indices.repeat_interleave(2)  # (2K,): i, i, j, j, ...
     signs = torch.tensor([1.0, -1.0], device=indices.device).repeat(len(indices))  # (2K,)
     losses = []
-    with eval_mode(model):
-        for start in range(0, len(perturbed), copies_per_call):
-            idx = perturbed[start:start + copies_per_call]
-            hook = _PerturbationHook(idx, signs[start:start + copies_per_call], epsilon, batch)
-            handle = layer.register_forward_hook(hook)
-            try:
-                tiles = [len(idx) if d == batch_dim else 1 for d in range(inputs.dim())]
-                stacked = inputs.repeat(*tiles)  # copy p at [p·B, (p+1)·B) of the batch axis
-                outputs = model(stacked)
-            finally:
-                handle.remove()
-            if hook.calls != 1:
-                raise UserError(f"FDG: the probed layer ran {hook.calls} times in one forward pass; "
-                                "it must run exactly once")
-            losses.append(_per_copy_losses(outputs, targets, len(idx), loss_fn))
+    for start in range(0, len(perturbed), copies_per_call):
+        idx = perturbed[start:start + copies_per_call]
+        hook = _PerturbationHook(idx, signs[start:start + copies_per_call], epsilon, batch)
+        handle = layer.register_forward_hook(hook)
+        try:
+            tiles = [len(idx) if d == batch_dim else 1 for d in range(inputs.dim())]
+            stacked = inputs.repeat(*tiles)  # copy p at [p·B, (p+1)·B) of the batch axis
+            with probe_mode(model, bn_mode, groups=len(idx), batch=batch):
+                outputs = _call(model, stacked, forward)
+        finally:
+            handle.remove()
+        if hook.calls != 1:
+            raise UserError(f"FDG: the probed layer ran {hook.calls} times in one forward pass; "
+                            "it must run exactly once")
+        losses.append(_per_copy_losses(outputs, targets, len(idx), loss_fn))
     pairs = torch.cat(losses).view(-1, 2)  # (K, 2): L(w + ε e_i), L(w - ε e_i)
     return (pairs[:, 0] - pairs[:, 1]) / (2.0 * epsilon)
 
@@ -214,6 +317,8 @@ def finite_difference_gradient_loop(
     epsilon: float,
     indices: Sequence[int] | Tensor | None = None,
     loss_fn: LossFn = mean_logit_cross_entropy,
+    bn_mode: str = "eval",
+    forward: ForwardFn | None = None,
 ) -> Tensor:
     """Reference FDG: perturb each weight in place, two plain forward passes per weight.
 
@@ -223,13 +328,13 @@ def finite_difference_gradient_loop(
     if indices is None:
         indices = range(flat.numel())
     out = []
-    with eval_mode(model):
+    with probe_mode(model, bn_mode):
         for i in [int(i) for i in indices]:
             original = flat[i].clone()
             values = []
             for sign in (1.0, -1.0):
                 flat[i] = original + sign * epsilon
-                values.append(loss_fn(model(inputs), targets))
+                values.append(loss_fn(_call(model, inputs, forward), targets))
             flat[i] = original
             out.append((values[0] - values[1]) / (2.0 * epsilon))
     return torch.stack(out)

@@ -18,12 +18,14 @@ import io
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from spikegrad import runlock
 from spikegrad.analysis import ANALYSIS_FILE
 from spikegrad.diagnostics import GRADIENTS_FILE, read_jsonl
 from spikegrad.errors import UserError
@@ -48,6 +50,8 @@ class Run:
     config: dict[str, Any] = field(default_factory=dict)
     analysis: dict[str, Any] = field(default_factory=dict)
     gradients: list[dict[str, Any]] = field(default_factory=list)
+    #: the trainer writing the folder now (``"PID n on HOST"``), None when no run is in progress
+    in_progress: str | None = None
 
     def series(self, key: str) -> tuple[list[float], list[Any]]:
         """``(epochs, values)`` of a metrics field, skipping epochs where it is missing."""
@@ -71,8 +75,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 #: metrics fields the report draws: a number (or null) each, or a mapping of numbers
 _NUMBER_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "firing_rate",
-                  "sops", "energy_uj", "dspike_temperature", "shortcut_lambda")
-_MAPPING_FIELDS = ("firing_rates", "dspike_temperatures", "ltl_layer_losses", "dspike_similarity")
+                  "sops", "energy_uj", "dspike_temperature", "shortcut_lambda", "combined_test_acc")
+_MAPPING_FIELDS = ("firing_rates", "dspike_temperatures", "ltl_layer_losses", "dspike_similarity",
+                   "branch_test_acc")
 
 
 def _is_number(value: Any) -> bool:
@@ -112,7 +117,8 @@ def load_run(folder: str | Path, label: str | None = None) -> Run:
     if not (folder / METRICS_FILE).is_file():
         raise UserError(f"{str(folder)!r} is not a run folder (it has no {METRICS_FILE}); pass the "
                         "folder that `spikegrad train --out` or `spikegrad demo` wrote")
-    run = Run(folder, label or folder.name, metrics=_read_metrics(folder / METRICS_FILE))
+    run = Run(folder, label or folder.name, metrics=_read_metrics(folder / METRICS_FILE),
+              in_progress=runlock.holder(folder))
     if (folder / "summary.json").is_file():
         run.summary = _read_json(folder / "summary.json")
     if (folder / ANALYSIS_FILE).is_file():
@@ -409,20 +415,58 @@ def _small_legend(ax, count: int) -> None:
                 transform=ax.transAxes, ha="right", va="bottom", fontsize=7)
 
 
+def _percent(value: Any) -> str:
+    return _fmt(value, ".1f", 100) + ("%" if value is not None else "")
+
+
+def _shortcut_heads(ax, runs: list[Run], colors: list) -> str:
+    """Test accuracy per epoch of each run's own head (solid), its combined output (dashed)
+    and its branches (dotted, one marker each); returns the final values in words."""
+    from matplotlib.lines import Line2D
+
+    markers, finals = "os^vD<>p*h", []
+    for run, color in zip(runs, colors, strict=True):
+        if not run.has("combined_test_acc"):
+            continue
+        for key, style in (("test_acc", "-"), ("combined_test_acc", "--")):
+            epochs, values = run.series(key)
+            ax.plot(epochs, [100 * v for v in values], style, color=color)
+        epochs, values = run.series("branch_test_acc")
+        branches = list(dict.fromkeys(k for v in values for k in v))
+        for i, name in enumerate(branches):
+            ax.plot(epochs, [100 * v.get(name, math.nan) for v in values], ":", color=color,
+                    marker=markers[i % len(markers)], markersize=4)
+        last = run.metrics[-1] if run.metrics else {}
+        per_branch = ", ".join(f"{name} {_percent(v)}" for name, v in
+                               (last.get("branch_test_acc") or {}).items())
+        finals.append(f"{run.label}: own head {_percent(last.get('test_acc'))}, combined "
+                      f"{_percent(last.get('combined_test_acc'))}, branches {per_branch}")
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Own head, combined output, branches")
+    ax.grid(alpha=0.3)
+    ax.legend([Line2D([], [], color="gray", ls=ls) for ls in ("-", "--", ":")],
+              ["own head (deployed)", "combined (what the loss fits)", "each branch"], fontsize=7)
+    return "Last epoch: " + "; ".join(finals) + "."
+
+
 @section
 def _shortcut(runs: list[Run]) -> Section | None:
     if not any(run.has("shortcut_lambda") for run in runs):
         return None
     colors = _colors(len(runs))
-    fig = _figure(7, 3.8)
-    ax = fig.add_subplot()
+    heads = any(run.has("combined_test_acc") for run in runs)
+    fig = _figure(11 if heads else 7, 3.8)
+    ax = fig.add_subplot(1, 2 if heads else 1, 1)
     shared = _epoch_lines(ax, runs, colors, "shortcut_lambda", marker="o")
     ax.set(xlabel="epoch", ylabel="λ (weight of the shortcut branches)",
            title="Shortcut branch weight λ")
     ax.grid(alpha=0.3)
+    text = _shared_note(shared, "λ schedules")
+    if heads:
+        text = " ".join(t for t in (text, _shortcut_heads(fig.add_subplot(1, 2, 2), runs, colors)) if t)
     _run_legend(fig, runs, colors, "shortcut_lambda")
-    return Section("Shortcut back-propagation", _shared_note(shared, "λ schedules"),
-                   [("shortcut lambda per epoch", _png(fig))])
+    return Section("Shortcut back-propagation", text,
+                   [("shortcut lambda and head accuracies per epoch" if heads
+                     else "shortcut lambda per epoch", _png(fig))])
 
 
 @section
@@ -834,7 +878,8 @@ def _summary_table(runs: list[Run]) -> str:
             run.label, s.get("method", "–"), (cfg.get("data") or {}).get("name", "–"),
             (cfg.get("model") or {}).get("name", "–"), _fmt(s.get("T"), "d"),
             _fmt(s.get("epochs", len(run.metrics)), "d"),
-            _fmt(s.get("final_test_acc"), ".2f", 100) + ("%" if s.get("final_test_acc") is not None else ""),
+            _fmt(s.get("final_test_acc"), ".2f", 100) + ("%" if s.get("final_test_acc") is not None else "")
+            + (" (validation)" if s.get("eval_split") == "validation" else ""),
             _fmt(s.get("best_test_acc"), ".2f", 100) + ("%" if s.get("best_test_acc") is not None else ""),
             _fmt(s.get("train_seconds"), ".1f") + (" s" if s.get("train_seconds") is not None else ""),
             _fmt(s.get("firing_rate"), ".3f"), _fmt(totals.get("sops"), ",.0f"),
@@ -870,6 +915,7 @@ def render_report(runs: list[Run], title: str = "spikegrad report") -> str:
              "<p class='note'>Runs: " + ", ".join(
                  f"<code>{html.escape(r.label)}</code> ({html.escape(str(r.folder))})" for r in runs)
              + f". Written {datetime.now():%Y-%m-%d %H:%M}.</p>",
+             *(f"<p class='note'><b>In progress</b>: {html.escape(note)}.</p>" for note in in_progress(runs)),
              "<h2>Summary</h2>", _summary_table(runs)]
     for build in SECTIONS:
         built = build(runs)
@@ -884,6 +930,12 @@ def render_report(runs: list[Run], title: str = "spikegrad report") -> str:
     return "\n".join(parts)
 
 
+def in_progress(runs: Sequence[Run]) -> list[str]:
+    """A line for each run still being trained (its last epoch and summary may change)."""
+    return [f"{r.label} is still training ({r.in_progress}): the page shows it as it stood when "
+            "written" for r in runs if r.in_progress]
+
+
 def default_output(runs: list[Run]) -> Path:
     """``RUN/report.html`` for one run; ``report.html`` in the runs' common folder otherwise."""
     if len(runs) == 1:
@@ -896,6 +948,8 @@ def write_report(paths: Sequence[str | Path], out: str | Path | None = None,
                  title: str | None = None) -> Path:
     """Read the run folders, write the HTML report and return its path."""
     runs = find_runs(paths)
+    for note in in_progress(runs):
+        print(f"spikegrad: note: {note}", file=sys.stderr, flush=True)
     target = Path(out) if out is not None else default_output(runs)
     page = render_report(runs, title or f"spikegrad report: {', '.join(r.label for r in runs)}")
     try:

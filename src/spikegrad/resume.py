@@ -88,6 +88,13 @@ class EpochProgress:
     nonfinite: int = 0
     seconds: float = 0.0
 
+    def __post_init__(self) -> None:
+        # the running loss sum and hits of record() are tensors on the step's device (on CUDA:
+        # no synchronisation per step) until flush(); float64 added in the same order as the
+        # Python floats they replace, so the numbers are the same
+        self._loss: Tensor | None = None
+        self._correct: Tensor | None = None
+
     def record(self, out: StepOutput | None, targets: Tensor) -> None:
         """One more batch: its loss and hits, or (``out`` None) a skipped non-finite step."""
         self.batches += 1
@@ -95,12 +102,26 @@ class EpochProgress:
             self.nonfinite += 1
             return
         n = targets.shape[0]
-        self.loss_sum += out.loss.item() * n
-        self.correct += int((out.logits.argmax(1) == targets).sum())
+        loss, hits = out.loss.detach().double(), (out.logits.argmax(1) == targets).sum()
+        if self._loss is None:  # torch.full fills on the device: no blocking copy of the start value
+            self._loss = torch.full((), self.loss_sum, dtype=torch.float64, device=loss.device)
+        if self._correct is None:
+            self._correct = torch.full((), self.correct, dtype=torch.int64, device=hits.device)
+        self._loss += loss * n
+        self._correct += hits
         self.seen += n
 
+    def flush(self) -> EpochProgress:
+        """Read the running sums into ``loss_sum`` and ``correct`` (on CUDA one
+        synchronisation; the sums go on from there); returns ``self``."""
+        if self._loss is not None:
+            self.loss_sum = float(self._loss)
+        if self._correct is not None:
+            self.correct = int(self._correct)
+        return self
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self.flush())
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> EpochProgress:

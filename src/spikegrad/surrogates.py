@@ -154,9 +154,13 @@ def default() -> Surrogate:
 class Rectangle(Surrogate):
     """Rectangular (straight-through) surrogate.
 
-    ``g(x) = height`` for ``|x| < width/2``, else 0; ``height`` defaults to ``1/width`` so
-    that ``g`` integrates to 1. Primitive: ``F(x) = height·clamp(x + width/2, 0, width)``.
-    Sharpness: ``1/width``. STBP (Wu et al. 2018) uses ``width = 1``.
+    ``g(x) = height`` for ``|x| < width/2``, else 0, with ``x = u - θ``: ``width`` is the whole
+    window, its half-width is ``width/2``. ``height`` defaults to ``1/width`` so that ``g``
+    integrates to 1; give it to decouple the two. Primitive:
+    ``F(x) = height·clamp(x + width/2, 0, width)``. Sharpness: ``1/width``
+    (:meth:`with_sharpness` returns the unit-integral rectangle of that width). STBP (Wu et
+    al. 2018) uses ``width = 1``; the published local tandem learning code uses height 1 and
+    half-width 0.2, i.e. ``Rectangle(width=0.4, height=1.0)`` (the default height would be 2.5).
     """
 
     sharpness_name = "inverse_width"

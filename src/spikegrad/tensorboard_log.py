@@ -69,9 +69,12 @@ class TensorBoardLogger:
         complete = [line for line in lines if line.endswith("\n")]  # a half-written line waits
         self._gradient_offset += sum(len(line.encode()) for line in complete)
         for line in complete:
-            if not line.strip():
+            try:
+                record = json.loads(line)
+            except ValueError:  # blank, or damaged: the report names such a line
                 continue
-            record = json.loads(line)
+            if not isinstance(record, dict):
+                continue
             step = int(record.get("iteration", 0))
             for layer, norm in record.get("norms", {}).items():
                 self.writer.add_scalar(f"grad_norm/{layer}", float(norm), step)

@@ -17,6 +17,7 @@ everything an exact resume needs (:mod:`spikegrad.resume`); multi-process traini
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import time
@@ -35,17 +36,20 @@ from spikegrad.checkpoint import load_weights
 from spikegrad.component import Component, Position, StepOutput, TrainingContext
 from spikegrad.config import Config
 from spikegrad.data.augment import build_augmentation
+from spikegrad.data.from_config import eval_split
 from spikegrad.data.loader import check_dataset, collate_for
 from spikegrad.data.sampler import GlobalBatchSampler, ShardSampler
 from spikegrad.diagnostics import GRADIENTS_FILE
 from spikegrad.distributed import DistributedContext
+from spikegrad.durable import disk_error
 from spikegrad.errors import TrainingDiverged, UserError, check_labels, explain_model_input
 from spikegrad.evaluation import evaluate_model
 from spikegrad.layers import mean_over_time
 from spikegrad.losses import training_loss
 from spikegrad.neurons import SpikingNeuron
+from spikegrad.nonfinite import CHECK_EVERY, FiniteGuard
 from spikegrad.resume import EpochProgress, StopOnSignal, TrainingStopped, ignore_interrupts, set_rng_state
-from spikegrad.rundir import RunFolder, refuse_existing_run
+from spikegrad.rundir import TRAINER_TERMS, RunFolder, Terms
 from spikegrad.schedules import lr_factor
 from spikegrad.seeding import seed_everything
 from spikegrad.threads import apply_threads
@@ -142,8 +146,13 @@ class Trainer:
             ``data.augment``.
         model_args: ``{"name", "kwargs"}`` that rebuild the model from the registry, stored in
             checkpoints so ``spikegrad eval`` can load them.
-        overwrite: let :meth:`fit` start over in an ``out_dir`` that already holds a run
-            (without it, and without :meth:`resume`, that is an error).
+        overwrite: what :meth:`fit` does with an ``out_dir`` that already holds another run
+            (:func:`spikegrad.rundir.check_destination`): False refuses it unless this trainer
+            continues that run (:meth:`resume` from its ``last.pt``); True removes the old
+            run's files first (:func:`spikegrad.rundir.remove_run`); None skips the check, for
+            a folder its caller has already taken (:func:`spikegrad.train` does).
+        terms: how errors about the run folder name the ways out (default: this class's
+            arguments; :func:`spikegrad.train` passes its own, the CLI its flags).
 
     With ``train.threads`` unset, torch computes with the CPUs that are free
     (:func:`spikegrad.threads.apply_threads`).
@@ -161,7 +170,8 @@ class Trainer:
         augment: Callable[[Tensor], Tensor] | None = None,
         model_args: dict[str, Any] | None = None,
         verbose: bool = True,
-        overwrite: bool = False,
+        overwrite: bool | None = False,
+        terms: Terms = TRAINER_TERMS,
     ) -> None:
         self.config = config if config is not None else Config()
         train = self.config.train
@@ -188,7 +198,7 @@ class Trainer:
             print(threads.note, flush=True)
         self.overwrite = overwrite
         #: the run folder and its bookkeeping (files, checkpoints; rank 0 writes)
-        self.run = RunFolder(out_dir, self.dist)
+        self.run = RunFolder(out_dir, self.dist, verbose=self.verbose, terms=terms)
         check_dataset(train_set, "training set", allow_empty=False)
         check_dataset(test_set, "test set")
         self.loader_generator, self.train_sampler, self.train_loader, self.test_loader = _loaders(
@@ -205,6 +215,16 @@ class Trainer:
         self.progress: EpochProgress | None = None  # the epoch in progress
         self.wall_seconds_before = 0.0  # spent by earlier processes of a resumed run
         self._first_forward = True
+        #: classes of the model's output, once a step has seen them; the labels of a batch on
+        #: the host are then checked there, before the transfer (no device synchronisation)
+        self._num_classes: int | None = None
+        self._labels_checked: int | None = None  # the classes this batch's labels were checked for
+        #: non-finite steps on CUDA with train.nonfinite=stop: recorded on the device, read at
+        #: a cadence (spikegrad.nonfinite); None where the check stays per step
+        self._guard = FiniteGuard(self.device) if (
+            self.device.type == "cuda" and train.nonfinite == "stop" and not self.scaler.is_enabled()
+        ) else None
+        self._in_epoch = False  # inside train_one_epoch's loop, which reads the guard
         self._output_steps: int | None = None  # T of the training outputs (summary of a custom model)
         self._stop = StopOnSignal(enabled=False)
         self._started = time.perf_counter()
@@ -218,6 +238,7 @@ class Trainer:
             train_set=train_set, collate_fn=self.train_loader.collate_fn, position=self._position,
             default_loss=self.default_loss, backward=self.backward,
             add_param_group=self.add_param_group, run_dir=self.run.local_path,
+            check_labels=self.check_labels, components=self.components,
         )
         for component in self.components:
             component.attach(self.context)
@@ -281,8 +302,15 @@ class Trainer:
         if outputs.dim() != 3:
             raise UserError(f"the model must return per-time-step logits [T, B, classes], got "
                             f"shape {tuple(outputs.shape)}; add a time axis (outputs.unsqueeze(0))")
-        check_labels(targets, outputs.shape[-1], "training labels")
+        self.check_labels(targets, outputs.shape[-1])
         return StepOutput(self.default_loss(outputs, targets), mean_over_time(outputs))
+
+    def check_labels(self, targets: Tensor, num_classes: int, name: str = "training labels") -> None:
+        """:func:`spikegrad.errors.check_labels`, unless this batch's labels were already checked
+        on the host for ``num_classes`` (which spares a device synchronisation per step)."""
+        if self._labels_checked != num_classes:
+            check_labels(targets, num_classes, name)
+        self._num_classes = num_classes
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -319,7 +347,11 @@ class Trainer:
             grad_norm = nn.utils.get_total_norm(grads) if grads else None
         # with fp16 loss scaling, an overflow of the gradients is the scaler's business: it
         # skips the step and lowers the scale
-        finite = self._is_finite(out.loss, None if self.scaler.is_enabled() else grad_norm)
+        if self._guard is not None and self._in_epoch:  # read later (spikegrad.nonfinite)
+            self._guard.record(self.iteration, out.loss, grad_norm)
+            finite = True
+        else:
+            finite = self._is_finite(out.loss, None if self.scaler.is_enabled() else grad_norm)
         if finite:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -345,12 +377,31 @@ class Trainer:
         what = (f"the loss is {loss.item()}" if not torch.isfinite(loss.detach())
                 else f"the gradient norm is {float(grad_norm)}" if grad_norm is not None
                 and not torch.isfinite(grad_norm) else "another process saw a non-finite value")
+        return self._diverged(what, self.iteration + 1,
+                              self.progress.batches + 1 if self.progress else None)
+
+    def _diverged(self, what: str, step: int, batch: int | None) -> TrainingDiverged:
         return TrainingDiverged(
-            f"training diverged: {what} in step {self.iteration + 1} (epoch {self.epoch + 1}"
-            f"{f', batch {self.progress.batches + 1}' if self.progress else ''}); "
+            f"training diverged: {what} in step {step} (epoch {self.epoch + 1}"
+            f"{f', batch {batch}' if batch is not None else ''}); "
             f"{self.run.last_good_state()}. Lower optim.lr, set train.grad_clip, or set "
             "train.nonfinite=skip to skip such steps"
         )
+
+    def _check_guard(self) -> None:
+        """Stop if a step since the last read had a non-finite loss or gradient norm here or on
+        another process (CUDA with ``train.nonfinite: stop``; collective under torchrun)."""
+        if self._guard is None:
+            return
+        bad = self._guard.first_bad()
+        if not self.dist.any(bad is not None)[0]:
+            return
+        # the earliest bad step over the processes (the same error everywhere)
+        iteration, loss, norm = min(b for b in self.dist.gather(bad) if b is not None)
+        what = ("another process saw a non-finite value" if bad is None or bad[0] != iteration
+                else f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}")
+        batch = self.progress.batches - (self.iteration - iteration) + 1 if self.progress else None
+        raise self._diverged(what, iteration + 1, batch)
 
     def _loss_weight(self, batch_index: int, local_size: int) -> float:
         """``n_r·W / n``: makes DDP's gradient average that of the global batch's mean loss."""
@@ -365,20 +416,35 @@ class Trainer:
         p = self.progress
         self.model.train()
         tic, seconds_before = time.perf_counter(), p.seconds
-        for inputs, targets in self._progress(self.train_loader, epoch):
-            inputs, targets = self.to_device(inputs, targets)
-            if self.augment is not None:
-                inputs = self.augment(inputs)
-            out = self.train_step(inputs, targets, self._loss_weight(p.batches, targets.shape[0]))
-            p.record(out, targets)
-            p.seconds = seconds_before + time.perf_counter() - tic
-            self._after_step()
+        self._in_epoch = True
+        try:
+            for inputs, targets in self._progress(self.train_loader, epoch):
+                self._train_batch(inputs, targets)
+                p.seconds = seconds_before + time.perf_counter() - tic
+                self._after_step()
+            self._check_guard()
+        finally:
+            self._in_epoch = False
+        p.flush()
         loss_sum, correct, seen, nonfinite = self.dist.sum([p.loss_sum, p.correct, p.seen, p.nonfinite])
         metrics: dict[str, Any] = {"train_loss": loss_sum / seen if seen else None,
                                    "train_acc": correct / seen if seen else None}
         if self.config.train.nonfinite == "skip":
             metrics["nonfinite_steps"] = int(nonfinite)
         return metrics
+
+    def _train_batch(self, inputs: Tensor, targets: Tensor) -> None:
+        """One batch of the epoch as the loader gives it: labels checked on the host once the
+        classes are known, moved to the device, augmented, one step, its sums recorded."""
+        self._labels_checked = None
+        if self._num_classes is not None and targets.device.type == "cpu":
+            check_labels(targets, self._num_classes, "training labels")
+            self._labels_checked = self._num_classes
+        inputs, targets = self.to_device(inputs, targets)
+        if self.augment is not None:
+            inputs = self.augment(inputs)
+        out = self.train_step(inputs, targets, self._loss_weight(self.progress.batches, targets.shape[0]))
+        self.progress.record(out, targets)
 
     def _start_epoch(self, epoch: int) -> EpochProgress:
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
@@ -392,14 +458,17 @@ class Trainer:
         """Accuracy, loss and mean firing rate of the model on ``loader`` (the test set)."""
         # skipping non-finite steps, a test sample with non-finite logits counts as wrong
         nonfinite = "count" if self.config.train.nonfinite == "skip" else "refuse"
+        # what the components score in the same pass (shortcut branches); none: the plain pass
+        heads = [h for h in (c.eval_heads(self.context) for c in self.components) if h is not None]
         if loader is not None:
             return evaluate_model(self.model, loader, self.device, self.amp_dtype,
-                                  self.config.analysis, self.readout_start, nonfinite=nonfinite)
+                                  self.config.analysis, self.readout_start, nonfinite=nonfinite,
+                                  heads=heads)
         distributed.sync_buffers(self.model, self.dist)  # rank 0's BN statistics everywhere
         return evaluate_model(self.model, self.test_loader, self.device, self.amp_dtype,
                               self.config.analysis, self.readout_start,
                               self.dist.sum if self.dist.enabled else None,  # over the shards
-                              nonfinite=nonfinite)
+                              nonfinite=nonfinite, heads=heads)
 
     # ------------------------------------------------------------------ the run
 
@@ -425,7 +494,8 @@ class Trainer:
         return self._output_steps
 
     def summary(self, wall_seconds: float) -> dict[str, Any]:
-        """What ``summary.json`` holds: method, name, accuracies, times, size, activity, ``T``."""
+        """What ``summary.json`` holds: method, name, accuracies (``eval_split``: whether the
+        ``test`` ones measure the test set or a validation split), times, size, activity, ``T``."""
         return {
             "method": self.method_name(),
             # the config's name, else the run folder's, else the model's class and the method
@@ -433,29 +503,44 @@ class Trainer:
                                          f"{type(self.model).__name__}-{self.method_name()}"),
             "best_test_acc": self.best_test_acc,
             "final_test_acc": self.history[-1]["test_acc"] if self.history else None,
+            "eval_split": eval_split(self.config.data),
             "epochs": self.epoch,
             "wall_seconds": wall_seconds,
             "train_seconds": sum(row["seconds"] for row in self.history),
             "params": sum(p.numel() for p in self.model.parameters()),
             "firing_rate": self.history[-1]["firing_rate"] if self.history else None,
             "T": self.time_steps(),
+            **{k: v for c in self.components for k, v in c.summary(self.history).items()},
         }
 
     def fit(self) -> dict[str, Any]:
         """Train for ``train.epochs`` epochs, evaluating after each; returns the summary.
 
-        An ``out_dir`` that already holds a run is refused unless this trainer resumed
-        (:meth:`resume`) or was made with ``overwrite=True``."""
-        if self.run.last_saved is None and not self.overwrite:
-            refuse_existing_run(self.run.path, "continue it with trainer.resume(PATH_TO_LAST_PT) "
-                                "before fit(), start it over with Trainer(..., overwrite=True), or "
-                                "choose another out_dir")
-        self.run.prepare(self.config, self.history)
+        An ``out_dir`` that already holds another run is refused unless this trainer resumed
+        it (:meth:`resume`) or was made with ``overwrite=True``, which removes it first. The
+        run folder is locked from the start to the end (:mod:`spikegrad.runlock`). A write
+        that fails for a full disk or a file-size limit, wherever it happens (checkpoints,
+        side files, a component's file, TensorBoard), stops the run with a :class:`UserError`
+        saying what ``last.pt`` still holds."""
+        try:
+            self.run.prepare(self.config, self.history, overwrite=self.overwrite)
+            return self._fit()
+        except (OSError, RuntimeError) as exc:
+            failed = disk_error(exc)
+            if failed is None or not self.run.writes:
+                raise
+            what = repr(str(failed.filename)) if failed.filename else f"into {str(self.run.path)!r}"
+            raise self.run.write_failure(what, failed) from exc
+        finally:
+            self.run.release()
+
+    def _fit(self) -> dict[str, Any]:
         tensorboard = None
         if self.run.writes and self.config.analysis.tensorboard:
             from spikegrad.tensorboard_log import TensorBoardLogger
 
-            tensorboard = TensorBoardLogger(self.run.path / "tensorboard")
+            with self.run.writing("TensorBoard events (tensorboard/)"):
+                tensorboard = TensorBoardLogger(self.run.path / "tensorboard")
         start = self._started = time.perf_counter()
         try:  # a stop on a signal is an exception too: close the TensorBoard file
             with StopOnSignal(enabled=self.run.enabled) as self._stop:
@@ -463,7 +548,8 @@ class Trainer:
                     self._run_epoch(epoch, tensorboard)
         finally:
             if tensorboard is not None:
-                tensorboard.close()
+                with self.run.writing("TensorBoard events (tensorboard/)"):
+                    tensorboard.close()
         summary = self.summary(self.wall_seconds_before + time.perf_counter() - start)
         self.run.write_summary(summary)
         return summary
@@ -489,8 +575,9 @@ class Trainer:
             self.save_checkpoint(best=improved)
         self.run.write_analysis(detail, epoch + 1)
         if tensorboard is not None:
-            tensorboard.log_epoch(row)
-            tensorboard.log_gradients(self.run.path / GRADIENTS_FILE)
+            with self.run.writing("TensorBoard events (tensorboard/)"):
+                tensorboard.log_epoch(row)
+                tensorboard.log_gradients(self.run.path / GRADIENTS_FILE)
         self._stop_if_requested(saved=True)
 
     # ------------------------------------------------------------------ output
@@ -515,10 +602,11 @@ class Trainer:
         )
         rate = row.get("firing_rate")
         loss, train_acc = row["train_loss"], row["train_acc"]  # None: every step was skipped
+        evaluated = "val" if eval_split(self.config.data) == "validation" else "test"
         print(
             f"epoch {row['epoch']:>3}/{self.config.train.epochs}  loss "
             + ("-" if loss is None else f"{loss:.4f}") + "  train "
-            + ("  -  " if train_acc is None else f"{100 * train_acc:5.1f}") + f"%  test "
+            + ("  -  " if train_acc is None else f"{100 * train_acc:5.1f}") + f"%  {evaluated} "
             f"{100 * row['test_acc']:5.1f}%  "
             f"lr {row['lr']:.3g}" + (f"  rate {rate:.3f}" if rate is not None else "")
             + extras + f"  {row['seconds']:.1f}s",
@@ -614,10 +702,13 @@ class Trainer:
 
     def save_checkpoint(self, best: bool = False) -> None:
         """Write ``last.pt`` (and ``best.pt`` if ``best``) into the run folder (collective)."""
+        self._check_guard()  # never save the state after a non-finite step
         self.run.save_checkpoint(self.model, self.model_args, self.state_dict(), self.position(), best)
 
     def _after_step(self) -> None:
         """Every ``train.checkpoint_every`` iterations, and on a stop request, save ``last.pt``."""
+        if self._guard is not None and self.iteration % CHECK_EVERY == 0:
+            self._check_guard()
         every = self.config.train.checkpoint_every
         saved = False
         if every and self.iteration % every == 0 and self.progress.batches < len(self.train_loader):

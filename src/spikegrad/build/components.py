@@ -6,7 +6,7 @@ from torch import nn
 
 from spikegrad.checkpoint import load_model
 from spikegrad.component import Component
-from spikegrad.config import Config, LTLConfig, load_config
+from spikegrad.config import Config, DataConfig, LTLConfig, apply_overrides, from_dict, read_yaml
 from spikegrad.errors import UserError
 from spikegrad.methods.registry import components_from_config, method
 from spikegrad.recipes import recipe_path
@@ -14,9 +14,27 @@ from spikegrad.recipes import recipe_path
 __all__ = ["build_components", "load_teacher", "teacher_config"]
 
 
-def teacher_config(ltl: LTLConfig) -> Config:
-    """The config of the ANN teacher ``ltl.teacher_recipe`` (with ``ltl.teacher_set``)."""
-    config = load_config(recipe_path(ltl.teacher_recipe, what="ltl.teacher_recipe"), ltl.teacher_set)
+#: the training-set cuts a teacher takes from its student unless its recipe or teacher_set sets them
+INHERITED_SPLIT_KEYS = ("validation", "split_seed", "subset")
+
+
+def teacher_config(ltl: LTLConfig, student_data: DataConfig | None = None) -> Config:
+    """The config of the ANN teacher ``ltl.teacher_recipe`` (with ``ltl.teacher_set``).
+
+    ``data.validation``, ``data.split_seed`` and ``data.subset`` the teacher recipe and
+    ``ltl.teacher_set`` leave unset come from the student's ``student_data``, so a teacher
+    trained for a student tuned on a validation split never sees that split's samples.
+    """
+    raw = read_yaml(recipe_path(ltl.teacher_recipe, what="ltl.teacher_recipe"))
+    apply_overrides(raw, ltl.teacher_set)
+    if student_data is not None:
+        data = raw.get("data")
+        if data is None:
+            data = raw["data"] = {}
+        if isinstance(data, dict):  # anything else is refused by from_dict below
+            for key in INHERITED_SPLIT_KEYS:
+                data.setdefault(key, getattr(student_data, key))
+    config = from_dict(Config, raw)
     if config.ltl.mode != "none" or config.model.kind != "ann":
         raise UserError(f"the teacher recipe {ltl.teacher_recipe!r} must train an ANN (model.kind: "
                         "ann, ltl.mode: none); add 'model.kind=ann' to ltl.teacher_set")

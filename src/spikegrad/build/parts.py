@@ -14,27 +14,32 @@ from spikegrad.build.model import build_model
 from spikegrad.checkpoint import load_model
 from spikegrad.config import Config, from_dict
 from spikegrad.data import DatasetInfo
-from spikegrad.data.from_config import datasets_from_config
+from spikegrad.data.from_config import datasets_from_config, eval_split
 
 __all__ = ["Checkpointed", "RunParts", "build_parts", "from_checkpoint"]
 
 
 @dataclass
 class RunParts:
-    """What a run trains: the model (and the arguments that rebuild it) and its datasets."""
+    """What a run trains: the model (and the arguments that rebuild it) and its datasets.
+
+    ``test_set`` is the set the run evaluates on: the validation split cut from the training
+    set when ``data.validation > 0`` (``eval_split`` says which)."""
 
     model: nn.Module
     model_args: dict[str, Any]
     train_set: Dataset
     test_set: Dataset
     info: DatasetInfo
+    eval_split: str = "test"
 
 
 def build_parts(config: Config) -> RunParts:
-    """Datasets and model for a config; bad names or options raise a :class:`UserError`."""
+    """Datasets (:func:`~spikegrad.data.from_config.datasets_from_config`, with its training-set
+    cuts) and model for a config; bad names or options raise a :class:`UserError`."""
     train_set, test_set, info = datasets_from_config(config.data)
     model, model_args = build_model(config, info)
-    return RunParts(model, model_args, train_set, test_set, info)
+    return RunParts(model, model_args, train_set, test_set, info, eval_split(config.data))
 
 
 @dataclass

@@ -10,6 +10,7 @@ Downloads happen only when the user asks (``data.options.download: true`` or
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import tarfile
@@ -59,6 +60,28 @@ def require_root(root: str | None, dataset: str) -> Path:
         raise UserError(f"dataset {dataset!r} reads its files from data.root; set it, e.g. "
                         f"--set data.root=/data/{dataset}")
     return Path(root).expanduser()
+
+
+def package_file(package: str, relative: str, dataset: str, install: str) -> Path:
+    """A data file shipped inside an installed package, found without importing the package.
+
+    ``install`` is the command that installs it, for the error when the package or the file
+    is missing (``importlib.util.find_spec`` locates a top-level package without running it).
+    """
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    folders = list(spec.submodule_search_locations or ()) if spec is not None else []
+    if not folders:
+        raise UserError(f"dataset {dataset!r} reads the copy bundled with the {package!r} package, "
+                        f"which is not installed; run `{install}` or set data.root")
+    path = Path(folders[0]) / relative
+    if not path.is_file():
+        raise UserError(f"the installed {package!r} package ({folders[0]}) has no {relative}: it is "
+                        f"another package of that name or a damaged install; run `{install}` or set "
+                        "data.root")
+    return path
 
 
 # --------------------------------------------------------------------------- extraction

@@ -7,22 +7,37 @@ from typing import TYPE_CHECKING
 from torch.utils.data import Dataset
 
 from spikegrad.data._registry import DatasetInfo, build_datasets
+from spikegrad.data.splits import split_training_set
 from spikegrad.errors import UserError
 
 if TYPE_CHECKING:
     from spikegrad.config import DataConfig
 
-__all__ = ["datasets_from_config"]
+__all__ = ["datasets_from_config", "eval_split"]
+
+
+def eval_split(data: DataConfig) -> str:
+    """Which set a run built from ``data`` evaluates on: ``"validation"`` (cut from the
+    training set, ``data.validation > 0``) or ``"test"``."""
+    return "validation" if data.validation > 0 else "test"
 
 
 def datasets_from_config(data: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
-    """``(train_set, test_set, info)`` for ``config.data``: the registered dataset ``data.name``
-    built with ``data.options`` and ``data.root``; bad names or options raise a :class:`UserError`."""
+    """``(train_set, eval_set, info)`` for ``config.data``: the registered dataset ``data.name``
+    built with ``data.options`` and ``data.root``; bad names or options raise a :class:`UserError`.
+
+    ``data.subset`` and ``data.validation`` then cut the training set (seeded by
+    ``data.split_seed``, see :mod:`spikegrad.data.splits`). With a validation split the second
+    set is that split and the test set is dropped, never read (:func:`eval_split` says which).
+    """
     options = dict(data.options)
     if data.root is not None:
         options["root"] = data.root
     try:
-        return build_datasets(data.name, **options)
+        train_set, test_set, info = build_datasets(data.name, **options)
     except (FileNotFoundError, NotADirectoryError) as exc:  # a builder without its own message
         raise UserError(f"dataset {data.name!r}: {exc}; set data.root to the folder that holds "
                         "its files") from exc
+    train_set, validation_set = split_training_set(train_set, subset=data.subset,
+                                                   validation=data.validation, seed=data.split_seed)
+    return train_set, (test_set if validation_set is None else validation_set), info

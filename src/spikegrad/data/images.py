@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from spikegrad.data._registry import DatasetInfo
 from spikegrad.errors import UserError
 
 Stats = tuple[float, ...]
@@ -58,6 +59,43 @@ class ImageArrayDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         return self.normalize(self.images[index]), self.labels[index]
+
+
+def grey_stats(images: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of ``v/255`` over all pixels of ``uint8`` images (exact)."""
+    counts = np.bincount(images.ravel(), minlength=256).astype(np.float64)
+    values = np.arange(256) / 255.0
+    mean = float(counts @ values / counts.sum())
+    return mean, float(np.sqrt(counts @ (values - mean) ** 2 / counts.sum()))
+
+
+def grey_datasets(
+    splits: dict[str, tuple[np.ndarray, np.ndarray]], normalize: bool, name: str, source: str,
+    classes: tuple[str, ...],
+) -> tuple[ImageArrayDataset, ImageArrayDataset, DatasetInfo]:
+    """Train and test sets of grey ``uint8 [N, S, S]`` images as ``[1, S, S]`` samples.
+
+    With ``normalize``, ``x = (v/255 - mean) / std`` with the mean and standard deviation of
+    all training pixels (rounded to 4 decimals); else ``x = v/255``.
+    """
+    mean = std = None
+    if normalize:
+        m, s = grey_stats(splits["train"][0])
+        if not s > 0:
+            raise UserError(f"dataset {name!r}: every training pixel has the same value; cannot "
+                            "normalise (set data.options.normalize=false)")
+        mean, std = (round(m, 4),), (round(s, 4),)
+    sets = []
+    for split in ("train", "test"):
+        images, labels = splits[split]
+        sets.append(ImageArrayDataset(torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1),
+                                      torch.from_numpy(labels), mean, std))  # (N, 1, S, S)
+    side = splits["train"][0].shape[-1]
+    info = DatasetInfo(num_classes=len(classes), sample_shape=(1, side, side),
+                       description=f"{name} from {source} ({len(sets[0])} train / {len(sets[1])} "
+                                   f"test; classes {', '.join(classes[:3])}, ...)",
+                       mean=mean, std=std)
+    return sets[0], sets[1], info
 
 
 # --------------------------------------------------------------------------- decoding

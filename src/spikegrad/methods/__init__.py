@@ -17,9 +17,10 @@ from spikegrad.methods.registry import (
     methods,
     register_method,
 )
-from spikegrad.methods.shortcut import ShortcutBackprop
+from spikegrad.methods.shortcut import ShortcutBackprop, default_attach_points
 
 __all__ = [
     "AdaptiveTemperature", "GradientDiagnostics", "LocalTandemLearning", "Method", "ShortcutBackprop",
-    "components_from_config", "enabled_methods", "method", "methods", "register_method",
+    "components_from_config", "default_attach_points", "enabled_methods", "method", "methods",
+    "register_method",
 ]

@@ -1,12 +1,19 @@
 """Adaptive Dspike temperature: Algorithm 1 of Li et al. (NeurIPS 2021) as a trainer component.
 
-At the start of a search epoch, on one fixed mini-batch and with batch norm in eval mode:
+At the start of a search epoch, on each of ``probe_batches`` fixed mini-batches (each with
+its own seeded subset of probed weights) and with batch norm in ``bn_mode``:
 
 1. the finite difference gradient ``ĝ`` of the probed layer's weights (:mod:`spikegrad.fdg`);
 2. for every candidate ``b_c = max(b_min, b + j·Δb)`` the Dspike surrogate gradient ``g(b_c)``
-   of the same weights by BPTT (:mod:`spikegrad.alignment`);
-3. ``b <- argmax_c cos(ĝ, g(b_c))`` (ties go to the candidate closest to the current ``b``);
+   of the same weights by BPTT (:mod:`spikegrad.alignment`), and ``cos(ĝ, g(b_c))``;
+3. ``rule`` chooses ``b`` from these cosines (:mod:`spikegrad.temperature_search`):
+   ``paper``, the candidate of highest mean cosine (ties go to the candidate closest to the
+   current ``b``), or ``significant``, which keeps ``b`` unless a candidate beats it by more
+   than the standard error of the paired difference over the batches;
 4. the epoch trains with ``b``.
+
+The paper's search is ``rule=paper``, ``bn_mode=eval``, ``probe_batches=1``,
+``num_weights=64``.
 
 One global temperature probed at the first weight layer, as in the paper; with
 ``per_layer`` every unit of ``model.features`` has its own temperature, chosen by the FDG of
@@ -15,7 +22,6 @@ the unit's first weight layer while the other units keep theirs (units in order)
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,13 +30,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from spikegrad.alignment import cosine_similarity, probe_batch, surrogate_gradients
+from spikegrad.alignment import probe_batch
 from spikegrad.component import Component, TrainingContext
 from spikegrad.config import DspikeConfig
 from spikegrad.errors import UserError
-from spikegrad.fdg import finite_difference_gradient, resolve_layer, sample_weight_indices, weight_layers
+from spikegrad.fdg import resolve_layer, sample_weight_indices, weight_layers
 from spikegrad.neurons import SpikingNeuron
 from spikegrad.surrogates import Dspike
+from spikegrad.temperature_search import Decision, decide, similarity_matrix
 
 __all__ = ["AdaptiveTemperature", "TemperatureGroup", "candidate_temperatures", "choose_temperature"]
 
@@ -67,13 +74,19 @@ def _dspike_neurons(module: nn.Module) -> list[SpikingNeuron]:
     return [m for m in module.modules() if isinstance(m, SpikingNeuron) and isinstance(m.surrogate, Dspike)]
 
 
+def _by_candidate(candidates: Sequence[float], values: Sequence[float]) -> dict[str, float]:
+    return {f"{b:.6g}": v for b, v in zip(candidates, values, strict=True)}
+
+
 class AdaptiveTemperature(Component):
     """Search the Dspike temperature at the start of every ``config.every``-th epoch.
 
     Metrics per epoch: ``dspike_temperature`` (per-layer: the mean, and
     ``dspike_temperatures`` unit -> b); on search epochs ``dspike_similarity`` (candidate
-    as a string -> cosine similarity; per-layer: the first unit's, and
-    ``dspike_similarities`` unit -> dict) and ``dspike_search_seconds``.
+    as a string -> cosine similarity, the mean over the probe batches; per-layer: the first
+    unit's, and ``dspike_similarities`` unit -> dict), with several probe batches
+    ``dspike_similarity_se`` (candidate -> standard error of its paired difference from the
+    current b; the first unit's), and ``dspike_search_seconds``.
     """
 
     name = "dspike"
@@ -87,9 +100,14 @@ class AdaptiveTemperature(Component):
         if self.config.per_layer and self.config.layer is not None:
             raise UserError("dspike.layer chooses the probed layer of the single temperature; "
                             "with dspike.per_layer each unit probes its own, so leave dspike.layer unset")
+        if self.config.rule == "significant" and self.config.probe_batches < 2:
+            raise UserError(f"dspike.rule=significant needs dspike.probe_batches >= 2 (its standard error "
+                            f"is over the batches), got {self.config.probe_batches}; raise it or set "
+                            "dspike.rule=paper")
         self.seed = seed
         self.groups: list[TemperatureGroup] = []
         self.temperatures: dict[str, float] = {}
+        self.decisions: dict[str, Decision] = {}  # of the last search, per group
 
     @classmethod
     def from_config(cls, section: DspikeConfig, *, seed: int = 0) -> AdaptiveTemperature:
@@ -138,57 +156,65 @@ class AdaptiveTemperature(Component):
     # ------------------------------------------------------------------ the search
 
     def search_group(
-        self, ctx: TrainingContext, group: TemperatureGroup, inputs: Tensor, targets: Tensor,
+        self, ctx: TrainingContext, group: TemperatureGroup, batches: list[tuple[Tensor, Tensor]],
         generator: torch.Generator,
-    ) -> dict[str, float]:
-        """Choose and set the group's temperature; returns candidate -> similarity."""
+    ) -> Decision:
+        """Choose and set the group's temperature on the probe batches; returns the decision."""
         cfg = self.config
         weight = group.layer.weight
-        indices = sample_weight_indices(weight.numel(), cfg.num_weights, generator).to(weight.device)
+        index_sets = [sample_weight_indices(weight.numel(), cfg.num_weights, generator).to(weight.device)
+                      for _ in batches]
         rms = float(weight.detach().pow(2).mean().sqrt())
         if rms == 0.0:
             raise UserError(f"the weights of {group.layer_name} are all zero; the FDG step "
                             "dspike.epsilon is relative to their RMS")
-        loss_fn = ctx.default_loss
-        fdg = finite_difference_gradient(ctx.model, group.layer, inputs, targets, cfg.epsilon * rms,
-                                         indices, loss_fn, cfg.max_stacked)
+        forward, loss_fn = ctx.search_objective()  # the loss the next training step optimises
         current = self.temperatures[group.name]
         candidates = candidate_temperatures(current, cfg.delta, cfg.candidates, cfg.b_min)
+        if cfg.rule == "significant" and current not in candidates:
+            candidates = sorted([*candidates, current])  # the rule compares every candidate with b
         assignments = [{n: n.surrogate.with_sharpness(b) for n in group.neurons} for b in candidates]
-        grads = surrogate_gradients(ctx.model, group.layer, inputs, targets, assignments, indices,
-                                    loss_fn)
-        similarities = [cosine_similarity(fdg, g) for g in grads]
-        if any(math.isnan(s) for s in similarities):
-            raise UserError(
-                f"the temperature search of {group.layer_name} met a non-finite "
-                f"{'finite difference gradient' if not torch.isfinite(fdg).all() else 'surrogate gradient'} "
-                f"(the loss is not finite at w ± ε); lower dspike.epsilon or optim.lr"
-            )
-        chosen = choose_temperature(candidates, similarities, current)
-        chosen = ctx.dist.broadcast(chosen)  # one decision for every process
+        try:
+            similarities = similarity_matrix(ctx.model, group.layer, batches, index_sets,
+                                             cfg.epsilon * rms, assignments, loss_fn, cfg.bn_mode, forward,
+                                             cfg.max_stacked)
+        except UserError as exc:
+            raise UserError(f"{group.layer_name}: {exc}") from exc
+        decision = decide(cfg.rule, candidates, similarities, current)
+        chosen = ctx.dist.broadcast(decision.chosen)  # one decision for every process
         self.temperatures[group.name] = chosen
         group.set(chosen)
-        return {f"{b:.6g}": s for b, s in zip(candidates, similarities, strict=True)}
+        return decision
 
-    def probe_seed(self, epoch: int) -> int:
-        """The seed that draws the probe batch and the probed weights of ``epoch``'s search."""
-        return self.seed * 1_000_003 + epoch
+    def probe_seed(self, epoch: int, n: int = 0) -> int:
+        """The seed of probe batch ``n`` of ``epoch``'s search; batch 0's also draws the probed
+        weights of every batch (one index set per batch, in batch order)."""
+        return self.seed * 1_000_003 + epoch + 7_919_111 * n
+
+    def probe_batches(self, ctx: TrainingContext, epoch: int) -> list[tuple[Tensor, Tensor]]:
+        """The ``probe_batches`` fixed mini-batches of ``epoch``'s search, on ``ctx.device``."""
+        return [probe_batch(ctx.model, ctx.train_set, self.config.batch_size, self.probe_seed(epoch, n),
+                            ctx.device, ctx.collate_fn) for n in range(self.config.probe_batches)]
 
     def search(self, ctx: TrainingContext, epoch: int) -> dict[str, dict[str, float]]:
-        """One search over every group on the epoch's probe batch; group -> similarities."""
-        seed = self.probe_seed(epoch)
-        inputs, targets = probe_batch(ctx.model, ctx.train_set, self.config.batch_size, seed,
-                                      ctx.device, ctx.collate_fn)
-        generator = torch.Generator().manual_seed(seed)  # the probed weights
-        return {g.name: self.search_group(ctx, g, inputs, targets, generator) for g in self.groups}
+        """One search over every group on the epoch's probe batches; group -> candidate -> mean
+        similarity (the full decisions are kept in ``self.decisions``)."""
+        batches = self.probe_batches(ctx, epoch)
+        generator = torch.Generator().manual_seed(self.probe_seed(epoch))  # the probed weights
+        self.decisions = {g.name: self.search_group(ctx, g, batches, generator) for g in self.groups}
+        return {name: _by_candidate(d.candidates, d.mean) for name, d in self.decisions.items()}
 
     def on_epoch_start(self, ctx: TrainingContext, epoch: int) -> dict[str, Any]:
         row: dict[str, Any] = {}
         if epoch > 0 and epoch % self.config.every == 0:
             tic = time.perf_counter()
+            self.decisions = {}
             similarities = self.search(ctx, epoch)
             row["dspike_search_seconds"] = time.perf_counter() - tic
             row["dspike_similarity"] = similarities[self.groups[0].name]
+            first = self.decisions.get(self.groups[0].name)
+            if first is not None and self.config.probe_batches > 1:
+                row["dspike_similarity_se"] = _by_candidate(first.candidates, first.se)
             if self.config.per_layer:
                 row["dspike_similarities"] = similarities
         values = [self.temperatures[g.name] for g in self.groups]

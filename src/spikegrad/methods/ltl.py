@@ -18,10 +18,14 @@ as it exists, so at most one unit's graph is alive.
 **Online.** Time steps run one at a time with every neuron's state detached between steps
 (:func:`spikegrad.neurons.streaming` with ``detach=True``), so the gradient at step ``t`` is
 local in time too and memory does not grow with ``T``. Running sums ``S_{l,t} = S_{l,t-1} +
-s_{l,t}`` (the past detached) give rates ``r_{l,t} = S_{l,t}/(t+1)``; from ``t = T_warm`` on
-each step adds ``Σ_l C_l·MSE(r_{l,t}, â_l) + CE(readout(r_{L,t}), y)`` and is
-back-propagated at once. Inference averages the readout over ``t >= T_warm`` (the component's
-``readout_start``; ``spikegrad eval`` reads it from the stored config).
+s_{l,t}`` (the past detached) give rates ``r_{l,t} = S_{l,t}/(t+1)``. The readout keeps one
+too, as published: ``R_t = R_{t-1} + o_t`` with ``o_t = classifier(s_{L,t})`` and the past
+detached, so the readout's gradient at step ``t`` sees step ``t``'s spikes only
+(``readout_detach``; off, the readout of the running rate ``classifier(r_{L,t})``, the same
+value, whose gradient sees every past step). From ``t = T_warm`` on each step adds
+``Σ_l C_l·MSE(r_{l,t}, â_l) + CE(R_t/(t+1), y)`` and is back-propagated at once. Inference
+averages the readout over ``t >= T_warm`` (the component's ``readout_start``; ``spikegrad
+eval`` reads it from the stored config).
 """
 
 from __future__ import annotations
@@ -163,16 +167,19 @@ def offline_unit_outputs(model: nn.Module, x: Tensor) -> Iterator[tuple[str, Ten
 
 
 def online_running_rates(
-    model: nn.Module, x: Tensor, T_warm: int
+    model: nn.Module, x: Tensor, T_warm: int, readout: nn.Module | None = None
 ) -> Iterator[tuple[int, list[Tensor], Tensor]]:
     """Run ``x [T, B, ...]`` one step at a time, every state and spike detached between steps.
 
-    For ``t >= T_warm`` yields ``(t, rates, last_spikes)``: the running rates
+    For ``t >= T_warm`` yields ``(t, rates, last)``: the running rates
     ``r_{l,t} = (S_{l,t-1} + s_{l,t})/(t + 1)`` of every unit ``[B, ...]``, with a graph through
-    step ``t`` only, and the last unit's spikes ``s_{L,t}`` (detached). Steps before
-    ``T_warm`` run without a graph. Consume each item (e.g. back-propagate) before the next.
+    step ``t`` only, and the last unit's spikes ``s_{L,t}`` (detached). With ``readout`` (the
+    classifier) it runs as one more unit after the last: the last entry of ``rates`` is then
+    its running average ``R_t/(t + 1)``, ``R_t = R_{t-1} + readout(s_{L,t})`` (the past
+    detached), and ``last`` is ``readout(s_{L,t})`` (detached). Steps before ``T_warm`` run
+    without a graph. Consume each item (e.g. back-propagate) before the next.
     """
-    units = [unit for _, unit in model.units()]
+    units = [unit for _, unit in model.units()] + ([readout] if readout is not None else [])
     sums: list[Tensor | None] = [None] * len(units)
     grad = torch.is_grad_enabled()
     with streaming(model, detach=True):
@@ -225,6 +232,9 @@ class LocalTandemLearning(Component):
         student_init: ``"random"`` (keep the student's weights) or ``"teacher"`` (see
             :mod:`spikegrad.methods.teacher_init`).
         init_batches: teacher init: training batches (in order) that estimate the percentiles.
+        readout_detach: online: the readout's running sum detached every step (None: True,
+            as published); False: the readout of the running rate. Offline has no running
+            sums, so a value there is an error.
     """
 
     name = "ltl"
@@ -242,10 +252,14 @@ class LocalTandemLearning(Component):
         distill_temperature: float = _DEFAULT.distill_temperature,
         student_init: str = _DEFAULT.student_init,
         init_batches: int = _DEFAULT.init_batches,
+        readout_detach: bool | None = _DEFAULT.readout_detach,
     ) -> None:
         if mode not in DEFAULT_PERCENTILE:
             raise UserError(f"LTL mode must be one of {list(DEFAULT_PERCENTILE)}, got {mode!r} "
                             "(ltl.mode none turns it off)")
+        if mode == "offline" and readout_detach is not None:
+            raise UserError("ltl.readout_detach applies to online LTL only (offline LTL keeps no "
+                            "running sums); leave it unset or set ltl.mode=online")
         if student_init not in LTL_STUDENT_INITS:
             raise UserError(f"ltl.student_init must be one of {list(LTL_STUDENT_INITS)}, got "
                             f"{student_init!r}")
@@ -262,6 +276,7 @@ class LocalTandemLearning(Component):
         self.distill_temperature = float(distill_temperature)
         self.student_init = student_init
         self.init_batches = int(init_batches)
+        self.readout_detach = True if readout_detach is None else bool(readout_detach)
         self.initialised = False
         self.unit_names: list[str] = []
         self._loss_sums: dict[str, float] = {}
@@ -273,12 +288,17 @@ class LocalTandemLearning(Component):
         return cls(teacher, section.mode, percentile=section.percentile,
                    layer_weights=section.layer_weights, T_warm=section.T_warm,
                    distill=section.distill, distill_temperature=section.distill_temperature,
-                   student_init=section.student_init, init_batches=section.init_batches)
+                   student_init=section.student_init, init_batches=section.init_batches,
+                   readout_detach=section.readout_detach)
 
     # ---------------------------------------------------------------- set-up
 
     def attach(self, ctx: TrainingContext) -> None:
         student = ctx.model
+        if getattr(student, "output_neuron", None) is not None:
+            raise UserError("LTL trains a non-spiking readout (the classifier's values, as "
+                            "published) and would skip the output neuron of model.options.readout: "
+                            "spikes; use model.options.readout: logits with ltl.mode")
         dataset = ctx.train_set
         example = collate_for(dataset)([dataset[i] for i in range(min(2, len(dataset)))])[0]
         self.teacher.to(ctx.device).eval().requires_grad_(False)
@@ -362,20 +382,26 @@ class LocalTandemLearning(Component):
         model, n = ctx.model, targets.shape[0]
         total, readout_sum = 0.0, None
         x = model.encode(inputs)  # (T, B, ...)
-        for _, rates, last in online_running_rates(model, x, self.T_warm):
+        readout = model.classifier if self.readout_detach else None
+        for _, rates, last in online_running_rates(model, x, self.T_warm, readout):
             loss = torch.zeros((), device=inputs.device)
-            for name, rate, target, weight in zip(self.unit_names, rates, unit_targets,
+            hidden = rates[:len(self.unit_names)]
+            for name, rate, target, weight in zip(self.unit_names, hidden, unit_targets,
                                                   self.layer_weights, strict=True):
                 unit_loss = F.mse_loss(rate.float(), target)
                 self._record(name, unit_loss, n)
                 loss = loss + weight * unit_loss
-            logits_t = model.classifier(rates[-1].detach().unsqueeze(0))[0]  # readout of r_{L,t}
+            if self.readout_detach:  # R_t/(t+1), graph through step t; last = o_t
+                logits_t, step_logits = rates[-1], last
+            else:  # classifier(r_{L,t}): its weights' gradient δ_t·r_{L,t}ᵀ sees every past step
+                logits_t = model.classifier(rates[-1].detach().unsqueeze(0))[0]
+                with torch.no_grad():
+                    step_logits = model.classifier(last.unsqueeze(0))[0]
             loss = loss + self._readout_loss(ctx, logits_t.float(), targets, teacher_logits)
             ctx.backward(loss)
             total += loss.item()
-            with torch.no_grad():
-                step_logits = model.classifier(last.unsqueeze(0))[0]  # inference readout at t
-                readout_sum = step_logits if readout_sum is None else readout_sum + step_logits
+            # the inference readout: o_t averaged over t >= T_warm
+            readout_sum = step_logits if readout_sum is None else readout_sum + step_logits
         return StepOutput(torch.tensor(total), readout_sum / (x.shape[0] - self.T_warm),
                           backpropagated=True)
 

@@ -20,13 +20,19 @@ per-step TET loss of ``o``). ``λ(i)`` is the balance coefficient at iteration `
 
 The branches live outside the model: their parameters are held here and trained through an
 extra optimizer parameter group, and their forward hooks exist only inside
-:meth:`ShortcutBackprop.compute_loss`. Evaluation, checkpoints' model weights and export
-therefore see exactly the plain SNN, at the same cost.
+:meth:`ShortcutBackprop.compute_loss` and the trainer's evaluation. Checkpoints' model
+weights, ``spikegrad eval`` and export therefore see exactly the plain SNN, at the same cost.
+
+Each epoch's evaluation also scores the branches in the same pass (:class:`ShortcutEvaluation`):
+``test_acc`` stays the network's own head, ``combined_test_acc`` is the output the training
+loss fits at that point (``argmax mean_t(main + λ(i)·Σ b_l)``; with separate losses the
+class of smallest summed loss, ``argmax log softmax(ȳ_main) + λ(i)·Σ log softmax(ȳ_l)``), and
+``branch_test_acc`` each branch alone (attach point -> accuracy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,9 +40,10 @@ import torch
 from torch import Tensor, nn
 
 from spikegrad.alignment import probe_batch
-from spikegrad.component import Component, StepOutput, TrainingContext
+from spikegrad.component import Component, Objective, StepOutput, TrainingContext
 from spikegrad.config import SHORTCUT_LOSSES, ShortcutConfig
-from spikegrad.errors import UserError, check_labels, check_time_major, did_you_mean
+from spikegrad.errors import UserError, check_time_major, did_you_mean
+from spikegrad.evaluation import ExtraHeads
 from spikegrad.layers import TimeDistributed, mean_over_time
 from spikegrad.modes import eval_mode
 from spikegrad.neurons import ClippedReLU, SpikingNeuron
@@ -44,7 +51,7 @@ from spikegrad.schedules import BALANCE_SCHEDULES, balance
 
 __all__ = [
     "LOSSES", "SCHEDULES", "ShortcutBackprop", "ShortcutBranch", "ShortcutBranches",
-    "attach_candidates", "balance_coefficient", "capture_outputs", "combine_logits",
+    "ShortcutEvaluation", "attach_candidates", "balance_coefficient", "capture_outputs", "combine_logits",
     "default_attach_points",
 ]
 
@@ -218,6 +225,43 @@ class ShortcutBranches(nn.Module):
         return [head(captured[name]) for name, head in zip(self.names, self.heads, strict=True)]
 
 
+class ShortcutEvaluation(ExtraHeads):
+    """The branches' predictions, scored in the evaluation pass of the plain network.
+
+    ``combined``: ``mean_t(main + λ·Σ b_l)`` (``loss="combined"``) or
+    ``log softmax(mean_t main) + λ·Σ log softmax(mean_t b_l)`` (``"separate"``: the class whose
+    summed cross-entropies are smallest); each branch ``b_l`` by its attach point. Logits are
+    averaged over ``t >= readout_start`` like the main head's.
+    """
+
+    def __init__(self, branches: ShortcutBranches, lam: float, loss: str) -> None:
+        self.branches, self.lam, self.loss = branches, lam, loss
+        self._captured: dict[str, Tensor] = {}
+
+    def names(self) -> list[str]:
+        return ["combined", *self.branches.names]
+
+    @contextmanager
+    def capture(self, model: nn.Module) -> Iterator[None]:
+        with capture_outputs(model, self.branches.names) as captured:
+            self._captured = captured
+            yield
+
+    def logits(self, outputs: Tensor, readout_start: int) -> dict[str, Tensor]:
+        branches = self.branches(self._captured)  # each (T, B, classes)
+        means = [mean_over_time(b[readout_start:]) for b in branches]
+        if self.loss == "combined":
+            combined = mean_over_time(combine_logits(outputs, branches, self.lam)[readout_start:])
+        else:
+            log_p = torch.log_softmax(mean_over_time(outputs[readout_start:]).float(), 1)
+            combined = log_p + self.lam * sum(torch.log_softmax(m.float(), 1) for m in means)
+        return {"combined": combined, **dict(zip(self.branches.names, means, strict=True))}
+
+    def metrics(self, accuracy: dict[str, float]) -> dict[str, Any]:
+        return {"combined_test_acc": accuracy["combined"],
+                "branch_test_acc": {name: accuracy[name] for name in self.branches.names}}
+
+
 class ShortcutBackprop(Component):
     """Owns the training loss: the network's head plus the shortcut branches (see module doc).
 
@@ -301,19 +345,55 @@ class ShortcutBackprop(Component):
         check_time_major(main, "model output", min_dims=3)
         return main, self.branches(captured)
 
+    def heads(self, model: nn.Module, inputs: Tensor) -> tuple[Tensor, ...]:
+        """``(main, b_1, ..., b_n)``, each ``[T, B, classes]``: what the training loss reads."""
+        main, branches = self.outputs(model, inputs)
+        return (main, *branches)
+
+    def heads_loss(self, loss_fn: Callable[[Tensor, Tensor], Tensor], heads: Sequence[Tensor],
+                   targets: Tensor, lam: float) -> Tensor:
+        """The training loss of ``heads = (main, b_1, ...)`` at balance ``lam``, with ``loss_fn``
+        the run's loss of one output: ``loss_fn(main + λ·Σ b_l)`` (combined) or
+        ``loss_fn(main) + λ·Σ loss_fn(b_l)`` (separate)."""
+        main, *branches = heads
+        if self.loss == "combined":
+            return loss_fn(combine_logits(main, branches, lam), targets)
+        return loss_fn(main, targets) + lam * sum(loss_fn(b, targets) for b in branches)
+
+    def search_objective(self, ctx: TrainingContext) -> Objective:
+        """``(heads, loss)``: the loss the next training step optimises, at its ``λ(i)``, as a
+        function of the heads (for the Dspike temperature search)."""
+        lam = self.coefficient(ctx.iteration, ctx.total_iterations)
+
+        def loss(heads: Sequence[Tensor], targets: Tensor) -> Tensor:
+            return self.heads_loss(ctx.default_loss, heads, targets, lam)
+
+        return self.heads, loss
+
     def compute_loss(self, ctx: TrainingContext, inputs: Tensor, targets: Tensor) -> StepOutput:
         lam = self.coefficient(ctx.iteration, ctx.total_iterations)
-        main, branches = self.outputs(ctx.model, inputs)
-        check_labels(targets, main.shape[-1], "training labels")
-        if self.loss == "combined":
-            loss = ctx.default_loss(combine_logits(main, branches, lam), targets)
-        else:
-            loss = ctx.default_loss(main, targets) + lam * sum(
-                ctx.default_loss(b, targets) for b in branches)
+        heads = self.heads(ctx.model, inputs)
+        main = heads[0]
+        ctx.check_labels(targets, main.shape[-1], "training labels")
+        loss = self.heads_loss(ctx.default_loss, heads, targets, lam)
         self._lambda_sum += lam
         self._steps += 1
         # Training accuracy is that of the network's own head: what is deployed.
         return StepOutput(loss, mean_over_time(main).detach())
+
+    def eval_heads(self, ctx: TrainingContext) -> ShortcutEvaluation | None:
+        """The branches and the combined output at the current ``λ(i)`` (the next step's), for
+        the epoch's evaluation (``combined_test_acc``, ``branch_test_acc``)."""
+        if self.branches is None:
+            return None
+        return ShortcutEvaluation(self.branches, self.coefficient(ctx.iteration, ctx.total_iterations),
+                                  self.loss)
+
+    def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        """``final_combined_test_acc`` and ``final_branch_test_acc`` of the last evaluation."""
+        last = history[-1] if history else {}
+        return {"final_combined_test_acc": last.get("combined_test_acc"),
+                "final_branch_test_acc": last.get("branch_test_acc")}
 
     def epoch_metrics(self, ctx: TrainingContext) -> dict[str, Any]:
         """``shortcut_lambda``: the mean λ over the epoch's training steps."""

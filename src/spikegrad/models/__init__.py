@@ -6,7 +6,7 @@
 >>> net = models.create("resnet18", num_classes=100, T=4, surrogate="dspike")
 """
 
-from spikegrad.models import cnn, plain, resnet, vgg  # noqa: F401  (register the models)
+from spikegrad.models import cnn, cnn1d, plain, resnet, vgg  # noqa: F401  (register the models)
 from spikegrad.models._registry import create, entry, list_models, register_model
 from spikegrad.models.common import (
     ConvUnit,

@@ -101,7 +101,8 @@ class ModelSpec:
     Attributes:
         num_classes: output classes.
         in_channels: channels of one input sample.
-        input_size: side of a (square) input image (networks that need it size layers by it).
+        input_size: side of a (square) input image, or length of a 1-D signal (networks that
+            need it size layers by it).
         T: time steps (``kind="ann"`` uses 1).
         kind: ``snn``, or ``ann`` for the ANN twin (clipped ReLU instead of neurons).
         neuron: neuron type name or mapping of :class:`spikegrad.neurons.SpikingNeuron` arguments.

@@ -1,10 +1,21 @@
-"""Spiking VGG-11/13/16 for CIFAR-sized (and other) images.
+"""Spiking VGG-11/13/16 for CIFAR-sized (and other) images, and the local tandem learning VGGs.
 
 Each convolution is a unit ``conv3×3 -> BN -> [pool] -> neuron``; a pool (``"M"`` in the
 configuration) is folded into the unit before it, ahead of the neuron, so unit outputs stay
-binary. ``downsample="stride"`` replaces each pool by a stride-2 convolution, as in the
-local tandem learning VGG. Pools that would shrink the map below 1×1 (small inputs such as
-the 8×8 digits) are skipped. Optional hidden fully connected units precede the output layer.
+binary. ``downsample="stride"`` replaces each pool by a stride-2 convolution of that unit.
+Pools that would shrink the map below 1×1 (small inputs such as the 8×8 digits) are
+skipped. Optional hidden fully connected units precede the output layer.
+
+``vgg11``/``vgg13``/``vgg16`` halve the map after each of their five blocks (a 32×32 input
+ends at 1×1) and have no hidden fully connected layer. ``vgg11_ltl`` is the VGG-11 of the
+local tandem learning paper for CIFAR (Yang et al., NeurIPS 2022): the same eight
+convolutions (64, 128, 256, 256, 512, 512, 512, 512), stride-2 convolutions at conv2, conv4,
+conv6 and conv8 only (conv1 keeps the full resolution), so a 32×32 input ends at 2×2, then
+fully connected 2048 -> 512 -> 512 -> classes with a spiking (or, in the ANN twin, clipped
+ReLU) unit after each hidden layer. ``vgg16_ltl`` applies the same change to VGG-16 (this
+layout is an analogy, not taken from published code): the thirteen convolutions with the
+first halving (after conv2) removed, stride 2 at conv4, conv7, conv10 and conv13, a 2×2 map,
+and the same 2048 -> 512 -> 512 -> classes head.
 """
 
 from __future__ import annotations
@@ -24,6 +35,13 @@ VGG_LAYERS: dict[str, tuple[int | str, ...]] = {
     "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
               512, 512, 512, "M"),
 }
+
+# The local tandem learning VGGs: no halving after the first block (see the module docstring).
+LTL_LAYERS: dict[str, tuple[int | str, ...]] = {
+    "vgg11_ltl": (64, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg16_ltl": (64, 64, 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+}
+LTL_HIDDEN_FC = (512, 512)
 
 
 class SpikingVGG(SpikingNetwork):
@@ -77,3 +95,7 @@ class SpikingVGG(SpikingNetwork):
 for _name, _layers in VGG_LAYERS.items():
     register_model(_name, SpikingVGG, f"Spiking {_name.upper()} (BN, average pooling)",
                    layers=_layers)
+for _name, _strides in (("vgg11_ltl", "conv2/4/6/8"), ("vgg16_ltl", "conv4/7/10/13")):
+    register_model(_name, SpikingVGG, f"Spiking {_name[:5].upper()} for local tandem learning (stride 2 "
+                   f"at {_strides}, 2×2 map at 32×32, FC 512-512)",
+                   layers=LTL_LAYERS[_name], hidden_fc=LTL_HIDDEN_FC, downsample="stride")
