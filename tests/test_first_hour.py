@@ -386,3 +386,11 @@ def test_the_demo_refuses_its_folder_then_resumes_or_overwrites(tiny_demo, tmp_p
     assert (out / "demo.txt").read_text() == table  # the finished run's numbers, kept
     assert main(["demo", "--out", str(out), "--overwrite", "--resume"]) == 2
     assert main(["demo", "--out", str(out), "--overwrite"]) == 0
+
+
+def test_the_demo_into_a_folder_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert main(["demo", "--quick", "--out", str(tmp_path / "file" / "demo")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write to the demo folder" in err and "choose another --out" in err
+    assert "Traceback" not in err

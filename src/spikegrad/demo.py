@@ -105,8 +105,12 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, verbose: bo
     if not (resume or overwrite):  # before any row trains (each is guarded again as it starts)
         for row, _ in rows:
             check_destination(out_dir / row.folder, None, False, DEMO_TERMS)
-    for stale in (DEMO_JSON, DEMO_TXT):  # written again when every row has finished
-        (out_dir / stale).unlink(missing_ok=True)
+    try:
+        for stale in (DEMO_JSON, DEMO_TXT):  # written again when every row has finished
+            (out_dir / stale).unlink(missing_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write to the demo folder {str(out_dir)!r}: {exc}; choose another "
+                        "--out") from exc
     summaries = []
     for row, config in rows:
         folder = out_dir / row.folder
