@@ -23,6 +23,7 @@ from spikegrad.methods import (
     enabled_methods,
     method,
 )
+from spikegrad.methods.registry import run_name
 from spikegrad.run import train
 
 
@@ -274,7 +275,7 @@ def test_a_teacher_recipe_inherits_the_students_training_set_cuts(tmp_path):
     teacher_summary = json.loads((tmp_path / "run" / "teacher" / "summary.json").read_text())
     assert teacher_summary["eval_split"] == "validation"
     stored = load_config(tmp_path / "run" / "teacher" / "config.yaml")
-    assert stored == teacher
+    assert stored == teacher.with_overrides({"name": run_name(teacher)})  # named as every run is
     t_train, t_val, _ = datasets_from_config(stored.data)
     s_train, s_val, _ = datasets_from_config(student.data)
     assert t_val.indices == s_val.indices and t_train.indices == s_train.indices
