@@ -180,7 +180,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return 0
     rate = result["firing_rate"]
     loss = result["test_loss"]
-    print(f"{checkpoint} ({result['method'] or 'model'}, epoch {result['epoch']}), {args.split} split "
+    print(f"{checkpoint} ({result['method'] or 'model'}, epoch {result['epoch']}), {result['split']} split "
           f"of {len(dataset)} samples: accuracy {100 * result['test_acc']:.2f}%, loss "
           + ("-" if loss is None else f"{loss:.4f}")
           + ("" if rate is None else f", mean firing rate {rate:.4f}"))
