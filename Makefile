@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# e.g. `make demo DEMO_ARGS=--resume` (finish an interrupted demo) or DEMO_ARGS=--overwrite
+DEMO_ARGS ?=
 PIP := $(PY) -m pip
 TORCH_PIN := torch==2.13.0
 # Peers for side-by-side tests; installed without their dependencies, which would replace
@@ -30,7 +32,7 @@ $(VENV)/.test: $(VENV)/.base
 	touch $@
 
 demo: $(VENV)/.base
-	$(VENV)/bin/spikegrad demo
+	$(VENV)/bin/spikegrad demo $(DEMO_ARGS)
 
 test: $(VENV)/.test
 	$(VENV)/bin/ruff check src tests bench examples experiments tools

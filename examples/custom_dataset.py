@@ -46,7 +46,7 @@ def main() -> None:
         "data.batch_size": 32,
     })
     trainer = Trainer(spiking_1d_cnn(), make_waves(800, seed=0), make_waves(200, seed=1), config,
-                      out_dir="runs/custom_dataset")
+                      out_dir="runs/custom_dataset", overwrite=True)  # each run of the script starts over
     summary = trainer.fit()
     print(f"test accuracy {100 * summary['final_test_acc']:.1f}% "
           f"(mean firing rate {summary['firing_rate']:.3f})")

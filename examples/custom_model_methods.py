@@ -42,7 +42,8 @@ def main(out_dir: str = "runs/custom_model_methods", epochs: int = 3) -> None:
     })
     weights = []
     for run in ("a", "b"):
-        trainer = Trainer(spiking_cnn, train_set, test_set, config, out_dir=f"{out_dir}/{run}")
+        trainer = Trainer(spiking_cnn, train_set, test_set, config, out_dir=f"{out_dir}/{run}",
+                          overwrite=True)  # each run of the script starts over
         summary = trainer.fit()
         weights.append(trainer.model.state_dict())
     same = all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

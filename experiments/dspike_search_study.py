@@ -118,7 +118,7 @@ def trained_checkpoint(name: str, out: Path, extra: Sequence[str], threads: int)
     config = load_config(recipe_path(recipe), [*overrides, f"train.threads={threads}",
                                                "train.progress=false", f"name=search-study-{name}", *extra])
     print(f"training {name} into {folder} ...", flush=True)
-    train(config, folder, verbose=True)
+    train(config, folder, verbose=True, overwrite=True)  # a model stopped half-way starts over
     return folder / "last.pt"
 
 

@@ -69,7 +69,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     parts = build_parts(config)  # the teacher comes from ltl.teacher_checkpoint
     out = spec.get("out")
     trainer = Trainer(parts.model, parts.train_set, parts.test_set, config, out_dir=out,
-                      model_args=parts.model_args, verbose=False)
+                      model_args=parts.model_args, verbose=False, overwrite=True)  # a rerun starts over
     batches = []
     if spec["mode"] == "steps":  # (making a loader iterator draws from its generator)
         batches = [trainer.to_device(*b) for b in itertools.islice(trainer.train_loader, spec["steps"])]

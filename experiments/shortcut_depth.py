@@ -62,7 +62,7 @@ def train_grid(out: Path, seeds: list[int], epochs: int | None, models: list[str
             config = load_config(recipe_path(recipe), overrides)
             tic = time.perf_counter()
             print(f"== {model} {method} seed {seed}", flush=True)
-            summary = train(config, folder, verbose=False)
+            summary = train(config, folder, verbose=False, overwrite=True)  # a stopped run starts over
             print(f"   test {100 * summary['final_test_acc']:.2f}%  "
                   f"{time.perf_counter() - tic:.0f} s", flush=True)
 

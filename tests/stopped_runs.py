@@ -27,12 +27,13 @@ class StopAtIteration(Component):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def stopped_run(config: Config, folder: Path, iteration: int) -> None:
-    """Train ``config`` into ``folder`` (the plain Trainer, no guard) and stop it at ``iteration``."""
+def stopped_run(config: Config, folder: Path, iteration: int, overwrite: bool | None = False) -> None:
+    """Train ``config`` into ``folder`` (the Trainer, in this process; ``overwrite`` as the
+    Trainer takes it, None writing over another run's files) and stop it at ``iteration``."""
     parts = build_parts(config)
     components = [*build_components(config, parts.model), StopAtIteration(iteration)]
     trainer = Trainer(parts.model, parts.train_set, parts.test_set, config, components=components,
-                      out_dir=folder, model_args=parts.model_args, verbose=False)
+                      out_dir=folder, model_args=parts.model_args, verbose=False, overwrite=overwrite)
     try:
         trainer.fit()
     except TrainingStopped:

@@ -1213,10 +1213,14 @@ def _(tmp: Path) -> str:
 
 
 @case("fsize-config-on-resume", "full disks",
-      "train --resume under ulimit -f of 1000 bytes (config.yaml was cut, the run lost its recipe)",
-      seconds=90, slow=True)
+      "train --resume of a stopped run under ulimit -f of 1000 bytes (config.yaml was cut, the run "
+      "lost its recipe)", seconds=90, slow=True)
 def _(tmp: Path) -> str:
-    run = finished_run(tmp)
+    from tests.stopped_runs import stopped_run
+
+    # stopped, not finished: --resume of a finished run writes nothing (it says it has finished)
+    run = tmp / "run"
+    stopped_run(load_config(resumable_recipe(tmp)), run, iteration=15)
     before = files_of(run)
     line = error_line(spikegrad_process("train", "--out", run, "--resume", limit=1000), "config.yaml",
                       "File too large")
@@ -1331,10 +1335,14 @@ def _(tmp: Path) -> str:
 
 
 @case("orphan-temporaries", "torn and left-over files",
-      "--resume of a run folder holding the temporaries of killed checkpoint and side-file writes",
-      expect="correct", seconds=60, slow=True)
+      "--resume of a stopped run whose folder holds the temporaries of killed checkpoint and side-file "
+      "writes", expect="correct", seconds=60, slow=True)
 def _(tmp: Path) -> str:
-    run = finished_run(tmp)
+    from tests.stopped_runs import stopped_run
+
+    # stopped, not finished: --resume of a finished run writes nothing (it says it has finished)
+    run = tmp / "run"
+    stopped_run(load_config(resumable_recipe(tmp)), run, iteration=15)
     orphans = [".last.pt.k2j4h5g6.tmp", ".best.pt.abcd_123.tmp", ".gradients.jsonl.zz99yy88.tmp"]
     for name in orphans:
         (run / name).write_bytes(b"\0" * 50_000)
@@ -1394,7 +1402,10 @@ def _(tmp: Path) -> str:
     newer = older.with_overrides({"train.seed": 1})
     folder = tmp / "teacher"
     run_module.train(older, folder, verbose=False)
-    stopped_run(newer, folder, iteration=5)
+    old_summary = (folder / "summary.json").read_text()
+    # as an older spikegrad left it: it wrote over the folder and kept the old summary.json
+    stopped_run(newer, folder, iteration=5, overwrite=None)
+    (folder / "summary.json").write_text(old_summary)
     assert (folder / "summary.json").is_file() and load_checkpoint(folder / "last.pt")["progress"]
     teacher = run_module._train_teacher(newer, folder, verbose=False)
     final = load_checkpoint(folder / "last.pt")

@@ -23,6 +23,7 @@ from spikegrad.methods import (
     enabled_methods,
     method,
 )
+from spikegrad.methods.registry import run_name
 from spikegrad.run import train
 
 
@@ -167,8 +168,11 @@ def test_the_summary_of_a_custom_model_names_its_method_and_time_steps(tmp_path)
     data = toy_data()
     summary = Trainer(sequential(T=3, spiking=False), data, data, toy_config(), out_dir=tmp_path,
                       verbose=False).fit()
-    assert (summary["method"], summary["T"], summary["name"]) == ("ann", 3, "Sequential")
+    # unnamed: the run folder's name, or without a folder the model's class and the method
+    assert (summary["method"], summary["T"], summary["name"]) == ("ann", 3, tmp_path.name)
     assert json.loads((tmp_path / "summary.json").read_text())["method"] == "ann"
+    folderless = Trainer(sequential(T=2), data, data, toy_config(), verbose=False).fit()
+    assert folderless["name"] == "Sequential-dspike"
     named = Trainer(sequential(T=2), data, data, toy_config(name="mine"), verbose=False).fit()
     assert (named["method"], named["T"], named["name"]) == ("dspike", 2, "mine")
 
@@ -271,7 +275,7 @@ def test_a_teacher_recipe_inherits_the_students_training_set_cuts(tmp_path):
     teacher_summary = json.loads((tmp_path / "run" / "teacher" / "summary.json").read_text())
     assert teacher_summary["eval_split"] == "validation"
     stored = load_config(tmp_path / "run" / "teacher" / "config.yaml")
-    assert stored == teacher
+    assert stored == teacher.with_overrides({"name": run_name(teacher)})  # named as every run is
     t_train, t_val, _ = datasets_from_config(stored.data)
     s_train, s_val, _ = datasets_from_config(student.data)
     assert t_val.indices == s_val.indices and t_train.indices == s_train.indices

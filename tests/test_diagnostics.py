@@ -179,6 +179,8 @@ def test_plot_gradients_cli_draws_several_runs(tmp_path):
         (run / "gradients.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         runs.append(str(run))
     out = tmp_path / "plots" / "grads.png"
+    assert main(["plot-gradients", *runs, "--out", str(out)]) == 2  # no folders are made
+    out.parent.mkdir()
     assert main(["plot-gradients", *runs, "--out", str(out), "--label", "a", "--label", "b"]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["plot-gradients", *runs, "--out", str(out), "--label", "a"]) == 2  # one label short

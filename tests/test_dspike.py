@@ -279,6 +279,9 @@ def test_fdg_command_writes_a_table_json_and_plot(tmp_path, capsys):
     train(config, tmp_path / "run", verbose=False)
     out = tmp_path / "analysis" / "fdg"
     checkpoint = str(tmp_path / "run" / "last.pt")
+    assert main(["fdg", checkpoint, "--out", str(out)]) == 2  # no folders are made
+    assert "does not exist; create it first" in capsys.readouterr().err
+    out.parent.mkdir()
     code = main(["fdg", checkpoint, "--batch-size", "32", "--num-weights", "24", "--points", "3",
                  "--surrogates", "dspike,sigmoid", "--batches", "1", "--extend", "0", "--out", str(out)])
     stdout = capsys.readouterr().out

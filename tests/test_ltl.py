@@ -385,7 +385,8 @@ def test_ltl_runs_report_method_and_layer_losses(tmp_path, teacher_checkpoint, m
     assert list(losses) == ["features.0", "features.1", "features.2"]
     assert all(0 <= v <= 1 for v in losses.values())
     assert summary["final_test_acc"] > 0.4  # initialised from the teacher (about 0.7; chance 0.1)
-    proc = subprocess.run([sys.executable, "-m", "spikegrad.cli", "eval", str(tmp_path / "last.pt")],
+    proc = subprocess.run([sys.executable, "-m", "spikegrad.cli", "eval", str(tmp_path / "last.pt"),
+                           "--json"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr  # eval reads the online readout window from the config
     assert json.loads(proc.stdout)["test_acc"] == pytest.approx(summary["final_test_acc"])
@@ -410,7 +411,7 @@ def test_calibrate_cli(tmp_path, teacher_checkpoint):
                             "ltl.student_init": "teacher"})
     train(config, tmp_path, verbose=False)
     command = [sys.executable, "-m", "spikegrad.cli", "calibrate", str(tmp_path / "last.pt"),
-               "--sigma", "0.3", "--stuck-at-zero", "0.1", "--steps", "2"]
+               "--sigma", "0.3", "--stuck-at-zero", "0.1", "--steps", "2", "--json"]
     proc = subprocess.run([*command, "--teacher", str(teacher_checkpoint)], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -429,9 +430,10 @@ def test_layer_weights_must_match_the_units(tmp_path, teacher_checkpoint):
 
 
 def test_a_newer_teacher_stopped_half_way_continues_and_is_never_used_half_trained(tmp_path, monkeypatch):
-    """An older teacher finished in teacher/ (its summary.json stays); a newer one with another
-    config started there and was stopped mid-epoch. Its own checkpoint says it is not done, so
-    it continues to the end (the summary.json of the old one once passed it as finished)."""
+    """An older teacher finished in teacher/; a newer one with another config started there
+    and was stopped mid-epoch, leaving the old summary.json (as an older spikegrad did, writing
+    over the folder). Its own checkpoint says it is not done, so it continues to the end (the
+    summary.json of the old one once passed it as finished)."""
     import spikegrad.run as run_module
 
     older = load_config(recipe_path("digits")).with_overrides({
@@ -441,8 +443,10 @@ def test_a_newer_teacher_stopped_half_way_continues_and_is_never_used_half_train
     newer = older.with_overrides({"train.seed": 1})
     folder = tmp_path / "teacher"
     run_module.train(older, folder, verbose=False)
-    stopped_run(newer, folder, iteration=5)  # of 12 in its one epoch
-    stale = json.loads((folder / "summary.json").read_text())
+    stale_text = (folder / "summary.json").read_text()
+    stopped_run(newer, folder, iteration=5, overwrite=None)  # of 12 in its one epoch
+    (folder / "summary.json").write_text(stale_text)
+    stale = json.loads(stale_text)
     assert run_module.teacher_state(newer, folder) == ("stopped", [])
     assert run_module.teacher_state(older, folder)[0] == "other"
     calls = []

@@ -76,7 +76,8 @@ def test_train_a_cifar10_recipe_end_to_end(tmp_path, capsys):
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1 and metrics[0]["train_loss"] > 0
     capsys.readouterr()
-    assert main(["eval", str(out / "best.pt"), "--set", f"data.root={data}", "--device", "cpu"]) == 0
+    assert main(["eval", str(out / "best.pt"), "--set", f"data.root={data}", "--device", "cpu",
+                 "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["test_acc"] == pytest.approx(summary["final_test_acc"])
     # the same data.root key, a missing folder: exit status 2 with the expected layout

@@ -157,7 +157,8 @@ def test_figures_draw_every_layer_with_the_threshold(tmp_path):
 def test_eval_raster_cli_writes_the_recording_and_the_report_shows_it(tmp_path, capsys):
     train(tiny_config(), tmp_path / "run", verbose=False)
     checkpoint = str(tmp_path / "run" / "last.pt")
-    assert main(["eval", checkpoint, "--raster", "features.0.1,features.2.1", "--samples", "3"]) == 0
+    assert main(["eval", checkpoint, "--raster", "features.0.1,features.2.1", "--samples", "3",
+                 "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["raster"] == [str(tmp_path / "run" / name)
                                  for name in (RECORDING_FILE, "raster.png", "membrane.png")]

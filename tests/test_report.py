@@ -156,7 +156,7 @@ def test_report_of_real_runs(real_runs):
 
 
 def test_eval_cli_prints_the_same_analysis_as_training(real_runs, capsys):
-    assert main(["eval", str(real_runs / "snn" / "last.pt"), "--analysis"]) == 0
+    assert main(["eval", str(real_runs / "snn" / "last.pt"), "--analysis", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     stored = json.loads((real_runs / "snn" / "analysis.json").read_text())
     assert printed["analysis"]["totals"] == pytest.approx(stored["totals"])

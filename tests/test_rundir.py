@@ -72,3 +72,68 @@ def test_collectives_of_one_process_are_local():
     stop = StopOnSignal(enabled=False)
     stop.signum = 15
     assert not run.stop_requested(stop)  # only while a folder can take the save
+
+
+# ------------------------------------------------------------------ the guard, in the caller's terms
+
+
+def test_the_guard_names_the_ways_out_in_the_callers_terms(tmp_path):
+    from spikegrad.rundir import CLI_TERMS, PYTHON_TERMS, TRAINER_TERMS, check_destination
+
+    run = tmp_path / "run"
+    run.mkdir()
+    check_destination(run, None, False, PYTHON_TERMS)  # an empty folder is free
+    (run / "metrics.jsonl").write_text("")
+    expected = {
+        CLI_TERMS: "continue it with --resume, start it over with --overwrite, or choose another --out",
+        PYTHON_TERMS: f"continue it with resume_from={str(run / 'last.pt')!r}, start it over with "
+                      "overwrite=True, or choose another out_dir",
+        TRAINER_TERMS: f"continue it with trainer.resume({str(run / 'last.pt')!r}) before fit(), start it "
+                       "over with Trainer(..., overwrite=True), or choose another out_dir",
+    }
+    for terms, ways in expected.items():
+        with pytest.raises(UserError) as info:
+            check_destination(run, None, False, terms)
+        assert str(info.value) == f"{str(run)!r} already holds a run (metrics.jsonl); {ways}"
+    check_destination(run, run / "last.pt", False, PYTHON_TERMS)  # continuing it
+    check_destination(run, None, True, PYTHON_TERMS)  # replacing it
+    with pytest.raises(UserError, match=r"overwrite=True would delete .*drop overwrite=True"):
+        check_destination(run, run / "last.pt", True, PYTHON_TERMS)
+    with pytest.raises(UserError, match=r"own folder \(out_dir='.*other'\), choose an empty out_dir, or "
+                                        r"replace that run with overwrite=True"):
+        check_destination(run, tmp_path / "other" / "last.pt", False, PYTHON_TERMS)
+
+
+def test_spikegrad_train_refuses_a_folder_holding_another_run_before_building_anything(tmp_path,
+                                                                                       monkeypatch):
+    import spikegrad.run as run_module
+    from spikegrad import train
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: older\n")
+    monkeypatch.setattr(run_module, "build_parts", lambda config: pytest.fail("built before the guard"))
+    with pytest.raises(UserError, match=r"already holds a run \(config\.yaml\); continue it with "
+                                        r"resume_from=.*overwrite=True.*out_dir"):
+        train(Config(), run, verbose=False)
+    assert (run / "config.yaml").read_text() == "name: older\n"
+
+
+def test_run_state_and_finished_summary_read_the_checkpoint(tmp_path):
+    from spikegrad.rundir import finished_summary, run_state
+
+    config = Config().with_overrides({"train.epochs": 2})
+    run = RunFolder(tmp_path, DistributedContext())
+    assert run_state(tmp_path, config) == ("none", [])
+    model = nn.Linear(2, 2)
+    state = {"config": config.to_dict(), "epoch": 1, "iteration": 3, "progress": None}
+    run.save_checkpoint(model, None, state, "the end of epoch 1")
+    (tmp_path / "summary.json").write_text(json.dumps({"epochs": 2}))  # a stale one decides nothing
+    assert run_state(tmp_path, config) == ("stopped", []) and finished_summary(tmp_path, config) is None
+    run.save_checkpoint(model, None, {**state, "epoch": 2}, "the end of epoch 2")
+    assert run_state(tmp_path, config) == ("finished", [])
+    assert finished_summary(tmp_path, config) == {"epochs": 2}
+    state, differences = run_state(tmp_path, config.with_overrides({"optim.lr": 0.5}))
+    assert state == "other" and differences and differences[0].startswith("optim.lr")
+    (tmp_path / "summary.json").unlink()
+    assert finished_summary(tmp_path, config) is None  # finished, but its summary is written again

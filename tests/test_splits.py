@@ -153,9 +153,11 @@ def test_a_validation_run_never_reads_the_test_set(monkeypatch, tmp_path, capsys
     train_set, eval_set, _ = datasets_from_config(config.data)
     assert (train_set.indices, eval_set.indices) == (parts.train_set.indices, parts.test_set.indices)
     capsys.readouterr()
-    assert main(["eval", str(tmp_path / "last.pt"), "--device", "cpu"]) == 0
+    assert main(["eval", str(tmp_path / "last.pt"), "--device", "cpu", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["split"] == "validation" and result["test_acc"] == summary["final_test_acc"]
+    assert main(["eval", str(tmp_path / "last.pt"), "--device", "cpu"]) == 0  # the text says so too
+    assert "validation split of 100 samples" in capsys.readouterr().out
     monkeypatch.undo()
     plain = run.build_parts(Config())
     assert plain.eval_split == "test" and len(plain.test_set) == 364

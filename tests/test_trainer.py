@@ -39,7 +39,10 @@ def test_run_folder_contents(tmp_path):
     assert stored["method"] == "dspike" and stored["epochs"] == 2
     assert 0.0 <= stored["final_test_acc"] <= stored["best_test_acc"] <= 1.0
     assert stored["params"] > 0 and stored["wall_seconds"] > 0
-    assert load_config(tmp_path / "config.yaml") == tiny_config(**{"train.epochs": 2})
+    # the resolved recipe, with the name the run got from its method (the recipe sets none)
+    named = tiny_config(**{"train.epochs": 2, "name": "digits-dspike"})
+    assert load_config(tmp_path / "config.yaml") == named
+    assert stored["name"] == "digits-dspike"
 
 
 def test_seeded_runs_are_reproducible(tmp_path):
@@ -142,7 +145,8 @@ def test_model_returning_the_wrong_layout_is_explained():
 
 def test_eval_cli_reproduces_the_stored_accuracy(tmp_path):
     train(tiny_config(), tmp_path, verbose=False)
-    proc = subprocess.run([sys.executable, "-m", "spikegrad.cli", "eval", str(tmp_path / "best.pt")],
+    proc = subprocess.run([sys.executable, "-m", "spikegrad.cli", "eval", str(tmp_path / "best.pt"),
+                           "--json"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)

@@ -34,7 +34,7 @@ def train_runs(runs: Path, epochs: int, overrides: list[str] = ()) -> None:
         if (folder / "summary.json").is_file():
             continue
         config = config.with_overrides([*overrides, f"train.epochs={epochs}", "train.progress=false"])
-        train(config, folder, verbose=False)
+        train(config, folder, verbose=False, overwrite=True)  # a stopped run starts over
 
 
 #: the report's images that the screenshots show (the rest are written with --all)

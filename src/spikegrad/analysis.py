@@ -25,7 +25,7 @@ from spikegrad.durable import atomic_write
 from spikegrad.energy import OpsCounter
 from spikegrad.monitors import ActivityMonitor
 
-__all__ = ["ANALYSIS_FILE", "EvalProbe", "epoch_fields", "write_analysis"]
+__all__ = ["ANALYSIS_FILE", "EvalProbe", "epoch_fields", "format_analysis", "write_analysis"]
 
 ANALYSIS_FILE = "analysis.json"
 
@@ -86,3 +86,28 @@ def write_analysis(folder: str | Path, detail: dict[str, Any], epoch: int | None
     path = Path(folder) / ANALYSIS_FILE
     atomic_write(path, json.dumps({"epoch": epoch, **detail}, indent=2) + "\n")
     return path
+
+
+def format_analysis(detail: dict[str, Any]) -> str:
+    """An analysis (``analysis.json``'s content) as two tables: each neuron layer's firing
+    rate and dead and saturated fractions; each synapse layer's operations and energy per
+    sample against the equivalent ANN's; then the totals."""
+    neurons, synapses, totals = detail["neurons"], detail["synapses"], detail["totals"]
+    width = max([12, *map(len, neurons), *map(len, synapses)])
+    lines = [f"{'neuron layer':<{width}} {'rate':>7} {'dead':>7} {'saturated':>9}"]
+    for name, stats in neurons.items():
+        lines.append(f"{name:<{width}} {stats['rate']:7.4f} {100 * stats['dead_fraction']:6.1f}% "
+                     f"{100 * stats['saturated_fraction']:8.1f}%")
+    lines += ["", f"{'synapse layer':<{width}} {'type':<8} {'input':<7} {'SOPs':>12} {'MACs':>12} "
+              f"{'ANN MACs':>12} {'energy µJ':>10} {'ANN µJ':>10}"]
+    for name, ops in synapses.items():
+        lines.append(f"{name:<{width}} {ops['type']:<8} {ops['input']:<7} {ops['sops']:12,.0f} "
+                     f"{ops['macs']:12,.0f} {ops['ann_macs']:12,.0f} {ops['energy_uj']:10.4g} "
+                     f"{ops['ann_energy_uj']:10.4g}")
+    lines.append(f"{'total':<{width}} {'':<8} {'':<7} {totals['sops']:12,.0f} {totals['macs']:12,.0f} "
+                 f"{totals['ann_macs']:12,.0f} {totals['energy_uj']:10.4g} {totals['ann_energy_uj']:10.4g}")
+    ratio = totals.get("energy_ratio")
+    lines.append(f"per sample, over {detail['samples']} samples; {detail['pj_per_ac']:g} pJ per "
+                 f"accumulate (SOP), {detail['pj_per_mac']:g} pJ per MAC"
+                 + (f"; energy {ratio:.3g}× the ANN's" if ratio is not None else ""))
+    return "\n".join(lines)

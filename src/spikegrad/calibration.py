@@ -9,10 +9,12 @@ The devices (:mod:`spikegrad.devices`) are applied to the network, then one of:
   loss), the off-chip reference.
 
 Both updating methods run in the one :class:`~spikegrad.trainer.Trainer` for one epoch over
-``steps · batch_size`` training samples (a seeded random subset), with a constant learning
-rate, no weight decay, and :class:`~spikegrad.devices.DeviceSync` re-applying the devices
-after every step. Online LTL is built from the stored ``ltl`` section (its percentile,
-layer weights, ``T_warm`` and distillation) with ``mode: online``; no other method runs.
+``steps · batch_size`` training samples (seeded random permutations of the training set,
+one after another when the steps need more samples than it holds), so exactly ``steps``
+optimizer steps, with a constant learning rate, no weight decay, and
+:class:`~spikegrad.devices.DeviceSync` re-applying the devices after every step. Online
+LTL is built from the stored ``ltl`` section (its percentile, layer weights, ``T_warm`` and
+distillation) with ``mode: online``; no other method runs.
 Accuracy is always read out the same way (logits averaged over
 ``t >= readout_start``), so the methods compare on equal terms.
 """
@@ -34,7 +36,7 @@ from spikegrad.errors import UserError, unknown_name_error
 from spikegrad.evaluation import evaluate_model
 from spikegrad.trainer import Trainer, resolve_device
 
-__all__ = ["CALIBRATION_METHODS", "calibrate"]
+__all__ = ["CALIBRATION_METHODS", "calibrate", "calibration_indices"]
 
 CALIBRATION_METHODS = ("none", "ltl-online", "bptt")
 
@@ -53,6 +55,15 @@ def calibration_config(config: Config, lr: float | None = None, method: str = "b
     return config.with_overrides(overrides)
 
 
+def calibration_indices(available: int, size: int, seed: int) -> list[int]:
+    """``size`` sample indices: seeded permutations of ``range(available)``, one after another."""
+    if available <= 0:
+        raise UserError("calibration needs training samples; the training set is empty")
+    generator = torch.Generator().manual_seed(seed)
+    rounds = -(-size // available)
+    return torch.cat([torch.randperm(available, generator=generator) for _ in range(rounds)])[:size].tolist()
+
+
 def calibrate(
     model: nn.Module,
     device_model: DeviceModel,
@@ -67,9 +78,10 @@ def calibrate(
 ) -> dict[str, Any]:
     """Apply ``device_model`` to ``model`` (in place), calibrate, and measure test accuracy.
 
-    Returns ``{"method", "devices", "steps", "acc_before", "acc_after"}``; ``acc_before`` is
-    the faulty network before any update. ``teacher`` (the ANN twin) is needed by
-    ``ltl-online``. ``lr`` overrides ``optim.lr``.
+    Returns ``{"method", "devices", "steps", "acc_fault_free", "acc_before", "acc_after"}``:
+    the test accuracy without the faults, with them before any update, and after ``steps``
+    optimizer steps (the training set is cycled when it has fewer samples). ``teacher`` (the
+    ANN twin) is needed by ``ltl-online``. ``lr`` overrides ``optim.lr``.
     """
     if method not in CALIBRATION_METHODS:
         raise unknown_name_error("calibration method", method, CALIBRATION_METHODS)
@@ -80,7 +92,6 @@ def calibrate(
     config = calibration_config(config, lr, method)
     device = resolve_device(config.train.device)
     model.to(device)
-    devices = ImperfectDevices(model, device_model)
     test_loader = DataLoader(test_set, batch_size=config.data.eval_batch_size,
                              collate_fn=collate_for(test_set))
 
@@ -88,11 +99,12 @@ def calibrate(
         return float(evaluate_model(model, test_loader, device, readout_start=readout_start)["test_acc"])
 
     result: dict[str, Any] = {"method": method, "devices": device_model.describe(), "steps": 0,
-                              "acc_before": accuracy()}
+                              "acc_fault_free": accuracy()}
+    devices = ImperfectDevices(model, device_model)
+    result["acc_before"] = accuracy()
     if method != "none" and steps > 0:
-        size = min(len(train_set), steps * config.data.batch_size)
-        generator = torch.Generator().manual_seed(config.train.seed)
-        subset = Subset(train_set, torch.randperm(len(train_set), generator=generator)[:size].tolist())
+        subset = Subset(train_set, calibration_indices(len(train_set), steps * config.data.batch_size,
+                                                       config.train.seed))
         components = [*build_components(config, model, teacher=teacher), DeviceSync(devices)]
         trainer = Trainer(model, subset, test_set, config, components=components,
                           augment=build_augmentation(config.data.augment), verbose=False)

@@ -193,6 +193,12 @@ class Component:
         """The run's method name given the name built so far (e.g. ``dspike+shortcut``)."""
         return base
 
+    @classmethod
+    def section_method_name(cls, section: Any, base: str) -> str:
+        """:meth:`method_name` as the component's config ``section`` would make it, before
+        the component exists (a run's default name, :func:`spikegrad.methods.registry.run_name`)."""
+        return base
+
     def state_dict(self) -> dict[str, Any]:
         """Everything a resume needs (tensors, numbers, strings, lists, dicts), including the
         state of any private random generator; checkpointed under ``components[name]``."""

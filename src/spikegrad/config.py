@@ -175,7 +175,7 @@ class TrainConfig:
     grad_clip: float | None = option(None, gt=0.0, doc="clip the gradient norm (None: off)")
     progress: bool = option(True, doc="progress bar when the terminal is interactive")
     threads: int | None = option(None, gt=0, max=lambda: _thread_limit(),
-                                 doc="torch CPU threads (None: torch's default)")
+                                 doc="torch CPU threads (None: the free cores, see spikegrad.threads)")
     checkpoint_every: int = option(0, min=0, doc="also write last.pt every this many iterations "
                                    "(0: at epoch ends only); a resume continues mid-epoch")
     nonfinite: str = option("stop", choices=("stop", "skip"),
@@ -324,7 +324,8 @@ class DiagnosticsConfig:
 class Config:
     """A whole run: what to train, on what, how."""
 
-    name: str = option("", doc="free label for the run")
+    name: str = option("", doc="the run's name ('': <data.name>-<method>, e.g. digits-dspike-adaptive); "
+                       "the default run folder is runs/<name>")
     paper: PaperConfig = option(factory=PaperConfig)
     model: ModelConfig = option(factory=ModelConfig)
     data: DataConfig = option(factory=DataConfig)

@@ -7,7 +7,7 @@ the columns), and the first layer's gradient histogram early, midway and at the 
 (:func:`histogram_picks`), at the same iterations in every column
 (:func:`histogram_iterations`). Rows share their axes, so columns compare directly (a
 histogram ten times narrower than the widest keeps its own x axis: :func:`shared_limits`). Needs
-matplotlib (``pip install 'spikegrad[plot]'``).
+matplotlib (a dependency of spikegrad).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError as exc:
-        raise UserError("plotting needs matplotlib: pip install 'spikegrad[plot]'") from exc
+        raise UserError("plotting needs matplotlib (a dependency of spikegrad): "
+                        "pip install matplotlib") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

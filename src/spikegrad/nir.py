@@ -496,9 +496,11 @@ def write_nir(model: nn.Module, path: str | Path, input_shape: tuple[int, ...] |
     """Export ``model`` (see :func:`export_nir`) and write it to ``path`` (HDF5, ``.nir``)."""
     nir = _nir()
     path = Path(path)
+    if not path.parent.is_dir():  # no folders are made: a mistyped path fails here
+        raise UserError(f"cannot write the NIR file {str(path)!r}: the folder {str(path.parent)!r} "
+                        "does not exist; create it first or choose another path")
     graph = export_nir(model, input_shape, **kwargs)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         nir.write(str(path), graph)
     except OSError as exc:
         raise UserError(f"cannot write the NIR file {str(path)!r}: {exc}") from exc

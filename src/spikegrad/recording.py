@@ -325,7 +325,7 @@ def record_and_plot(
         import matplotlib  # noqa: F401
     except ImportError as exc:
         raise UserError("--raster draws with matplotlib, which is not installed; install it with "
-                        "pip install 'spikegrad[plot]'") from exc
+                        "pip install matplotlib (a dependency of spikegrad)") from exc
     recording = record(model, dataset, layers, samples, device, collate)
     recording.source = source
     out = Path(out)

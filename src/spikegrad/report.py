@@ -907,7 +907,7 @@ def render_report(runs: list[Run], title: str = "spikegrad report") -> str:
         import matplotlib  # noqa: F401
     except ImportError as exc:
         raise UserError("spikegrad report draws with matplotlib, which is not installed; install "
-                        "it with pip install 'spikegrad[plot]'") from exc
+                        "it with pip install matplotlib (a dependency of spikegrad)") from exc
     if not runs:
         raise UserError("no run folders to report on")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"

@@ -205,11 +205,12 @@ def resume_checkpoint_path(out_dir: str | Path) -> Path:
 class TrainingStopped(Exception):
     """Training stopped on SIGTERM/SIGINT after saving ``checkpoint``; ``--resume`` continues."""
 
-    def __init__(self, signum: int, checkpoint: Path, position: str) -> None:
-        self.signum, self.checkpoint = signum, checkpoint
+    def __init__(self, signum: int, checkpoint: Path, position: str,
+                 resume_command: str = "--resume") -> None:
+        self.signum, self.checkpoint, self.position = signum, checkpoint, position
         name = signal.Signals(signum).name
         super().__init__(f"stopped by {name} at {position}: saved {str(checkpoint)!r}; continue "
-                         "with --resume")
+                         f"with {resume_command}")
 
     @property
     def exit_status(self) -> int:

@@ -14,14 +14,13 @@ from torch import nn
 
 from spikegrad import build, distributed
 from spikegrad.build import RunParts, build_parts, model_arguments
-from spikegrad.checkpoint import load_checkpoint, load_model
+from spikegrad.checkpoint import load_model
 from spikegrad.component import Component
 from spikegrad.config import Config
 from spikegrad.data import build_augmentation
 from spikegrad.errors import UserError
-from spikegrad.methods.registry import method
-from spikegrad.resume import config_differences
-from spikegrad.rundir import claim
+from spikegrad.methods.registry import method, run_name
+from spikegrad.rundir import PYTHON_TERMS, Terms, claim, run_state
 from spikegrad.trainer import Trainer, resolve_device
 
 __all__ = ["RunParts", "build_components", "build_parts", "model_arguments", "prepare_teacher",
@@ -48,28 +47,20 @@ def prepare_teacher(config: Config, out_dir: str | Path | None, verbose: bool = 
 
 
 def teacher_state(config: Config, folder: Path) -> tuple[str, list[str]]:
-    """Where the teacher run in ``folder`` stands, from its ``last.pt`` alone (never from a side
-    file such as ``summary.json``, which an older teacher may have left): ``("finished", [])``
-    (its progress is None and its epoch is ``train.epochs``), ``("stopped", [])`` (the same
-    config, not finished: it continues), ``("other", differences)`` (trained with another
-    config) or ``("none", [])`` (no checkpoint)."""
-    last = folder / "last.pt"
-    if not last.is_file():
-        return "none", []
+    """Where the teacher run in ``folder`` stands (:func:`spikegrad.rundir.run_state`, from its
+    ``last.pt`` alone): ``"finished"`` (reused), ``"stopped"`` (it continues), ``"other"``
+    with the differences (trained anew) or ``"none"``; a teacher checkpoint that cannot be
+    read says how to train the teacher again."""
     try:
-        payload = load_checkpoint(last)
+        return run_state(folder, config)
     except UserError as exc:
         raise UserError(f"the LTL teacher cannot be read: {exc}; or delete {str(folder)!r} to train "
                         "the teacher again") from exc
-    differences = config_differences(payload.get("config", {}), config)
-    if differences:
-        return "other", differences
-    if payload.get("progress") is None and payload.get("epoch") == config.train.epochs:
-        return "finished", []
-    return "stopped", []
 
 
 def _train_teacher(config: Config, folder: Path, verbose: bool) -> nn.Module:
+    if not config.name:  # as train() names it
+        config = config.with_overrides({"name": run_name(config)})
     state, differences = teacher_state(config, folder)
     if state != "finished":
         if verbose:
@@ -97,19 +88,23 @@ def build_components(
 
 def train(config: Config, out_dir: str | Path | None, verbose: bool = True,
           resume_from: str | Path | None = None, allow_config_change: bool = False,
-          overwrite: bool | None = None) -> dict[str, Any]:
+          overwrite: bool = False, *, terms: Terms = PYTHON_TERMS) -> dict[str, Any]:
     """Train the run described by ``config`` into ``out_dir``; returns its summary.
 
     ``resume_from``: a checkpoint to continue from (see :meth:`Trainer.resume`).
-    ``overwrite``: what to do with a folder that already holds a run: None writes over it as
-    the files come (the library's default), False refuses it unless the run continues from
-    it, True removes its files first (``spikegrad train`` passes False, or True for
-    ``--overwrite``; see :func:`spikegrad.rundir.check_destination`). The folder is locked
-    for the whole run, an LTL teacher's training included (:mod:`spikegrad.runlock`).
+    ``overwrite``: an ``out_dir`` that already holds another run is refused (False) unless the
+    run continues from it (``resume_from`` in it); True removes that run's files first
+    (:func:`spikegrad.rundir.check_destination`, :func:`spikegrad.rundir.remove_run`), as
+    ``spikegrad train --overwrite`` does. ``terms``: how those errors name the ways out
+    (``spikegrad train`` passes its flags). The folder is locked for the whole run, an LTL
+    teacher's training included (:mod:`spikegrad.runlock`). A config without a ``name`` gets
+    its default one (:func:`~spikegrad.methods.registry.run_name`).
     """
+    if not config.name:
+        config = config.with_overrides({"name": run_name(config)})
     dist = distributed.setup(resolve_device(config.train.device), config.distributed)
     try:
-        with claim(out_dir, dist, resume_from=resume_from, overwrite=overwrite, verbose=verbose):
+        with claim(out_dir, dist, resume_from=resume_from, overwrite=overwrite, terms=terms, verbose=verbose):
             parts = build_parts(config)
             trainer = Trainer(
                 parts.model,
@@ -121,6 +116,8 @@ def train(config: Config, out_dir: str | Path | None, verbose: bool = True,
                 augment=build_augmentation(config.data.augment, parts.info),
                 model_args=parts.model_args,
                 verbose=verbose,
+                overwrite=None,  # claim() has applied the guard
+                terms=terms,
             )
             try:
                 if resume_from is not None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -42,11 +43,12 @@ from spikegrad.config import Config
 from spikegrad.diagnostics import GRADIENTS_FILE
 from spikegrad.distributed import DistributedContext
 from spikegrad.errors import UserError
-from spikegrad.resume import EpochProgress, StopOnSignal, check_resume_config, rng_state
+from spikegrad.resume import EpochProgress, StopOnSignal, check_resume_config, config_differences, rng_state
 
 __all__ = [
-    "CONFIG_FILE", "METRICS_FILE", "RUN_FILES", "RUN_FOLDERS", "SUMMARY_FILE", "RunFolder",
-    "check_destination", "claim", "default_run_folder", "remove_run", "run_markers",
+    "CLI_TERMS", "CONFIG_FILE", "METRICS_FILE", "PYTHON_TERMS", "RUN_FILES", "RUN_FOLDERS", "SUMMARY_FILE",
+    "TRAINER_TERMS", "RunFolder", "Terms", "check_destination", "claim", "default_run_folder",
+    "finished_summary", "remove_run", "run_markers", "run_state", "take",
 ]
 
 CONFIG_FILE = "config.yaml"
@@ -101,27 +103,77 @@ def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
-def check_destination(folder: str | Path, resume_from: str | Path | None, overwrite: bool) -> None:
-    """The guard of ``spikegrad train``: a folder that holds a run (:func:`run_markers`) is only
-    written by a run that continues it (``resume_from`` in that folder) or with ``overwrite``;
-    ``overwrite`` never removes the checkpoint it resumes from."""
+@dataclass(frozen=True)
+class Terms:
+    """How the guard's errors name the ways out, in the caller's terms: command-line flags
+    (:data:`CLI_TERMS`), :func:`spikegrad.train`'s arguments (:data:`PYTHON_TERMS`) or
+    :class:`~spikegrad.trainer.Trainer`'s (:data:`TRAINER_TERMS`). ``resume`` and ``own_folder``
+    are formats of ``last`` (the folder's ``last.pt``) and ``folder`` (a checkpoint's folder)."""
+
+    resume: str  #: how to continue the run in the folder
+    overwrite: str  #: how to start over in it
+    out: str  #: the run folder's argument
+    own_folder: str  #: how to train in a checkpoint's own folder
+
+
+CLI_TERMS = Terms(resume="--resume", overwrite="--overwrite", out="--out", own_folder="leave out --out")
+PYTHON_TERMS = Terms(resume="resume_from={last!r}", overwrite="overwrite=True", out="out_dir",
+                     own_folder="out_dir={folder!r}")
+TRAINER_TERMS = Terms(resume="trainer.resume({last!r}) before fit()",
+                      overwrite="Trainer(..., overwrite=True)", out="out_dir",
+                      own_folder="out_dir={folder!r}")
+
+
+def check_destination(folder: str | Path, resume_from: str | Path | None, overwrite: bool,
+                      terms: Terms = CLI_TERMS) -> None:
+    """The one guard of a run folder (``spikegrad train``, :func:`spikegrad.train`,
+    :meth:`Trainer.fit <spikegrad.trainer.Trainer.fit>`, ``spikegrad demo``): a folder that
+    holds a run (:func:`run_markers`) is only written by a run that continues it
+    (``resume_from`` in that folder) or with ``overwrite``; ``overwrite`` never removes the
+    checkpoint it resumes from. Errors name the ways out in ``terms``."""
     folder = Path(folder)
     resume_from = Path(resume_from) if resume_from is not None else None
     if overwrite and resume_from is not None and _inside(resume_from, folder):
-        raise UserError(f"--overwrite would delete {str(resume_from)!r}, the checkpoint the run "
-                        f"continues from; drop --overwrite to continue the run in {str(folder)!r}")
+        raise UserError(f"{terms.overwrite} would delete {str(resume_from)!r}, the checkpoint the run "
+                        f"continues from; drop {terms.overwrite} to continue the run in {str(folder)!r}")
     if overwrite or (resume_from is not None and _same_folder(resume_from.parent, folder)):
         return
     held = run_markers(folder)
     if not held:
         return
     if resume_from is not None:
+        own = terms.own_folder.format(folder=str(resume_from.parent))
         raise UserError(
             f"cannot continue {str(resume_from)!r} into {str(folder)!r}: that folder already holds "
-            f"another run ({held[0]}); continue in the checkpoint's own folder (leave out --out), "
-            "choose an empty --out, or add --overwrite to replace that run")
-    raise UserError(f"{str(folder)!r} already holds a run ({held[0]}); continue it with --resume, "
-                    "start it over with --overwrite, or choose another --out")
+            f"another run ({held[0]}); continue in the checkpoint's own folder ({own}), choose an "
+            f"empty {terms.out}, or replace that run with {terms.overwrite}")
+    resume = terms.resume.format(last=str(folder / LAST))
+    raise UserError(f"{str(folder)!r} already holds a run ({held[0]}); continue it with {resume}, "
+                    f"start it over with {terms.overwrite}, or choose another {terms.out}")
+
+
+def take(folder: str | Path, *, resume_from: str | Path | None = None, overwrite: bool | None = None,
+         terms: Terms = CLI_TERMS, verbose: bool = False) -> None:
+    """On the process that writes ``folder``: take its lock (:mod:`spikegrad.runlock`), then
+    apply the guard (:func:`check_destination`; ``overwrite`` None skips it, for a folder its
+    caller already took) and, with ``overwrite``, remove the old run (:func:`remove_run`).
+    The lock stays taken: give it back with :func:`spikegrad.runlock.release`."""
+    folder = Path(folder)
+    runlock.acquire(folder)
+    try:
+        if overwrite is not None:
+            check_destination(folder, resume_from, overwrite, terms)
+        if overwrite:
+            try:
+                removed = remove_run(folder)
+            except OSError as exc:
+                raise UserError(f"cannot remove the old run in {str(folder)!r}: {exc}; remove it "
+                                f"yourself or choose another {terms.out}") from exc
+            if removed and verbose:
+                print(f"removed the old run in {str(folder)!r}: {', '.join(removed)}", flush=True)
+    except BaseException:
+        runlock.release(folder)
+        raise
 
 
 def remove_run(folder: str | Path) -> list[str]:
@@ -164,11 +216,11 @@ def _remove_if_empty(*paths: Path) -> None:
 
 @contextlib.contextmanager
 def claim(folder: str | Path | None, dist: DistributedContext, *, resume_from: str | Path | None = None,
-          overwrite: bool | None = None, verbose: bool = False) -> Iterator[None]:
-    """Hold ``folder``'s lock (rank 0) while the block trains into it. ``overwrite``: None
-    writes over whatever is there (the library's default); False refuses a folder that holds
-    another run (:func:`check_destination`); True removes the old run first
-    (:func:`remove_run`). Every process stops with rank 0's error."""
+          overwrite: bool = False, terms: Terms = CLI_TERMS, verbose: bool = False) -> Iterator[None]:
+    """Hold ``folder``'s lock (rank 0) while the block trains into it, after the guard
+    (:func:`take`): a folder that holds another run is refused unless the run continues from
+    it (``resume_from``), or ``overwrite`` removes the old run first. Every process stops
+    with rank 0's error."""
     if folder is None:
         yield
         return
@@ -176,19 +228,10 @@ def claim(folder: str | Path | None, dist: DistributedContext, *, resume_from: s
     error, locked = None, False
     if dist.is_main:
         try:
-            runlock.acquire(folder)
+            take(folder, resume_from=resume_from, overwrite=overwrite, terms=terms, verbose=verbose)
             locked = True
-            if overwrite is not None:
-                check_destination(folder, resume_from, overwrite)
-            if overwrite:
-                removed = remove_run(folder)
-                if removed and verbose:
-                    print(f"removed the old run in {str(folder)!r}: {', '.join(removed)}", flush=True)
         except UserError as exc:
             error = exc
-        except OSError as exc:
-            error = UserError(f"cannot remove the old run in {str(folder)!r}: {exc}; remove it "
-                              "yourself or choose another --out")
     try:
         dist.agree(error)  # also: nobody looks at the folder before the old run is gone
         yield
@@ -200,7 +243,8 @@ def claim(folder: str | Path | None, dist: DistributedContext, *, resume_from: s
 class RunFolder:
     """The folder ``path`` of one run, written by the main process only (None: no files)."""
 
-    def __init__(self, path: str | Path | None, dist: DistributedContext, verbose: bool = False) -> None:
+    def __init__(self, path: str | Path | None, dist: DistributedContext, verbose: bool = False, *,
+                 terms: Terms = CLI_TERMS) -> None:
         self.path = Path(path) if path is not None else None
         self.dist = dist
         #: whether this process writes the files
@@ -208,8 +252,12 @@ class RunFolder:
         #: where ``last.pt`` stands, in words (None: not written nor resumed from yet)
         self.last_saved: str | None = None
         self.verbose = verbose
+        #: how errors name the ways out (command-line flags or Python arguments)
+        self.terms = terms
         self._last_is_good = False  # written or resumed from here: worth keeping as previous
         self._locked = False
+        self._source: Path | None = None  # the checkpoint the run continues from
+        self._wrote = False  # this run has saved a checkpoint here
 
     @property
     def enabled(self) -> bool:
@@ -227,22 +275,28 @@ class RunFolder:
 
     # ------------------------------------------------------------------ files
 
-    def prepare(self, config: Config, history: list[dict[str, Any]]) -> None:
+    def prepare(self, config: Config, history: list[dict[str, Any]], *,
+                overwrite: bool | None = None) -> None:
         """Before training starts, on rank 0 (every process stops if it fails): take the
-        folder's lock, check it can be written, remove the temporaries of killed writes, write
-        ``config.yaml`` and ``metrics.jsonl`` (the rows so far, on a resume) and, on a resume,
-        cut a torn last line off ``gradients.jsonl``. The lock is held until :meth:`release`."""
+        folder's lock and apply the guard (:func:`take`: a folder holding another run is
+        refused unless the run continues from it or ``overwrite`` removes it; None: no guard,
+        for a folder its caller took), check it can be written, remove the temporaries of
+        killed writes, write ``config.yaml`` and ``metrics.jsonl`` (the rows so far, on a
+        resume) and, on a resume, cut a torn last line off ``gradients.jsonl``. A fresh run
+        removes an earlier ``summary.json`` and ``last.prev.pt``; ``summary.json`` is written
+        again when the run ends. The lock is held until :meth:`release`."""
         error = None
         if self.writes:
             try:
-                self._prepare(config, history)
+                self._prepare(config, history, None if self._wrote else overwrite)
             except UserError as exc:
                 error = exc
         self.dist.agree(error)
 
-    def _prepare(self, config: Config, history: list[dict[str, Any]]) -> None:
+    def _prepare(self, config: Config, history: list[dict[str, Any]], overwrite: bool | None) -> None:
         if not self._locked:
-            runlock.acquire(self.path)
+            take(self.path, resume_from=self._source, overwrite=overwrite, terms=self.terms,
+                 verbose=self.verbose)
             self._locked = True
         try:
             probe = self.path / ".write-test"
@@ -263,6 +317,8 @@ class RunFolder:
                 self._note(f"{str(metrics)!r} ended in a torn line (a write cut off); rewritten from "
                            "the checkpoint's history")
             durable.atomic_write(metrics, "".join(json.dumps(r) + "\n" for r in history))
+        with self.writing(SUMMARY_FILE):
+            (self.path / SUMMARY_FILE).unlink(missing_ok=True)  # written again when the run ends
         if not resumed:  # a fresh run: an older run's fallback is no fallback
             previous_path(self.path / LAST).unlink(missing_ok=True)
             return
@@ -298,9 +354,11 @@ class RunFolder:
         ``last.pt`` still holds, and how to go on."""
         cause = durable.disk_error(exc) or exc
         reason, fix = durable.describe(cause) if isinstance(cause, OSError) else (str(cause), "Fix it")
+        resume = self.terms.resume.format(last=str(self.path / LAST) if self.path else LAST)
         kept, then = (("no checkpoint was written yet", "then train again") if self.last_saved is None
-                      else (f"'last.pt' keeps {self.last_saved}", "then continue with --resume"))
-        return UserError(f"cannot write {what}: {reason}; {kept}. {fix} or choose another --out, {then}")
+                      else (f"'last.pt' keeps {self.last_saved}", f"then continue with {resume}"))
+        return UserError(f"cannot write {what}: {reason}; {kept}. {fix} or choose another "
+                         f"{self.terms.out}, {then}")
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         """One epoch's line of ``metrics.jsonl`` (one write: a cut-off one is repaired on resume)."""
@@ -338,7 +396,7 @@ class RunFolder:
             except UserError as exc:
                 error = exc
         self.dist.agree(error)
-        self.last_saved, self._last_is_good = position, True
+        self.last_saved, self._last_is_good, self._wrote = position, True, True
 
     def read_checkpoint(self, path: str | Path, config: Config,
                         allow_config_change: bool = False) -> dict[str, Any]:
@@ -357,7 +415,7 @@ class RunFolder:
 
     def resumed_from(self, source: str | Path, position: str) -> None:
         """Note that training continues from ``source`` (standing at ``position``)."""
-        self.last_saved = position
+        self.last_saved, self._source = position, Path(source)
         self._last_is_good = self.path is not None and Path(source) == self.path / LAST
 
     def last_good_state(self) -> str:
@@ -384,3 +442,39 @@ class RunFolder:
     def stop_requested(self, stop: StopOnSignal) -> bool:
         """Whether SIGTERM/SIGINT reached any process (only while a folder can take the save)."""
         return stop.enabled and self.dist.any(stop.signum is not None)[0]
+
+
+# ------------------------------------------------------------------ where a run stands
+
+
+def run_state(folder: str | Path, config: Config) -> tuple[str, list[str]]:
+    """Where the run in ``folder`` stands for ``config``, from its ``last.pt`` alone (never from
+    a side file such as ``summary.json``, which an older run may have left): ``("finished",
+    [])`` (the same config, no epoch in progress, ``train.epochs`` trained), ``("stopped", [])``
+    (the same config, not finished: it can continue), ``("other", differences)`` (trained with
+    another config, :func:`spikegrad.resume.config_differences`) or ``("none", [])`` (no
+    ``last.pt``). A ``last.pt`` that cannot be read is the :class:`UserError` of
+    :func:`~spikegrad.checkpoint.load_checkpoint` (naming ``last.prev.pt``)."""
+    last = Path(folder) / LAST
+    if not last.is_file():
+        return "none", []
+    payload = load_checkpoint(last)
+    differences = config_differences(payload.get("config", {}), config)
+    if differences:
+        return "other", differences
+    if payload.get("progress") is None and payload.get("epoch") == config.train.epochs:
+        return "finished", []
+    return "stopped", []
+
+
+def finished_summary(folder: str | Path, config: Config) -> dict[str, Any] | None:
+    """The ``summary.json`` of the run in ``folder`` if that run has finished for ``config``
+    (:func:`run_state`), else None (also when the summary is missing or unreadable: training
+    from the finished ``last.pt`` writes it again)."""
+    if run_state(folder, config)[0] != "finished":
+        return None
+    try:
+        summary = json.loads((Path(folder) / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None

@@ -49,9 +49,10 @@ from spikegrad.losses import training_loss
 from spikegrad.neurons import SpikingNeuron
 from spikegrad.nonfinite import CHECK_EVERY, FiniteGuard
 from spikegrad.resume import EpochProgress, StopOnSignal, TrainingStopped, ignore_interrupts, set_rng_state
-from spikegrad.rundir import RunFolder
+from spikegrad.rundir import TRAINER_TERMS, RunFolder, Terms
 from spikegrad.schedules import lr_factor
 from spikegrad.seeding import seed_everything
+from spikegrad.threads import apply_threads
 
 __all__ = [
     "Component", "StepOutput", "Trainer", "evaluate_model", "lr_factor", "resolve_device",
@@ -145,6 +146,16 @@ class Trainer:
             ``data.augment``.
         model_args: ``{"name", "kwargs"}`` that rebuild the model from the registry, stored in
             checkpoints so ``spikegrad eval`` can load them.
+        overwrite: what :meth:`fit` does with an ``out_dir`` that already holds another run
+            (:func:`spikegrad.rundir.check_destination`): False refuses it unless this trainer
+            continues that run (:meth:`resume` from its ``last.pt``); True removes the old
+            run's files first (:func:`spikegrad.rundir.remove_run`); None skips the check, for
+            a folder its caller has already taken (:func:`spikegrad.train` does).
+        terms: how errors about the run folder name the ways out (default: this class's
+            arguments; :func:`spikegrad.train` passes its own, the CLI its flags).
+
+    With ``train.threads`` unset, torch computes with the CPUs that are free
+    (:func:`spikegrad.threads.apply_threads`).
     """
 
     def __init__(
@@ -159,11 +170,12 @@ class Trainer:
         augment: Callable[[Tensor], Tensor] | None = None,
         model_args: dict[str, Any] | None = None,
         verbose: bool = True,
+        overwrite: bool | None = False,
+        terms: Terms = TRAINER_TERMS,
     ) -> None:
         self.config = config if config is not None else Config()
         train = self.config.train
-        if train.threads:
-            torch.set_num_threads(train.threads)
+        threads = apply_threads(train.threads)
         self.dist = distributed.setup(resolve_device(train.device), self.config.distributed)
         model = _created(model, train.seed)
         if components is None:  # what the config's method sections ask for
@@ -182,8 +194,11 @@ class Trainer:
         self.augment = augment
         self.model_args = model_args
         self.verbose = verbose and self.dist.is_main
+        if self.verbose and threads.note:
+            print(threads.note, flush=True)
+        self.overwrite = overwrite
         #: the run folder and its bookkeeping (files, checkpoints; rank 0 writes)
-        self.run = RunFolder(out_dir, self.dist, verbose=self.verbose)
+        self.run = RunFolder(out_dir, self.dist, verbose=self.verbose, terms=terms)
         check_dataset(train_set, "training set", allow_empty=False)
         check_dataset(test_set, "test set")
         self.loader_generator, self.train_sampler, self.train_loader, self.test_loader = _loaders(
@@ -483,7 +498,9 @@ class Trainer:
         ``test`` ones measure the test set or a validation split), times, size, activity, ``T``."""
         return {
             "method": self.method_name(),
-            "name": self.config.name or (self.model_args or {}).get("name") or type(self.model).__name__,
+            # the config's name, else the run folder's, else the model's class and the method
+            "name": self.config.name or (self.run.path.name if self.run.path is not None else
+                                         f"{type(self.model).__name__}-{self.method_name()}"),
             "best_test_acc": self.best_test_acc,
             "final_test_acc": self.history[-1]["test_acc"] if self.history else None,
             "eval_split": eval_split(self.config.data),
@@ -499,12 +516,14 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train for ``train.epochs`` epochs, evaluating after each; returns the summary.
 
-        The run folder is locked from the start to the end (:mod:`spikegrad.runlock`). A write
+        An ``out_dir`` that already holds another run is refused unless this trainer resumed
+        it (:meth:`resume`) or was made with ``overwrite=True``, which removes it first. The
+        run folder is locked from the start to the end (:mod:`spikegrad.runlock`). A write
         that fails for a full disk or a file-size limit, wherever it happens (checkpoints,
         side files, a component's file, TensorBoard), stops the run with a :class:`UserError`
         saying what ``last.pt`` still holds."""
         try:
-            self.run.prepare(self.config, self.history)
+            self.run.prepare(self.config, self.history, overwrite=self.overwrite)
             return self._fit()
         except (OSError, RuntimeError) as exc:
             failed = disk_error(exc)

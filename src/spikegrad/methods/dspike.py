@@ -226,6 +226,10 @@ class AdaptiveTemperature(Component):
     # ------------------------------------------------------------------ bookkeeping
 
     def method_name(self, base: str) -> str:
+        return self.section_method_name(self.config, base)
+
+    @classmethod
+    def section_method_name(cls, section: DspikeConfig, base: str) -> str:
         return base.replace("dspike", "dspike-adaptive", 1) if "dspike-adaptive" not in base else base
 
     def state_dict(self) -> dict[str, Any]:

@@ -423,6 +423,10 @@ class LocalTandemLearning(Component):
     def method_name(self, base: str) -> str:
         return f"ltl-{self.mode}"
 
+    @classmethod
+    def section_method_name(cls, section: LTLConfig, base: str) -> str:
+        return f"ltl-{section.mode}"
+
     def state_dict(self) -> dict[str, Any]:
         # the epoch's running loss sums too: a mid-epoch resume reports the same ltl_layer_losses
         return {"mode": self.mode, "initialised": self.initialised,

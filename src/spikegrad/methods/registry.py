@@ -23,8 +23,8 @@ from spikegrad.methods.dspike import AdaptiveTemperature
 from spikegrad.methods.ltl import LocalTandemLearning
 from spikegrad.methods.shortcut import ShortcutBackprop
 
-__all__ = ["RESOURCES", "Method", "components_from_config", "enabled_methods", "method", "methods",
-           "register_method"]
+__all__ = ["RESOURCES", "Method", "components_from_config", "enabled_methods", "method", "method_label",
+           "methods", "register_method", "run_name"]
 
 #: what a builder can pass to ``from_config`` besides the section
 RESOURCES = ("seed", "teacher")
@@ -96,6 +96,25 @@ def components_from_config(config: Config, model: nn.Module | None = None, *,
         section = getattr(config, entry.section)
         components.append(entry.component.from_config(section, **{n: resources[n] for n in entry.needs}))
     return components
+
+
+def method_label(config: Config) -> str:
+    """The method name a run of ``config`` reports (``summary.json``'s ``method``), from the
+    config alone: ``ann`` or the surrogate's name, refined by each method the config turns on
+    (``dspike-adaptive``, ``dspike+evolutionary``, ``ltl-online``)."""
+    surrogate = config.model.surrogate
+    name = "ann" if config.model.kind == "ann" else str(
+        surrogate.get("name", "snn") if isinstance(surrogate, dict) else surrogate).lower()
+    for entry in enabled_methods(config):
+        name = entry.component.section_method_name(getattr(config, entry.section), name)
+    return name
+
+
+def run_name(config: Config) -> str:
+    """The run's name: ``config.name`` when set (a recipe's explicit name wins), else
+    ``<data.name>-<method>`` (``digits-ann``, ``digits-dspike-adaptive-evolutionary``), the
+    default run folder being ``runs/<name>``."""
+    return config.name or f"{config.data.name}-{method_label(config).replace('+', '-')}"
 
 
 def _model_kind(config: Config, model: nn.Module | None) -> str:

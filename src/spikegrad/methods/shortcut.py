@@ -403,10 +403,11 @@ class ShortcutBackprop(Component):
         return {"shortcut_lambda": lam}
 
     def method_name(self, base: str) -> str:
-        suffix = "shortcut" if self.schedule == "constant" else "evolutionary"
-        if self.loss == "separate":
-            suffix += "-separate"
-        return f"{base}+{suffix}"
+        return _method_name(base, self.schedule, self.loss)
+
+    @classmethod
+    def section_method_name(cls, section: ShortcutConfig, base: str) -> str:
+        return _method_name(base, section.schedule, section.loss)
 
     # -------------------------------------------------------------- checkpoints
 
@@ -425,3 +426,9 @@ class ShortcutBackprop(Component):
                             f"this run's at {have}; use the same shortcut.attach")
         self.branches.load_state_dict(state["branches"])
         self._lambda_sum, self._steps = state.get("lambda_sum", 0.0), state.get("steps", 0)
+
+
+def _method_name(base: str, schedule: str, loss: str) -> str:
+    """``base+shortcut`` (constant λ) or ``base+evolutionary``, ``-separate`` for separate losses."""
+    suffix = "shortcut" if schedule == "constant" else "evolutionary"
+    return f"{base}+{suffix}" + ("-separate" if loss == "separate" else "")
