@@ -20,7 +20,6 @@ checkpoint where spikegrad can resume them, else start over.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import shutil
@@ -173,8 +172,8 @@ def _failure(folder: Path) -> str | None:
 def execute(spec: dict[str, Any]) -> dict[str, Any]:
     """Train the run ``spec`` describes into its folder (unless finished); returns its record.
 
-    A run stopped half-way continues from its ``last.pt`` where :func:`spikegrad.run.train`
-    takes ``resume_from``, else starts over. A diverged run is recorded as failed.
+    A run stopped half-way continues from its ``last.pt`` (a checkpoint that cannot be
+    continued starts the run over). A diverged run is recorded as failed.
     """
     from spikegrad import train
 
@@ -186,7 +185,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
         return _write_record(folder, spec, None, None)
     config = from_dict(Config, spec["config"])
     resume = folder / "last.pt"
-    can_resume = resume.is_file() and "resume_from" in inspect.signature(train).parameters
+    can_resume = resume.is_file()
     if folder.exists() and not can_resume:
         shutil.rmtree(folder)
     tic = time.perf_counter()
