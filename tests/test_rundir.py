@@ -137,3 +137,28 @@ def test_run_state_and_finished_summary_read_the_checkpoint(tmp_path):
     assert state == "other" and differences and differences[0].startswith("optim.lr")
     (tmp_path / "summary.json").unlink()
     assert finished_summary(tmp_path, config) is None  # finished, but its summary is written again
+
+
+def test_a_folder_locked_by_another_process_is_refused_in_the_callers_terms(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from spikegrad import runlock, rundir
+
+    folder = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from spikegrad import runlock; "
+         f"runlock.acquire({str(folder)!r}); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(runlock, "WAIT_SECONDS", 0.1)
+        for terms, way_out in [(rundir.CLI_TERMS, "--out"), (rundir.PYTHON_TERMS, "out_dir")]:
+            with pytest.raises(UserError, match="in use by another trainer") as caught:
+                rundir.take(folder, overwrite=False, terms=terms)
+            assert f"PID {holder.pid} " in str(caught.value)
+            assert str(caught.value).endswith(f"choose another {way_out}")
+        assert runlock.holder(folder) is not None
+    finally:
+        holder.kill()
+        holder.wait()

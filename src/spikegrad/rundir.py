@@ -159,7 +159,7 @@ def take(folder: str | Path, *, resume_from: str | Path | None = None, overwrite
     caller already took) and, with ``overwrite``, remove the old run (:func:`remove_run`).
     The lock stays taken: give it back with :func:`spikegrad.runlock.release`."""
     folder = Path(folder)
-    runlock.acquire(folder)
+    runlock.acquire(folder, out=terms.out)
     try:
         if overwrite is not None:
             check_destination(folder, resume_from, overwrite, terms)

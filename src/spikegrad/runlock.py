@@ -50,9 +50,9 @@ def _note_unlocked(why: str) -> None:
               "trainer writes into a run folder at a time", file=sys.stderr, flush=True)
 
 
-def acquire(folder: str | Path) -> None:
+def acquire(folder: str | Path, *, out: str = "--out") -> None:
     """Take ``folder``'s lock for this process (creating the folder); a :class:`UserError`
-    if another process holds it."""
+    if another process holds it, whose way out names the run folder's argument ``out``."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def acquire(folder: str | Path) -> None:
             who = _read(fd) or "another process"
             os.close(fd)
             raise UserError(f"run folder {str(folder)!r} is in use by another trainer ({who}); "
-                            "wait for it to finish (or stop it), or choose another --out") from None
+                            f"wait for it to finish (or stop it), or choose another {out}") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
     _held[key] = [fd, 1]
