@@ -143,7 +143,7 @@ def test_a_folder_locked_by_another_process_is_refused_in_the_callers_terms(tmp_
     import subprocess
     import sys
 
-    from spikegrad import runlock, rundir
+    from spikegrad import rundir, runlock
 
     folder = tmp_path / "run"
     holder = subprocess.Popen(
