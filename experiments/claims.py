@@ -14,6 +14,7 @@ A verdict on runs that had not plateaued says so; a smoke run's verdicts are mar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["better", "comparison", "within"]
@@ -54,27 +55,25 @@ def _evidence(test: dict[str, Any], a_label: str, b_label: str) -> str:
     return text + f", n = {test['n']}"
 
 
-def better(results: dict[str, Any], a: str, b: str, claim: str) -> dict[str, Any]:
-    """Verdict on "``a`` is more accurate than ``b``" (final accuracy, paired seeds)."""
-    test = comparison(results, a, b)
-    la, lb = results["arms"][a]["label"], results["arms"][b]["label"]
+def _judge(results: dict[str, Any], claim: str, a: str, b: str, test: dict[str, Any] | None,
+           first: str, decide: Callable[[float, float], str]) -> dict[str, Any]:
+    """The verdict ``decide(lo, hi)`` on the interval of ``test`` (``first`` − the other arm)."""
     if test is None or test["mean_diff"] is None or test["ci"] is None:
         return {"claim": claim, "verdict": _qualify(results, "not testable (too few paired seeds)", (a, b)),
                 "evidence": "-", "a": a, "b": b}
-    lo, hi = test["ci"]
-    verdict = "holds" if lo > 0 else "fails" if hi < 0 else "not shown"
-    return {"claim": claim, "verdict": _qualify(results, verdict, (a, b)),
-            "evidence": _evidence(test, la, lb), "a": a, "b": b}
+    second = b if first == a else a
+    evidence = _evidence(test, results["arms"][first]["label"], results["arms"][second]["label"])
+    return {"claim": claim, "verdict": _qualify(results, decide(*test["ci"]), (a, b)),
+            "evidence": evidence, "a": a, "b": b}
+
+
+def better(results: dict[str, Any], a: str, b: str, claim: str) -> dict[str, Any]:
+    """Verdict on "``a`` is more accurate than ``b``" (final accuracy, paired seeds)."""
+    return _judge(results, claim, a, b, comparison(results, a, b), a,
+                  lambda lo, hi: "holds" if lo > 0 else "fails" if hi < 0 else "not shown")
 
 
 def within(results: dict[str, Any], a: str, b: str, points: float, claim: str) -> dict[str, Any]:
     """Verdict on "``a`` is within ``points`` (a fraction) of ``b``", i.e. ``b - a < points``."""
-    test = comparison(results, b, a)
-    la, lb = results["arms"][a]["label"], results["arms"][b]["label"]
-    if test is None or test["mean_diff"] is None or test["ci"] is None:
-        return {"claim": claim, "verdict": _qualify(results, "not testable (too few paired seeds)", (a, b)),
-                "evidence": "-", "a": a, "b": b}
-    lo, hi = test["ci"]
-    verdict = "holds" if hi < points else "fails" if lo > points else "not shown"
-    return {"claim": claim, "verdict": _qualify(results, verdict, (a, b)),
-            "evidence": _evidence(test, lb, la), "a": a, "b": b}
+    return _judge(results, claim, a, b, comparison(results, b, a), b,
+                  lambda lo, hi: "holds" if hi < points else "fails" if lo > points else "not shown")
