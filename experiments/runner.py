@@ -36,13 +36,15 @@ from experiments import provenance
 from experiments.protocol import PROTOCOL, Protocol, ProtocolError, check_plan, choose_lr, plateau
 from experiments.splits import SPLIT_SOURCE, data_overrides
 from experiments.stats import describe, paired_t_test
+from spikegrad.checkpoint import load_checkpoint
 from spikegrad.config import Config, from_dict, load_config
 from spikegrad.data import dataset_builder
 from spikegrad.diagnostics import read_jsonl
 from spikegrad.errors import TrainingDiverged, UserError
+from spikegrad.resume import config_differences
 
-__all__ = ["Arm", "Comparison", "DataSpec", "Experiment", "Runner", "execute", "load_run", "main",
-           "markdown", "plot_curves", "verify"]
+__all__ = ["Arm", "Comparison", "DataSpec", "Experiment", "Runner", "check_same_run", "execute", "load_run",
+           "main", "markdown", "plot_curves", "verify"]
 
 RECORD = "experiment_run.json"
 RESULTS = "results.json"
@@ -169,21 +171,48 @@ def _failure(folder: Path) -> str | None:
     return None
 
 
+def _stored_config(folder: Path) -> dict[str, Any] | None:
+    """The config of the run already in ``folder`` (its record's, else its ``last.pt``'s), or None."""
+    if (folder / RECORD).is_file():
+        return json.loads((folder / RECORD).read_text()).get("config")
+    if (folder / "last.pt").is_file():
+        try:
+            return load_checkpoint(folder / "last.pt").get("config")
+        except UserError:
+            return None  # unreadable: the run starts over below
+    return None
+
+
+def check_same_run(folder: Path, config: Config) -> None:
+    """A :class:`UserError` when ``folder`` holds a run made with settings that compute another
+    run than ``config`` (an experiment changed since it wrote ``--out``): neither reused as if it
+    were this run nor deleted."""
+    stored = _stored_config(folder)
+    differences = [] if stored is None else config_differences(stored, config)
+    if differences:
+        more = len(differences) - 4
+        shown = "; ".join(differences[:4]) + (f"; and {more} more" if more > 0 else "")
+        raise UserError(f"{str(folder)!r} holds a run made with other settings ({shown}): give the "
+                        "experiment another --out, or delete that folder to train the run anew")
+
+
 def execute(spec: dict[str, Any]) -> dict[str, Any]:
     """Train the run ``spec`` describes into its folder (unless finished); returns its record.
 
     A run stopped half-way continues from its ``last.pt`` (a checkpoint that cannot be
-    continued starts the run over). A diverged run is recorded as failed.
+    continued starts the run over). A diverged run is recorded as failed. A folder holding a
+    run of other settings is a :class:`UserError` (:func:`check_same_run`).
     """
     from spikegrad import train
 
     folder = Path(spec["folder"])
     record_path = folder / RECORD
+    config = from_dict(Config, spec["config"])
+    check_same_run(folder, config)
     if _finished(folder):
         if record_path.is_file():
             return json.loads(record_path.read_text())
         return _write_record(folder, spec, None, None)
-    config = from_dict(Config, spec["config"])
     resume = folder / "last.pt"
     can_resume = resume.is_file()
     if folder.exists() and not can_resume:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -232,3 +233,29 @@ def test_verify_command_line_errors(tmp_path, capsys):
 
     assert "--verify needs --arm and --seed" in run("--verify", "results.json")
     assert "does not exist" in run("--verify", str(tmp_path / "none.json"), "--arm", "a", "--seed", "0")
+
+
+def test_a_run_folder_of_other_settings_is_neither_reused_nor_deleted(tmp_path, monkeypatch):
+    """An experiment changed since it wrote ``--out`` (here: more epochs) meets its old runs:
+    a finished one is not reported as this run, a stopped one is not deleted to start over."""
+    from experiments.runner import execute
+    from tests.experiment_helpers import count_trainings
+
+    runner = Runner(_tiny_experiment(epochs=1), tmp_path / "exp", smoke=True, threads=1, verbose=False)
+    spec = runner._spec("tune", runner.experiment.arms[0], 7, 0.05)
+    execute(spec)
+    folder = Path(spec["folder"])
+    before = {p.name for p in folder.iterdir()}
+    calls = count_trainings(monkeypatch)
+    changed = Runner(_tiny_experiment(epochs=2), tmp_path / "exp", smoke=True, threads=1, verbose=False)
+    new_spec = changed._spec("tune", changed.experiment.arms[0], 7, 0.05)
+    assert new_spec["folder"] == spec["folder"]
+    with pytest.raises(UserError, match=r"other settings \(train.epochs: 1 -> 2\).*another --out"):
+        execute(new_spec)
+    (folder / "experiment_run.json").unlink()  # as if stopped before its record: only last.pt
+    (folder / "summary.json").unlink()
+    with pytest.raises(UserError, match=r"train.epochs: 1 -> 2"):
+        execute(new_spec)
+    assert calls == []
+    assert {p.name for p in folder.iterdir()} == before - {"experiment_run.json", "summary.json"}
+    assert execute(spec)["failed"] is None and (folder / "summary.json").is_file()  # same settings: finished
