@@ -22,14 +22,15 @@ from tests import ddp_worker
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
-    """``python -m torch.distributed.run --standalone`` (a free port, one node)."""
+def torchrun(*args: str, nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --standalone`` (a free port, one node); a run that
+    takes longer than ``timeout`` seconds (a process left waiting) fails the test."""
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT),
                                           os.environ.get("PYTHONPATH", "")])}
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-         str(nproc), *args], capture_output=True, text=True, timeout=300, env=env,
+         str(nproc), *args], capture_output=True, text=True, timeout=timeout, env=env,
     )
 
 

@@ -15,6 +15,7 @@ from spikegrad import models, neurons, surrogates
 from spikegrad.checkpoint import load_checkpoint, load_model
 from spikegrad.config import Config, load_config
 from spikegrad.demo import recipe_path
+from spikegrad.distributed import DistributedContext
 from spikegrad.dynamics import NeuronState
 from spikegrad.errors import UserError
 from spikegrad.methods.ltl import (
@@ -235,8 +236,10 @@ def test_online_readout_gradient_at_step_t_sees_step_t_only():
 
 
 def fake_trainer(model):
-    """What LTL uses of its training context: the model, a backward function, the config."""
-    return SimpleNamespace(model=model, backward=lambda loss: loss.backward(), config=Config())
+    """What LTL uses of its training context: the model, a backward function, the config, the
+    (single-process) distributed context."""
+    return SimpleNamespace(model=model, backward=lambda loss: loss.backward(), config=Config(),
+                           dist=DistributedContext())
 
 
 def test_offline_component_gradients_are_the_weighted_local_losses():

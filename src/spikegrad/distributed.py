@@ -134,6 +134,11 @@ def setup(device: torch.device, config: DistributedConfig) -> DistributedContext
 _joined_here: list[bool] = []  # non-empty while a process group made by setup() exists
 
 
+def joined() -> bool:
+    """Whether this process is in a process group (one :func:`setup` joined or the caller's)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def shutdown() -> None:
     """Leave the process group :func:`setup` joined (one the caller made is left alone).
 

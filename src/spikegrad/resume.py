@@ -95,11 +95,13 @@ class EpochProgress:
         self._loss: Tensor | None = None
         self._correct: Tensor | None = None
 
-    def record(self, out: StepOutput | None, targets: Tensor) -> None:
-        """One more batch: its loss and hits, or (``out`` None) a skipped non-finite step."""
+    def record(self, out: StepOutput | None, targets: Tensor, counts_steps: bool = True) -> None:
+        """One more batch: its loss and hits, or (``out`` None) a skipped non-finite step,
+        counted where ``counts_steps`` (under torchrun every process skips the step and only
+        rank 0 counts it, so the sum over processes counts each step once)."""
         self.batches += 1
         if out is None:
-            self.nonfinite += 1
+            self.nonfinite += int(counts_steps)
             return
         n = targets.shape[0]
         loss, hits = out.loss.detach().double(), (out.logits.argmax(1) == targets).sum()

@@ -102,6 +102,8 @@ def train(config: Config, out_dir: str | Path | None, verbose: bool = True,
     """
     if not config.name:
         config = config.with_overrides({"name": run_name(config)})
+    # a train() inside another (an LTL teacher's) leaves the group to the one that joined it
+    owns_group = not distributed.joined()
     dist = distributed.setup(resolve_device(config.train.device), config.distributed)
     try:
         with claim(out_dir, dist, resume_from=resume_from, overwrite=overwrite, terms=terms, verbose=verbose):
@@ -111,7 +113,7 @@ def train(config: Config, out_dir: str | Path | None, verbose: bool = True,
                 parts.train_set,
                 parts.test_set,
                 config,
-                components=build_components(config, parts.model, out_dir, verbose),
+                components=build_components(config, parts.model, out_dir, verbose and dist.is_main),
                 out_dir=out_dir,
                 augment=build_augmentation(config.data.augment, parts.info),
                 model_args=parts.model_args,
@@ -126,4 +128,5 @@ def train(config: Config, out_dir: str | Path | None, verbose: bool = True,
             finally:
                 del trainer  # its DDP wrapper goes before the process group
     finally:
-        distributed.shutdown()
+        if owns_group:
+            distributed.shutdown()

@@ -374,11 +374,25 @@ class Trainer:
         return not self.dist.any(not bool(ok))[0]
 
     def _divergence(self, loss: Tensor, grad_norm: Tensor | None) -> TrainingDiverged:
-        what = (f"the loss is {loss.item()}" if not torch.isfinite(loss.detach())
-                else f"the gradient norm is {float(grad_norm)}" if grad_norm is not None
-                and not torch.isfinite(grad_norm) else "another process saw a non-finite value")
-        return self._diverged(what, self.iteration + 1,
+        """The error of a step found non-finite here or on another process (collective under
+        torchrun: every process reaches it at the same step)."""
+        values = (float(loss.detach().float()), float(grad_norm) if grad_norm is not None else 0.0)
+        seen = None if all(map(math.isfinite, values)) else (self.iteration, *values)
+        iteration, what = self._first_nonfinite(seen)
+        return self._diverged(what, iteration + 1,
                               self.progress.batches + 1 if self.progress else None)
+
+    def _first_nonfinite(self, seen: tuple[int, float, float] | None) -> tuple[int, str]:
+        """The earliest non-finite step over the processes and what was non-finite, in words:
+        ``seen`` is this process's ``(iteration, loss, gradient norm)`` or None. A non-finite
+        loss is named before a gradient norm (which the gradient average spreads to every
+        process), then the lowest rank, so every process raises the same error (collective
+        under torchrun)."""
+        steps = [(s[0], math.isfinite(s[1]), rank, s) for rank, s in enumerate(self.dist.gather(seen))
+                 if s is not None]
+        iteration, loss_finite, rank, (_, loss, norm) = min(steps)
+        what = f"the gradient norm is {norm}" if loss_finite else f"the loss is {loss}"
+        return iteration, what + (f" on process {rank}" if self.dist.enabled else "")
 
     def _diverged(self, what: str, step: int, batch: int | None) -> TrainingDiverged:
         return TrainingDiverged(
@@ -396,10 +410,7 @@ class Trainer:
         bad = self._guard.first_bad()
         if not self.dist.any(bad is not None)[0]:
             return
-        # the earliest bad step over the processes (the same error everywhere)
-        iteration, loss, norm = min(b for b in self.dist.gather(bad) if b is not None)
-        what = ("another process saw a non-finite value" if bad is None or bad[0] != iteration
-                else f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}")
+        iteration, what = self._first_nonfinite(bad)  # the same error everywhere
         batch = self.progress.batches - (self.iteration - iteration) + 1 if self.progress else None
         raise self._diverged(what, iteration + 1, batch)
 
@@ -444,7 +455,7 @@ class Trainer:
         if self.augment is not None:
             inputs = self.augment(inputs)
         out = self.train_step(inputs, targets, self._loss_weight(self.progress.batches, targets.shape[0]))
-        self.progress.record(out, targets)
+        self.progress.record(out, targets, counts_steps=self.dist.is_main)
 
     def _start_epoch(self, epoch: int) -> EpochProgress:
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
