@@ -29,7 +29,8 @@ Batch norm (``bn_mode``); every other module is in eval mode (dropout off):
   training step: in the perturbed pass at ``w ± ε·e_i`` the mean and variance of each
   channel are those of the probe batch under ``w ± ε·e_i``, and the gradient flows through
   them. Each stacked copy is normalised with its own statistics (computed on a view that
-  separates the copies), so the result equals ``2K`` separate training-mode passes. The running statistics are neither used nor updated.
+  separates the copies), so the result equals ``2K`` separate training-mode passes. The
+  running statistics are neither used nor updated.
 
 The loss is ``loss_fn(forward(model, inputs), targets)``; ``forward`` (default
 ``model(inputs)``) may return one tensor ``[T, B, classes]`` or a tuple of them (e.g. a
