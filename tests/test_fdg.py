@@ -217,6 +217,71 @@ def test_probe_mode_normalises_each_stacked_copy_with_its_own_statistics_and_res
         pass
 
 
+@pytest.mark.parametrize("dims, affine, grad", [
+    (2, True, False),   # the FDG's case: [T·P·B, C, H, W] under no_grad (normalised in place)
+    (2, False, False),  # no γ, β
+    (2, True, True),    # with autograd (a new output tensor)
+    (1, True, False),   # BatchNorm1d of [T·P·B, C]
+])
+def test_stacked_batch_norm_equals_a_training_mode_batch_norm_per_copy(dims, affine, grad):
+    torch.manual_seed(0)
+    channels, T, copies, B = 3, 3, 4, 5
+    bn = (nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d)(channels, affine=affine).double()
+    if affine:
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-1, 1)
+    rest = (4, 6) if dims == 2 else ()
+    copies_in = [torch.randn(T, B, channels, *rest, dtype=torch.float64) * (p + 1) + 3 * p
+                 for p in range(copies)]
+    stacked = torch.stack(copies_in, 1).flatten(0, 2)  # rows ordered (T, copy, B)
+    with probe_mode(nn.Sequential(bn), "train", groups=copies, batch=B), torch.set_grad_enabled(grad):
+        out = bn(stacked).unflatten(0, (T, copies, B))
+    assert out.requires_grad == (grad and affine)
+    for p in range(copies):
+        expected = nn.functional.batch_norm(copies_in[p].flatten(0, 1), None, None, bn.weight, bn.bias,
+                                            True, 0.0, bn.eps).unflatten(0, (T, B))
+        torch.testing.assert_close(out[:, p], expected, rtol=0, atol=1e-12)
+    assert torch.equal(bn.running_mean, torch.zeros(channels))
+
+
+def test_fdg_runs_the_probed_layer_once_per_pass_and_restores_its_forward():
+    x, y = batch()
+    model = calibrated(spiking_cnn(), x)
+    layer = layer_named(model, "features.1.0.module.0")
+    rows = []
+    handle = layer.register_forward_hook(lambda m, args, out: rows.append((args[0].shape[0], out.shape[0])))
+    try:
+        finite_difference_gradient(model, layer, x, y, 0.1, torch.tensor([0, 5, 9]), max_stacked=48)
+    finally:
+        handle.remove()
+    T, B = 3, len(x)
+    assert rows == [(T * 4 * B, T * 4 * B), (T * 2 * B, T * 2 * B)]  # 4 then 2 stacked copies
+    assert "forward" not in layer.__dict__
+    conv = nn.Conv2d(4, 4, 3, padding=1).double()
+    with pytest.raises(UserError, match="ran 2 times in one forward pass"):
+        finite_difference_gradient(nn.Sequential(conv, nn.ReLU(), conv), conv,
+                                   torch.randn(6, 4, 5, 5, dtype=torch.float64),
+                                   torch.zeros(6, dtype=torch.long), 0.1, torch.tensor([0]))
+    assert "forward" not in conv.__dict__
+
+
+def test_fdg_by_default_on_a_cpu_stacks_one_pair_per_call():
+    x, y = batch()
+    model = calibrated(spiking_cnn(), x)
+    layer = layer_named(model, "features.0.0.module.0")
+    indices = torch.tensor([1, 4, 20])
+    calls = []
+    handle = layer.register_forward_hook(lambda m, args, out: calls.append(out.shape[0]))
+    try:
+        auto = finite_difference_gradient(model, layer, x, y, 0.1, indices, max_stacked=None, bn_mode="train")
+    finally:
+        handle.remove()
+    assert calls == [3 * 2 * len(x)] * 3  # T·2·B rows: one ± pair per call
+    one_call = finite_difference_gradient(model, layer, x, y, 0.1, indices, max_stacked=1000, bn_mode="train")
+    torch.testing.assert_close(auto, one_call, rtol=0, atol=1e-9)
+
+
 def test_fdg_of_a_network_with_auxiliary_heads_equals_autograd_of_its_loss():
     """``forward`` may return several heads and the loss combine them (a shortcut-style loss)."""
     x, y = batch()

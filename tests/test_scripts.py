@@ -97,8 +97,8 @@ def test_bench_holds_speed_and_memory_benchmarks_only():
     # gpu_session_report: the tables and environment record of bench/gpu_session.sh's GPU runs;
     # half_potentials: the gradient error of the Triton neuron's half-precision potentials
     assert {p.stem for p in (ROOT / "bench").glob("*.py")} == {
-        "__init__", "_harness", "dspike_search", "gpu_check", "gpu_session_report", "half_potentials",
-        "loader", "monitor_overhead", "neuron", "train_step"}
+        "__init__", "_harness", "dspike_search", "fdg_search", "gpu_check", "gpu_session_report",
+        "half_potentials", "loader", "monitor_overhead", "neuron", "train_step"}
 
 
 def test_scripts_are_told_from_helper_modules_by_their_main_entry():
@@ -148,6 +148,15 @@ def smoke_dspike_search(tmp_path: Path) -> None:
                      "--set", "data.batch_size=16", "--set", "dspike.batch_size=8",
                      "--set", "dspike.num_weights=4")
     assert "one search = " in out and '"search_fdg_s"' in out
+
+
+def smoke_fdg_search(tmp_path: Path) -> None:
+    out = run_script("bench.fdg_search", "--width", "0.125", "--size", "8", "--max-stacked", "16", "32",
+                     "--rounds", "1", "--set", "data.batch_size=8", "--set", "dspike.batch_size=8",
+                     "--set", "dspike.num_weights=2")
+    rows = [line for line in out.splitlines() if line.startswith("| current:")]
+    assert len(rows) == 2 and "# finished" in out
+    assert all(float(row.split("|")[5]) == 0.0 for row in rows)  # the same similarities at any stacking
 
 
 def smoke_loader(tmp_path: Path) -> None:
@@ -294,6 +303,7 @@ def smoke_code_metrics(tmp_path: Path) -> None:
 
 SMOKE = {
     "bench.dspike_search": smoke_dspike_search,
+    "bench.fdg_search": smoke_fdg_search,
     "bench.loader": smoke_loader,
     "bench.monitor_overhead": smoke_monitor_overhead,
     "bench.neuron": smoke_neuron,

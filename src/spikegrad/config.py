@@ -265,7 +265,9 @@ class DspikeConfig:
                                          "layer); ignored with per_layer")
     per_layer: bool = option(False, doc="one temperature per unit, each chosen by the FDG of the "
                                         "unit's first weight layer (an extension, off in the paper)")
-    max_stacked: int = option(512, gt=0, doc="samples per stacked FDG forward call (memory bound)")
+    max_stacked: int | None = option(None, gt=0, doc="samples per stacked FDG forward call (None: one ± "
+                                                     "pair, 2·batch_size, on a CPU, where small calls are "
+                                                     "fastest; 512 on a GPU)")
     rule: str = option("significant", choices=RULES,
                        doc="significant: keep b unless a candidate's mean cosine beats b's by more than "
                            "the standard error of the paired difference over the probe batches; paper: "

@@ -15,10 +15,11 @@ weights, so with ``e_i`` the basis weight (1 at index ``i``, 0 elsewhere)
     layer(x; w ± ε·e_i) = layer(x; w) ± ε·layer(x; e_i),
 
 and ``layer(x; e_i)`` is nonzero in one output channel only (the output channel of ``w_i``).
-``P`` copies of the batch are stacked along the batch axis; a forward hook adds copy ``p``'s
-perturbation to the layer's output, and the rest of the network runs once on the stacked
+``P`` copies of the batch are stacked along the batch axis; the layer runs once, on one
+copy's input (the copies differ from the layer on), its output is repeated into the copies
+with copy ``p``'s perturbation added, and the rest of the network runs once on the stacked
 batch. The copies are cut into chunks of at most ``max_stacked`` samples (but at least one ±
-pair) to bound memory.
+pair) to bound memory; on a CPU the smallest chunks are the fastest.
 
 Batch norm (``bn_mode``); every other module is in eval mode (dropout off):
 
@@ -27,9 +28,9 @@ Batch norm (``bn_mode``); every other module is in eval mode (dropout off):
 - ``train``: batch norm normalises with the statistics of the batch it is given, as in a
   training step: in the perturbed pass at ``w ± ε·e_i`` the mean and variance of each
   channel are those of the probe batch under ``w ± ε·e_i``, and the gradient flows through
-  them. Each stacked copy is normalised with its own statistics (the copies are folded into
-  the channel axis for one ``batch_norm`` call), so the result equals ``2K`` separate
-  training-mode passes. The running statistics are neither used nor updated.
+  them. Each stacked copy is normalised with its own statistics (computed on a view that
+  separates the copies), so the result equals ``2K`` separate training-mode passes. The
+  running statistics are neither used nor updated.
 
 The loss is ``loss_fn(forward(model, inputs), targets)``; ``forward`` (default
 ``model(inputs)``) may return one tensor ``[T, B, classes]`` or a tuple of them (e.g. a
@@ -53,6 +54,7 @@ from spikegrad.modes import eval_mode
 
 __all__ = [
     "BN_MODES",
+    "GPU_MAX_STACKED",
     "ForwardFn",
     "LossFn",
     "basis_response",
@@ -73,6 +75,8 @@ ForwardFn = Callable[[nn.Module, Tensor], Any]
 #: how batch norm normalises in the probes (see the module docstring)
 BN_MODES = ("eval", "train")
 WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+#: samples per stacked forward call off the CPU when ``max_stacked`` is None
+GPU_MAX_STACKED = 512
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -106,8 +110,13 @@ def _batch_statistics_forward(bn: nn.modules.batchnorm._BatchNorm, groups: int, 
     statistics, running statistics untouched.
 
     The input's first axis is ``lead·groups·batch`` (``lead``: time steps folded into the
-    batch, or 1). Copy ``p``'s channels become channels ``p·C .. (p+1)·C - 1`` of one
-    ``batch_norm`` call, whose per-channel statistics are then per copy and channel.
+    batch, or 1). Viewed as ``(lead, P, B, C, rest)``, copy ``p``'s channel ``c`` has the
+    mean ``μ`` and biased variance ``σ²`` over its ``lead·B·rest`` values (two passes:
+    ``μ``, then the mean of ``(x - μ)²``), and
+
+        y = (x - μ)·γ / sqrt(σ² + eps) + β
+
+    computed on that view, without copying ``x`` into another layout.
     """
 
     def forward(x: Tensor) -> Tensor:
@@ -117,13 +126,19 @@ def _batch_statistics_forward(bn: nn.modules.batchnorm._BatchNorm, groups: int, 
         if batch is None or n % (groups * batch):
             raise UserError(f"FDG with batch norm in train mode: a batch-norm input has {n} rows, not a "
                             f"multiple of the stacked batch ({groups}×{batch})")
-        shaped = x.unflatten(0, (n // (groups * batch), groups, batch)).transpose(1, 2)  # (lead, B, P, C..)
-        folded = shaped.flatten(2, 3).flatten(0, 1)  # (lead·B, P·C, ...)
-        weight = None if bn.weight is None else bn.weight.repeat(groups)
-        bias = None if bn.bias is None else bn.bias.repeat(groups)
-        y = F.batch_norm(folded, None, None, weight, bias, True, 0.0, bn.eps)
-        y = y.unflatten(1, (groups, channels)).unflatten(0, shaped.shape[:2])  # (lead, B, P, C, ...)
-        return y.transpose(1, 2).flatten(0, 2)
+        v = x.reshape(n // (groups * batch), groups, batch, channels, -1)  # (lead, P, B, C, rest)
+        if v.shape[0] * batch * v.shape[-1] == 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                             f"{[batch, *x.shape[1:]]}")
+        dims = (0, 2, 4)
+        out = v - v.mean(dim=dims, keepdim=True)  # x - μ, per copy and channel
+        scale = torch.rsqrt(out.square().mean(dim=dims, keepdim=True) + bn.eps)  # (1, P, 1, C, 1)
+        if bn.weight is not None:
+            scale = scale * bn.weight.view(channels, 1)
+        shift = x.new_zeros(()) if bn.bias is None else bn.bias.view(channels, 1)
+        if torch.is_grad_enabled():  # autograd needs x - μ as it is
+            return torch.addcmul(shift, out, scale).view(x.shape)
+        return torch.addcmul(shift, out, scale, out=out).view(x.shape)  # in place: no new tensor
 
     return forward
 
@@ -215,31 +230,52 @@ def _per_copy_losses(outputs: Any, targets: Tensor, copies: int, loss_fn: LossFn
     return torch.stack([loss_fn(tuple(c[p] for c in cut), targets) for p in range(copies)])
 
 
-class _PerturbationHook:
-    """Forward hook adding ``signs[p]·ε·layer(x; e_{indices[p]})`` to stacked copy ``p``."""
+class _PerturbedForward:
+    """The probed layer's forward in a stacked pass: copy ``p`` of its output is
+    ``layer(x) + signs[p]·ε·layer(x; e_{indices[p]})``.
 
-    def __init__(self, indices: Tensor, signs: Tensor, epsilon: float, batch: int) -> None:
-        self.indices, self.signs, self.epsilon, self.batch = indices, signs, epsilon, batch
+    Every copy's input is the same (the copies differ from this layer on), so the layer runs
+    once, on copy 0's input, and its output is repeated into the copies.
+    """
+
+    def __init__(self, layer: nn.Module, indices: Tensor, signs: Tensor, epsilon: float, batch: int) -> None:
+        self.layer, self.indices, self.signs, self.epsilon, self.batch = layer, indices, signs, epsilon, batch
+        self.forward = layer.forward  # the layer's own
         self.calls = 0
 
-    def __call__(self, layer: nn.Module, args: tuple, out: Tensor) -> Tensor:
+    def __call__(self, x: Tensor) -> Tensor:
         self.calls += 1
         copies = len(self.indices)
-        n = out.shape[0]
+        n = x.shape[0]
         if n % (copies * self.batch):
             raise UserError(
-                f"FDG: the layer's output has {n} rows, not a multiple of the stacked batch "
+                f"FDG: the layer's input has {n} rows, not a multiple of the stacked batch "
                 f"({copies}×{self.batch}); the layer must see [time·batch, ...] or [batch, ...]"
             )
         lead = n // (copies * self.batch)  # time steps folded into the batch (1 if none)
-        x0 = args[0].unflatten(0, (lead, copies, self.batch))[:, 0].flatten(0, 1)  # (lead·B, C_in, ...)
-        response, channels = basis_response(layer, x0, self.indices)  # (lead·B, P, ...)
+        x0 = x.unflatten(0, (lead, copies, self.batch))[:, 0].flatten(0, 1)  # (lead·B, C_in, ...)
+        out = self.forward(x0).unflatten(0, (lead, 1, self.batch))  # (lead, 1, B, C_out, ...)
+        shaped = out.repeat(1, copies, *[1] * (out.dim() - 2))  # (lead, P, B, C_out, ...)
+        response, channels = basis_response(self.layer, x0, self.indices)  # (lead·B, P, ...)
         response = response.unflatten(0, (lead, self.batch)).movedim(2, 0)  # (P, lead, B, ...)
         scale = (self.signs * self.epsilon).to(response.dtype)
-        shaped = out.unflatten(0, (lead, copies, self.batch)).clone()  # (lead, P, B, C_out, ...)
-        copy = torch.arange(copies, device=out.device)
+        copy = torch.arange(copies, device=x.device)
         shaped[:, copy, :, channels] += scale.view(-1, *[1] * (response.dim() - 1)) * response
         return shaped.flatten(0, 2)
+
+
+@contextlib.contextmanager
+def _perturbed(layer: nn.Module, forward: _PerturbedForward) -> Iterator[None]:
+    """``layer`` runs ``forward`` for the block; its own forward is restored afterwards."""
+    own = layer.__dict__.get("forward")
+    layer.forward = forward
+    try:
+        yield
+    finally:
+        if own is None:
+            del layer.forward
+        else:
+            layer.forward = own
 
 
 @torch.no_grad()
@@ -251,7 +287,7 @@ def finite_difference_gradient(
     epsilon: float,
     indices: Tensor | None = None,
     loss_fn: LossFn = mean_logit_cross_entropy,
-    max_stacked: int = 4096,
+    max_stacked: int | None = 4096,
     bn_mode: str = "eval",
     forward: ForwardFn | None = None,
 ) -> Tensor:
@@ -267,7 +303,10 @@ def finite_difference_gradient(
         epsilon: the step, in the units of the weights.
         indices: flat weight indices to probe (default: all).
         loss_fn: ``loss_fn(outputs, targets) -> scalar``, ``outputs`` as ``forward`` returns them.
-        max_stacked: samples per forward call (copies × batch), at least one ± pair (2 × batch).
+        max_stacked: samples per forward call (copies × batch), at least one ± pair (2 × batch);
+            None: one ± pair per call on a CPU (fastest there: the stacked tensors stay small
+            enough for the caches and for the allocator to reuse their memory),
+            :data:`GPU_MAX_STACKED` on other devices.
         bn_mode: ``eval`` (running statistics) or ``train`` (each pass's own batch statistics,
             running statistics untouched); see the module docstring.
         forward: ``forward(model, inputs) -> outputs`` (default: ``model(inputs)``).
@@ -285,23 +324,21 @@ def finite_difference_gradient(
                         "batch [T, B, ...] (inputs = model.encode(x)): every stacked copy would "
                         "otherwise draw other input spikes")
     batch = inputs.shape[batch_dim]
+    if max_stacked is None:  # on a CPU the smallest calls are fastest (cache, reused memory)
+        max_stacked = 2 * batch if inputs.device.type == "cpu" else GPU_MAX_STACKED
     copies_per_call = max(2, (max_stacked // max(1, batch)) // 2 * 2)  # even: ± pairs together
     perturbed = indices.repeat_interleave(2)  # (2K,): i, i, j, j, ...
     signs = torch.tensor([1.0, -1.0], device=indices.device).repeat(len(indices))  # (2K,)
     losses = []
     for start in range(0, len(perturbed), copies_per_call):
         idx = perturbed[start:start + copies_per_call]
-        hook = _PerturbationHook(idx, signs[start:start + copies_per_call], epsilon, batch)
-        handle = layer.register_forward_hook(hook)
-        try:
-            tiles = [len(idx) if d == batch_dim else 1 for d in range(inputs.dim())]
-            stacked = inputs.repeat(*tiles)  # copy p at [p·B, (p+1)·B) of the batch axis
-            with probe_mode(model, bn_mode, groups=len(idx), batch=batch):
-                outputs = _call(model, stacked, forward)
-        finally:
-            handle.remove()
-        if hook.calls != 1:
-            raise UserError(f"FDG: the probed layer ran {hook.calls} times in one forward pass; "
+        perturb = _PerturbedForward(layer, idx, signs[start:start + copies_per_call], epsilon, batch)
+        tiles = [len(idx) if d == batch_dim else 1 for d in range(inputs.dim())]
+        stacked = inputs.repeat(*tiles)  # copy p at [p·B, (p+1)·B) of the batch axis
+        with probe_mode(model, bn_mode, groups=len(idx), batch=batch), _perturbed(layer, perturb):
+            outputs = _call(model, stacked, forward)
+        if perturb.calls != 1:
+            raise UserError(f"FDG: the probed layer ran {perturb.calls} times in one forward pass; "
                             "it must run exactly once")
         losses.append(_per_copy_losses(outputs, targets, len(idx), loss_fn))
     pairs = torch.cat(losses).view(-1, 2)  # (K, 2): L(w + ε e_i), L(w - ε e_i)

@@ -102,10 +102,11 @@ def similarity_matrix(
     loss_fn: LossFn = mean_logit_cross_entropy,
     bn_mode: str = "eval",
     forward: ForwardFn | None = None,
-    max_stacked: int = 512,
+    max_stacked: int | None = None,
 ) -> Tensor:
     """``s [N, C]``: on batch ``n`` with the weights ``index_sets[n]``, the cosine of the FDG
     (step ``epsilon``, absolute) with the surrogate gradient under each assignment.
+    ``max_stacked`` as in :func:`~spikegrad.fdg.finite_difference_gradient` (None: by device).
 
     A non-finite FDG or surrogate gradient is a :class:`UserError` (the loss overflowed at
     ``w ± ε``), never a similarity of 0.
