@@ -14,15 +14,21 @@ split, an epoch budget and a learning-rate grid) and the comparisons between the
 Run folders: ``OUT/runs/<arm>/tune/lr<lr>/seed<s>`` and ``OUT/runs/<arm>/final/seed<s>``. A
 folder that holds ``summary.json`` (or a recorded failure) is finished and never trained again,
 so a killed experiment loses only the runs in flight; those continue from their last
-checkpoint where spikegrad can resume them, else start over.
+checkpoint where spikegrad can resume them, else start over. SIGTERM or SIGINT to the runner
+(or to its process group) stops it cleanly: no new run starts, the runs in flight save their
+checkpoints and stop, and the runner exits with 128 + the signal's number; a run process
+whose runner died (SIGKILL) finishes the run it is training and starts no other.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -41,10 +47,10 @@ from spikegrad.config import Config, from_dict, load_config
 from spikegrad.data import dataset_builder
 from spikegrad.diagnostics import read_jsonl
 from spikegrad.errors import TrainingDiverged, UserError
-from spikegrad.resume import config_differences
+from spikegrad.resume import StopOnSignal, TrainingStopped, config_differences
 
-__all__ = ["Arm", "Comparison", "DataSpec", "Experiment", "Runner", "check_same_run", "execute", "load_run",
-           "main", "markdown", "plot_curves", "verify"]
+__all__ = ["Arm", "Comparison", "DataSpec", "Experiment", "Runner", "RunnerStopped", "check_same_run",
+           "execute", "load_run", "main", "markdown", "plot_curves", "verify"]
 
 RECORD = "experiment_run.json"
 RESULTS = "results.json"
@@ -196,7 +202,60 @@ def check_same_run(folder: Path, config: Config) -> None:
                         "experiment another --out, or delete that folder to train the run anew")
 
 
+class RunnerStopped(Exception):
+    """The runner, or one of its runs, stopped on a signal after saving; the same command continues."""
+
+    def __init__(self, message: str, status: int = 128 + signal.SIGTERM, saved: bool = True) -> None:
+        super().__init__(message, status, saved)
+        self.message, self.status, self.saved = message, status, saved
+
+    def __str__(self) -> str:
+        return self.message
+
+
+_RUNNER_PID: int | None = None  # in a run process: the runner that started it
+_STOPPED = False  # in a run process: a run stopped on a signal, so this process starts no other
+_CURRENT: str | None = None  # in a run process: the folder of the run it is executing
+
+
+def _run_process_init(runner_pid: int) -> None:
+    """A run process: remember its runner; a Ctrl-C reaches it only while a trainer listens
+    (which then saves and stops), the runner stops the rest."""
+    global _RUNNER_PID
+    _RUNNER_PID = runner_pid
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_between_runs)
+
+
+def _stop_between_runs(_signum: int, _frame: Any) -> None:
+    """SIGTERM to a run process outside training (a trainer's own handler replaces this one
+    while a run trains, and saves): it starts no further run, and a run being set up or
+    finished off stops there (its folder holds no new training to lose)."""
+    global _STOPPED
+    _STOPPED = True
+    if _CURRENT is not None:
+        raise RunnerStopped(f"stopped by SIGTERM outside training: {_CURRENT}", saved=False)
+
+
 def execute(spec: dict[str, Any]) -> dict[str, Any]:
+    """In a run process: :func:`_execute`, unless the runner is gone (SIGKILL: the process exits
+    instead of starting a run nobody waits for) or a signal already stopped a run here."""
+    global _STOPPED, _CURRENT
+    if _RUNNER_PID is not None and os.getppid() != _RUNNER_PID:
+        os._exit(1)
+    if _STOPPED:
+        raise RunnerStopped(f"not started after a stop: {spec['folder']}", saved=False)
+    _CURRENT = spec["folder"] if _RUNNER_PID is not None else None
+    try:
+        return _execute(spec)
+    except TrainingStopped as exc:  # re-raised as a picklable error for the runner
+        _STOPPED = _RUNNER_PID is not None
+        raise RunnerStopped(str(exc), exc.exit_status) from None
+    finally:
+        _CURRENT = None
+
+
+def _execute(spec: dict[str, Any]) -> dict[str, Any]:
     """Train the run ``spec`` describes into its folder (unless finished); returns its record.
 
     A run stopped half-way continues from its ``last.pt`` (a checkpoint that cannot be
@@ -444,10 +503,13 @@ class Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         pending = self.tasks()
         running: dict[Future, tuple] = {}
-        executor = _Serial() if self.jobs == 1 else ProcessPoolExecutor(self.jobs, get_context("spawn"))
+        executor = _Serial() if self.jobs == 1 else ProcessPoolExecutor(
+            self.jobs, get_context("spawn"), initializer=_run_process_init, initargs=(os.getpid(),))
         started = time.perf_counter()
-        with executor:
+        with executor, StopOnSignal() as stop:
             while pending or running:
+                if stop.signum is not None:
+                    self._stop(executor, running, stop.signum)
                 progressed = True
                 while progressed:
                     progressed = False
@@ -470,10 +532,13 @@ class Runner:
                         names = sorted({f"{t[1].name} {t[0]}" for t in pending})
                         raise UserError(f"cannot schedule {names}: what they need never finished")
                     break
-                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                finished, _ = wait(list(running), timeout=1.0, return_when=FIRST_COMPLETED)
                 for future in finished:
                     task, folder = running.pop(future)
-                    record = future.result()
+                    try:
+                        record = future.result()
+                    except RunnerStopped as exc:  # a signal reached the run (usually the runner too)
+                        self._stop(executor, running, stop.signum or signal.SIGTERM, [folder] * exc.saved)
                     self._record_done(task, record, folder)
                     acc = load_run(Path(folder), self.experiment.protocol)["final_acc"]
                     state = f"FAILED: {record['failed']}" if record.get("failed") else \
@@ -481,6 +546,32 @@ class Runner:
                     self.log(f"   done {record['arm']} {record['phase']} seed {record['seed']}: {state}"
                              f" ({(record['wall_seconds'] or 0):.0f} s)")
         self.train_wall = time.perf_counter() - started
+
+    def _stop(self, executor: Any, running: dict[Future, tuple], signum: int,
+              saved: list[str] | None = None) -> None:
+        """On SIGTERM/SIGINT: start nothing more, let the runs in flight save and stop (SIGTERM is
+        passed on to their processes, which a signal to this process alone does not reach),
+        record those that finished meanwhile, and raise :class:`RunnerStopped`."""
+        saved = list(saved or [])
+        for pid in list(getattr(executor, "_processes", None) or {}):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for future in running:
+            future.cancel()
+        for future, (task, folder) in running.items():
+            if future.cancelled():
+                continue
+            try:
+                self._record_done(task, future.result(), folder)
+            except RunnerStopped as exc:
+                if exc.saved:
+                    saved.append(folder)
+            except Exception as exc:  # e.g. a run process that the signal ended while idle
+                self.log(f"   {folder}: {type(exc).__name__}: {exc}")
+        name = signal.Signals(signum).name
+        where = f" ({len(saved)} run(s) in flight saved their checkpoints)" if saved else ""
+        raise RunnerStopped(f"stopped by {name}{where}; run the same command again to continue",
+                            128 + signum)
 
     def run(self, train: bool = True) -> dict[str, Any]:
         """Prepare, train (unless ``train`` is False: only finished runs are read) and report."""
@@ -956,6 +1047,9 @@ def main(module: str, build: Callable[[argparse.Namespace], Experiment],
         if not args.quiet:
             print("\n" + markdown(results))
         return results
+    except RunnerStopped as exc:
+        print(exc.message, file=sys.stderr)
+        raise SystemExit(exc.status) from None
     except ProtocolError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

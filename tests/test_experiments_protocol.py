@@ -259,3 +259,56 @@ def test_a_run_folder_of_other_settings_is_neither_reused_nor_deleted(tmp_path, 
     assert calls == []
     assert {p.name for p in folder.iterdir()} == before - {"experiment_run.json", "summary.json"}
     assert execute(spec)["failed"] is None and (folder / "summary.json").is_file()  # same settings: finished
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_runner_stops_its_run_processes_which_save(tmp_path):
+    """SIGTERM to the runner alone (not its process group): the runs in flight save and stop,
+    no run process lives on to start the queued runs, and the runner exits 128 + 15."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "exp"
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "experiments.ltl_claims", "--out", str(out), "--smoke", "--jobs", "2",
+         "--threads", "1", "--epochs", "500", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            locks = [p for p in out.glob("runs/**/.lock") if p.read_text().startswith("PID ")]
+            rows = [p.parent / "metrics.jsonl" for p in locks]
+            if len(locks) == 2 and all(f.is_file() and len(f.read_text().splitlines()) >= 2 for f in rows):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("two runs did not start training")
+        workers = {int(p.read_text().split()[1]) for p in locks}
+        folders = [p.parent for p in locks]
+        runner.send_signal(signal.SIGTERM)
+        _, stderr = runner.communicate(timeout=120)
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+    assert runner.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "stopped by SIGTERM (2 run(s) in flight saved their checkpoints)" in stderr
+    assert "run the same command again to continue" in stderr
+    time.sleep(1.0)
+    assert not any(_alive(pid) for pid in workers), "a run process outlived its runner"
+    assert all((f / "last.pt").is_file() and not (f / "summary.json").exists() for f in folders)
+    started = {p.parent for p in out.glob("runs/**/config.yaml")}
+    assert started == set(folders), "a queued run started after the stop"
