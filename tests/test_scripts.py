@@ -32,7 +32,7 @@ PUBLIC_MODULES = {
     "spikegrad.losses", "spikegrad.methods", "spikegrad.models", "spikegrad.monitors",
     "spikegrad.neurons", "spikegrad.recipes", "spikegrad.surrogates", "spikegrad.cli",
     "spikegrad.encoders", "spikegrad.recording", "spikegrad.report", "spikegrad.alignment_report",
-    "spikegrad.demo", "spikegrad.temperature_search",
+    "spikegrad.demo", "spikegrad.temperature_search", "spikegrad.resume",
 }
 
 
