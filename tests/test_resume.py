@@ -336,7 +336,7 @@ def test_a_failed_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
 def test_resume_refuses_a_config_that_changes_the_run(tmp_path):
     stored = load_config(recipe_path("digits")).to_dict()
     same_run = load_config(recipe_path("digits"), ["train.threads=2", "train.checkpoint_every=5",
-                                                   "name=x"])
+                                                   "name=x", "dspike.max_stacked=64"])
     assert config_differences(stored, same_run) == []
     workers = load_config(recipe_path("digits"), ["data.num_workers=2"])  # another data order
     assert config_differences(stored, workers) == ["data.num_workers: 0 -> 2"]

@@ -139,9 +139,10 @@ class EpochProgress:
 #: the resumed run a different experiment. ``data.num_workers`` is not here: the loader
 #: draws its workers' seeds from the shuffling generator (once with persistent workers,
 #: every epoch without), so the number of workers changes the data order.
+#: ``dspike.max_stacked`` (samples per stacked FDG call) is a memory bound of the same kind.
 MAY_DIFFER_ON_RESUME = (
     "name", "paper.", "analysis.", "train.device", "train.progress", "train.threads",
-    "train.checkpoint_every", "train.nonfinite", "data.root", "data.eval_batch_size",
+    "train.checkpoint_every", "train.nonfinite", "data.root", "data.eval_batch_size", "dspike.max_stacked",
     "distributed.backend", "distributed.timeout_minutes", "distributed.find_unused_parameters",
 )
 
