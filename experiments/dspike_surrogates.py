@@ -13,11 +13,12 @@ weight decay 5e-4, cosine schedule); only the surrogate and the learning rate di
 Scales (``--scale``):
 
 - ``small`` (default; about 6-7 h on 2 CPU cores, of which the adaptive arms' temperature
-  searches, about 14 s each at one thread, are about a third): width 0.25 (8-16-32 channels), T = 4, a stratified subset of
-  1,500 training images, 40 epochs of batch 64 (960 steps), random crop of 2 pixels;
-  validation splits of 10% (Animal-MNIST) and 2% (MNIST, about 1,000 images); learning rates
-  0.01, 0.03, 0.1; 5 seeds, 2 tuning seeds. (A first run at 15 epochs and rates 0.03-0.3
-  did not plateau and chose the grid's lowest rate in every arm: docs/protocol.md.)
+  searches, about 14 s each at one thread, are about a third): width 0.25 (8-16-32
+  channels), T = 4, a stratified subset of 1,500 training images, 40 epochs of batch 64
+  (960 steps), random crop of 2 pixels; validation splits of 10% (Animal-MNIST) and 2%
+  (MNIST, about 1,000 images); learning rates 0.01, 0.03, 0.1; 5 seeds, 2 tuning seeds.
+  (A first run at 15 epochs and rates 0.03-0.3 did not plateau and chose the grid's lowest
+  rate in every arm: docs/protocol.md.)
 - ``large`` (GPU): width 1 (32-64-128), T = 4, the whole training set, 40 epochs, 10% validation,
   learning rates 0.003-0.1 (4 values); 10 seeds, 3 tuning seeds.
 - ``--smoke``: the built-in digits, tiny; only to test the machinery.
