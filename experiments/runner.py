@@ -304,7 +304,9 @@ def _write_record(folder: Path, spec: dict[str, Any], wall: float | None,
               "machine": provenance.machine(spec["config"]["train"]["device"]),
               "finished_at": provenance.now()}
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    partial = folder / f".{RECORD}.tmp"  # a stop mid-write leaves the old record, never half of one
+    partial.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(partial, folder / RECORD)
     return record
 
 
