@@ -46,6 +46,7 @@ from spikegrad.checkpoint import load_checkpoint
 from spikegrad.config import Config, from_dict, load_config
 from spikegrad.data import dataset_builder
 from spikegrad.diagnostics import read_jsonl
+from spikegrad.durable import atomic_write
 from spikegrad.errors import TrainingDiverged, UserError
 from spikegrad.resume import StopOnSignal, TrainingStopped, config_differences
 
@@ -304,9 +305,7 @@ def _write_record(folder: Path, spec: dict[str, Any], wall: float | None,
               "machine": provenance.machine(spec["config"]["train"]["device"]),
               "finished_at": provenance.now()}
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{RECORD}.tmp"  # a stop mid-write leaves the old record, never half of one
-    partial.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(partial, folder / RECORD)
+    atomic_write(folder / RECORD, json.dumps(record, indent=1) + "\n")  # a stop mid-write: the old one
     return record
 
 
@@ -540,7 +539,8 @@ class Runner:
                     try:
                         record = future.result()
                     except RunnerStopped as exc:  # a signal reached the run (usually the runner too)
-                        self._stop(executor, running, stop.signum or signal.SIGTERM, [folder] * exc.saved)
+                        self._stop(executor, running, stop.signum or signal.SIGTERM,
+                                   [folder] if exc.saved else [])
                     self._record_done(task, record, folder)
                     acc = load_run(Path(folder), self.experiment.protocol)["final_acc"]
                     state = f"FAILED: {record['failed']}" if record.get("failed") else \

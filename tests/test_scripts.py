@@ -33,6 +33,7 @@ PUBLIC_MODULES = {
     "spikegrad.neurons", "spikegrad.recipes", "spikegrad.surrogates", "spikegrad.cli",
     "spikegrad.encoders", "spikegrad.recording", "spikegrad.report", "spikegrad.alignment_report",
     "spikegrad.demo", "spikegrad.temperature_search", "spikegrad.resume",
+    "spikegrad.durable",
 }
 
 

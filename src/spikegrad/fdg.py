@@ -151,21 +151,26 @@ def probe_mode(model: nn.Module, bn_mode: str = "eval", groups: int = 1,
     leaves its running statistics alone (see the module docstring). Flags and forwards are
     restored afterwards."""
     check_bn_mode(bn_mode)
-    patched = []
-    with eval_mode(model):
-        try:
-            if bn_mode == "train":
-                for m in model.modules():
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                        patched.append((m, m.__dict__.get("forward")))
-                        m.forward = _batch_statistics_forward(m, groups, batch)
-            yield model
-        finally:
-            for m, own in patched:
-                if own is None:
-                    del m.forward
-                else:
-                    m.forward = own
+    with eval_mode(model), contextlib.ExitStack() as patched:
+        if bn_mode == "train":
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    patched.enter_context(_forward_replaced(m, _batch_statistics_forward(m, groups, batch)))
+        yield model
+
+
+@contextlib.contextmanager
+def _forward_replaced(module: nn.Module, forward: Callable[..., Any]) -> Iterator[None]:
+    """``module`` runs ``forward`` for the block; its own forward is restored afterwards."""
+    own = module.__dict__.get("forward")
+    module.forward = forward
+    try:
+        yield
+    finally:
+        if own is None:
+            del module.forward
+        else:
+            module.forward = own
 
 
 def _call(model: nn.Module, inputs: Tensor, forward: ForwardFn | None) -> Any:
@@ -264,20 +269,6 @@ class _PerturbedForward:
         return shaped.flatten(0, 2)
 
 
-@contextlib.contextmanager
-def _perturbed(layer: nn.Module, forward: _PerturbedForward) -> Iterator[None]:
-    """``layer`` runs ``forward`` for the block; its own forward is restored afterwards."""
-    own = layer.__dict__.get("forward")
-    layer.forward = forward
-    try:
-        yield
-    finally:
-        if own is None:
-            del layer.forward
-        else:
-            layer.forward = own
-
-
 @torch.no_grad()
 def finite_difference_gradient(
     model: nn.Module,
@@ -335,7 +326,7 @@ def finite_difference_gradient(
         perturb = _PerturbedForward(layer, idx, signs[start:start + copies_per_call], epsilon, batch)
         tiles = [len(idx) if d == batch_dim else 1 for d in range(inputs.dim())]
         stacked = inputs.repeat(*tiles)  # copy p at [p·B, (p+1)·B) of the batch axis
-        with probe_mode(model, bn_mode, groups=len(idx), batch=batch), _perturbed(layer, perturb):
+        with probe_mode(model, bn_mode, groups=len(idx), batch=batch), _forward_replaced(layer, perturb):
             outputs = _call(model, stacked, forward)
         if perturb.calls != 1:
             raise UserError(f"FDG: the probed layer ran {perturb.calls} times in one forward pass; "
