@@ -24,6 +24,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from spikegrad.durable import atomic_write
 from spikegrad.recipes import recipe_path
 
 ROWS: dict[str, list[str]] = {
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"done: {future.result()}", flush=True)
     table = summarise(out, args.rows, args.seeds)
     print("\n" + table)
-    (out / "summary.md").write_text(table + "\n")
+    atomic_write(out / "summary.md", table + "\n")
     if "dspike-adaptive" in args.rows:
         plot_temperatures(out, args.seeds, Path(args.plot))
         print(f"\nwrote {args.plot}")

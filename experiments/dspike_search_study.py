@@ -44,6 +44,7 @@ match). Output: ``OUT/study.json``, ``OUT/study.md`` (the tables) and ``OUT/stud
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import json
 import math
@@ -60,6 +61,7 @@ from spikegrad import AdaptiveTemperature, Trainer, datasets_from_config, from_c
 from spikegrad.alignment import cosine_similarity, probe_batch, surrogate_gradients
 from spikegrad.config import Config, DspikeConfig, load_config
 from spikegrad.data import collate_for
+from spikegrad.durable import atomic_write
 from spikegrad.errors import UserError
 from spikegrad.fdg import BN_MODES, finite_difference_gradient, resolve_layer, sample_weight_indices
 from spikegrad.losses import training_loss
@@ -582,8 +584,10 @@ def run_study(subjects: Sequence[tuple[str, Path]], out: Path, s: Settings, draw
             print(f"{name}: measuring ({subject.layer_name}) ...", flush=True)
             meas = measure(subject, s, device)
             cache.parent.mkdir(parents=True, exist_ok=True)
+            buffer = io.BytesIO()  # written whole or not at all: a stop mid-save keeps no torn cache
             torch.save({"settings": json.dumps(s.key()), "checkpoint": str(checkpoint), "measurements": meas},
-                       cache)
+                       buffer)
+            atomic_write(cache, buffer.getvalue())
         real = None
         if searches:
             cache_e = out / name / "searches.json"
@@ -594,7 +598,7 @@ def run_study(subjects: Sequence[tuple[str, Path]], out: Path, s: Settings, draw
             else:
                 print(f"{name}: {searches} real searches per preset ...", flush=True)
                 real = real_searches(subject, s, searches)
-                cache_e.write_text(json.dumps({"key": key, "searches": real}, indent=1) + "\n")
+                atomic_write(cache_e, json.dumps({"key": key, "searches": real}, indent=1) + "\n")
         summary = json.loads((Path(checkpoint).parent / "summary.json").read_text()) \
             if (Path(checkpoint).parent / "summary.json").exists() else {}
         test_acc = summary.get("final_test_acc", summary.get("test_acc"))
@@ -607,8 +611,8 @@ def run_study(subjects: Sequence[tuple[str, Path]], out: Path, s: Settings, draw
             "results": analyse(meas, s, draws, ks, ms), "searches": real,
         }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "study.json").write_text(json.dumps(study, indent=1) + "\n")
-    (out / "study.md").write_text(markdown(study) + "\n")
+    atomic_write(out / "study.json", json.dumps(study, indent=1) + "\n")
+    atomic_write(out / "study.md", markdown(study) + "\n")
     plot(study, out / "study.png")
     return study
 

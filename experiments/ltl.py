@@ -104,7 +104,9 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError(f"{spec['label']} failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     if record is not None:
-        record.write_text(json.dumps({"spec": spec, "result": result}, indent=2) + "\n")
+        from spikegrad.durable import atomic_write
+
+        atomic_write(record, json.dumps({"spec": spec, "result": result}, indent=2) + "\n")
     return result
 
 
@@ -228,7 +230,9 @@ def main(argv: list[str] | None = None) -> None:
     results = compare(args) if args.command == "compare" else memory(args)
     path = Path(args.out) / f"{args.command}_{args.dataset}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    from spikegrad.durable import atomic_write
+
+    atomic_write(path, json.dumps(results, indent=2) + "\n")
     print(f"\nwritten {path}", file=sys.stderr)
 
 

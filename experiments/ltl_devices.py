@@ -29,6 +29,7 @@ from spikegrad import datasets_from_config, evaluate_model, from_checkpoint
 from spikegrad.calibration import calibrate
 from spikegrad.data import collate_for
 from spikegrad.devices import DeviceModel
+from spikegrad.durable import atomic_write
 
 SWEEPS: dict[str, list[dict[str, Any]]] = {
     "sigma": [{"sigma": s} for s in (0.0, 0.1, 0.2, 0.3)],
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         rows = run(args)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+        atomic_write(args.out, json.dumps(rows, indent=2) + "\n")
     summary = summarise(rows[1:])
     print(table(summary, rows[0]))
     plot(summary, rows[0], Path(args.plot))

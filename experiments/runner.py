@@ -662,9 +662,9 @@ class Runner:
 
     def write(self, results: dict[str, Any]) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / RESULTS).write_text(json.dumps(_finite(results), indent=1, allow_nan=False,
-                                                   default=_json_default) + "\n")
-        (self.out / TABLE).write_text(markdown(results))
+        atomic_write(self.out / RESULTS, json.dumps(_finite(results), indent=1, allow_nan=False,
+                                                    default=_json_default) + "\n")
+        atomic_write(self.out / TABLE, markdown(results))
         plot_curves(results, self.out / PLOT)
         self.log(f"\nwrote {self.out / RESULTS}, {self.out / TABLE}, {self.out / PLOT}")
 
@@ -947,7 +947,7 @@ def verify(results_path: str | Path, arm: str, seed: int, out: str | Path, *, ph
         else again["final_acc"] - run["final_acc"],
         "first_differing_epoch": _first_difference(old_curves, new_curves),
     }
-    (Path(out) / "verify.json").write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write(Path(out) / "verify.json", json.dumps(report, indent=1) + "\n")
     if verbose:
         same = "bit for bit identical" if bitwise else (
             f"different from epoch {report['first_differing_epoch']} on; final accuracy "

@@ -25,6 +25,7 @@ from typing import Any
 
 from spikegrad import load_config, train
 from spikegrad.diagnostics import norm_ratio, read_gradients
+from spikegrad.durable import atomic_write
 from spikegrad.recipes import recipe_path
 
 MODELS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -185,8 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     results = report(args.out, args.seeds)
     table = markdown_table(results)
     print(table)
-    (args.out / "results.md").write_text(table + "\n")
-    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    atomic_write(args.out / "results.md", table + "\n")
+    atomic_write(args.out / "results.json", json.dumps(results, indent=1) + "\n")
     if args.docs is not None:
         for path in draw(results, args.docs):
             print(path)
