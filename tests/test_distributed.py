@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,17 @@ def test_cli_under_torchrun_writes_once_and_reduces_metrics_over_processes(tmp_p
     assert row["test_acc"] == single["test_acc"]  # the losses: float32 sums in other batches
     assert row["test_loss"] == pytest.approx(single["test_loss"], rel=1e-6)
     assert row["firing_rate"] == pytest.approx(single["firing_rate"], rel=1e-6)
+
+
+def test_a_user_error_under_torchrun_is_the_root_cause_in_its_failure_summary(tmp_path):
+    """torchrun's summary shows the error file a process wrote; without one it says
+    ``error_file: <N/A>`` and the cause is only somewhere in the interleaved stderr."""
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("train: {epochz: 1}\n")
+    proc = torchrun("-m", "spikegrad", "train", str(recipe), "--out", str(tmp_path / "run"))
+    assert proc.returncode != 0
+    root_cause = proc.stderr.split("Root Cause")[1]
+    assert re.search(r"traceback : spikegrad: error \(rank [01]\): unknown config key 'train\.epochz' "
+                     r"\(did you mean 'train\.epochs'\?\)", root_cause), proc.stderr[-3000:]
+    assert "<N/A>" not in proc.stderr
+    assert not (tmp_path / "run").exists()

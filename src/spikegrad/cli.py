@@ -104,6 +104,21 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def _tell_torchrun(message: str) -> None:
+    """Under torchrun, write ``message`` to the error file it names, so that its failure summary
+    ("Root Cause") shows this message instead of ``error_file: <N/A>``."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    import time
+
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump({"message": message, "timestamp": int(time.time())}, handle)
+    except OSError:
+        pass  # the message is on stderr already
+
+
 def _checkpoint(path: str, what: str = "checkpoint", quiet: bool = False) -> str:
     """A checkpoint path, or a run folder's ``best.pt`` (else ``last.pt``), said on stderr."""
     from pathlib import Path
@@ -659,7 +674,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except UserError as exc:
         where = f" (rank {_rank()})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-        print(f"spikegrad: error{where}: {exc}", file=sys.stderr)
+        message = f"spikegrad: error{where}: {exc}"
+        print(message, file=sys.stderr)
+        _tell_torchrun(message)
         return EXIT_USER_ERROR
     except TrainingStopped as exc:
         if _rank() == 0:
