@@ -970,11 +970,16 @@ def _first_difference(a: dict[str, list | None], b: dict[str, list | None]) -> i
 # --------------------------------------------------------------------------- command line
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+SCALES = {"small": "sized for 2 CPU cores (the default)",
+          "large": "bigger nets, more epochs and seeds, for a GPU"}
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, scales: dict[str, str] | None = None) -> None:
+    """The arguments every experiment takes; ``scales``: its scales (name -> what it is for)."""
+    scales = SCALES if scales is None else scales
     parser.add_argument("--out", required=True, help="output folder (results, tables, plot, run folders)")
-    parser.add_argument("--scale", choices=("small", "large"), default="small",
-                        help="small: sized for 2 CPU cores (the default); large: bigger nets, more "
-                             "epochs and seeds, for a GPU")
+    parser.add_argument("--scale", choices=tuple(scales), default="small",
+                        help="; ".join(f"{name}: {text}" for name, text in scales.items()))
     parser.add_argument("--device", help="cpu (the default), cuda, cuda:N or auto; with --verify: "
                         "the stored run's device unless given")
     parser.add_argument("--smoke", action="store_true",
@@ -1025,10 +1030,12 @@ def apply_common(experiment: Experiment, args: argparse.Namespace) -> Experiment
 
 def main(module: str, build: Callable[[argparse.Namespace], Experiment],
          add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-         argv: list[str] | None = None, description: str = "") -> dict[str, Any] | None:
-    """The command line of an experiment module: run (resumable), ``--report`` or ``--verify``."""
+         argv: list[str] | None = None, description: str = "",
+         scales: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """The command line of an experiment module: run (resumable), ``--report`` or ``--verify``;
+    ``scales``: the module's ``--scale`` choices (default: :data:`SCALES`)."""
     parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
-    add_common_arguments(parser)
+    add_common_arguments(parser, scales)
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)

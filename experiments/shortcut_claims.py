@@ -23,10 +23,11 @@ accuracies appear beside it where the runs' ``metrics.jsonl`` hold them.
     python -m experiments.shortcut_claims --out runs/experiments/shortcut_claims
     python -m experiments.shortcut_claims --out DIR --device cuda --scale large
 
-Scales: ``small`` (default; about 4 h on 2 CPU cores, half of it the plain network's arms):
+Scales: ``small`` (default; about 4 h on 2 CPU cores, 1.5 h of it the plain network's arms):
 width 0.125 (8-16-32-64 channels), 1,500 training images, 30 epochs (60 for vanilla-long), 10%
-validation, learning rates 0.003, 0.01, 0.03, 5 seeds, 2 tuning seeds. ``large`` (GPU): width 0.5, the whole training set,
-60 epochs (120), 10 seeds, 3 tuning seeds. ``--smoke``: the built-in digits, tiny.
+validation, learning rates 0.003, 0.01, 0.03, 5 seeds, 2 tuning seeds. ``large`` (GPU): width
+0.5, the whole training set, 60 epochs (120), 10 seeds, 3 tuning seeds. ``--smoke``: the
+built-in digits, tiny.
 """
 
 from __future__ import annotations

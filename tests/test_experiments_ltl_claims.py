@@ -53,7 +53,7 @@ def test_verify_retrains_a_stored_seed_bit_for_bit(smoke, tmp_path):
 
 
 def test_default_scales_satisfy_the_protocol():
-    for scale in ("small", "large"):
+    for scale in ("small", "medium", "large"):
         experiment = ltl_claims.build(argparse.Namespace(smoke=False, scale=scale, dataset=None))
         assert check_plan(experiment.plan(), smoke=False) == []
         student = experiment.arm("mnist/ltl-offline")
@@ -61,3 +61,18 @@ def test_default_scales_satisfy_the_protocol():
         assert student.overrides["model.T"] == 16
         assert student.overrides["model.surrogate"] == {"name": "rectangle", "width": 0.4, "height": 1.0}
         assert student.overrides["data.batch_size"] == 64
+
+
+def test_medium_scale_is_offered_only_by_the_experiment_that_has_one(tmp_path, capsys):
+    from experiments import dspike_surrogates
+    from experiments.runner import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(dspike_surrogates.NAME, dspike_surrogates.build, dspike_surrogates.add_arguments,
+             argv=["--out", str(tmp_path), "--scale", "medium"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--scale: invalid choice: 'medium'" in err and "small" in err and "large" in err
+    medium = ltl_claims.build(argparse.Namespace(smoke=False, scale="medium", dataset=None))
+    assert medium.arm("mnist/ltl-offline").data.subset is None  # the whole training set
+    assert medium.arm("mnist/bptt").lr_grid == [1e-3, 3e-3, 1e-2]
