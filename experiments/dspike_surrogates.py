@@ -12,8 +12,8 @@ weight decay 5e-4, cosine schedule); only the surrogate and the learning rate di
 
 Scales (``--scale``):
 
-- ``small`` (default; about 6-7 h on 2 CPU cores, of which the adaptive arms' temperature
-  searches, about 14 s each at one thread, are about a third): width 0.25 (8-16-32
+- ``small`` (default; about 7-8 h on 2 CPU cores, of which the adaptive arms' temperature
+  searches, about 14 s each at one thread, are about a third; docs/protocol.md): width 0.25 (8-16-32
   channels), T = 4, a stratified subset of 1,500 training images, 40 epochs of batch 64
   (960 steps), random crop of 2 pixels; validation splits of 10% (Animal-MNIST) and 2%
   (MNIST, about 1,000 images); learning rates 0.003, 0.01, 0.03, 0.1; 5 seeds, 2 tuning seeds.
