@@ -73,6 +73,7 @@ def test_medium_scale_is_offered_only_by_the_experiment_that_has_one(tmp_path, c
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "--scale: invalid choice: 'medium'" in err and "small" in err and "large" in err
+    assert set(ltl_claims.SCALE_HELP) == set(ltl_claims.SCALES) - {"smoke"}  # each scale selectable
     medium = ltl_claims.build(argparse.Namespace(smoke=False, scale="medium", dataset=None))
     assert medium.arm("mnist/ltl-offline").data.subset is None  # the whole training set
     assert medium.arm("mnist/bptt").lr_grid == [1e-3, 3e-3, 1e-2]
