@@ -120,7 +120,7 @@ def check_plan(plan: Mapping[str, Any], *, smoke: bool, protocol: Protocol = PRO
     """Violations of the protocol by ``plan``; raises :class:`ProtocolError` unless ``smoke``.
 
     ``plan``: ``{"seeds": [...], "tuning_seeds": [...], "arms": [{"name", "epochs",
-    "lr_grid", "lr", "lr_reason", "lr_from", "validation"}, ...]}``.
+    "lr_grid", "lr", "lr_reason", "lr_from", "epochs_from", "validation"}, ...]}``.
     """
     problems: list[str] = []
     seeds, tuning = list(plan["seeds"]), list(plan["tuning_seeds"])
@@ -151,6 +151,8 @@ def check_plan(plan: Mapping[str, Any], *, smoke: bool, protocol: Protocol = PRO
         elif not arm.get("lr_reason"):
             problems.append(f"arm {name!r}: a fixed learning rate needs a stated reason (e.g. the "
                             "published value); otherwise give it a grid")
+        if arm.get("epochs_from") and arm["epochs_from"] not in names:
+            problems.append(f"arm {name!r}: takes its epochs from the unknown arm {arm['epochs_from']!r}")
         epochs = int(arm["epochs"])
         if epochs <= protocol.window(epochs):
             problems.append(f"arm {name!r}: {epochs} epochs are too few to judge a plateau (window "

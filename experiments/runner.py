@@ -83,7 +83,9 @@ class Arm:
     Exactly one of ``lr_grid`` (tuned), ``lr`` with ``lr_reason`` (fixed, e.g. published) or
     ``lr_from`` with ``lr_reason`` (the rate chosen for another arm) sets the rate.
     ``depends`` maps a config key to another arm whose run of the same phase and seed provides
-    its ``last.pt`` (an LTL teacher). ``name`` is ``group/label``.
+    its ``last.pt`` (an LTL teacher). ``epochs_from`` names an arm whose epochs this one trains
+    ``epochs_factor`` times (vanilla trained twice as long); ``--epochs`` keeps that ratio.
+    ``name`` is ``group/label``.
     """
 
     name: str
@@ -97,6 +99,8 @@ class Arm:
     lr_from: str | None = None
     lr_key: str = "optim.lr"
     depends: dict[str, str] = field(default_factory=dict)
+    epochs_from: str | None = None
+    epochs_factor: int = 1
     note: str = ""
 
     @property
@@ -140,10 +144,24 @@ class Experiment:
         raise UserError(f"experiment {self.name!r} has no arm {name!r}; its arms: "
                         f"{', '.join(a.name for a in self.arms)}")
 
+    def set_epochs(self, epochs: int) -> None:
+        """Train every arm ``epochs`` epochs, but for two kinds that keep their own budget: an arm
+        another arm depends on (an LTL teacher is trained to its plateau, not to the students'
+        epochs) and an arm with ``epochs_from`` (it trains its factor times its source's)."""
+        if epochs < 1:
+            raise UserError(f"--epochs {epochs}: give a positive number of epochs")
+        providers = {name for arm in self.arms for name in arm.depends.values()}
+        for arm in self.arms:
+            if arm.epochs_from is None and arm.name not in providers:
+                arm.epochs = epochs
+        for arm in self.arms:
+            if arm.epochs_from is not None:
+                arm.epochs = arm.epochs_factor * self.arm(arm.epochs_from).epochs
+
     def plan(self) -> dict[str, Any]:
         return {"seeds": self.seeds, "tuning_seeds": self.tuning_seeds,
                 "arms": [{"name": a.name, "epochs": a.epochs, "lr_grid": a.lr_grid, "lr": a.lr,
-                          "lr_reason": a.lr_reason, "lr_from": a.lr_from,
+                          "lr_reason": a.lr_reason, "lr_from": a.lr_from, "epochs_from": a.epochs_from,
                           "validation": a.data.validation} for a in self.arms]}
 
 
@@ -987,7 +1005,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, scales: dict[str, str]
                              "minimums; outputs are marked SMOKE and are not results")
     parser.add_argument("--seeds", type=int, nargs="+", help="final seeds (default: the scale's)")
     parser.add_argument("--tuning-seeds", type=int, nargs="+", help="tuning seeds (default: the scale's)")
-    parser.add_argument("--epochs", type=int, help="override every arm's epochs")
+    parser.add_argument("--epochs", type=int,
+                        help="every arm's epochs, but for an arm trained relative to another (vanilla-long "
+                             "keeps twice vanilla's) and a teacher other arms learn from (it keeps its own)")
     parser.add_argument("--arms", nargs="+", help="run only these arms (names as in results.md)")
     parser.add_argument("--jobs", type=int, help="runs at a time (default: one per core on CPU, 1 on GPU)")
     parser.add_argument("--threads", type=int, help="torch threads per run (default: cores / jobs on CPU)")
@@ -1009,9 +1029,8 @@ def apply_common(experiment: Experiment, args: argparse.Namespace) -> Experiment
         experiment.seeds = list(args.seeds)
     if args.tuning_seeds:
         experiment.tuning_seeds = list(args.tuning_seeds)
-    if args.epochs:
-        for arm in experiment.arms:
-            arm.epochs = args.epochs
+    if args.epochs is not None:
+        experiment.set_epochs(args.epochs)
     if args.arms:
         keep = set(args.arms)
         unknown = keep - {a.name for a in experiment.arms}
@@ -1021,7 +1040,7 @@ def apply_common(experiment: Experiment, args: argparse.Namespace) -> Experiment
         needed = set(keep)
         for arm in reversed(experiment.arms):  # what the kept arms need comes along
             if arm.name in needed:
-                needed |= set(arm.depends.values()) | ({arm.lr_from} if arm.lr_from else set())
+                needed |= set(arm.depends.values()) | {a for a in (arm.lr_from, arm.epochs_from) if a}
         experiment.arms = [a for a in experiment.arms if a.name in needed]
         experiment.comparisons = [c for c in experiment.comparisons if {c.a, c.b} <= needed]
     experiment.extra_overrides = list(args.set)

@@ -9,6 +9,7 @@ import pytest
 
 from experiments import ltl_claims
 from experiments.protocol import check_plan
+from spikegrad.errors import UserError
 from tests.experiment_helpers import check_outputs, run_experiment
 
 MODULE = "experiments.ltl_claims"
@@ -77,3 +78,14 @@ def test_medium_scale_is_offered_only_by_the_experiment_that_has_one(tmp_path, c
     medium = ltl_claims.build(argparse.Namespace(smoke=False, scale="medium", dataset=None))
     assert medium.arm("mnist/ltl-offline").data.subset is None  # the whole training set
     assert medium.arm("mnist/bptt").lr_grid == [1e-3, 3e-3, 1e-2]
+
+
+def test_epochs_override_trains_the_students_longer_and_leaves_the_teacher():
+    experiment = ltl_claims.build(argparse.Namespace(smoke=False, scale="small", dataset=None))
+    teacher = experiment.arm("mnist/ann-teacher").epochs
+    experiment.set_epochs(8)
+    epochs = {a.label: a.epochs for a in experiment.arms}
+    assert epochs == {"ann-teacher": teacher, "ltl-offline": 8, "ltl-online": 8, "bptt": 8}
+    assert teacher != 8
+    with pytest.raises(UserError, match="positive number of epochs"):
+        experiment.set_epochs(0)

@@ -55,3 +55,17 @@ def test_default_scales_satisfy_the_protocol():
                                                      surrogate="atan-2"))
     assert "resnet34/evolutionary-shallow" in {a.name for a in large.arms} and large.prepare is None
     assert all(a.overrides["model.surrogate"] == shortcut_claims.SURROGATES["atan-2"] for a in large.arms)
+
+
+def test_epochs_override_keeps_vanilla_long_twice_vanilla():
+    from experiments.runner import add_common_arguments, apply_common
+
+    parser = argparse.ArgumentParser()
+    add_common_arguments(parser)
+    args = parser.parse_args(["--out", "unused", "--epochs", "12", "--arms", "plain16/vanilla-long"])
+    experiment = shortcut_claims.build(argparse.Namespace(smoke=False, scale="small", dataset=None,
+                                                          models=None, surrogate=None))
+    apply_common(experiment, args)
+    # vanilla comes along: vanilla-long takes its rate and its epochs from it
+    assert {a.name: a.epochs for a in experiment.arms} == {"plain16/vanilla": 12, "plain16/vanilla-long": 24}
+    assert check_plan(experiment.plan(), smoke=False) == []
