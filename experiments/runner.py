@@ -43,7 +43,7 @@ from experiments.protocol import PROTOCOL, Protocol, ProtocolError, check_plan, 
 from experiments.splits import SPLIT_SOURCE, data_overrides
 from experiments.stats import describe, paired_t_test
 from spikegrad.checkpoint import load_checkpoint
-from spikegrad.config import Config, from_dict, load_config
+from spikegrad.config import Config, from_dict, load_config, parse_override
 from spikegrad.data import dataset_builder
 from spikegrad.diagnostics import read_jsonl
 from spikegrad.durable import atomic_write
@@ -1043,8 +1043,29 @@ def apply_common(experiment: Experiment, args: argparse.Namespace) -> Experiment
                 needed |= set(arm.depends.values()) | {a for a in (arm.lr_from, arm.epochs_from) if a}
         experiment.arms = [a for a in experiment.arms if a.name in needed]
         experiment.comparisons = [c for c in experiment.comparisons if {c.a, c.b} <= needed]
+    check_set(experiment, args.set)
     experiment.extra_overrides = list(args.set)
     return experiment
+
+
+#: the keys the runner sets in every run, and from what
+RUNNER_KEYS = {"train.epochs": "from --epochs", "train.seed": "from --seeds and --tuning-seeds",
+               "train.device": "from --device", "train.threads": "from --threads", "train.progress": "itself",
+               "name": "itself"}
+
+
+def check_set(experiment: Experiment, overrides: list[str]) -> None:
+    """Refuse a ``--set`` the runner would overwrite in every run (it would be ignored)."""
+    owned = dict(RUNNER_KEYS)
+    for arm in experiment.arms:
+        owned[arm.lr_key] = "from the arms' learning rates (tuned on the validation split, or fixed)"
+        owned.update(dict.fromkeys(arm.depends, f"to the checkpoint of {', '.join(arm.depends.values())}"))
+    for item in overrides:
+        key, _ = parse_override(item)
+        for target, how in owned.items():
+            if target == key or target.startswith(key + "."):
+                raise UserError(f"--set {item!r}: the runner sets each run's {target} {how}, so this "
+                                "override would be ignored; drop it")
 
 
 def main(module: str, build: Callable[[argparse.Namespace], Experiment],
