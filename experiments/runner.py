@@ -421,6 +421,7 @@ class Runner:
                                     "tuning runs to pair its tuning runs with")
         for c in exp.comparisons:
             exp.arm(c.a), exp.arm(c.b)
+        check_set(exp, exp.extra_overrides)
         violations = check_plan(exp.plan(), smoke=self.smoke, protocol=exp.protocol, out=self.out,
                                 repo=provenance.REPO)
         for name in dict.fromkeys(a.data.name for a in exp.arms):
@@ -1043,7 +1044,6 @@ def apply_common(experiment: Experiment, args: argparse.Namespace) -> Experiment
                 needed |= set(arm.depends.values()) | {a for a in (arm.lr_from, arm.epochs_from) if a}
         experiment.arms = [a for a in experiment.arms if a.name in needed]
         experiment.comparisons = [c for c in experiment.comparisons if {c.a, c.b} <= needed]
-    check_set(experiment, args.set)
     experiment.extra_overrides = list(args.set)
     return experiment
 

@@ -319,15 +319,16 @@ def test_sigterm_to_the_runner_stops_its_run_processes_which_save(tmp_path):
     ("train.epochs=60", "from --epochs"), ("train={epochs: 3}", "from --epochs"),
     ("optim.lr=0.1", "learning rates"), ("train.seed=3", "--seeds"),
     ("ltl.teacher_checkpoint=x.pt", "checkpoint of mnist/ann-teacher")])
-def test_a_set_the_runner_would_overwrite_is_refused(override, named):
+def test_a_set_the_runner_would_overwrite_is_refused(override, named, tmp_path):
     from experiments import ltl_claims
     from experiments.runner import add_common_arguments, apply_common
 
     parser = argparse.ArgumentParser()
     add_common_arguments(parser)
     experiment = ltl_claims.build(argparse.Namespace(smoke=False, scale="small", dataset=None))
-    with pytest.raises(UserError, match="would be ignored") as error:
-        apply_common(experiment, parser.parse_args(["--out", "unused", "--set", override]))
+    apply_common(experiment, parser.parse_args(["--out", "unused", "--set", override]))
+    with pytest.raises(UserError, match="would be ignored") as error:  # the command line and the API alike
+        Runner(experiment, tmp_path)
     assert named in str(error.value)
-    apply_common(experiment, parser.parse_args(["--out", "unused", "--set", "optim.weight_decay=0.1"]))
-    assert experiment.extra_overrides == ["optim.weight_decay=0.1"]
+    experiment.extra_overrides = ["optim.weight_decay=0.1"]
+    assert Runner(experiment, tmp_path).violations == []
