@@ -735,8 +735,18 @@ def fmt_diff(test: dict[str, Any]) -> str:
 
 
 def converged_cell(arm: dict[str, Any]) -> str:
+    """``n/total``, or how many plateaued and how much the others still gained in the window."""
     n, total = arm["converged"], arm["runs_total"]
-    return f"{n}/{total}" if n == total else f"**not converged** ({n}/{total} plateaued)"
+    if n == total:
+        return f"{n}/{total}"
+    runs = [r for r in arm.get("runs", []) if r.get("final_acc") is not None and not r["converged"]]
+    known = [r["plateau"] for r in runs if (r.get("plateau") or {}).get("gain") is not None]
+    still = ""
+    if known:
+        gains, window = [100 * p["gain"] for p in known], max(p["window"] for p in known)
+        still = (f"; {'the rest: ' if n else ''}training accuracy +{min(gains):.2f} to +{max(gains):.2f} "
+                 f"points in the last {window} epochs")
+    return f"**not converged** ({n}/{total} plateaued{still})"
 
 
 def _arm_cell(results: dict[str, Any], name: str) -> str:

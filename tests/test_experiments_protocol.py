@@ -285,7 +285,7 @@ def test_sigterm_to_the_runner_stops_its_run_processes_which_save(tmp_path):
            "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "exp"
     runner = subprocess.Popen(
-        [sys.executable, "-m", "experiments.ltl_claims", "--out", str(out), "--smoke", "--jobs", "2",
+        [sys.executable, "-m", "experiments.dspike_surrogates", "--out", str(out), "--smoke", "--jobs", "2",
          "--threads", "1", "--epochs", "500", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
@@ -332,3 +332,19 @@ def test_a_set_the_runner_would_overwrite_is_refused(override, named, tmp_path):
     assert named in str(error.value)
     experiment.extra_overrides = ["optim.weight_decay=0.1"]
     assert Runner(experiment, tmp_path).violations == []
+
+
+def test_the_plateau_cell_says_how_far_from_a_plateau_the_runs_were():
+    from experiments.runner import converged_cell
+
+    def run(acc):
+        verdict = plateau(acc)
+        return {"final_acc": acc[-1], "converged": verdict["converged"], "plateau": verdict}
+
+    flat, rising = [0.5, 0.8, 0.9, 0.9, 0.9, 0.9], [0.5, 0.6, 0.7, 0.8, 0.85, 0.9]
+    steep = [0.1, 0.2, 0.3, 0.4, 0.5, 0.7]
+    # window 3: rising gained 0.9 - 0.7, steep 0.7 - 0.3
+    arm = {"converged": 1, "runs_total": 3, "runs": [run(flat), run(rising), run(steep)]}
+    assert converged_cell(arm) == ("**not converged** (1/3 plateaued; the rest: training accuracy +20.00 to "
+                                   "+40.00 points in the last 3 epochs)")
+    assert converged_cell({"converged": 1, "runs_total": 1, "runs": [run(flat)]}) == "1/1"
