@@ -295,6 +295,7 @@ def _execute(spec: dict[str, Any]) -> dict[str, Any]:
     can_resume = resume.is_file()
     if folder.exists() and not can_resume:
         shutil.rmtree(folder)
+    machine = provenance.machine(spec["config"]["train"]["device"])  # read before the code trains
     tic = time.perf_counter()
     try:
         try:
@@ -310,17 +311,19 @@ def _execute(spec: dict[str, Any]) -> dict[str, Any]:
             shutil.rmtree(folder)  # the partial run could not be continued: start it over
             train(config, folder, verbose=False)
     except TrainingDiverged as exc:
-        return _write_record(folder, spec, time.perf_counter() - tic, str(exc))
-    return _write_record(folder, spec, time.perf_counter() - tic, None)
+        return _write_record(folder, spec, time.perf_counter() - tic, str(exc), machine)
+    return _write_record(folder, spec, time.perf_counter() - tic, None, machine)
 
 
-def _write_record(folder: Path, spec: dict[str, Any], wall: float | None,
-                  failed: str | None) -> dict[str, Any]:
+def _write_record(folder: Path, spec: dict[str, Any], wall: float | None, failed: str | None,
+                  machine: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's record; ``machine`` as read when the run started (a checkout that moves during
+    a run must not be recorded as the code that trained it)."""
     import torch
 
     record = {**{k: v for k, v in spec.items() if k != "config"}, "config": spec["config"],
               "wall_seconds": wall, "failed": failed, "threads": torch.get_num_threads(),
-              "machine": provenance.machine(spec["config"]["train"]["device"]),
+              "machine": machine or provenance.machine(spec["config"]["train"]["device"]),
               "finished_at": provenance.now()}
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / RECORD, json.dumps(record, indent=1) + "\n")  # a stop mid-write: the old one

@@ -348,3 +348,21 @@ def test_the_plateau_cell_says_how_far_from_a_plateau_the_runs_were():
     assert converged_cell(arm) == ("**not converged** (1/3 plateaued; the rest: training accuracy +20.00 to "
                                    "+40.00 points in the last 3 epochs)")
     assert converged_cell({"converged": 1, "runs_total": 1, "runs": [run(flat)]}) == "1/1"
+
+
+def test_a_run_records_the_commit_it_started_from(tmp_path, monkeypatch):
+    """A checkout that moves while a run trains is not recorded as the code that trained it."""
+    import spikegrad
+    from experiments import provenance, runner
+
+    checkout = {"commit": "started"}
+    monkeypatch.setattr(provenance, "machine", lambda device="cpu": {"git_commit": checkout["commit"]})
+
+    def train(config, folder, verbose=False, resume_from=None):
+        checkout["commit"] = "moved"
+        Path(folder).mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(spikegrad, "train", train)
+    experiment = _tiny_experiment()
+    spec = Runner(experiment, tmp_path, smoke=True)._spec("tune", experiment.arms[0], 7, 0.1)
+    assert runner._execute(spec)["machine"] == {"git_commit": "started"}
