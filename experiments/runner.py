@@ -1081,6 +1081,23 @@ def check_set(experiment: Experiment, overrides: list[str]) -> None:
                                 "override would be ignored; drop it")
 
 
+#: what ``--verify`` reads from the command line; it takes everything else from the stored run
+VERIFY_OPTIONS = {"help", "out", "device", "verify", "arm", "seed", "phase", "lr", "threads", "quiet"}
+
+
+def refuse_unused_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """An option the chosen mode would not read is an error, not silently dropped."""
+    for action in parser._actions:
+        if action.dest == "help" or getattr(args, action.dest) == action.default:
+            continue
+        option = "/".join(action.option_strings)
+        if args.verify and action.dest not in VERIFY_OPTIONS:
+            raise UserError(f"{option} does not apply to --verify, which trains the stored run again with "
+                            "its stored settings; drop it")
+        if not args.verify and action.dest in VERIFY_OPTIONS - {"help", "out", "device", "threads", "quiet"}:
+            raise UserError(f"{option} applies only with --verify RESULTS_JSON; drop it or add --verify")
+
+
 def main(module: str, build: Callable[[argparse.Namespace], Experiment],
          add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
          argv: list[str] | None = None, description: str = "",
@@ -1093,6 +1110,7 @@ def main(module: str, build: Callable[[argparse.Namespace], Experiment],
         add_arguments(parser)
     args = parser.parse_args(argv)
     try:
+        refuse_unused_options(parser, args)
         if args.verify:
             if args.arm is None or args.seed is None:
                 raise UserError("--verify needs --arm and --seed (which stored run to train again)")

@@ -234,6 +234,13 @@ def test_verify_command_line_errors(tmp_path, capsys):
 
     assert "--verify needs --arm and --seed" in run("--verify", "results.json")
     assert "does not exist" in run("--verify", str(tmp_path / "none.json"), "--arm", "a", "--seed", "0")
+    # an option the mode would not read is refused, not dropped
+    for option in (["--epochs", "60"], ["--scale", "large"], ["--set", "model.T=4"], ["--report"],
+                   ["--dataset", "mnist"]):
+        err = run("--verify", "results.json", "--arm", "a", "--seed", "0", *option)
+        assert f"{option[0]} does not apply to --verify" in err
+    for option in (["--arm", "mnist/bptt"], ["--seed", "0"], ["--lr", "0.1"], ["--phase", "tune"]):
+        assert f"{option[0]} applies only with --verify" in run(*option)
 
 
 def test_a_run_folder_of_other_settings_is_neither_reused_nor_deleted(tmp_path, monkeypatch):
