@@ -424,7 +424,7 @@ class Runner:
                                     "tuning runs to pair its tuning runs with")
         for c in exp.comparisons:
             exp.arm(c.a), exp.arm(c.b)
-        check_set(exp, exp.extra_overrides)
+        self.check_set()
         violations = check_plan(exp.plan(), smoke=self.smoke, protocol=exp.protocol, out=self.out,
                                 repo=provenance.REPO)
         for name in dict.fromkeys(a.data.name for a in exp.arms):
@@ -453,6 +453,11 @@ class Runner:
                                split_seed=data.split_seed, subset=data.subset)
         config = load_config(recipe_file(arm.recipe)).with_overrides(arm.overrides).with_overrides(split)
         config = config.with_overrides(self.experiment.extra_overrides)  # --set wins over the arm's own
+        return config.with_overrides(self.run_overrides(arm, phase, seed, lr, depends))
+
+    def run_overrides(self, arm: Arm, phase: str, seed: int, lr: float,
+                      depends: dict[str, str] | None = None) -> dict[str, Any]:
+        """What the runner sets in one run's config, over the recipe, the arm and ``--set``."""
         run: dict[str, Any] = {
             arm.lr_key: lr, "train.epochs": arm.epochs, "train.seed": seed,
             "train.device": self.device, "train.progress": False,
@@ -461,7 +466,18 @@ class Runner:
         if self.threads is not None:
             run["train.threads"] = self.threads
         run.update(depends or {})
-        return config.with_overrides(run)
+        return run
+
+    def check_set(self) -> None:
+        """Refuse a ``--set`` of a key :meth:`run_overrides` sets in every run (it would be ignored)."""
+        for arm in self.experiment.arms:
+            owned = self.run_overrides(arm, "tune", 0, 0.0, dict.fromkeys(arm.depends, ""))
+            for item in self.experiment.extra_overrides:
+                key, _ = parse_override(item)
+                for target in owned:
+                    if target == key or target.startswith(key + "."):
+                        raise UserError(f"--set {item!r}: the runner sets each run's {target} "
+                                        f"{_set_by(arm, target)}, so this override would be ignored; drop it")
 
     def _spec(self, phase: str, arm: Arm, seed: int, lr: float | None) -> dict[str, Any] | None:
         """The spec of a run whose prerequisites are met, else None."""
@@ -1061,28 +1077,23 @@ def apply_common(experiment: Experiment, args: argparse.Namespace) -> Experiment
     return experiment
 
 
-#: the keys the runner sets in every run, and from what
-RUNNER_KEYS = {"train.epochs": "from --epochs", "train.seed": "from --seeds and --tuning-seeds",
-               "train.device": "from --device", "train.threads": "from --threads", "train.progress": "itself",
-               "name": "itself"}
+#: what sets the keys of :meth:`Runner.run_overrides` (the arm's rate and teacher aside)
+SET_BY = {"train.epochs": "from --epochs", "train.seed": "from --seeds and --tuning-seeds",
+          "train.device": "from --device", "train.threads": "from --threads"}
 
 
-def check_set(experiment: Experiment, overrides: list[str]) -> None:
-    """Refuse a ``--set`` the runner would overwrite in every run (it would be ignored)."""
-    owned = dict(RUNNER_KEYS)
-    for arm in experiment.arms:
-        owned[arm.lr_key] = "from the arms' learning rates (tuned on the validation split, or fixed)"
-        owned.update(dict.fromkeys(arm.depends, f"to the checkpoint of {', '.join(arm.depends.values())}"))
-    for item in overrides:
-        key, _ = parse_override(item)
-        for target, how in owned.items():
-            if target == key or target.startswith(key + "."):
-                raise UserError(f"--set {item!r}: the runner sets each run's {target} {how}, so this "
-                                "override would be ignored; drop it")
+def _set_by(arm: Arm, key: str) -> str:
+    if key == arm.lr_key:
+        return "from the arms' learning rates (tuned on the validation split, or fixed)"
+    if key in arm.depends:
+        return f"to the checkpoint of {arm.depends[key]}"
+    return SET_BY.get(key, "itself")
 
 
-#: what ``--verify`` reads from the command line; it takes everything else from the stored run
-VERIFY_OPTIONS = {"help", "out", "device", "verify", "arm", "seed", "phase", "lr", "threads", "quiet"}
+#: the options only ``--verify`` reads, and the ones every mode reads; ``--verify`` takes the
+#: rest from the stored run
+VERIFY_ONLY = {"verify", "arm", "seed", "phase", "lr"}
+EVERY_MODE = {"help", "out", "device", "threads", "quiet"}
 
 
 def refuse_unused_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -1091,10 +1102,10 @@ def refuse_unused_options(parser: argparse.ArgumentParser, args: argparse.Namesp
         if action.dest == "help" or getattr(args, action.dest) == action.default:
             continue
         option = "/".join(action.option_strings)
-        if args.verify and action.dest not in VERIFY_OPTIONS:
+        if args.verify and action.dest not in VERIFY_ONLY | EVERY_MODE:
             raise UserError(f"{option} does not apply to --verify, which trains the stored run again with "
                             "its stored settings; drop it")
-        if not args.verify and action.dest in VERIFY_OPTIONS - {"help", "out", "device", "threads", "quiet"}:
+        if not args.verify and action.dest in VERIFY_ONLY:
             raise UserError(f"{option} applies only with --verify RESULTS_JSON; drop it or add --verify")
 
 
