@@ -84,14 +84,15 @@ class Arm:
     ``lr_from`` with ``lr_reason`` (the rate chosen for another arm) sets the rate.
     ``depends`` maps a config key to another arm whose run of the same phase and seed provides
     its ``last.pt`` (an LTL teacher). ``epochs_from`` names an arm whose epochs this one trains
-    ``epochs_factor`` times (vanilla trained twice as long); ``--epochs`` keeps that ratio.
-    ``name`` is ``group/label``.
+    ``epochs_factor`` times (vanilla trained twice as long) and then gives no ``epochs`` of its
+    own: the experiment derives them, and ``--epochs`` keeps the ratio. ``name`` is ``group/label``.
     """
 
     name: str
     recipe: str
     data: DataSpec
-    epochs: int
+    #: epochs of training; ``None`` only with ``epochs_from`` (set by the experiment)
+    epochs: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     lr_grid: list[float] = field(default_factory=list)
     lr: float | None = None
@@ -137,6 +138,34 @@ class Experiment:
     #: of every arm); it may change ``arms`` and returns what it found for results.json
     prepare: Callable[[Runner], dict[str, Any]] | None = None
 
+    def __post_init__(self) -> None:
+        for arm in self.arms:
+            if arm.epochs_from is None and arm.epochs is None:
+                raise UserError(f"arm {arm.name!r}: give its epochs, or epochs_from the arm it trains "
+                                "a multiple of")
+            if arm.epochs_from is not None and arm.epochs is not None:
+                raise UserError(f"arm {arm.name!r}: epochs={arm.epochs} and epochs_from="
+                                f"{arm.epochs_from!r} both set its epochs; give one")
+        self._derive_epochs()
+
+    def _derive_epochs(self) -> None:
+        """Set every ``epochs_from`` arm's epochs to its factor times its source's (through chains)."""
+        derived: dict[str, int] = {}
+
+        def epochs_of(arm: Arm, chain: tuple[str, ...]) -> int:
+            if arm.epochs_from is None:
+                return int(arm.epochs)  # type: ignore[arg-type]  # checked in __post_init__
+            path = (*chain, arm.name)
+            if arm.name in chain:
+                raise UserError(f"arms {' -> '.join(path)}: epochs_from goes round in a circle")
+            if arm.name not in derived:
+                derived[arm.name] = arm.epochs_factor * epochs_of(self.arm(arm.epochs_from), path)
+            return derived[arm.name]
+
+        for arm in self.arms:
+            if arm.epochs_from is not None:
+                arm.epochs = epochs_of(arm, ())
+
     def arm(self, name: str) -> Arm:
         for arm in self.arms:
             if arm.name == name:
@@ -154,9 +183,7 @@ class Experiment:
         for arm in self.arms:
             if arm.epochs_from is None and arm.name not in providers:
                 arm.epochs = epochs
-        for arm in self.arms:
-            if arm.epochs_from is not None:
-                arm.epochs = arm.epochs_factor * self.arm(arm.epochs_from).epochs
+        self._derive_epochs()
 
     def plan(self) -> dict[str, Any]:
         return {"seeds": self.seeds, "tuning_seeds": self.tuning_seeds,

@@ -152,9 +152,9 @@ def build(args: argparse.Namespace) -> Experiment:
                             lr_grid=list(scale["grid"]), overrides={**base, **overrides}))
             if label == "vanilla":
                 arms.append(Arm(name=f"{model}/vanilla-long", recipe=MODELS[model], data=data,
-                                epochs=scale["epochs"] * scale["long_factor"], lr_from=f"{model}/vanilla",
                                 epochs_from=f"{model}/vanilla", epochs_factor=scale["long_factor"],
-                                lr_reason="vanilla's tuned rate", overrides={**base, **overrides}))
+                                lr_from=f"{model}/vanilla", lr_reason="vanilla's tuned rate",
+                                overrides={**base, **overrides}))
         pairs = [("shortcut", "vanilla"), ("evolutionary", "vanilla"), ("vanilla-long", "vanilla"),
                  ("evolutionary", "vanilla-long"), ("evolutionary", "shortcut")]
         if model in scale["ablate"]:

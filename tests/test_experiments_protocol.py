@@ -112,6 +112,30 @@ def test_runner_refuses_unknown_datasets_and_bad_dependencies(tmp_path):
         Runner(_tiny_experiment(), tmp_path, smoke=False)
 
 
+def test_an_arm_trained_a_multiple_of_another_gets_its_epochs_from_the_experiment():
+    data = DataSpec("digits", validation=0.2, subset=100)
+    base = Arm(name="g/base", recipe="digits", data=data, epochs=3, lr_grid=[0.1])
+    double = Arm(name="g/double", recipe="digits", data=data, lr_from="g/base", lr_reason="base's",
+                 epochs_from="g/base", epochs_factor=2)
+    quadruple = Arm(name="g/quadruple", recipe="digits", data=data, lr_from="g/base", lr_reason="base's",
+                    epochs_from="g/double", epochs_factor=2)
+    experiment = Experiment(name="x", title="x", arms=[base, quadruple, double], seeds=[0], tuning_seeds=[7])
+    assert [a.epochs for a in experiment.arms] == [3, 12, 6]  # through the chain, in any order
+    experiment.set_epochs(5)
+    assert [a.epochs for a in experiment.arms] == [5, 20, 10]
+    with pytest.raises(UserError, match="both set its epochs"):
+        Experiment(name="x", title="x", seeds=[0], tuning_seeds=[7],
+                   arms=[base, Arm(name="g/d", recipe="digits", data=data, epochs=4, epochs_from="g/base")])
+    with pytest.raises(UserError, match="give its epochs"):
+        Experiment(name="x", title="x", seeds=[0], tuning_seeds=[7],
+                   arms=[Arm(name="g/none", recipe="digits", data=data, lr_grid=[0.1])])
+    loop = [Arm(name=f"g/{n}", recipe="digits", data=data, epochs_from=f"g/{m}")
+            for n, m in (("a", "b"), ("b", "a"))]
+    with pytest.raises(UserError, match="circle"):
+        Experiment(name="x", title="x", arms=loop, seeds=[0], tuning_seeds=[7])
+    with pytest.raises(UserError, match="has no arm 'g/missing'"):
+        Experiment(name="x", title="x", seeds=[0], tuning_seeds=[7],
+                   arms=[Arm(name="g/a", recipe="digits", data=data, epochs_from="g/missing")])
 # ----------------------------------------------------------------- splits
 
 
