@@ -132,6 +132,9 @@ def check_plan(plan: Mapping[str, Any], *, smoke: bool, protocol: Protocol = PRO
     if tuned and len(set(tuning)) < protocol.min_tuning_seeds:
         problems.append(f"{len(set(tuning))} tuning seeds, the protocol needs at least "
                         f"{protocol.min_tuning_seeds}")
+    if tuned and set(tuning) & set(seeds):
+        problems.append(f"the tuning seeds {sorted(set(tuning) & set(seeds))} are also final seeds; the "
+                        "protocol keeps them apart (a rate picked on a seed's own run favours it)")
     names = {a["name"] for a in plan["arms"]}
     for arm in plan["arms"]:
         name, grid = arm["name"], arm.get("lr_grid") or []

@@ -428,6 +428,7 @@ class Runner:
         self.command = command
         self.verbose = verbose
         self.prepared: dict[str, Any] = {}
+        self.training = True  # False under --report: nothing is trained, finished runs are read
         self._done: dict[str, dict[str, Any]] = {}  # folder -> record
         self._chosen: dict[str, dict[str, Any]] = {}  # arm -> choose_lr's answer
         self.violations = self.check()
@@ -474,13 +475,19 @@ class Runner:
     def config(self, arm: Arm, phase: str, seed: int, lr: float,
                depends: dict[str, str] | None = None) -> Config:
         """The resolved config of one run."""
-        data = arm.data
-        split = data_overrides(data.name, data.options,
-                               validation=data.validation if phase == "tune" else None,
-                               split_seed=data.split_seed, subset=data.subset)
-        config = load_config(recipe_file(arm.recipe)).with_overrides(arm.overrides).with_overrides(split)
+        config = load_config(recipe_file(arm.recipe)).with_overrides(arm.overrides)
+        config = config.with_overrides(self.split_overrides(arm, phase))
         config = config.with_overrides(self.experiment.extra_overrides)  # --set wins over the arm's own
         return config.with_overrides(self.run_overrides(arm, phase, seed, lr, depends))
+
+    @staticmethod
+    def split_overrides(arm: Arm, phase: str) -> dict[str, Any]:
+        """The ``data.*`` keys of one run: the arm's dataset and the protocol's split (a validation
+        split cut from the training set for tuning runs, the test set for final runs)."""
+        data = arm.data
+        validation = data.validation if phase == "tune" else None
+        return data_overrides(data.name, data.options, validation=validation, split_seed=data.split_seed,
+                              subset=data.subset)
 
     def run_overrides(self, arm: Arm, phase: str, seed: int, lr: float,
                       depends: dict[str, str] | None = None) -> dict[str, Any]:
@@ -496,15 +503,24 @@ class Runner:
         return run
 
     def check_set(self) -> None:
-        """Refuse a ``--set`` of a key :meth:`run_overrides` sets in every run (it would be ignored)."""
+        """Refuse a ``--set`` of a key :meth:`run_overrides` sets in every run (it would be ignored)
+        or of the dataset and split of :meth:`split_overrides` (it would break the protocol's split)."""
         for arm in self.experiment.arms:
             owned = self.run_overrides(arm, "tune", 0, 0.0, dict.fromkeys(arm.depends, ""))
+            split = self.split_overrides(arm, "tune")
             for item in self.experiment.extra_overrides:
                 key, _ = parse_override(item)
                 for target in owned:
                     if target == key or target.startswith(key + "."):
                         raise UserError(f"--set {item!r}: the runner sets each run's {target} "
                                         f"{_set_by(arm, target)}, so this override would be ignored; drop it")
+                for target, value in split.items():
+                    if target == key or target.startswith(key + ".") or _sets_within(value, target, key):
+                        raise UserError(
+                            f"--set {item!r}: each run's {target} is the experiment's dataset and split "
+                            "(a validation split of the training set to tune the rate, the test set for "
+                            "the final runs); choose the dataset with the experiment's own option "
+                            "(e.g. --dataset) instead")
 
     def _spec(self, phase: str, arm: Arm, seed: int, lr: float | None) -> dict[str, Any] | None:
         """The spec of a run whose prerequisites are met, else None."""
@@ -642,6 +658,7 @@ class Runner:
 
     def run(self, train: bool = True) -> dict[str, Any]:
         """Prepare, train (unless ``train`` is False: only finished runs are read) and report."""
+        self.training = train
         if self.experiment.prepare is not None:
             self.prepared = self.experiment.prepare(self)
             self.violations = self.check()
@@ -663,6 +680,10 @@ class Runner:
                 "folder": str(self.out / "runs" / phase / arm.name / f"seed{seed}"),
                 "config": self.config(arm, "tune", seed, lr).to_dict()}
         if not _finished(Path(spec["folder"])):
+            if not self.training:
+                raise UserError(f"--report reads finished runs only, and the {phase} run of {arm.name} "
+                                f"(seed {seed}, lr {lr:g}) that this experiment needs first is not in "
+                                f"{self.out}; run the command without --report first")
             self.log(f"== {phase} {arm.name} seed {seed} lr {lr:g}")
         execute(spec)
         return load_run(Path(spec["folder"]), self.experiment.protocol)
@@ -1102,6 +1123,19 @@ def apply_common(experiment: Experiment, args: argparse.Namespace) -> Experiment
         experiment.comparisons = [c for c in experiment.comparisons if {c.a, c.b} <= needed]
     experiment.extra_overrides = list(args.set)
     return experiment
+
+
+def _sets_within(value: Any, target: str, key: str) -> bool:
+    """Whether ``key`` names an entry the runner gave inside ``target``'s value (``data.options.x``
+    where the arm's options have ``x``); entries it did not give (a dataset option of the user's)
+    are free."""
+    if not key.startswith(target + "."):
+        return False
+    for part in key[len(target) + 1:].split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False
+        value = value[part]
+    return True
 
 
 #: what sets the keys of :meth:`Runner.run_overrides` (the arm's rate and teacher aside)

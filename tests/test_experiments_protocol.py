@@ -73,6 +73,7 @@ def test_check_plan_accepts_the_minimums_and_refuses_less():
     cases = {
         "4 seeds per arm": _plan(seeds=[0, 1, 2, 3]),
         "1 tuning seeds": _plan(tuning_seeds=[10]),
+        "are also final seeds": _plan(tuning_seeds=[4, 11]),
         "a learning-rate grid of 2 values": _plan(arm={"lr_grid": [0.1, 1.0]}),
         "without a validation split": _plan(arm={"validation": None}),
         "a fixed learning rate needs a stated reason": _plan(arm={"lr_grid": [], "lr": 0.1}),
@@ -363,6 +364,32 @@ def test_a_set_the_runner_would_overwrite_is_refused(override, named, tmp_path):
     assert named in str(error.value)
     experiment.extra_overrides = ["optim.weight_decay=0.1"]
     assert Runner(experiment, tmp_path).violations == []
+
+
+@pytest.mark.parametrize("override", ["data.validation=0", "data.name=digits", "data.subset=50",
+                                      "data.split_seed=3", "data={name: digits}", "data.options.root=y"])
+def test_a_set_of_the_dataset_or_split_is_refused(override, tmp_path):
+    """``--set`` comes after the split, so these would replace the protocol's split silently."""
+    from experiments.runner import _sets_within
+
+    experiment = _tiny_experiment(data=DataSpec("digits", options={"root": "x"}, validation=0.2, subset=100))
+    experiment.extra_overrides = [override]
+    with pytest.raises(UserError, match="dataset and split"):
+        Runner(experiment, tmp_path, smoke=True)
+    experiment.extra_overrides = ["data.root=elsewhere", "data.augment=[]"]
+    Runner(experiment, tmp_path, smoke=True)  # what the split does not set stays the user's
+    # a dataset option the arm does not give is the user's too
+    assert not _sets_within({"root": "x"}, "data.options", "data.options.download")
+    assert _sets_within({"root": "x"}, "data.options", "data.options.root")
+
+
+def test_report_trains_nothing_not_even_a_preparatory_check(tmp_path):
+    experiment = _tiny_experiment()
+    experiment.prepare = lambda runner: runner.run_check(runner.experiment.arms[0], seed=7, lr=0.1) and {}
+    runner = Runner(experiment, tmp_path, smoke=True, verbose=False)
+    with pytest.raises(UserError, match=r"--report reads finished runs only.*without --report first"):
+        runner.run(train=False)
+    assert not list(tmp_path.glob("runs/**/config.yaml"))
 
 
 def test_the_plateau_cell_says_how_far_from_a_plateau_the_runs_were():
