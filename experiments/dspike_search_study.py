@@ -33,7 +33,8 @@ random draws, seeded): a search with ``K`` weights uses a random ``K``-subset of
 each of its batches, as the trainer draws a fresh subset per batch.
 
 Models: ``--models`` trains the built-in ones it names into ``OUT/models/NAME`` (kept, not
-retrained, when ``last.pt`` exists; ``--set`` adds overrides to their recipes, e.g.
+retrained, when the folder holds a finished run, ``last.pt`` and ``summary.json``; an unfinished
+one is trained again from scratch; ``--set`` adds overrides to their recipes, e.g.
 ``--set data.name=animal_mnist``), ``--checkpoint NAME=PATH`` takes any trained spiking model.
 The measurements are cached in ``OUT/NAME/measurements.pt`` (reused when the settings
 match). Output: ``OUT/study.json``, ``OUT/study.md`` (the tables) and ``OUT/study.png``.

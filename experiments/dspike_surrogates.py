@@ -16,7 +16,7 @@ Scales (``--scale``):
   searches, about 14 s each at one thread, are about a third; docs/protocol.md): width 0.25 (8-16-32
   channels), T = 4, a stratified subset of 1,500 training images, 40 epochs of batch 64
   (960 steps), random crop of 2 pixels; validation splits of 10% (Animal-MNIST) and 2%
-  (MNIST, about 1,000 images); learning rates 0.003, 0.01, 0.03, 0.1; 5 seeds, 2 tuning seeds.
+  (MNIST, 1,200 images); learning rates 0.003, 0.01, 0.03, 0.1; 5 seeds, 2 tuning seeds.
   (A first run at 15 epochs and rates 0.03-0.3 did not plateau and chose the grid's lowest
   rate in every arm: docs/protocol.md. At 40 epochs over 0.01-0.1 the adaptive arm chose the
   lowest, 0.01, so 0.003 was added for every arm.)
