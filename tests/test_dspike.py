@@ -198,7 +198,7 @@ def test_state_restores_the_temperature_into_a_fresh_model():
     trainer, search = trainer_for(config)
     fresh = AdaptiveTemperature(config.dspike)
     fresh.load_state_dict({"temperatures": {"model": 1.25}})
-    fresh.attach(trainer)
+    fresh.attach(trainer.context)
     assert all(n.surrogate.temperature == 1.25 for n in fresh.groups[0].neurons)
     search.load_state_dict({"temperatures": {"model": 4.5}})  # after attach: applied at once
     assert all(n.surrogate.temperature == 4.5 for n in search.groups[0].neurons)
@@ -419,9 +419,10 @@ def test_the_search_differentiates_the_loss_of_a_component_that_defines_one(monk
         name = "owner"
 
         def search_objective(self, ctx):
-            assert ctx is trainer.context
+            asked.append(ctx)
             return forward, loss_fn
 
+    asked = []
     seen = []
     original = search_module.finite_difference_gradient
 
@@ -437,6 +438,7 @@ def test_the_search_differentiates_the_loss_of_a_component_that_defines_one(monk
                       verbose=False)
     monkeypatch.setattr(search_module, "finite_difference_gradient", spy)
     search.on_epoch_start(trainer.context, 1)
+    assert asked and all(ctx is trainer.context for ctx in asked)
     assert seen == [(forward, loss_fn)]
     assert trainer.context.components == (search, owner)
     assert trainer.context.search_objective() == (forward, loss_fn)
@@ -455,10 +457,9 @@ def test_the_search_refuses_two_components_that_each_define_its_loss():
     config = tiny_config(**PAPER)
     parts = build_parts(config)
     search = AdaptiveTemperature(config.dspike)
-    trainer = Trainer(parts.model, parts.train_set, parts.test_set, config,
-                      components=[search, first, second], verbose=False)
     with pytest.raises(UserError, match=r"components \['first', 'second'\] each define one"):
-        search.on_epoch_start(trainer.context, 1)
+        Trainer(parts.model, parts.train_set, parts.test_set, config,  # refused before training
+                components=[search, first, second], verbose=False)
 
 
 def test_the_significant_rule_compares_with_b_also_when_the_candidates_leave_it_out(monkeypatch):

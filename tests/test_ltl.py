@@ -468,3 +468,13 @@ def test_a_newer_teacher_stopped_half_way_continues_and_is_never_used_half_train
     assert len(calls) == 1
     run_module._train_teacher(older, folder, verbose=False)  # another config: trained anew
     assert calls[1:] == [None] and load_checkpoint(folder / "last.pt")["config"]["train"]["seed"] == 0
+
+
+def test_the_adaptive_temperature_is_refused_with_ltl_before_training(tmp_path, teacher_checkpoint):
+    """LTL's loss is per layer against the teacher; the temperature search would differentiate
+    the default loss of the output instead, so the pair is an error, not a silent mismatch."""
+    config = tiny_config(**{"ltl.mode": "offline", "ltl.teacher_checkpoint": str(teacher_checkpoint),
+                            "model.surrogate": {"name": "dspike"}, "dspike.adaptive": True})
+    with pytest.raises(UserError, match=r"component 'ltl' owns the training loss.*dspike.adaptive=false"):
+        train(config, tmp_path, verbose=False)
+    assert not (tmp_path / "metrics.jsonl").exists()

@@ -111,12 +111,21 @@ class TrainingContext:
     def search_objective(self) -> Objective:
         """``(forward, loss_fn)`` of the loss the next training step optimises (see
         :data:`Objective`): the one component of the run (``components``) whose
-        :meth:`Component.search_objective` answers, else ``(None, default_loss)``."""
+        :meth:`Component.search_objective` answers, else ``(None, default_loss)``; an error when
+        a component owns the loss but cannot give it (it is not the default loss)."""
         found = [(c.name, o) for c in self.components if (o := c.search_objective(self)) is not None]
         if len(found) > 1:
             raise UserError(f"the Dspike temperature search can differentiate one training loss, but "
                             f"components {[name for name, _ in found]} each define one; disable all but one")
-        return found[0][1] if found else (None, self.default_loss)
+        if found:
+            return found[0][1]
+        owners = [c.name for c in self.components if c.owns_loss]
+        if owners:
+            raise UserError(f"component {owners[0]!r} owns the training loss but cannot give it to the "
+                            "Dspike temperature search, which would differentiate another loss (the "
+                            "default loss of the model's output); train it with a fixed temperature "
+                            "(dspike.adaptive=false)")
+        return None, self.default_loss
 
     def check_labels(self, targets: Tensor, num_classes: int, name: str = "training labels") -> None:
         """A :class:`~spikegrad.errors.UserError` unless ``targets`` are class indices in

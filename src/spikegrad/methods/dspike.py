@@ -147,6 +147,7 @@ class AdaptiveTemperature(Component):
         for group in self.groups:
             self.temperatures.setdefault(group.name, b0)
         self._apply()
+        ctx.search_objective()  # a loss the search cannot differentiate is refused before training
 
     def _apply(self) -> None:
         for group in self.groups:
