@@ -8,8 +8,8 @@ measures in one run, side by side:
 
 1. **loader**: seconds per batch of the ``DataLoader`` alone (decode nothing, index, normalise,
    collate, pin when on CUDA) for each ``--workers`` count;
-2. **augment**: seconds per batch of the CIFAR augmentation of the shortcut recipe
-   (crop 4, flip, AutoAugment, cutout 16) on the training device;
+2. **augment**: seconds per batch of the heaviest CIFAR recipes' augmentation (crop 4, flip,
+   AutoAugment) plus cutout 16, on the training device;
 3. **step**: seconds per spiking ResNet-18 training step (forward, backward, SGD) on one
    fixed batch already on the device;
 4. **fed step**: seconds per step when each batch comes from the loader and is augmented,
