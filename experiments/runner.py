@@ -192,6 +192,27 @@ class Experiment:
                           "validation": a.data.validation} for a in self.arms]}
 
 
+def paired_comparisons(comparisons: list[Comparison], arms: dict[str, dict[str, Any]],
+                       protocol: Protocol) -> list[dict[str, Any]]:
+    """Each comparison ``a - b`` over the seeds both arms finished: the paired t-test of the final
+    and of the best accuracies. ``arms``: name -> ``{"runs": [{"seed", "final_acc", "best_acc"}],
+    "converged", "runs_total"}`` (a failed run has ``final_acc`` None and is left out)."""
+    out = []
+    for c in comparisons:
+        ra = {r["seed"]: r for r in arms[c.a]["runs"] if r["final_acc"] is not None}
+        rb = {r["seed"]: r for r in arms[c.b]["runs"] if r["final_acc"] is not None}
+        seeds = sorted(set(ra) & set(rb))
+        out.append({
+            "a": c.a, "b": c.b, "seeds": seeds,
+            "final": paired_t_test([ra[s]["final_acc"] for s in seeds],
+                                   [rb[s]["final_acc"] for s in seeds], protocol.confidence),
+            "best": paired_t_test([ra[s]["best_acc"] for s in seeds],
+                                  [rb[s]["best_acc"] for s in seeds], protocol.confidence),
+            "not_converged": [n for n in (c.a, c.b) if arms[n]["converged"] < arms[n]["runs_total"]],
+        })
+    return out
+
+
 def recipe_file(recipe: str) -> Path:
     """A recipe path, or the name of a packaged recipe (``digits`` -> ``configs/digits.yaml``)."""
     from spikegrad.recipes import CONFIG_DIR
@@ -718,21 +739,7 @@ class Runner:
                 "train_seconds": sum(r.get("train_seconds") or 0.0 for r in finals + tune_runs),
                 "runs": finals, "tuning_runs": tune_runs,
             }
-        comparisons = []
-        for c in exp.comparisons:
-            a, b = arms[c.a], arms[c.b]
-            ra = {r["seed"]: r for r in a["runs"] if r["final_acc"] is not None}
-            rb = {r["seed"]: r for r in b["runs"] if r["final_acc"] is not None}
-            seeds = sorted(set(ra) & set(rb))
-            comparisons.append({
-                "a": c.a, "b": c.b, "seeds": seeds,
-                "final": paired_t_test([ra[s]["final_acc"] for s in seeds],
-                                       [rb[s]["final_acc"] for s in seeds], protocol.confidence),
-                "best": paired_t_test([ra[s]["best_acc"] for s in seeds],
-                                      [rb[s]["best_acc"] for s in seeds], protocol.confidence),
-                "not_converged": [n for n in (c.a, c.b)
-                                  if arms[n]["converged"] < arms[n]["runs_total"]],
-            })
+        comparisons = paired_comparisons(exp.comparisons, arms, protocol)
         results: dict[str, Any] = {
             "experiment": exp.name, "title": exp.title, "smoke": self.smoke,
             "violations": self.violations, "command": self.command, "written_at": provenance.now(),

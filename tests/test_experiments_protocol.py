@@ -424,3 +424,58 @@ def test_a_run_records_the_commit_it_started_from(tmp_path, monkeypatch):
     experiment = _tiny_experiment()
     spec = Runner(experiment, tmp_path, smoke=True)._spec("tune", experiment.arms[0], 7, 0.1)
     assert runner._execute(spec)["machine"] == {"git_commit": "started"}
+
+
+def _claims_on(experiment, offsets, jitter=None):
+    """The experiment's claim verdicts on made-up final accuracies: arm ``name`` scores
+    ``0.8 + offsets[name]`` (+ ``jitter[name]`` per seed), paired over seeds 0-4 through the
+    runner's own comparisons."""
+    from experiments.runner import paired_comparisons
+
+    seeds, small = [0, 1, 2, 3, 4], [0.001, -0.002, 0.0015, 0.0, -0.001]
+    arms = {}
+    for i, arm in enumerate(experiment.arms):
+        extra = (jitter or {}).get(arm.name, [0.0] * 5)
+        accs = [0.8 + offsets.get(arm.name, 0.0) + (i % 3) * d + e for d, e in zip(small, extra, strict=True)]
+        arms[arm.name] = {"group": arm.group, "label": arm.label, "epochs": arm.epochs, "converged": 5,
+                          "runs_total": 5, "runs": [{"seed": s, "final_acc": a, "best_acc": a}
+                                                    for s, a in zip(seeds, accs, strict=True)]}
+    results = {"smoke": False, "arms": arms,
+               "comparisons": paired_comparisons(experiment.comparisons, arms, experiment.protocol)}
+    return {c["claim"]: c["verdict"] for c in experiment.claims(results)}
+
+
+def test_each_experiment_reads_its_claims_in_the_right_direction():
+    """End to end from per-seed accuracies to verdicts: a swapped pair in a claim, a reversed
+    subtraction or a comparison left out would change a verdict here."""
+    from experiments import dspike_surrogates, ltl_claims, shortcut_claims
+
+    ltl = ltl_claims.build(argparse.Namespace(smoke=False, scale="small", dataset=None))
+    verdicts = _claims_on(ltl, {"mnist/ann-teacher": 0.10, "mnist/ltl-offline": 0.097,
+                                "mnist/ltl-online": 0.05, "mnist/bptt": 0.07})
+    assert verdicts == {
+        "mnist: offline LTL is within 1 point of its teacher after 5 epochs": "holds",
+        "mnist: offline LTL is more accurate than BPTT at equal epochs": "holds",
+        "mnist: online LTL is within 1 point of its teacher after 5 epochs": "fails",
+        "mnist: online LTL is more accurate than BPTT at equal epochs": "fails"}
+
+    dspike = dspike_surrogates.build(argparse.Namespace(smoke=False, scale="small",
+                                                        datasets=["animal_mnist"]))
+    group = "animal_mnist"
+    verdicts = _claims_on(dspike, {f"{group}/dspike-adaptive": 0.05, f"{group}/atan": 0.10,
+                                   f"{group}/sigmoid": 0.05},
+                          jitter={f"{group}/sigmoid": [0.01, -0.01, 0.005, -0.005, 0.0]})
+    assert verdicts == {f"{group}: adaptive Dspike is more accurate than dspike-b3": "holds",
+                        f"{group}: adaptive Dspike is more accurate than atan": "fails",
+                        f"{group}: adaptive Dspike is more accurate than sigmoid": "not shown",
+                        f"{group}: adaptive Dspike is more accurate than rectangle": "holds"}
+
+    shortcut = shortcut_claims.build(argparse.Namespace(smoke=False, scale="small", dataset=None,
+                                                        models=["resnet34"], surrogate=None))
+    verdicts = _claims_on(shortcut, {"resnet34/vanilla-long": 0.10, "resnet34/shortcut": 0.03,
+                                     "resnet34/evolutionary": 0.06})
+    assert verdicts == {
+        "resnet34: shortcut BP (λ = 1) trains a more accurate network than vanilla BPTT": "holds",
+        "resnet34: evolutionary training is more accurate than vanilla BPTT": "holds",
+        "resnet34: evolutionary training beats vanilla trained twice as long": "fails",
+        "resnet34: the decaying λ beats a constant λ = 1 (main head)": "holds"}
