@@ -84,6 +84,19 @@ def test_rectangle_height_and_window_by_hand():
         surrogates.Rectangle(width=0.4, height=0.0)
 
 
+def test_triangle_by_hand_and_its_unit_integral():
+    """SpikingJelly's piecewise-quadratic convention: g(x) = max(0, alpha - alpha²|x|), so
+    alpha = 2 gives 2 at 0, 1 at ±0.25, 0 from ±0.5 on, and the triangle's area is 1."""
+    tri = surrogates.Triangle(alpha=2.0)
+    x = torch.tensor([-0.6, -0.5, -0.25, 0.0, 0.1, 0.25, 0.5, 0.7], dtype=torch.float64)
+    assert tri.derivative(x).tolist() == pytest.approx([0.0, 0.0, 1.0, 2.0, 1.6, 1.0, 0.0, 0.0])
+    grid = torch.linspace(-1.0, 1.0, 20001, dtype=torch.float64)
+    assert torch.trapezoid(tri.derivative(grid), grid).item() == pytest.approx(1.0, abs=1e-6)
+    # the primitive rises from 0 to 1 over the support: 1/2 + 0.2 - 4·0.01/2 = 0.68 at x = 0.1
+    assert tri.primitive(torch.tensor([-0.5, 0.1, 0.5], dtype=torch.float64)).tolist() == \
+        pytest.approx([0.0, 0.68, 1.0])
+
+
 def dspike_reference(u_minus_theta: np.ndarray, b: float, w: float) -> np.ndarray:
     """docs/methods.md §2 written independently: z = x/w + 1/2, g = b/(2 tanh(b/2)) sech²(b(z-1/2)) / w."""
     z = u_minus_theta / w + 0.5
