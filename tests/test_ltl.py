@@ -33,10 +33,11 @@ from spikegrad.run import train
 from tests.stopped_runs import stopped_run
 
 NEURON = {"type": "lif", "leak": 0.9, "threshold": 0.6, "reset": "hard"}
+LOW = {**NEURON, "threshold": 0.3}  # every unit of a small student fires (the last one too)
 
 
-def digits_net(kind="snn", T=4, width=0.25, batch_norm=True, **kwargs):
-    return models.create("digits_cnn", kind=kind, T=T, width=width, neuron=NEURON,
+def digits_net(kind="snn", T=4, width=0.25, batch_norm=True, neuron=NEURON, **kwargs):
+    return models.create("digits_cnn", kind=kind, T=T, width=width, neuron=neuron,
                          surrogate={"name": "rectangle", "width": 1.0},
                          batch_norm=batch_norm, **kwargs)
 
@@ -53,6 +54,28 @@ def trained_like_teacher(seed=0):
 
 def unit_params(model):
     return [list(unit.parameters()) for _, unit in model.units()]
+
+
+@torch.no_grad()
+def reference_spikes(student, x):
+    """Every unit's spikes ``[T, B, ...]`` from one plain forward of the student (detaching a
+    unit's input, as LTL does, changes no value)."""
+    h, spikes = student.encode(x), []
+    for _, unit in student.units():
+        h = unit(h)
+        spikes.append(h)
+    return spikes
+
+
+@torch.no_grad()
+def reference_targets(teacher, x, p):
+    """``â_l = clamp(a_l / P_p(a_l), 0, 1)`` with numpy's percentile, and the teacher's logits."""
+    h, targets = teacher.eval().encode(x), []
+    for _, unit in teacher.units():
+        h = unit(h)
+        a = h[0]  # (B, ...): the ANN runs one step
+        targets.append((a / float(np.percentile(a.numpy(), p))).clamp(0.0, 1.0))
+    return targets, teacher.classifier(h)[0]
 
 
 # --------------------------------------------------------------------------- targets
@@ -243,25 +266,36 @@ def fake_trainer(model):
 
 
 def test_offline_component_gradients_are_the_weighted_local_losses():
+    """``L = CE(ȳ, y) + Σ_l C_l·MSE(r_l, â_l)`` with distinct ``C_l`` and p = 99.9: the loss,
+    every unit's gradient (its own loss only, its input detached) and the readout's, by hand."""
     torch.manual_seed(3)
-    student, teacher = digits_net(batch_norm=False), trained_like_teacher()
-    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 10, (4,))
-    ltl = LocalTandemLearning(teacher, "offline", layer_weights=[0.5, 2.0, 1.0])
+    student, teacher = digits_net(batch_norm=False, neuron=LOW), trained_like_teacher()
+    x, y = torch.rand(4, 1, 8, 8) * 2, torch.randint(0, 10, (4,))
+    C = [0.5, 2.0, 1.5]
+    ltl = LocalTandemLearning(teacher, "offline", layer_weights=C)
+    assert ltl.percentile == 99.9  # the offline default
     ltl.unit_names = [n for n, _ in student.units()]
-    out = ltl.compute_loss(fake_trainer(student), x, y)
-    assert out.backpropagated and out.logits.shape == (4, 10)
-    targets = [normalised_targets(a, 99.9) for a in teacher_activations(teacher, x)[0]]
-    grads, last, expected_loss = [], None, 0.0
-    for (_, spikes), target, c in zip(offline_unit_outputs(student, student.encode(x)), targets,
-                                      [0.5, 2.0, 1.0], strict=True):
-        loss = c * F.mse_loss(spikes.mean(0), target)
-        grads.append(torch.autograd.grad(loss, unit_params(student)[len(grads)]))
+    spikes = reference_spikes(student, x)
+    assert spikes[-1].sum() >= 10  # the last unit fires, so the readout's weights get a gradient
+    targets, _ = reference_targets(teacher, x, 99.9)
+    inputs = [student.encode(x), *spikes[:-1]]
+    grads, expected_loss = [], 0.0
+    for (_, unit), h, target, c in zip(student.units(), inputs, targets, C, strict=True):
+        loss = c * ((unit(h).mean(0) - target) ** 2).mean()
+        grads.append(torch.autograd.grad(loss, list(unit.parameters())))
         expected_loss += loss.item()
-        last = spikes.detach()
+    linear = student.classifier.module[1]
+    logits = (spikes[-1].flatten(2) @ linear.weight.T + linear.bias).mean(0)  # ȳ: readout over T
+    ce = F.cross_entropy(logits, y)
+    readout_grads = torch.autograd.grad(ce, [linear.weight, linear.bias])
+    out = ltl.compute_loss(fake_trainer(student), x, y)
+    assert out.backpropagated and torch.allclose(out.logits, logits.detach(), atol=1e-6)
     for group, expected in zip(unit_params(student), grads, strict=True):
         for p, g in zip(group, expected, strict=True):
             assert torch.allclose(p.grad, g, atol=1e-6)
-    ce = F.cross_entropy(student.classifier(last).mean(0), y)
+    assert readout_grads[0].abs().sum() > 0
+    assert torch.allclose(linear.weight.grad, readout_grads[0], atol=1e-6)
+    assert torch.allclose(linear.bias.grad, readout_grads[1], atol=1e-6)
     assert out.loss.item() == pytest.approx(expected_loss + ce.item(), rel=1e-5)
 
 
