@@ -326,6 +326,54 @@ def test_online_component_readout_gradient_is_the_published_one(detach):
     assert torch.allclose(out.logits, inference / 3, atol=1e-5)  # o_t averaged over t >= T_warm
 
 
+def online_reference(student, teacher, x, y, C, T_warm, p=99.0):
+    """``Σ_(t >= T_warm) L_t``, ``L_t = Σ_l C_l·MSE(r_(l,t), â_l) + CE(R_t/(t+1), y)`` with
+    ``r_(l,t)`` the mean of unit l's spikes over steps 0..t and ``R_t/(t+1)`` the readout of
+    ``r_(L,t)`` (affine), from a plain forward."""
+    spikes = reference_spikes(student, x)
+    targets, _ = reference_targets(teacher, x, p)
+    linear = student.classifier.module[1]
+    total = 0.0
+    for t in range(T_warm, spikes[0].shape[0]):
+        for c, s, target in zip(C, spikes, targets, strict=True):
+            total += c * ((s[: t + 1].mean(0) - target) ** 2).mean().item()
+        r_L = spikes[-1][: t + 1].mean(0).flatten(1)
+        total += F.cross_entropy(r_L @ linear.weight.T + linear.bias, y).item()
+    return total
+
+
+def test_online_step_loss_and_hidden_gradient_are_the_published_formula():
+    """Distinct ``C_l`` and the online default p = 99: the loss summed over the steps, and a
+    hidden unit's weight gradient ``C_l·Σ_t ∂MSE(r_(l,t), â_l)/∂W_l``, its state and running
+    sum detached between steps, its input spikes detached (a hand-written LIF loop)."""
+    torch.manual_seed(6)
+    T, T_warm, C = 5, 2, [0.5, 2.0, 1.5]
+    student, teacher = digits_net(T=T, batch_norm=False, neuron=LOW), trained_like_teacher()
+    x, y = torch.rand(3, 1, 8, 8) * 2, torch.tensor([2, 5, 9])
+    ltl = LocalTandemLearning(teacher, "online", T_warm=T_warm, layer_weights=C)
+    assert ltl.percentile == 99.0  # the online default
+    ltl.T_warm, ltl.unit_names = T_warm, [n for n, _ in student.units()]
+    expected = online_reference(student, teacher, x, y, C, T_warm)
+    assert expected != pytest.approx(online_reference(student, teacher, x, y, C, T_warm, p=99.9),
+                                     rel=1e-3)  # the percentile shows in the value
+    unit, inputs = student.features[1], reference_spikes(student, x)[0]
+    target = reference_targets(teacher, x, 99.0)[0][1]
+    current = unit[0](inputs)  # (T, B, ...): conv and pooling of every step at once
+    state, running, loss = None, 0.0, 0.0
+    for t in range(T):
+        spikes, state = unit[1].step(current[t], NeuronState(state.v.detach()) if state else None)
+        rate = (running + spikes) / (t + 1)
+        running = (running + spikes).detach()
+        if t >= T_warm:
+            loss = loss + C[1] * ((rate - target) ** 2).mean()
+    weight = unit[0].module[0].weight
+    (reference_grad,) = torch.autograd.grad(loss, weight)
+    out = ltl.compute_loss(fake_trainer(student), x, y)
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+    assert reference_grad.abs().sum() > 0
+    assert torch.allclose(weight.grad, reference_grad, atol=1e-6)
+
+
 def test_readout_detach_is_refused_offline_and_spiking_readouts_are_refused():
     with pytest.raises(UserError, match="readout_detach applies to online LTL only"):
         LocalTandemLearning(trained_like_teacher(), "offline", readout_detach=False)
