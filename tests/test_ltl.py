@@ -1,6 +1,7 @@
 """Local tandem learning: targets, pairing, locality in layers and time, teacher init, runs."""
 
 import json
+import math
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from spikegrad.dynamics import NeuronState
 from spikegrad.errors import UserError
 from spikegrad.methods.ltl import (
     LocalTandemLearning,
+    distillation_loss,
     normalised_targets,
     offline_unit_outputs,
     online_running_rates,
@@ -76,6 +78,13 @@ def reference_targets(teacher, x, p):
         a = h[0]  # (B, ...): the ANN runs one step
         targets.append((a / float(np.percentile(a.numpy(), p))).clamp(0.0, 1.0))
     return targets, teacher.classifier(h)[0]
+
+
+def hand_distillation(student_logits, teacher_logits, tau):
+    """``τ²·KL(p_teacher ‖ p_student)`` with ``p = softmax(logits/τ)``, batch mean."""
+    p = torch.softmax(teacher_logits / tau, dim=1)
+    log_q = torch.log_softmax(student_logits / tau, dim=1)
+    return tau**2 * (p * (p.log() - log_q)).sum(1).mean()
 
 
 # --------------------------------------------------------------------------- targets
@@ -372,6 +381,63 @@ def test_online_step_loss_and_hidden_gradient_are_the_published_formula():
     assert out.loss.item() == pytest.approx(expected, rel=1e-5)
     assert reference_grad.abs().sum() > 0
     assert torch.allclose(weight.grad, reference_grad, atol=1e-6)
+
+
+def test_distillation_loss_is_tau_squared_kl_of_teacher_over_student():
+    """Hinton et al.: ``τ²·Σ_k p_k·(log p_k − log q_k)``, ``p`` the teacher's softmax at
+    temperature τ, ``q`` the student's; batch mean. Computed here with math on two samples."""
+    student = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
+    teacher = [[2.0, 0.0, 1.0], [1.0, 1.0, -2.0]]
+    tau = 2.0
+
+    def softmax(z):
+        e = [math.exp(v / tau) for v in z]
+        return [v / sum(e) for v in e]
+
+    def kl(a, b):
+        return sum(pa * (math.log(pa) - math.log(pb)) for pa, pb in zip(a, b, strict=True))
+
+    pairs = list(zip(student, teacher, strict=True))
+    forward = tau**2 * sum(kl(softmax(t), softmax(s)) for s, t in pairs) / 2
+    reverse = tau**2 * sum(kl(softmax(s), softmax(t)) for s, t in pairs) / 2
+    assert forward != pytest.approx(reverse, rel=1e-2)  # the direction shows in the value
+    value = distillation_loss(torch.tensor(student), torch.tensor(teacher), tau)
+    assert value.item() == pytest.approx(forward, rel=1e-6)
+    same = torch.tensor(student)
+    assert distillation_loss(same, same, 3.0).item() == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["offline", "online"])
+def test_distill_adds_alpha_times_the_distillation_at_the_readout(mode):
+    """``ltl.distill = α`` adds ``α·τ²·KL(softmax(z/τ) ‖ softmax(ȳ/τ))`` to the readout's loss
+    (online: at every step's ``R_t/(t+1)``), and its gradient to the classifier's weights."""
+    torch.manual_seed(7)
+    T, T_warm, alpha, tau = 4, 1, 0.7, 3.0
+    student, teacher = digits_net(T=T, batch_norm=False, neuron=LOW), trained_like_teacher()
+    x, y = torch.rand(3, 1, 8, 8) * 2, torch.tensor([0, 3, 8])
+    _, z = reference_targets(teacher, x, 99.0)
+    spikes = reference_spikes(student, x)[-1].flatten(2)  # (T, B, features)
+    linear = student.classifier.module[1]
+    steps = [T] if mode == "offline" else list(range(T_warm + 1, T + 1))  # steps averaged
+    extra, extra_grad = 0.0, torch.zeros_like(linear.weight)
+    for n in steps:
+        logits = (spikes[:n].mean(0) @ linear.weight.T + linear.bias).detach().requires_grad_(True)
+        kl = alpha * hand_distillation(logits, z, tau)
+        (delta,) = torch.autograd.grad(kl, logits)
+        extra += kl.item()
+        # offline: ȳ's gradient reaches every step; online: step t's spikes over t + 1
+        extra_grad += delta.T @ (spikes[:n].mean(0) if mode == "offline" else spikes[n - 1] / n)
+    runs = []
+    for distill in (0.0, alpha):
+        student.zero_grad()
+        ltl = LocalTandemLearning(teacher, mode, layer_weights=[0.5, 2.0, 1.5], distill=distill,
+                                  distill_temperature=tau)
+        ltl.T_warm, ltl.unit_names = T_warm, [n for n, _ in student.units()]
+        runs.append((ltl.compute_loss(fake_trainer(student), x, y).loss.item(),
+                     linear.weight.grad.clone()))
+    assert extra > 1e-3 and extra_grad.abs().sum() > 0
+    assert runs[1][0] - runs[0][0] == pytest.approx(extra, rel=1e-4)
+    assert torch.allclose(runs[1][1] - runs[0][1], extra_grad, atol=1e-6)
 
 
 def test_readout_detach_is_refused_offline_and_spiking_readouts_are_refused():
