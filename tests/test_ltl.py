@@ -1,6 +1,7 @@
 """Local tandem learning: targets, pairing, locality in layers and time, teacher init, runs."""
 
 import json
+import math
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from spikegrad.dynamics import NeuronState
 from spikegrad.errors import UserError
 from spikegrad.methods.ltl import (
     LocalTandemLearning,
+    distillation_loss,
     normalised_targets,
     offline_unit_outputs,
     online_running_rates,
@@ -33,10 +35,11 @@ from spikegrad.run import train
 from tests.stopped_runs import stopped_run
 
 NEURON = {"type": "lif", "leak": 0.9, "threshold": 0.6, "reset": "hard"}
+LOW = {**NEURON, "threshold": 0.3}  # every unit of a small student fires (the last one too)
 
 
-def digits_net(kind="snn", T=4, width=0.25, batch_norm=True, **kwargs):
-    return models.create("digits_cnn", kind=kind, T=T, width=width, neuron=NEURON,
+def digits_net(kind="snn", T=4, width=0.25, batch_norm=True, neuron=NEURON, **kwargs):
+    return models.create("digits_cnn", kind=kind, T=T, width=width, neuron=neuron,
                          surrogate={"name": "rectangle", "width": 1.0},
                          batch_norm=batch_norm, **kwargs)
 
@@ -53,6 +56,35 @@ def trained_like_teacher(seed=0):
 
 def unit_params(model):
     return [list(unit.parameters()) for _, unit in model.units()]
+
+
+@torch.no_grad()
+def reference_spikes(student, x):
+    """Every unit's spikes ``[T, B, ...]`` from one plain forward of the student (detaching a
+    unit's input, as LTL does, changes no value)."""
+    h, spikes = student.encode(x), []
+    for _, unit in student.units():
+        h = unit(h)
+        spikes.append(h)
+    return spikes
+
+
+@torch.no_grad()
+def reference_targets(teacher, x, p):
+    """``â_l = clamp(a_l / P_p(a_l), 0, 1)`` with numpy's percentile, and the teacher's logits."""
+    h, targets = teacher.eval().encode(x), []
+    for _, unit in teacher.units():
+        h = unit(h)
+        a = h[0]  # (B, ...): the ANN runs one step
+        targets.append((a / float(np.percentile(a.numpy(), p))).clamp(0.0, 1.0))
+    return targets, teacher.classifier(h)[0]
+
+
+def hand_distillation(student_logits, teacher_logits, tau):
+    """``τ²·KL(p_teacher ‖ p_student)`` with ``p = softmax(logits/τ)``, batch mean."""
+    p = torch.softmax(teacher_logits / tau, dim=1)
+    log_q = torch.log_softmax(student_logits / tau, dim=1)
+    return tau**2 * (p * (p.log() - log_q)).sum(1).mean()
 
 
 # --------------------------------------------------------------------------- targets
@@ -243,25 +275,36 @@ def fake_trainer(model):
 
 
 def test_offline_component_gradients_are_the_weighted_local_losses():
+    """``L = CE(ȳ, y) + Σ_l C_l·MSE(r_l, â_l)`` with distinct ``C_l`` and p = 99.9: the loss,
+    every unit's gradient (its own loss only, its input detached) and the readout's, by hand."""
     torch.manual_seed(3)
-    student, teacher = digits_net(batch_norm=False), trained_like_teacher()
-    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 10, (4,))
-    ltl = LocalTandemLearning(teacher, "offline", layer_weights=[0.5, 2.0, 1.0])
+    student, teacher = digits_net(batch_norm=False, neuron=LOW), trained_like_teacher()
+    x, y = torch.rand(4, 1, 8, 8) * 2, torch.randint(0, 10, (4,))
+    C = [0.5, 2.0, 1.5]
+    ltl = LocalTandemLearning(teacher, "offline", layer_weights=C)
+    assert ltl.percentile == 99.9  # the offline default
     ltl.unit_names = [n for n, _ in student.units()]
-    out = ltl.compute_loss(fake_trainer(student), x, y)
-    assert out.backpropagated and out.logits.shape == (4, 10)
-    targets = [normalised_targets(a, 99.9) for a in teacher_activations(teacher, x)[0]]
-    grads, last, expected_loss = [], None, 0.0
-    for (_, spikes), target, c in zip(offline_unit_outputs(student, student.encode(x)), targets,
-                                      [0.5, 2.0, 1.0], strict=True):
-        loss = c * F.mse_loss(spikes.mean(0), target)
-        grads.append(torch.autograd.grad(loss, unit_params(student)[len(grads)]))
+    spikes = reference_spikes(student, x)
+    assert spikes[-1].sum() >= 10  # the last unit fires, so the readout's weights get a gradient
+    targets, _ = reference_targets(teacher, x, 99.9)
+    inputs = [student.encode(x), *spikes[:-1]]
+    grads, expected_loss = [], 0.0
+    for (_, unit), h, target, c in zip(student.units(), inputs, targets, C, strict=True):
+        loss = c * ((unit(h).mean(0) - target) ** 2).mean()
+        grads.append(torch.autograd.grad(loss, list(unit.parameters())))
         expected_loss += loss.item()
-        last = spikes.detach()
+    linear = student.classifier.module[1]
+    logits = (spikes[-1].flatten(2) @ linear.weight.T + linear.bias).mean(0)  # ȳ: readout over T
+    ce = F.cross_entropy(logits, y)
+    readout_grads = torch.autograd.grad(ce, [linear.weight, linear.bias])
+    out = ltl.compute_loss(fake_trainer(student), x, y)
+    assert out.backpropagated and torch.allclose(out.logits, logits.detach(), atol=1e-6)
     for group, expected in zip(unit_params(student), grads, strict=True):
         for p, g in zip(group, expected, strict=True):
             assert torch.allclose(p.grad, g, atol=1e-6)
-    ce = F.cross_entropy(student.classifier(last).mean(0), y)
+    assert readout_grads[0].abs().sum() > 0
+    assert torch.allclose(linear.weight.grad, readout_grads[0], atol=1e-6)
+    assert torch.allclose(linear.bias.grad, readout_grads[1], atol=1e-6)
     assert out.loss.item() == pytest.approx(expected_loss + ce.item(), rel=1e-5)
 
 
@@ -290,6 +333,141 @@ def test_online_component_readout_gradient_is_the_published_one(detach):
         inference = inference + (s_t @ linear.weight.T + linear.bias).detach()
     assert torch.allclose(linear.weight.grad, expected, atol=1e-6)
     assert torch.allclose(out.logits, inference / 3, atol=1e-5)  # o_t averaged over t >= T_warm
+
+
+def online_reference(student, teacher, x, y, C, T_warm, p=99.0):
+    """``Σ_(t >= T_warm) L_t``, ``L_t = Σ_l C_l·MSE(r_(l,t), â_l) + CE(R_t/(t+1), y)`` with
+    ``r_(l,t)`` the mean of unit l's spikes over steps 0..t and ``R_t/(t+1)`` the readout of
+    ``r_(L,t)`` (affine), from a plain forward."""
+    spikes = reference_spikes(student, x)
+    targets, _ = reference_targets(teacher, x, p)
+    linear = student.classifier.module[1]
+    total = 0.0
+    for t in range(T_warm, spikes[0].shape[0]):
+        for c, s, target in zip(C, spikes, targets, strict=True):
+            total += c * ((s[: t + 1].mean(0) - target) ** 2).mean().item()
+        r_L = spikes[-1][: t + 1].mean(0).flatten(1)
+        total += F.cross_entropy(r_L @ linear.weight.T + linear.bias, y).item()
+    return total
+
+
+def test_online_step_loss_and_hidden_gradient_are_the_published_formula():
+    """Distinct ``C_l`` and the online default p = 99: the loss summed over the steps, and a
+    hidden unit's weight gradient ``C_l·Σ_t ∂MSE(r_(l,t), â_l)/∂W_l``, its state and running
+    sum detached between steps, its input spikes detached (a hand-written LIF loop)."""
+    torch.manual_seed(6)
+    T, T_warm, C = 5, 2, [0.5, 2.0, 1.5]
+    student, teacher = digits_net(T=T, batch_norm=False, neuron=LOW), trained_like_teacher()
+    x, y = torch.rand(3, 1, 8, 8) * 2, torch.tensor([2, 5, 9])
+    ltl = LocalTandemLearning(teacher, "online", T_warm=T_warm, layer_weights=C)
+    assert ltl.percentile == 99.0  # the online default
+    ltl.T_warm, ltl.unit_names = T_warm, [n for n, _ in student.units()]
+    expected = online_reference(student, teacher, x, y, C, T_warm)
+    assert expected != pytest.approx(online_reference(student, teacher, x, y, C, T_warm, p=99.9),
+                                     rel=1e-3)  # the percentile shows in the value
+    unit, inputs = student.features[1], reference_spikes(student, x)[0]
+    target = reference_targets(teacher, x, 99.0)[0][1]
+    current = unit[0](inputs)  # (T, B, ...): conv and pooling of every step at once
+    state, running, loss = None, 0.0, 0.0
+    for t in range(T):
+        spikes, state = unit[1].step(current[t], NeuronState(state.v.detach()) if state else None)
+        rate = (running + spikes) / (t + 1)
+        running = (running + spikes).detach()
+        if t >= T_warm:
+            loss = loss + C[1] * ((rate - target) ** 2).mean()
+    weight = unit[0].module[0].weight
+    (reference_grad,) = torch.autograd.grad(loss, weight)
+    out = ltl.compute_loss(fake_trainer(student), x, y)
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+    assert reference_grad.abs().sum() > 0
+    assert torch.allclose(weight.grad, reference_grad, atol=1e-6)
+
+
+def test_distillation_loss_is_tau_squared_kl_of_teacher_over_student():
+    """Hinton et al.: ``τ²·Σ_k p_k·(log p_k − log q_k)``, ``p`` the teacher's softmax at
+    temperature τ, ``q`` the student's; batch mean. Computed here with math on two samples."""
+    student = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
+    teacher = [[2.0, 0.0, 1.0], [1.0, 1.0, -2.0]]
+    tau = 2.0
+
+    def softmax(z):
+        e = [math.exp(v / tau) for v in z]
+        return [v / sum(e) for v in e]
+
+    def kl(a, b):
+        return sum(pa * (math.log(pa) - math.log(pb)) for pa, pb in zip(a, b, strict=True))
+
+    pairs = list(zip(student, teacher, strict=True))
+    forward = tau**2 * sum(kl(softmax(t), softmax(s)) for s, t in pairs) / 2
+    reverse = tau**2 * sum(kl(softmax(s), softmax(t)) for s, t in pairs) / 2
+    assert forward != pytest.approx(reverse, rel=1e-2)  # the direction shows in the value
+    value = distillation_loss(torch.tensor(student), torch.tensor(teacher), tau)
+    assert value.item() == pytest.approx(forward, rel=1e-6)
+    same = torch.tensor(student)
+    assert distillation_loss(same, same, 3.0).item() == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["offline", "online"])
+def test_distill_adds_alpha_times_the_distillation_at_the_readout(mode):
+    """``ltl.distill = α`` adds ``α·τ²·KL(softmax(z/τ) ‖ softmax(ȳ/τ))`` to the readout's loss
+    (online: at every step's ``R_t/(t+1)``), and its gradient to the classifier's weights."""
+    torch.manual_seed(7)
+    T, T_warm, alpha, tau = 4, 1, 0.7, 3.0
+    student, teacher = digits_net(T=T, batch_norm=False, neuron=LOW), trained_like_teacher()
+    x, y = torch.rand(3, 1, 8, 8) * 2, torch.tensor([0, 3, 8])
+    _, z = reference_targets(teacher, x, 99.0)
+    spikes = reference_spikes(student, x)[-1].flatten(2)  # (T, B, features)
+    linear = student.classifier.module[1]
+    steps = [T] if mode == "offline" else list(range(T_warm + 1, T + 1))  # steps averaged
+    extra, extra_grad = 0.0, torch.zeros_like(linear.weight)
+    for n in steps:
+        logits = (spikes[:n].mean(0) @ linear.weight.T + linear.bias).detach().requires_grad_(True)
+        kl = alpha * hand_distillation(logits, z, tau)
+        (delta,) = torch.autograd.grad(kl, logits)
+        extra += kl.item()
+        # offline: ȳ's gradient reaches every step; online: step t's spikes over t + 1
+        extra_grad += delta.T @ (spikes[:n].mean(0) if mode == "offline" else spikes[n - 1] / n)
+    runs = []
+    for distill in (0.0, alpha):
+        student.zero_grad()
+        ltl = LocalTandemLearning(teacher, mode, layer_weights=[0.5, 2.0, 1.5], distill=distill,
+                                  distill_temperature=tau)
+        ltl.T_warm, ltl.unit_names = T_warm, [n for n, _ in student.units()]
+        runs.append((ltl.compute_loss(fake_trainer(student), x, y).loss.item(),
+                     linear.weight.grad.clone()))
+    assert extra > 1e-3 and extra_grad.abs().sum() > 0
+    assert runs[1][0] - runs[0][0] == pytest.approx(extra, rel=1e-4)
+    assert torch.allclose(runs[1][1] - runs[0][1], extra_grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["offline", "online"])
+def test_layer_losses_are_the_epoch_mean_of_the_unit_mses(mode):
+    """``ltl_layer_losses``: per unit, the MSE of its rate against ``â_l`` (not weighted by
+    ``C_l``) averaged over every sample of the epoch (online: and over the steps t >= T_warm),
+    here over two batches of different sizes."""
+    torch.manual_seed(8)
+    T, T_warm, C = 4, 2, [0.5, 2.0, 1.5]
+    student, teacher = digits_net(T=T, batch_norm=False, neuron=LOW), trained_like_teacher()
+    ltl = LocalTandemLearning(teacher, mode, layer_weights=C)
+    ltl.T_warm, ltl.unit_names = T_warm, [n for n, _ in student.units()]
+    ctx = fake_trainer(student)
+    batches = [(torch.rand(b, 1, 8, 8) * 2, torch.randint(0, 10, (b,))) for b in (2, 5)]
+    sums, count = [0.0] * 3, 0
+    steps = [T] if mode == "offline" else list(range(T_warm + 1, T + 1))
+    for x, _ in batches:
+        targets, _ = reference_targets(teacher, x, ltl.percentile)
+        for n in steps:
+            for index, (s, target) in enumerate(zip(reference_spikes(student, x), targets,
+                                                    strict=True)):
+                sums[index] += x.shape[0] * ((s[:n].mean(0) - target) ** 2).mean().item()
+            count += x.shape[0]
+    ltl.on_epoch_start(ctx, 0)
+    for x, y in batches:  # no optimizer step: the weights the reference saw
+        ltl.compute_loss(ctx, x, y)
+    losses = ltl.epoch_metrics(ctx)["ltl_layer_losses"]
+    assert list(losses) == ltl.unit_names
+    for name, total in zip(ltl.unit_names, sums, strict=True):
+        assert losses[name] == pytest.approx(total / count, rel=1e-5)
 
 
 def test_readout_detach_is_refused_offline_and_spiking_readouts_are_refused():
@@ -385,8 +563,7 @@ def test_ltl_runs_report_method_and_layer_losses(tmp_path, teacher_checkpoint, m
     assert summary["method"] == f"ltl-{mode}"
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     losses = row["ltl_layer_losses"]
-    assert list(losses) == ["features.0", "features.1", "features.2"]
-    assert all(0 <= v <= 1 for v in losses.values())
+    assert list(losses) == ["features.0", "features.1", "features.2"]  # values: the test above
     assert summary["final_test_acc"] > 0.4  # initialised from the teacher (about 0.7; chance 0.1)
     proc = subprocess.run([sys.executable, "-m", "spikegrad.cli", "eval", str(tmp_path / "last.pt"),
                            "--json"],

@@ -123,7 +123,9 @@ def teacher_activations(teacher: nn.Module, inputs: Tensor) -> tuple[list[Tensor
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """``τ²·KL(softmax(z/τ) ‖ softmax(y/τ))``, batch mean (Hinton et al.'s scaling)."""
+    """``τ²·KL(p ‖ q) = τ²·Σ_k p_k·(log p_k − log q_k)``, batch mean (Hinton et al.), with
+    ``p = softmax(z/τ)`` of the teacher's logits ``z`` and ``q = softmax(y/τ)`` of the student's
+    ``y``; dimensionless."""
     log_student = F.log_softmax(student_logits / temperature, dim=1)
     log_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
     return temperature**2 * F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean")
