@@ -102,22 +102,67 @@ def test_bad_device_models_are_user_errors():
         DeviceModel(bits=1)
 
 
+def spiking_digits_student():
+    """A digits SNN whose spikes reach every layer: the synapse weights of the default
+    initialisation times 3 (unscaled, almost no spike reaches the last two layers, so no
+    method could change their weights)."""
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 10, "in_channels": 1, "width": 0.25, "input_size": 8}
+    student = models.create("digits_cnn", T=4, batch_norm=False, **kwargs)
+    teacher = models.create("digits_cnn", kind="ann", **kwargs).eval()
+    with torch.no_grad():
+        for module in student.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                module.weight.mul_(3.0)
+    return student, teacher
+
+
+def hand_accuracy(model, dataset):
+    """Test accuracy of the logits averaged over all time steps, the whole set in one batch."""
+    x = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    y = torch.stack([torch.as_tensor(dataset[i][1]) for i in range(len(dataset))])
+    model.eval()
+    with torch.no_grad():
+        logits = model(x).mean(0)  # (T, B, classes) -> (B, classes)
+    return (logits.argmax(1) == y).sum().item() / len(dataset)
+
+
 @pytest.mark.parametrize("method", ["none", "ltl-online", "bptt"])
 def test_calibration_updates_under_persistent_faults(method):
+    """The updating methods change the weights of every layer that a device does not hold
+    stuck, the stuck ones keep their stuck value (0 or ±R); ``none`` changes no parameter.
+    The accuracies are those of the ideal, the faulty and the calibrated network."""
     config = load_config(recipe_path("digits")).with_overrides({
         "model.width": 0.25, "model.T": 4, "data.batch_size": 64, "optim.name": "adam",
         "optim.lr": 0.003, "model.options": {"batch_norm": False}})
     train_set, test_set, _ = build_datasets("digits")
-    kwargs = {"num_classes": 10, "in_channels": 1, "width": 0.25, "input_size": 8}
-    student = models.create("digits_cnn", T=4, batch_norm=False, **kwargs)
-    teacher = models.create("digits_cnn", kind="ann", **kwargs).eval()
+    student, teacher = spiking_digits_student()
+    device_model = DeviceModel(stuck_at_zero=0.2, stuck_at_max=0.1, seed=0)
+    faulty = copy.deepcopy(student)  # the network as calibration finds it
+    ImperfectDevices(faulty, device_model)
     model = copy.deepcopy(student)
-    result = calibrate(model, DeviceModel(stuck_at_zero=0.3, seed=0), train_set, test_set, config,
-                       method, steps=2, teacher=teacher)
+    result = calibrate(model, device_model, train_set, test_set, config, method, steps=2, teacher=teacher)
     assert result["steps"] == (0 if method == "none" else 2)
-    assert 0 <= result["acc_before"] <= 1 and 0 <= result["acc_after"] <= 1
-    first = model.features[0][0].module[0].weight
-    zeros = (first == 0).float().mean().item()
-    assert zeros == pytest.approx(0.3, abs=0.1)  # still stuck after the updates
-    changed = not torch.equal(first, student.features[0][0].module[0].weight)
-    assert changed  # the faults (and any update) reached the network
+    assert result["acc_fault_free"] == hand_accuracy(student, test_set)
+    assert result["acc_before"] == hand_accuracy(faulty, test_set)
+    assert result["acc_before"] != result["acc_fault_free"]  # the faults matter to this network
+    assert result["acc_after"] == hand_accuracy(model, test_set)
+    if method == "none":
+        after, before = model.state_dict(), faulty.state_dict()
+        assert after.keys() == before.keys()
+        assert all(torch.equal(after[k], before[k]) for k in before)
+        return
+    layers = zip(model.modules(), faulty.modules(), student.modules(), strict=True)
+    synapses = [(m, f, s) for m, f, s in layers if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(synapses) == 4
+    for calibrated, before, ideal in synapses:
+        # σ = 0 and no quantisation: a device differs from its programmed weight only when stuck
+        stuck = before.weight != ideal.weight
+        assert stuck.float().mean().item() == pytest.approx(0.3, abs=0.1)
+        weight_range = ideal.weight.abs().max()
+        stuck_values = before.weight[stuck]
+        assert torch.all((stuck_values == 0) | (stuck_values.abs() == weight_range))
+        assert torch.equal(calibrated.weight[stuck], stuck_values)  # still stuck after the updates
+        moved = (calibrated.weight != before.weight)[~stuck]
+        assert moved.any(), "an updating method left a layer's working devices unchanged"
+        assert not torch.equal(calibrated.bias, before.bias)

@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikegrad import models, neurons, surrogates
+from spikegrad.build import datasets_from_config
 from spikegrad.checkpoint import load_checkpoint, load_model
 from spikegrad.config import Config, load_config
 from spikegrad.demo import recipe_path
+from spikegrad.devices import DeviceModel, ImperfectDevices
 from spikegrad.distributed import DistributedContext
 from spikegrad.dynamics import NeuronState
 from spikegrad.errors import UserError
@@ -590,14 +592,42 @@ def test_calibrate_cli(tmp_path, teacher_checkpoint):
     config = tiny_config(**{"ltl.mode": "offline", "ltl.teacher_checkpoint": str(teacher_checkpoint),
                             "ltl.student_init": "teacher"})
     train(config, tmp_path, verbose=False)
+    out = tmp_path / "calibrated.pt"
     command = [sys.executable, "-m", "spikegrad.cli", "calibrate", str(tmp_path / "last.pt"),
                "--sigma", "0.3", "--stuck-at-zero", "0.1", "--steps", "2", "--json"]
-    proc = subprocess.run([*command, "--teacher", str(teacher_checkpoint)], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run([*command, "--teacher", str(teacher_checkpoint), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["method"] == "ltl-online" and result["steps"] == 2
     assert result["devices"] == "σ=0.3, stuck-at-0 0.1"
+    # what it wrote: the trained student with the same faults, then updated
+    trained, _ = load_model(tmp_path / "last.pt")
+    faulty, _ = load_model(tmp_path / "last.pt")
+    ImperfectDevices(faulty, DeviceModel(sigma=0.3, stuck_at_zero=0.1, seed=0))
+    calibrated, payload = load_model(out)
+    assert payload["method"] == "ltl-offline+calibrated"
+    assert payload["calibration"] == {k: v for k, v in result.items() if k != "out"}
+    layers = zip(calibrated.modules(), faulty.modules(), trained.modules(), strict=True)
+    synapses = [(c, f, t) for c, f, t in layers if isinstance(c, (nn.Conv2d, nn.Linear))]
+    assert len(synapses) == 4
+    for c, f, t in synapses:
+        stuck = (f.weight == 0) & (t.weight != 0)
+        assert stuck.float().mean().item() == pytest.approx(0.1, abs=0.08)
+        assert torch.equal(c.weight[stuck], torch.zeros(int(stuck.sum())))  # still stuck
+        assert not torch.equal(c.weight, f.weight)  # the calibration steps changed it
+    _, test_set, _ = datasets_from_config(config.data)
+    x = torch.stack([test_set[i][0] for i in range(len(test_set))])
+    y = torch.stack([torch.as_tensor(test_set[i][1]) for i in range(len(test_set))])
+
+    def accuracy(model):  # logits averaged over all steps (offline LTL reads out from t = 0)
+        with torch.no_grad():
+            return (model.eval()(x).mean(0).argmax(1) == y).sum().item() / len(y)
+
+    assert result["acc_fault_free"] == accuracy(trained)
+    assert result["acc_before"] == accuracy(faulty)
+    assert result["acc_after"] == accuracy(calibrated)
+    assert result["acc_after"] != result["acc_before"]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120)  # no teacher
     assert proc.returncode == 2 and "needs the ANN teacher" in proc.stderr
 
