@@ -56,7 +56,8 @@ def main(out_dir: str) -> None:
     for mode in ("offline", "online"):
         torch.manual_seed(0)
         trainer = Trainer(digits_net("snn"), dataset(0), dataset(1), config(),
-                          components=[LocalTandemLearning(teacher(), mode, T_warm=1)],
+                          components=[LocalTandemLearning(
+                              teacher(), mode, T_warm=1 if mode == "online" else None)],
                           out_dir=f"{out_dir}/{mode}", verbose=False)
         trainer.fit()
         del trainer

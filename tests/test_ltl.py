@@ -432,8 +432,8 @@ def test_distill_adds_alpha_times_the_distillation_at_the_readout(mode):
     runs = []
     for distill in (0.0, alpha):
         student.zero_grad()
-        ltl = LocalTandemLearning(teacher, mode, layer_weights=[0.5, 2.0, 1.5], distill=distill,
-                                  distill_temperature=tau)
+        ltl = LocalTandemLearning(teacher, mode, layer_weights=[0.5, 2.0, 1.5],
+                                  **({"distill": distill, "distill_temperature": tau} if distill else {}))
         ltl.T_warm, ltl.unit_names = T_warm, [n for n, _ in student.units()]
         runs.append((ltl.compute_loss(fake_trainer(student), x, y).loss.item(),
                      linear.weight.grad.clone()))
@@ -489,7 +489,7 @@ def test_any_neuron_and_surrogate_can_be_the_student(mode, neuron, surrogate):
     torch.manual_seed(4)
     student = models.create("digits_cnn", T=4, width=0.25, batch_norm=False, neuron=neuron,
                             surrogate=surrogate)
-    ltl = LocalTandemLearning(trained_like_teacher(), mode, T_warm=1)
+    ltl = LocalTandemLearning(trained_like_teacher(), mode, T_warm=1 if mode == "online" else None)
     ltl.unit_names, ltl.layer_weights = [n for n, _ in student.units()], [1.0, 1.0, 1.0]
     out = ltl.compute_loss(fake_trainer(student), torch.rand(4, 1, 8, 8) * 3,
                            torch.randint(0, 10, (4,)))

@@ -57,6 +57,10 @@ class NeuronParams:
         for name in ("threshold", "v_reset", "input_scale"):  # inf never spikes, NaN never compares
             if not math.isfinite(getattr(self, name)):
                 raise UserError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.reset == "soft" and self.v_reset != 0.0:
+            raise UserError(f"v_reset ({self.v_reset}) applies to a hard reset only (a soft reset "
+                            "subtracts the threshold); use reset='hard' or leave v_reset at 0 "
+                            "(config: model.neuron.reset, model.neuron.v_reset)")
 
     @property
     def initial_potential(self) -> float:

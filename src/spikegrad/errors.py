@@ -6,9 +6,11 @@ dataset path). The CLI prints its message and exits with status 2 instead of a t
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 class UserError(ValueError):
@@ -32,6 +34,43 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """``" (did you mean 'x'?)"`` for the closest choice, or ``""`` if none is close."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def changed_options(section: Any, names: Iterable[str]) -> list[str]:
+    """The fields among ``names`` of the dataclass ``section`` that differ from their defaults."""
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    out = []
+    for name in names:
+        f = fields[name]
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if getattr(section, name) != default:
+            out.append(name)
+    return out
+
+
+def _shown(value: Any) -> str:
+    """A value as a ``--set`` override writes it (YAML: null, true, false)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def refuse_unread(section: Any, prefix: str, names: Iterable[str], why: str) -> None:
+    """Raise a :class:`UserError` if any of ``names`` (fields of the config section ``section``,
+    keys ``<prefix>.<name>``) is set to other than its default: ``why`` says which setting
+    leaves it unread (a setting that cannot apply is an error, never ignored)."""
+    changed = changed_options(section, names)
+    if not changed:
+        return
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    defaults = {n: fields[n].default_factory() if fields[n].default is dataclasses.MISSING
+                else fields[n].default for n in changed}
+    given = ", ".join(f"{prefix}.{n}={_shown(getattr(section, n))}" for n in changed)
+    reset = ", ".join(f"{prefix}.{n}={_shown(defaults[n])}" for n in changed)
+    raise UserError(f"{given} {'does' if len(changed) == 1 else 'do'} not apply {why}; remove "
+                    f"{'it' if len(changed) == 1 else 'them'} or reset to the default ({reset})")
 
 
 def unknown_name_error(kind: str, name: str, choices: Iterable[str]) -> UserError:

@@ -21,14 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from spikegrad.errors import UserError, check_time_major, unknown_name_error
+from spikegrad.errors import UserError, check_time_major, refuse_unread, unknown_name_error
 from spikegrad.layers import mean_over_time
 
 if TYPE_CHECKING:
     from spikegrad.config import TrainConfig
 
-__all__ = ["available", "max_membrane_cross_entropy", "mean_logit_cross_entropy", "spike_count_loss",
-           "spike_count_targets", "tet_loss", "training_loss"]
+__all__ = ["available", "check_loss_options", "max_membrane_cross_entropy", "mean_logit_cross_entropy",
+           "spike_count_loss", "spike_count_targets", "tet_loss", "training_loss"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -130,11 +130,23 @@ def available() -> list[str]:
 def training_loss(train: TrainConfig) -> LossFn:
     """The loss ``train.loss`` names, with its settings bound.
 
-    The count rates belong to ``spike_count``; set with another loss they are an error.
+    Another loss's keys set with it are an error (:func:`check_loss_options`).
     """
     if train.loss not in _LOSSES:
         raise unknown_name_error("loss", train.loss, available())
-    if train.loss != "spike_count" and (train.correct_rate, train.incorrect_rate) != (1.0, 0.0):
-        raise UserError(f"train.correct_rate and train.incorrect_rate set the targets of train.loss "
-                        f"spike_count; they do not apply to train.loss {train.loss}")
+    check_loss_options(train)
     return _LOSSES[train.loss](train)
+
+
+def check_loss_options(train: TrainConfig, loss: str | None = None) -> None:
+    """Refuse the keys of one loss set to other than their defaults while ``loss`` (None:
+    ``train.loss``) is another, which would not read them: the count rates belong to
+    ``spike_count``, ``tet_lambda`` and ``tet_phi`` to ``tet``."""
+    loss = train.loss if loss is None else loss
+    if loss != "spike_count" and (train.correct_rate, train.incorrect_rate) != (1.0, 0.0):
+        raise UserError(f"train.correct_rate and train.incorrect_rate set the targets of train.loss "
+                        f"spike_count; they do not apply to train.loss {loss}")
+    if loss != "tet":
+        refuse_unread(train, "train", ("tet_lambda", "tet_phi"),
+                      f"to train.loss {loss} (TET's loss only: a recipe of train.loss tet switched to "
+                      f"another loss needs its tet keys reset too)")

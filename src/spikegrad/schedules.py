@@ -25,9 +25,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from spikegrad.errors import UserError, did_you_mean
+from spikegrad.errors import UserError, did_you_mean, refuse_unread
 
-__all__ = ["BALANCE_SCHEDULES", "LR_SCHEDULES", "balance", "balance_schedules", "lr_factor", "lr_schedules"]
+__all__ = ["BALANCE_SCHEDULES", "LR_SCHEDULES", "balance", "balance_schedules", "check_lr_schedule",
+           "lr_factor", "lr_schedules"]
 
 
 def _cosine_with_floor(p: float, floor: float) -> float:
@@ -45,6 +46,18 @@ LR_SCHEDULES: dict[str, Callable[[float, int, Any, float], float]] = {
 def lr_schedules() -> list[str]:
     """The names ``schedule.name`` accepts."""
     return list(LR_SCHEDULES)
+
+
+#: ``schedule`` keys read by one learning-rate schedule only
+LR_SCHEDULE_OPTIONS = {"cosine": ("min_lr",), "step": ("step_epochs", "gamma")}
+
+
+def check_lr_schedule(section: Any) -> None:
+    """Refuse a ``schedule`` key that ``schedule.name`` does not read (``min_lr`` is cosine's,
+    ``step_epochs`` and ``gamma`` step's) set to other than its default."""
+    for name, keys in LR_SCHEDULE_OPTIONS.items():
+        if section.name != name:
+            refuse_unread(section, "schedule", keys, f"to schedule.name {section.name} ({name} only)")
 
 
 def lr_factor(config: Any, iteration: int, iters_per_epoch: int) -> float:

@@ -42,7 +42,7 @@ from spikegrad.data.sampler import GlobalBatchSampler, ShardSampler
 from spikegrad.diagnostics import GRADIENTS_FILE
 from spikegrad.distributed import DistributedContext
 from spikegrad.durable import disk_error
-from spikegrad.errors import TrainingDiverged, UserError, check_labels, explain_model_input
+from spikegrad.errors import TrainingDiverged, UserError, check_labels, explain_model_input, refuse_unread
 from spikegrad.evaluation import evaluate_model
 from spikegrad.layers import mean_over_time
 from spikegrad.losses import training_loss
@@ -50,7 +50,7 @@ from spikegrad.neurons import SpikingNeuron
 from spikegrad.nonfinite import CHECK_EVERY, FiniteGuard
 from spikegrad.resume import EpochProgress, StopOnSignal, TrainingStopped, ignore_interrupts, set_rng_state
 from spikegrad.rundir import TRAINER_TERMS, RunFolder, Terms
-from spikegrad.schedules import lr_factor
+from spikegrad.schedules import check_lr_schedule, lr_factor
 from spikegrad.seeding import seed_everything
 from spikegrad.threads import apply_threads
 
@@ -119,8 +119,10 @@ def resolve_device(name: str) -> torch.device:
 def build_optimizer(config: Config, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     opt = config.optim
     if opt.name == "sgd":
+        refuse_unread(opt, "optim", ["betas"], "to optim.name sgd (Adam/AdamW only)")
         return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov,
                                weight_decay=opt.weight_decay)
+    refuse_unread(opt, "optim", ["momentum", "nesterov"], f"to optim.name {opt.name} (SGD only)")
     if len(opt.betas) != 2:
         raise UserError(f"optim.betas must hold two numbers, got {opt.betas}")
     cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
@@ -251,6 +253,7 @@ class Trainer:
         )
 
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        check_lr_schedule(self.config.schedule)
         iters = len(self.train_loader)
         return torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: lr_factor(self.config, it, iters)

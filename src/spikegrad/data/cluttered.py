@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from spikegrad.data._registry import DatasetInfo, register_dataset
-from spikegrad.data.digits import load_digits_arrays, stratified_split
+from spikegrad.data.digits import load_digits_arrays, refuse_root, stratified_split
 from spikegrad.errors import UserError
 
 BENCHMARK_SEED = 1234
@@ -80,7 +80,9 @@ def cluttered_digits(
     fragment: int = 3,
     noise: float = 0.1,
 ) -> tuple[TensorDataset, TensorDataset, DatasetInfo]:
-    """The cluttered digits benchmark as ``[1, canvas, canvas]`` tensors; ``root`` is unused."""
+    """The cluttered digits benchmark as ``[1, canvas, canvas]`` tensors (generated: ``root``
+    must stay unset)."""
+    refuse_root("cluttered_digits", root)
     if not 1 <= min_size <= max_size <= canvas:
         raise UserError(f"cluttered_digits needs 1 <= min_size <= max_size <= canvas, got "
                         f"{min_size}, {max_size}, {canvas}")

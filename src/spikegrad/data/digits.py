@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from spikegrad.data._registry import DatasetInfo, register_dataset
+from spikegrad.errors import UserError
 
 TEST_FRACTION_DENOMINATOR = 5  # every 5th sample of each class is a test sample
 SPLIT_SEED = 0
@@ -40,9 +41,16 @@ def stratified_split(labels: np.ndarray, seed: int = SPLIT_SEED) -> tuple[np.nda
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+def refuse_root(name: str, root: str | None) -> None:
+    """A built-in dataset reads no files: a ``data.root`` given to it is an error, not ignored."""
+    if root is not None:
+        raise UserError(f"dataset {name!r} is built in, it reads no files; unset data.root")
+
+
 @register_dataset("digits")
 def digits(root: str | None = None) -> tuple[TensorDataset, TensorDataset, DatasetInfo]:
-    """The built-in digits as ``[1, 8, 8]`` tensors; ``root`` is unused (no files)."""
+    """The built-in digits as ``[1, 8, 8]`` tensors (bundled with scikit-learn: ``root`` must stay unset)."""
+    refuse_root("digits", root)
     images, labels = load_digits_arrays()
     train_idx, test_idx = stratified_split(labels)
     x = torch.from_numpy(images).unsqueeze(1)  # (N, 1, 8, 8)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from spikegrad.data._registry import DatasetInfo, register_dataset
-from spikegrad.data.digits import load_digits_arrays, stratified_split
+from spikegrad.data.digits import load_digits_arrays, refuse_root, stratified_split
 from spikegrad.data.frames import FrameSpec, Source, in_memory_frames
 from spikegrad.errors import UserError
 
@@ -128,7 +128,9 @@ def simulate(canvas: torch.Tensor, camera: EventCamera, seed: int) -> list[np.nd
 def event_digits(root: str | None = None, T: int = 6, size: int = 16, digit_size: int = 12,
                  contrast: float = 0.2, mismatch: float = 0.03, noise_rate: float = 0.2,
                  amplitude: float = 2.0, steps: int = 12, seed: int = DATASET_SEED):
-    """The digits seen by a simulated event camera: ``[T, 2, size, size]`` frames, 10 classes."""
+    """The digits seen by a simulated event camera: ``[T, 2, size, size]`` frames, 10 classes
+    (generated: ``root`` must stay unset)."""
+    refuse_root("event_digits", root)
     if not 1 <= digit_size <= size:
         raise UserError(f"event_digits needs 1 <= digit_size <= size, got {digit_size} and {size}")
     if contrast <= 0 or mismatch < 0 or noise_rate < 0 or steps < 1 or amplitude < 0:

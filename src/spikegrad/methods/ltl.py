@@ -40,18 +40,19 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from spikegrad.component import Component, StepOutput, TrainingContext
-from spikegrad.config import LTL_MODES, LTL_STUDENT_INITS, Config, LTLConfig
+from spikegrad.config import LTL_MODES, LTL_STUDENT_INITS, Config, LTLConfig, TrainConfig
 from spikegrad.data.loader import collate_for
 from spikegrad.distributed import DistributedContext
 from spikegrad.errors import UserError
+from spikegrad.losses import check_loss_options
 from spikegrad.methods.teacher_init import init_student_from_teacher
 from spikegrad.modes import eval_mode
 from spikegrad.neurons import streaming
 
 __all__ = [
-    "LocalTandemLearning", "distillation_loss", "normalised_targets", "offline_unit_outputs",
-    "online_running_rates", "pair_units", "percentile", "readout_start", "resolve_T_warm",
-    "teacher_activations",
+    "LocalTandemLearning", "check_readout_loss", "distillation_loss", "normalised_targets",
+    "offline_unit_outputs", "online_running_rates", "pair_units", "percentile", "readout_start",
+    "resolve_T_warm", "teacher_activations",
 ]
 
 #: p of the target normalisation for each mode (``ltl.mode`` but none), when ltl.percentile is None
@@ -237,6 +238,16 @@ def readout_start(config: Config, T: int) -> int:
 _DEFAULT = LTLConfig()  # the constructor's defaults are the config's
 
 
+def check_readout_loss(train: TrainConfig) -> None:
+    """LTL trains its readout with cross-entropy (plus ``ltl.distill``): refuse another
+    ``train.loss`` and the keys of another loss (:func:`spikegrad.losses.check_loss_options`)."""
+    if train.loss != "ce":
+        raise UserError(f"train.loss {train.loss} does not apply with ltl.mode: LTL trains its readout "
+                        "with cross-entropy (add ltl.distill for the teacher's logits); remove "
+                        "train.loss or set it to ce")
+    check_loss_options(train, "ce")
+
+
 class LocalTandemLearning(Component):
     """LTL as a trainer component: owns the loss and back-propagates unit by unit (or step by step).
 
@@ -280,6 +291,17 @@ class LocalTandemLearning(Component):
         if mode == "offline" and readout_detach is not None:
             raise UserError("ltl.readout_detach applies to online LTL only (offline LTL keeps no "
                             "running sums); leave it unset or set ltl.mode=online")
+        if mode == "offline" and T_warm is not None:
+            raise UserError("ltl.T_warm applies to online LTL only (offline LTL has a loss at every "
+                            "step); leave it unset or set ltl.mode=online")
+        if not distill and distill_temperature != _DEFAULT.distill_temperature:
+            raise UserError(f"ltl.distill_temperature applies only with distillation on (ltl.distill > "
+                            f"0, got {distill}); set ltl.distill or reset ltl.distill_temperature to "
+                            f"{_DEFAULT.distill_temperature}")
+        if student_init != "teacher" and init_batches != _DEFAULT.init_batches:
+            raise UserError(f"ltl.init_batches applies to ltl.student_init teacher only (got "
+                            f"{student_init!r}); set ltl.student_init=teacher or reset ltl.init_batches "
+                            f"to {_DEFAULT.init_batches}")
         if student_init not in LTL_STUDENT_INITS:
             raise UserError(f"ltl.student_init must be one of {list(LTL_STUDENT_INITS)}, got "
                             f"{student_init!r}")
@@ -305,6 +327,10 @@ class LocalTandemLearning(Component):
     @classmethod
     def from_config(cls, section: LTLConfig, *, teacher: nn.Module) -> LocalTandemLearning:
         """From the ``ltl`` section (``mode`` offline or online) and the resolved ANN teacher."""
+        if section.teacher_set and section.teacher_recipe is None:
+            raise UserError("ltl.teacher_set overrides ltl.teacher_recipe, which is unset (the teacher "
+                            "comes from ltl.teacher_checkpoint); set ltl.teacher_recipe or remove "
+                            "ltl.teacher_set")
         return cls(teacher, section.mode, percentile=section.percentile,
                    layer_weights=section.layer_weights, T_warm=section.T_warm,
                    distill=section.distill, distill_temperature=section.distill_temperature,
@@ -314,6 +340,7 @@ class LocalTandemLearning(Component):
     # ---------------------------------------------------------------- set-up
 
     def attach(self, ctx: TrainingContext) -> None:
+        check_readout_loss(ctx.config.train)
         student = ctx.model
         if getattr(student, "output_neuron", None) is not None:
             raise UserError("LTL trains a non-spiking readout (the classifier's values, as "

@@ -294,6 +294,13 @@ class ShortcutBackprop(Component):
         if loss not in LOSSES:
             raise UserError(f"shortcut loss must be one of {list(LOSSES)}, got {loss!r}")
         balance_coefficient(schedule, 0, 1, lambda0, step_fraction, gamma)  # validate
+        if schedule != "step" and (step_fraction, gamma) != (_DEFAULT.step_fraction, _DEFAULT.gamma):
+            raise UserError(f"shortcut.step_fraction and shortcut.gamma shape the step schedule; they do "
+                            f"not apply to shortcut.schedule {schedule}: set shortcut.schedule=step or "
+                            f"reset them to {_DEFAULT.step_fraction} and {_DEFAULT.gamma}")
+        if attach and every != _DEFAULT.every:
+            raise UserError("shortcut.every places the default branches; it does not apply when "
+                            "shortcut.attach names them: remove one of the two")
         self.attach_names = list(attach) if attach else None
         self.every = every
         self.schedule = schedule
