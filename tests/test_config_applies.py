@@ -133,3 +133,12 @@ def test_a_spiking_neuron_with_a_soft_reset_refuses_a_v_reset():
 def test_a_built_in_dataset_refuses_a_data_root(name):
     with pytest.raises(UserError, match=rf"dataset '{name}' is .*unset data\.root"):
         dataset_builder(name)(root="data")
+
+
+def test_ltl_refuses_another_loss_when_it_attaches_to_a_trainer():
+    data = TensorDataset(torch.rand(4, 1, 8, 8), torch.arange(4))
+    config = load_config(None, ["train.loss=tet", "train.device=cpu", "train.progress=false",
+                                "diagnostics.gradient_interval=0"])
+    with pytest.raises(UserError, match=r"train\.loss tet does not apply with ltl\.mode"):
+        Trainer(models.create("digits_cnn", T=2, width=0.25), data, data, config, verbose=False,
+                components=[LocalTandemLearning(teacher(), "offline")])

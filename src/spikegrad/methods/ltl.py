@@ -340,12 +340,12 @@ class LocalTandemLearning(Component):
     # ---------------------------------------------------------------- set-up
 
     def attach(self, ctx: TrainingContext) -> None:
-        check_readout_loss(ctx.config.train)
         student = ctx.model
         if getattr(student, "output_neuron", None) is not None:
             raise UserError("LTL trains a non-spiking readout (the classifier's values, as "
                             "published) and would skip the output neuron of model.options.readout: "
                             "spikes; use model.options.readout: logits with ltl.mode")
+        check_readout_loss(ctx.config.train)
         dataset = ctx.train_set
         example = collate_for(dataset)([dataset[i] for i in range(min(2, len(dataset)))])[0]
         self.teacher.to(ctx.device).eval().requires_grad_(False)
