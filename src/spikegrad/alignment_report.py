@@ -39,7 +39,15 @@ from spikegrad.alignment import (
     surrogate_gradients,
 )
 from spikegrad.checkpoint import load_model
-from spikegrad.config import Config, DspikeConfig, from_dict
+from spikegrad.config import (
+    CHECKPOINT_MODEL,
+    DATASET_KEYS,
+    LOSS_KEYS,
+    Config,
+    DspikeConfig,
+    from_dict,
+    refuse_unread_overrides,
+)
 from spikegrad.data.from_config import datasets_from_config
 from spikegrad.data.loader import collate_for
 from spikegrad.errors import UserError, unknown_name_error
@@ -225,6 +233,18 @@ def sweep_probes(
     return result
 
 
+#: the keys of a checkpoint's stored config that :func:`analyse_checkpoint`'s ``overrides`` may
+#: set: its datasets, device and loss (the model is the checkpoint's; the probe has its arguments)
+FDG_READS = (*DATASET_KEYS, "train.device", *LOSS_KEYS)
+FDG_INSTEAD = {**CHECKPOINT_MODEL,
+               "dspike": "the probe is set by fdg's own flags (--epsilon, --bn-mode, --layer, "
+                         "--num-weights, --batch-size), not by the stored dspike section",
+               "dspike.epsilon": "give --epsilon", "dspike.bn_mode": "give --bn-mode",
+               "dspike.layer": "give --layer", "dspike.num_weights": "give --num-weights",
+               "dspike.batch_size": "give --batch-size",
+               "data.batch_size": "give --batch-size", "train.seed": "give --seed"}
+
+
 def analyse_checkpoint(
     checkpoint: str | Path,
     layer: str | None = None,
@@ -250,8 +270,11 @@ def analyse_checkpoint(
     ``batches`` probe batches give the error bars; ``extend`` bounds the points added
     beyond an end of the sweep where the best lies (0: never extend); ``bn_mode`` is how
     batch norm normalises (:mod:`spikegrad.fdg`; None: the ``dspike.bn_mode`` default).
+    ``overrides``: dotted ``KEY=VALUE`` settings of the stored config's datasets, device and
+    loss (:data:`FDG_READS`); any other key is refused.
     """
     tic = time.perf_counter()
+    refuse_unread_overrides(overrides, FDG_READS, "the FDG analysis (spikegrad fdg)", FDG_INSTEAD)
     epsilon = DspikeConfig().epsilon if epsilon is None else epsilon
     bn_mode = check_bn_mode(DspikeConfig().bn_mode if bn_mode is None else bn_mode)
     if not epsilon > 0:

@@ -19,6 +19,13 @@ from spikegrad.errors import UserError
 
 EXIT_USER_ERROR = 2
 
+# What eval and calibrate read of a checkpoint's stored config besides spikegrad.config.DATASET_KEYS
+# (--set of any other key is refused: a setting that cannot apply is an error).
+#: the readout window (spikegrad.methods.ltl.readout_start)
+READOUT_KEYS = ("ltl.mode", "ltl.T_warm")
+#: the per-layer analysis (spikegrad.analysis.EvalProbe)
+ANALYSIS_KEYS = ("analysis.monitors", "analysis.membrane", "analysis.pj_per_ac", "analysis.pj_per_mac")
+
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
@@ -68,6 +75,9 @@ def _train_run(args: argparse.Namespace) -> tuple[Any, str, Any]:
     device = [f"train.device={args.device}"] if args.device else []
     resume_from = Path(args.resume_from) if args.resume_from else None
     resuming = args.resume or resume_from is not None
+    if args.allow_config_change and not resuming:
+        raise UserError("--allow-config-change lets a resumed run take a changed config; without "
+                        "--resume or --resume-from it has nothing to allow: leave it out, or resume")
     recipe, out = args.config, args.out
     if recipe is not None and Path(recipe).is_dir():  # spikegrad train runs/t6 --resume
         if not resuming:
@@ -159,23 +169,32 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from spikegrad.analysis import format_analysis
     from spikegrad.build import datasets_from_config, from_checkpoint
+    from spikegrad.config import CHECKPOINT_MODEL, DATASET_KEYS, refuse_unread_overrides
     from spikegrad.data.from_config import eval_split
     from spikegrad.data.loader import collate_for
     from spikegrad.evaluation import evaluate_model
     from spikegrad.methods.ltl import readout_start
-    from spikegrad.trainer import resolve_device
+    from spikegrad.resume import ignore_interrupts
+    from spikegrad.trainer import autocast_dtype, resolve_device
 
     checkpoint = _checkpoint(args.checkpoint, "evaluating")
     _output(args.out)
+    reads = [*DATASET_KEYS, "data.eval_batch_size", "data.num_workers", "train.device", "train.amp",
+             *READOUT_KEYS, *(ANALYSIS_KEYS if args.analysis else ())]
+    refuse_unread_overrides(args.set, reads, "spikegrad eval", {
+        **CHECKPOINT_MODEL, "data.batch_size": "set data.eval_batch_size",
+        "data.augment": "evaluation does not augment",
+        "analysis": "give --analysis for the per-layer analysis" if not args.analysis else ""})
     run = from_checkpoint(checkpoint, args.set)
     model, config = run.model, run.config
     raster = _raster_layers(args, model)
     train_set, test_set, _ = datasets_from_config(config.data)
     dataset = test_set if args.split == "test" else train_set
-    loader = DataLoader(dataset, batch_size=config.data.eval_batch_size,
-                        collate_fn=collate_for(dataset))
+    workers = config.data.num_workers
+    loader = DataLoader(dataset, batch_size=config.data.eval_batch_size, collate_fn=collate_for(dataset),
+                        num_workers=workers, worker_init_fn=ignore_interrupts if workers > 0 else None)
     device = resolve_device(args.device or config.train.device)
-    result = evaluate_model(model.to(device), loader, device,
+    result = evaluate_model(model.to(device), loader, device, autocast_dtype(device, config.train.amp),
                             analysis=config.analysis if args.analysis else None,
                             readout_start=readout_start(config, getattr(model, "T", 1)))
     split = eval_split(config.data) if args.split == "test" else args.split
@@ -234,15 +253,18 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if args.out is not None and args.threshold_sigma > 0:
         raise UserError("--out cannot keep --threshold-sigma: threshold variation lives in the "
                         "neurons, not in the weights a checkpoint holds; leave out one of them")
+    steps = _calibration_flags(args)
     checkpoint = _checkpoint(args.checkpoint, "calibrating", quiet=args.json)
-    run = from_checkpoint(checkpoint, args.set)
+    run = from_checkpoint(checkpoint)
+    _calibration_overrides(args, steps, run.config)
+    run.config = run.config.with_overrides(args.set)
     model, config = run.model, run.config
     teacher = from_checkpoint(_checkpoint(args.teacher, "teacher", quiet=args.json)).model \
         if args.teacher else None
     train_set, test_set, _ = datasets_from_config(config.data)
     devices = DeviceModel(args.sigma, args.stuck_at_zero, args.stuck_at_max, args.bits,
                           args.threshold_sigma, args.seed)
-    result = calibrate(model, devices, train_set, test_set, config, args.method, args.steps,
+    result = calibrate(model, devices, train_set, test_set, config, args.method, steps,
                        teacher=teacher, readout_start=readout_start(config, getattr(model, "T", 1)),
                        lr=args.lr)
     if args.out is not None:
@@ -260,6 +282,64 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if args.out is not None:
         print(f"calibrated model (faults applied) written to {args.out}")
     return 0
+
+
+#: calibration steps without --steps
+CALIBRATION_STEPS = 50
+
+
+def _calibration_flags(args: argparse.Namespace) -> int:
+    """``calibrate``'s step budget; flags that its ``--method`` and ``--steps`` leave unused
+    are refused."""
+    if args.teacher is not None and args.method != "ltl-online":
+        raise UserError(f"--teacher is the ANN teacher of --method ltl-online; --method {args.method} "
+                        "does not use it: leave it out, or give --method ltl-online")
+    if args.method == "none" and args.steps is not None:
+        raise UserError("--steps: --method none applies the faults without any update; leave --steps "
+                        "out, or give --method ltl-online or bptt")
+    steps = CALIBRATION_STEPS if args.steps is None else args.steps
+    if args.lr is not None and (args.method == "none" or steps == 0):
+        raise UserError(f"--lr: {'--method none' if args.method == 'none' else '--steps 0'} makes no "
+                        "update, so no learning rate applies; leave --lr out")
+    return steps
+
+
+def _calibration_overrides(args: argparse.Namespace, steps: int, stored: Any) -> None:
+    """Refuse the ``calibrate --set`` keys it does not read (``stored``: the checkpoint's config).
+
+    Calibration rebuilds no model and sets its own epochs, schedule, weight decay and methods
+    (:func:`spikegrad.calibration.calibration_config`); the rest depends on whether it trains."""
+    from spikegrad.config import CHECKPOINT_MODEL, DATASET_KEYS, LOSS_KEYS, refuse_unread_overrides
+
+    trains = args.method != "none" and steps > 0
+    reads = [*DATASET_KEYS, "data.eval_batch_size", "train.device"]
+    if stored.ltl.mode == "online" or (trains and args.method == "ltl-online"):
+        reads.append("ltl.T_warm")  # the readout window; the online loss's first step
+    if trains:
+        reads += ["data.batch_size", "data.augment", "data.num_workers", "train.seed", "train.threads",
+                  "train.amp", "train.grad_clip", "train.nonfinite", "optim.name", "optim.momentum",
+                  "optim.nesterov", "optim.betas", "distributed",
+                  *(["optim.lr"] if args.lr is None else [])]
+        reads += LOSS_KEYS if args.method == "bptt" else [
+            "train.label_smoothing", "ltl.percentile", "ltl.layer_weights", "ltl.readout_detach",
+            "ltl.distill", "ltl.distill_temperature"]
+    idle = f"{'--method none' if args.method == 'none' else '--steps 0'} makes no update"
+    instead = {**CHECKPOINT_MODEL,
+               **({k: idle for k in ("optim", "train", "ltl", "data", "distributed")} if not trains else {}),
+               "optim.lr": "--lr sets it" if args.lr is not None else idle,
+               "train.epochs": "--steps sets the number of calibration steps",
+               "train.progress": "calibration shows no progress bar",
+               "schedule": "calibration keeps one constant learning rate (--lr)",
+               "optim.weight_decay": "calibration uses no weight decay",
+               "dspike": "calibration keeps the trained surrogate (no temperature search)",
+               "shortcut": "calibration trains without shortcut branches",
+               "diagnostics": "calibration records no gradient diagnostics",
+               "ltl.mode": "--method chooses how to calibrate",
+               "ltl.student_init": "calibration starts from the trained student",
+               "ltl.init_batches": "calibration starts from the trained student",
+               "ltl.teacher_checkpoint": "give --teacher", "ltl.teacher_recipe": "give --teacher",
+               "ltl.teacher_set": "give --teacher"}
+    refuse_unread_overrides(args.set, reads, "spikegrad calibrate", instead)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -465,7 +545,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("test", "train"), default="test",
                    help="test: the run's evaluation set (its validation split when the stored "
                    "data.validation > 0; --set data.validation=0 for the test set)")
-    _overrides(p, "the stored config", "data.root=/data")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the stored config that eval reads, e.g. --set "
+                   "data.root=/data (repeatable): the dataset's data.* keys, data.eval_batch_size, "
+                   "data.num_workers, train.device, train.amp, the readout's ltl.mode and ltl.T_warm, "
+                   "and with --analysis analysis.monitors, membrane, pj_per_ac, pj_per_mac; any other "
+                   "key is refused (the model is the checkpoint's)")
     p.add_argument("--device", help="override train.device: auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--analysis", action="store_true",
                    help="also per-layer firing rates, SOPs and energy (as in analysis.json), as a table")
@@ -493,9 +578,11 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("none", "ltl-online", "bptt"), default="ltl-online",
                    help="none: faults only; ltl-online: local learning against the teacher; bptt: "
                    "surrogate-gradient fine-tuning")
-    p.add_argument("--steps", type=int, default=50,
-                   help="optimizer steps; the training data is cycled when one pass has fewer batches")
-    p.add_argument("--lr", type=float, help="learning rate (default: the stored optim.lr)")
+    p.add_argument("--steps", type=int,
+                   help=f"optimizer steps (default: {CALIBRATION_STEPS}; not with --method none); the "
+                   "training data is cycled when one pass has fewer batches")
+    p.add_argument("--lr", type=float, help="learning rate (default: the stored optim.lr; not with "
+                   "--method none or --steps 0)")
     p.add_argument("--sigma", type=float, default=0.0, help="multiplicative weight variation (σ)")
     p.add_argument("--stuck-at-zero", type=float, default=0.0, help="fraction of weights stuck at 0")
     p.add_argument("--stuck-at-max", type=float, default=0.0, help="fraction of weights stuck at ±max")
@@ -505,7 +592,12 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="save the calibrated model (faults applied) as a checkpoint that "
                    "`spikegrad eval` reads; its folder must exist")
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
-    _overrides(p, "the stored config", "data.batch_size=16")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the stored config that calibration reads, e.g. --set "
+                   "data.batch_size=16 (repeatable): data.*, train.device, and when it trains the "
+                   "optimizer (not optim.weight_decay), train.seed, amp, grad_clip, the loss (bptt) or "
+                   "ltl's percentile, layer_weights, T_warm, distill (ltl-online); any other key is "
+                   "refused (the model is the checkpoint's; --steps, --lr and --method set the rest)")
     p.set_defaults(func=_cmd_calibrate)
 
 
@@ -627,8 +719,10 @@ def _add_fdg(sub: argparse._SubParsersAction) -> None:
                                  "checkpoint; its folder must exist)")
     p.add_argument("--device", help="override train.device: auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a data.* or train.* key of the stored config (the model is "
-                        "the checkpoint's), e.g. --set data.root=/data")
+                   help="override a key of the stored config that fdg reads, e.g. --set "
+                        "data.root=/data (repeatable): the dataset's data.* keys, train.device and "
+                        "the loss's train.* keys; any other key is refused (the model is the "
+                        "checkpoint's; the probe's own flags replace the dspike.* keys)")
     p.set_defaults(func=_cmd_fdg)
 
 

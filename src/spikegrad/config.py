@@ -585,6 +585,43 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str] | Mapping[str
         node[parts[-1]] = value
 
 
+#: the keys that make the datasets (:func:`spikegrad.data.from_config.datasets_from_config`)
+DATASET_KEYS = ("data.name", "data.root", "data.options", "data.subset", "data.validation",
+                "data.split_seed")
+#: the settings of ``train.loss`` (:func:`spikegrad.losses.training_loss`)
+LOSS_KEYS = ("train.loss", "train.label_smoothing", "train.tet_lambda", "train.tet_phi",
+             "train.correct_rate", "train.incorrect_rate")
+#: :func:`refuse_unread_overrides`'s way out for ``model.*`` in a command that reads a checkpoint's model
+CHECKPOINT_MODEL = {"model": "the model is the checkpoint's, rebuilt from its stored arguments; train "
+                             "another run to change it"}
+
+
+def _under(key: str, prefixes: Iterable[str]) -> str | None:
+    """The longest of ``prefixes`` that is ``key`` or a section holding it (``data`` holds
+    ``data.root``), else None."""
+    found = [p for p in prefixes if key == p or key.startswith(p + ".")]
+    return max(found, key=len) if found else None
+
+
+def refuse_unread_overrides(overrides: Iterable[str], reads: Iterable[str], command: str,
+                  instead: Mapping[str, str] | None = None) -> None:
+    """Refuse every ``--set KEY=VALUE`` of ``overrides`` whose key ``command`` does not read.
+
+    ``reads``: the keys and sections it reads; ``instead``: for keys or sections it does not
+    read, what to do instead (the most specific entry wins). A setting that cannot apply is
+    an error, never ignored: a :class:`UserError` names the key and the way out.
+    """
+    reads, instead = list(reads), dict(instead or {})
+    for item in overrides:
+        key = parse_override(item)[0]
+        if _under(key, reads) is not None:
+            continue
+        hint = instead.get(_under(key, instead) or "", "")
+        raise UserError(f"--set {key}: {command} does not read it"
+                        + (f"; {hint}" if hint else "")
+                        + f" (it reads {', '.join(sorted(reads))})")
+
+
 _yaml_problem = yaml_problem  # the name this module used before spikegrad.safe_yaml
 
 

@@ -116,6 +116,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp`` on ``device``: float16 on CUDA, bfloat16 elsewhere;
+    None without mixed precision."""
+    if not amp:
+        return None
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
 def build_optimizer(config: Config, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     opt = config.optim
     if opt.name == "sgd":
@@ -207,9 +215,7 @@ class Trainer:
             train_set, test_set, self.config, self.dist)
         self.optimizer = build_optimizer(self.config, self.model.parameters())
         self.scheduler = self._build_scheduler()
-        self.amp_dtype = None
-        if train.amp:
-            self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.amp_dtype = autocast_dtype(self.device, train.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=train.amp and self.device.type == "cuda")
         self._position = Position(total_iterations=train.epochs * len(self.train_loader))
         self.best_test_acc = -1.0
