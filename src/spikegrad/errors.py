@@ -36,16 +36,16 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _defaults(section: Any) -> dict[str, Any]:
+    """The default of every field of the dataclass ``section``."""
+    return {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            for f in dataclasses.fields(section)}
+
+
 def changed_options(section: Any, names: Iterable[str]) -> list[str]:
     """The fields among ``names`` of the dataclass ``section`` that differ from their defaults."""
-    fields = {f.name: f for f in dataclasses.fields(section)}
-    out = []
-    for name in names:
-        f = fields[name]
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        if getattr(section, name) != default:
-            out.append(name)
-    return out
+    defaults = _defaults(section)
+    return [name for name in names if getattr(section, name) != defaults[name]]
 
 
 def _shown(value: Any) -> str:
@@ -64,9 +64,7 @@ def refuse_unread(section: Any, prefix: str, names: Iterable[str], why: str) -> 
     changed = changed_options(section, names)
     if not changed:
         return
-    fields = {f.name: f for f in dataclasses.fields(section)}
-    defaults = {n: fields[n].default_factory() if fields[n].default is dataclasses.MISSING
-                else fields[n].default for n in changed}
+    defaults = _defaults(section)
     given = ", ".join(f"{prefix}.{n}={_shown(getattr(section, n))}" for n in changed)
     reset = ", ".join(f"{prefix}.{n}={_shown(defaults[n])}" for n in changed)
     raise UserError(f"{given} {'does' if len(changed) == 1 else 'do'} not apply {why}; remove "
