@@ -26,7 +26,7 @@ from spikegrad.config import load_config
 from spikegrad.data import DatasetInfo
 
 INFO = DatasetInfo(num_classes=10, sample_shape=(1, 28, 28))
-STUDENT = ["model.T=16", "model.width=0.25", "ltl.teacher_recipe=null",
+STUDENT = ["model.T=16", "model.width=0.25", "ltl.teacher_recipe=null", "ltl.teacher_set=[]",
            "model.surrogate={name: rectangle, width: 0.4, height: 1.0}"]
 NETWORKS: list[tuple[str, str, list[str]]] = [
     ("Dspike CNN, width 0.25, T = 4 (dspike_surrogates)", "digits", ["model.width=0.25"]),

@@ -367,20 +367,20 @@ def test_a_set_the_runner_would_overwrite_is_refused(override, named, tmp_path):
 
 
 @pytest.mark.parametrize("override", ["data.validation=0", "data.name=digits", "data.subset=50",
-                                      "data.split_seed=3", "data={name: digits}", "data.options.root=y"])
+                                      "data.split_seed=3", "data={name: digits}", "data.options.T=5"])
 def test_a_set_of_the_dataset_or_split_is_refused(override, tmp_path):
     """``--set`` comes after the split, so these would replace the protocol's split silently."""
     from experiments.runner import _sets_within
 
-    experiment = _tiny_experiment(data=DataSpec("digits", options={"root": "x"}, validation=0.2, subset=100))
+    experiment = _tiny_experiment(data=DataSpec("event_digits", options={"T": 4}, validation=0.2, subset=100))
     experiment.extra_overrides = [override]
     with pytest.raises(UserError, match="dataset and split"):
         Runner(experiment, tmp_path, smoke=True)
-    experiment.extra_overrides = ["data.root=elsewhere", "data.augment=[]"]
+    experiment.extra_overrides = ["data.num_workers=0", "data.augment=[]"]
     Runner(experiment, tmp_path, smoke=True)  # what the split does not set stays the user's
     # a dataset option the arm does not give is the user's too
-    assert not _sets_within({"root": "x"}, "data.options", "data.options.download")
-    assert _sets_within({"root": "x"}, "data.options", "data.options.root")
+    assert not _sets_within({"T": 4}, "data.options", "data.options.size")
+    assert _sets_within({"T": 4}, "data.options", "data.options.T")
 
 
 def test_report_trains_nothing_not_even_a_preparatory_check(tmp_path):
