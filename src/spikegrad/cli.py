@@ -174,8 +174,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from spikegrad.data.loader import collate_for
     from spikegrad.evaluation import evaluate_model
     from spikegrad.methods.ltl import readout_start
-    from spikegrad.resume import ignore_interrupts
-    from spikegrad.trainer import autocast_dtype, resolve_device
+    from spikegrad.trainer import autocast_dtype, resolve_device, worker_args
 
     checkpoint = _checkpoint(args.checkpoint, "evaluating")
     _output(args.out)
@@ -190,9 +189,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     raster = _raster_layers(args, model)
     train_set, test_set, _ = datasets_from_config(config.data)
     dataset = test_set if args.split == "test" else train_set
-    workers = config.data.num_workers
     loader = DataLoader(dataset, batch_size=config.data.eval_batch_size, collate_fn=collate_for(dataset),
-                        num_workers=workers, worker_init_fn=ignore_interrupts if workers > 0 else None)
+                        **worker_args(config.data.num_workers))
     device = resolve_device(args.device or config.train.device)
     result = evaluate_model(model.to(device), loader, device, autocast_dtype(device, config.train.amp),
                             analysis=config.analysis if args.analysis else None,
@@ -497,9 +495,10 @@ def _command(sub: argparse._SubParsersAction, name: str, summary: str, examples:
                           epilog="examples:\n" + "\n".join(f"  {e}" for e in examples))
 
 
-def _overrides(p: argparse.ArgumentParser, what: str, example: str) -> None:
+def _overrides(p: argparse.ArgumentParser, what: str, example: str, reads: str = "") -> None:
+    """``--set``; ``reads``: which keys a command that reads only some takes, after a colon."""
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"override a key of {what}, e.g. --set {example} (repeatable)")
+                   help=f"override a key of {what}, e.g. --set {example} (repeatable){reads}")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -545,12 +544,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("test", "train"), default="test",
                    help="test: the run's evaluation set (its validation split when the stored "
                    "data.validation > 0; --set data.validation=0 for the test set)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the stored config that eval reads, e.g. --set "
-                   "data.root=/data (repeatable): the dataset's data.* keys, data.eval_batch_size, "
-                   "data.num_workers, train.device, train.amp, the readout's ltl.mode and ltl.T_warm, "
-                   "and with --analysis analysis.monitors, membrane, pj_per_ac, pj_per_mac; any other "
-                   "key is refused (the model is the checkpoint's)")
+    _overrides(p, "the stored config that eval reads", "data.root=/data",
+               ": the dataset's data.* keys, data.eval_batch_size, data.num_workers, train.device, "
+               "train.amp, the readout's ltl.mode and ltl.T_warm, and with --analysis "
+               "analysis.monitors, membrane, pj_per_ac, pj_per_mac; any other key is refused (the "
+               "model is the checkpoint's)")
     p.add_argument("--device", help="override train.device: auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--analysis", action="store_true",
                    help="also per-layer firing rates, SOPs and energy (as in analysis.json), as a table")
@@ -592,12 +590,11 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="save the calibrated model (faults applied) as a checkpoint that "
                    "`spikegrad eval` reads; its folder must exist")
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the stored config that calibration reads, e.g. --set "
-                   "data.batch_size=16 (repeatable): data.*, train.device, and when it trains the "
-                   "optimizer (not optim.weight_decay), train.seed, amp, grad_clip, the loss (bptt) or "
-                   "ltl's percentile, layer_weights, T_warm, distill (ltl-online); any other key is "
-                   "refused (the model is the checkpoint's; --steps, --lr and --method set the rest)")
+    _overrides(p, "the stored config that calibration reads", "data.batch_size=16",
+               ": data.*, train.device, and when it trains the optimizer (not optim.weight_decay), "
+               "train.seed, amp, grad_clip, the loss (bptt) or ltl's percentile, layer_weights, "
+               "T_warm, distill (ltl-online); any other key is refused (the model is the "
+               "checkpoint's; --steps, --lr and --method set the rest)")
     p.set_defaults(func=_cmd_calibrate)
 
 
@@ -718,11 +715,10 @@ def _add_fdg(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output prefix for .json and .png (default: fdg beside the "
                                  "checkpoint; its folder must exist)")
     p.add_argument("--device", help="override train.device: auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the stored config that fdg reads, e.g. --set "
-                        "data.root=/data (repeatable): the dataset's data.* keys, train.device and "
-                        "the loss's train.* keys; any other key is refused (the model is the "
-                        "checkpoint's; the probe's own flags replace the dspike.* keys)")
+    _overrides(p, "the stored config that fdg reads", "data.root=/data",
+               ": the dataset's data.* keys, train.device and the loss's train.* keys; any other "
+               "key is refused (the model is the checkpoint's; the probe's own flags replace the "
+               "dspike.* keys)")
     p.set_defaults(func=_cmd_fdg)
 
 

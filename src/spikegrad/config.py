@@ -604,7 +604,7 @@ def _under(key: str, prefixes: Iterable[str]) -> str | None:
 
 
 def refuse_unread_overrides(overrides: Iterable[str], reads: Iterable[str], command: str,
-                  instead: Mapping[str, str] | None = None) -> None:
+                            instead: Mapping[str, str] | None = None) -> None:
     """Refuse every ``--set KEY=VALUE`` of ``overrides`` whose key ``command`` does not read.
 
     ``reads``: the keys and sections it reads; ``instead``: for keys or sections it does not

@@ -36,18 +36,6 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _defaults(section: Any) -> dict[str, Any]:
-    """The default of every field of the dataclass ``section``."""
-    return {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-            for f in dataclasses.fields(section)}
-
-
-def changed_options(section: Any, names: Iterable[str]) -> list[str]:
-    """The fields among ``names`` of the dataclass ``section`` that differ from their defaults."""
-    defaults = _defaults(section)
-    return [name for name in names if getattr(section, name) != defaults[name]]
-
-
 def _shown(value: Any) -> str:
     """A value as a ``--set`` override writes it (YAML: null, true, false)."""
     if value is None:
@@ -61,10 +49,11 @@ def refuse_unread(section: Any, prefix: str, names: Iterable[str], why: str) -> 
     """Raise a :class:`UserError` if any of ``names`` (fields of the config section ``section``,
     keys ``<prefix>.<name>``) is set to other than its default: ``why`` says which setting
     leaves it unread (a setting that cannot apply is an error, never ignored)."""
-    changed = changed_options(section, names)
+    defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+                for f in dataclasses.fields(section)}
+    changed = [name for name in names if getattr(section, name) != defaults[name]]
     if not changed:
         return
-    defaults = _defaults(section)
     given = ", ".join(f"{prefix}.{n}={_shown(getattr(section, n))}" for n in changed)
     reset = ", ".join(f"{prefix}.{n}={_shown(defaults[n])}" for n in changed)
     raise UserError(f"{given} {'does' if len(changed) == 1 else 'do'} not apply {why}; remove "

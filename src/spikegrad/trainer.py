@@ -55,8 +55,8 @@ from spikegrad.seeding import seed_everything
 from spikegrad.threads import apply_threads
 
 __all__ = [
-    "Component", "StepOutput", "Trainer", "evaluate_model", "lr_factor", "resolve_device",
-    "seed_everything",
+    "Component", "StepOutput", "Trainer", "autocast_dtype", "evaluate_model", "lr_factor", "resolve_device",
+    "seed_everything", "worker_args",
 ]
 
 
@@ -74,6 +74,12 @@ def _created(model: nn.Module | Callable[[], nn.Module], seed: int) -> nn.Module
     return created
 
 
+def worker_args(workers: int) -> dict[str, Any]:
+    """``DataLoader`` arguments for ``workers`` loader processes (``data.num_workers``), which
+    leave Ctrl-C and SIGTERM to the main process."""
+    return {"num_workers": workers, "worker_init_fn": ignore_interrupts if workers > 0 else None}
+
+
 def _loaders(train_set: Dataset, test_set: Dataset, config: Config, dist: DistributedContext
              ) -> tuple[torch.Generator, GlobalBatchSampler, DataLoader, DataLoader]:
     """The shuffling generator (seeded alike in every process: the data order), the global
@@ -82,9 +88,8 @@ def _loaders(train_set: Dataset, test_set: Dataset, config: Config, dist: Distri
     sampler = GlobalBatchSampler(len(train_set), config.data.batch_size, generator, dist.rank,
                                  dist.world_size)
     workers = config.data.num_workers
-    loader_args = {"num_workers": workers, "pin_memory": dist.device.type == "cuda",
-                   "persistent_workers": workers > 0,
-                   "worker_init_fn": ignore_interrupts if workers > 0 else None}
+    loader_args = {**worker_args(workers), "pin_memory": dist.device.type == "cuda",
+                   "persistent_workers": workers > 0}
     train_loader = DataLoader(train_set, batch_sampler=sampler, generator=generator,
                               collate_fn=collate_for(train_set), **loader_args)
     # Workers get their seeds from a generator of their own, drawn once (persistent), not
