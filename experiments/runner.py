@@ -359,18 +359,30 @@ def _execute(spec: dict[str, Any]) -> dict[str, Any]:
             shutil.rmtree(folder)  # the partial run could not be continued: start it over
             train(config, folder, verbose=False)
     except TrainingDiverged as exc:
-        return _write_record(folder, spec, time.perf_counter() - tic, str(exc), machine)
-    return _write_record(folder, spec, time.perf_counter() - tic, None, machine)
+        return _write_record(folder, spec, _run_wall(folder, tic), str(exc), machine, can_resume)
+    return _write_record(folder, spec, _run_wall(folder, tic), None, machine, can_resume)
+
+
+def _run_wall(folder: Path, tic: float) -> float:
+    """The run's wall time in seconds: the trainer's, which adds up every process that trained it
+    (a run continued after a stop), else this process's since ``tic``."""
+    summary = folder / "summary.json"
+    if summary.is_file():
+        wall = json.loads(summary.read_text()).get("wall_seconds")
+        if isinstance(wall, (int, float)):
+            return float(wall)
+    return time.perf_counter() - tic
 
 
 def _write_record(folder: Path, spec: dict[str, Any], wall: float | None, failed: str | None,
-                  machine: dict[str, Any] | None = None) -> dict[str, Any]:
+                  machine: dict[str, Any] | None = None, resumed: bool = False) -> dict[str, Any]:
     """The run's record; ``machine`` as read when the run started (a checkout that moves during
-    a run must not be recorded as the code that trained it)."""
+    a run must not be recorded as the code that trained it); ``resumed``: this process continued
+    a run an earlier one had stopped, so ``machine`` is the code that finished it."""
     import torch
 
     record = {**{k: v for k, v in spec.items() if k != "config"}, "config": spec["config"],
-              "wall_seconds": wall, "failed": failed, "threads": torch.get_num_threads(),
+              "wall_seconds": wall, "resumed": resumed, "failed": failed, "threads": torch.get_num_threads(),
               "machine": machine or provenance.machine(spec["config"]["train"]["device"]),
               "finished_at": provenance.now()}
     folder.mkdir(parents=True, exist_ok=True)
@@ -382,8 +394,8 @@ def load_run(folder: Path, protocol: Protocol = PROTOCOL) -> dict[str, Any]:
     """One finished run as results.json stores it: accuracies, curves, plateau, extras."""
     record = json.loads((folder / RECORD).read_text()) if (folder / RECORD).is_file() else {}
     rows = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
-    keys = ("arm", "phase", "seed", "lr", "eval_set", "wall_seconds", "threads", "failed", "depends",
-            "machine")
+    keys = ("arm", "phase", "seed", "lr", "eval_set", "wall_seconds", "resumed", "threads", "failed",
+            "depends", "machine")
     out: dict[str, Any] = {k: record.get(k) for k in keys}
     out["folder"] = str(folder)
     out["epochs"] = len(rows)

@@ -479,3 +479,25 @@ def test_each_experiment_reads_its_claims_in_the_right_direction():
         "resnet34: evolutionary training is more accurate than vanilla BPTT": "holds",
         "resnet34: evolutionary training beats vanilla trained twice as long": "fails",
         "resnet34: the decaying λ beats a constant λ = 1 (main head)": "holds"}
+
+
+def test_a_continued_run_records_the_wall_time_of_all_its_processes(tmp_path, monkeypatch):
+    """A run stopped and continued is recorded with the trainer's total wall time (every process
+    that trained it), not the few seconds the last one took, and marked as continued."""
+    import spikegrad
+    from experiments import provenance, runner
+
+    monkeypatch.setattr(provenance, "machine", lambda device="cpu": {"git_commit": "x"})
+
+    def train(config, folder, verbose=False, resume_from=None):
+        assert resume_from is not None
+        (Path(folder) / "summary.json").write_text(json.dumps({"wall_seconds": 1234.5}))
+
+    monkeypatch.setattr(spikegrad, "train", train)
+    monkeypatch.setattr(runner, "check_same_run", lambda folder, config: None)
+    experiment = _tiny_experiment()
+    spec = Runner(experiment, tmp_path, smoke=True)._spec("tune", experiment.arms[0], 7, 0.1)
+    Path(spec["folder"]).mkdir(parents=True)
+    (Path(spec["folder"]) / "last.pt").write_bytes(b"")
+    record = runner._execute(spec)
+    assert record["wall_seconds"] == 1234.5 and record["resumed"] is True
