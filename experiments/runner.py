@@ -364,14 +364,20 @@ def _execute(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_wall(folder: Path, tic: float) -> float:
-    """The run's wall time in seconds: the trainer's, which adds up every process that trained it
-    (a run continued after a stop), else this process's since ``tic``."""
+    """The run's wall time in seconds: the trainer's (:func:`_trainer_wall`), else this process's
+    since ``tic``."""
+    wall = _trainer_wall(folder)
+    return time.perf_counter() - tic if wall is None else wall
+
+
+def _trainer_wall(folder: Path) -> float | None:
+    """The wall time in the run's ``summary.json``, which adds up every process that trained it
+    (a run continued after a stop); None without one."""
     summary = folder / "summary.json"
-    if summary.is_file():
-        wall = json.loads(summary.read_text()).get("wall_seconds")
-        if isinstance(wall, (int, float)):
-            return float(wall)
-    return time.perf_counter() - tic
+    if not summary.is_file():
+        return None
+    wall = json.loads(summary.read_text()).get("wall_seconds")
+    return float(wall) if isinstance(wall, (int, float)) else None
 
 
 def _write_record(folder: Path, spec: dict[str, Any], wall: float | None, failed: str | None,
@@ -390,6 +396,18 @@ def _write_record(folder: Path, spec: dict[str, Any], wall: float | None, failed
     return record
 
 
+def _runs_line(results: dict[str, Any]) -> str:
+    """What the stored runs say of themselves: their wall times added up, and the commits that
+    finished them (an experiment continued across stops may span several)."""
+    runs = [r for arm in results["arms"].values() for r in arm["runs"] + arm["tuning_runs"]]
+    if not runs:
+        return ""
+    hours = sum(r.get("wall_seconds") or 0.0 for r in runs) / 3600
+    commits = sorted({(r.get("machine") or {}).get("git_commit") or "unknown" for r in runs})
+    return (f" The {len(runs)} runs' own wall times add up to {hours:.1f} h; "
+            f"finished at commit {', '.join(c[:12] for c in commits)}.")
+
+
 def load_run(folder: Path, protocol: Protocol = PROTOCOL) -> dict[str, Any]:
     """One finished run as results.json stores it: accuracies, curves, plateau, extras."""
     record = json.loads((folder / RECORD).read_text()) if (folder / RECORD).is_file() else {}
@@ -397,6 +415,7 @@ def load_run(folder: Path, protocol: Protocol = PROTOCOL) -> dict[str, Any]:
     keys = ("arm", "phase", "seed", "lr", "eval_set", "wall_seconds", "resumed", "threads", "failed",
             "depends", "machine")
     out: dict[str, Any] = {k: record.get(k) for k in keys}
+    out["wall_seconds"] = _trainer_wall(folder) or out["wall_seconds"]  # records of old runners: one process
     out["folder"] = str(folder)
     out["epochs"] = len(rows)
     if not rows or record.get("failed"):
@@ -861,7 +880,8 @@ def markdown(results: dict[str, Any]) -> str:
               f"{results['jobs']} run(s) at a time; device {m['device']}. "
               f"Python {m['python']}, torch {m['torch']}, numpy {m['numpy']}, spikegrad {m['spikegrad']}, "
               f"commit {commit}. Written {results['written_at']}"
-              + (f"; training wall time {wall / 60:.1f} min." if wall else "."), ""]
+              + (f"; training wall time of this invocation {wall / 60:.1f} min." if wall else ".")
+              + _runs_line(results), ""]
     p = results["protocol"]
     seeds = ", ".join(map(str, results["seeds"]))
     lines += [f"Protocol: {len(results['seeds'])} paired seeds per arm ({seeds}); "

@@ -501,3 +501,18 @@ def test_a_continued_run_records_the_wall_time_of_all_its_processes(tmp_path, mo
     (Path(spec["folder"]) / "last.pt").write_bytes(b"")
     record = runner._execute(spec)
     assert record["wall_seconds"] == 1234.5 and record["resumed"] is True
+    # an old runner's record (the last process's seconds) is read with the trainer's total
+    (Path(spec["folder"]) / runner.RECORD).write_text(json.dumps({**record, "wall_seconds": 5.0}))
+    assert runner.load_run(Path(spec["folder"]))["wall_seconds"] == 1234.5
+
+
+def test_the_machine_line_adds_up_the_runs_and_names_every_commit_that_finished_one():
+    from experiments.runner import _runs_line
+
+    def run(wall, commit):
+        return {"wall_seconds": wall, "machine": {"git_commit": commit}}
+
+    results = {"arms": {"a": {"runs": [run(3600, "b" * 40), run(1800, "a" * 40)],
+                              "tuning_runs": [run(1800, "b" * 40)]}}}
+    assert _runs_line(results) == (" The 3 runs' own wall times add up to 2.0 h; finished at commit "
+                                   f"{'a' * 12}, {'b' * 12}.")
