@@ -117,6 +117,10 @@ def data_overrides(dataset: str) -> list[str]:
     return [f"data.name={dataset}"]
 
 
+#: the digits_ltl student trained by BPTT: LTL off, and with it every setting of its teacher
+BPTT = ["ltl.mode=none", "ltl.teacher_recipe=null", "ltl.teacher_set=[]", "ltl.teacher_checkpoint=null"]
+
+
 def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
     out = Path(args.out)
     common = [*data_overrides(args.dataset), f"model.width={args.width}", "train.progress=false",
@@ -136,8 +140,8 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
          [*student, "ltl.mode=online", "ltl.student_init=teacher"], out / "ltl_online_init"),
         ("ltl-online, T_warm = T/4", "digits_ltl",
          [*student, "ltl.mode=online", f"ltl.T_warm={args.T // 4}"], out / "ltl_online_twarm"),
-        ("bptt, no BN (same student)", "digits_ltl", [*student, "ltl.mode=none"], out / "bptt"),
-        ("bptt, BN", "digits_ltl", [*student, "ltl.mode=none", "model.options.batch_norm=true"],
+        ("bptt, no BN (same student)", "digits_ltl", [*student, *BPTT], out / "bptt"),
+        ("bptt, BN", "digits_ltl", [*student, *BPTT, "model.options.batch_norm=true"],
          out / "bptt_bn"),
     ]
     results = []
@@ -162,7 +166,7 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 #: what ``memory`` compares: overrides of the digits_ltl recipe
-MEMORY_METHODS = {"bptt": ["ltl.mode=none"], "ltl-offline": [], "ltl-online": ["ltl.mode=online"]}
+MEMORY_METHODS = {"bptt": BPTT, "ltl-offline": [], "ltl-online": ["ltl.mode=online"]}
 
 
 def memory(args: argparse.Namespace) -> list[dict[str, Any]]:

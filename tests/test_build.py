@@ -79,6 +79,28 @@ def test_the_ann_twin_of_an_adaptive_recipe_searches_no_temperature():
     assert "dspike" not in [m.section for m in enabled_methods(config, build_parts(ann).model)]
 
 
+@pytest.mark.parametrize("switch, setting, shown", [
+    ("ltl.mode=none", {"ltl.T_warm": 3}, r"ltl\.T_warm=3 does not apply with ltl\.mode=none"),
+    ("dspike.adaptive=false", {"dspike.every": 2},
+     r"dspike\.every=2 does not apply with dspike\.adaptive=false"),
+    ("shortcut.enabled=false", {"shortcut.lambda0": 1.0},
+     r"shortcut\.lambda0=1\.0 does not apply with shortcut\.enabled=false"),
+    ("diagnostics.gradient_interval=0", {"diagnostics.histogram_bins": 5},
+     r"diagnostics\.histogram_bins=5 does not apply with diagnostics\.gradient_interval=0"),
+])
+def test_a_setting_of_a_method_switched_off_is_refused_naming_the_switch(switch, setting, shown):
+    key, value = switch.split("=")
+    off = Config().with_overrides({key: {"none": "none", "false": False, "0": 0}[value]})
+    build_components(off)  # the switch alone is fine
+    with pytest.raises(UserError, match=shown + r".*remove it or reset to the default"):
+        build_components(off.with_overrides(setting))
+    # the recipe an LTL baseline is usually made from names its teacher: that is refused too
+    if key == "ltl.mode":
+        with pytest.raises(UserError, match=r"ltl\.teacher_recipe='digits', ltl\.teacher_set=.* do not "
+                                            r"apply with ltl\.mode=none"):
+            build_components(load_config(recipe_path("digits_ltl"), ["ltl.mode=none"]))
+
+
 def test_from_config_takes_every_setting_of_its_section():
     config = Config().with_overrides({
         "shortcut.attach": ["features.1"], "shortcut.schedule": "step", "shortcut.lambda0": 0.5,

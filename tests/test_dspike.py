@@ -30,8 +30,9 @@ DSPIKE_RECIPES = sorted(Path(str(recipe_path("digits"))).parent.glob("*_dspike.y
 
 def tiny_config(**overrides) -> Config:
     base = {"train.epochs": 3, "train.progress": False, "data.batch_size": 128,
-            "model.width": 0.25, "model.T": 2, "dspike.adaptive": True,
-            "dspike.num_weights": 16, "dspike.batch_size": 32}
+            "model.width": 0.25, "model.T": 2, "dspike.adaptive": True}
+    if overrides.get("dspike.adaptive", True):  # search settings, refused without the search
+        base.update({"dspike.num_weights": 16, "dspike.batch_size": 32})
     base.update(overrides)
     return load_config(recipe_path("digits")).with_overrides(base)
 

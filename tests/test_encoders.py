@@ -116,3 +116,23 @@ def test_nir_refuses_the_coding_encoders():
 
     for cls in (LatencyEncoder, DeltaEncoder):
         assert cls in _EXPORTERS  # not exported as an identity, as a DirectEncoder subclass would be
+
+
+
+@pytest.mark.parametrize("encoder", ["poisson", "latency"])
+def test_a_static_encoder_for_event_frames_is_refused_not_skipped(encoder):
+    """Event frames are already [T, B, ...]: the network passes them through un-coded, so a
+    Poisson or latency encoder could not apply to them."""
+    from spikegrad.build import build_model
+    from spikegrad.data import DatasetInfo
+
+    frames = DatasetInfo(num_classes=10, sample_shape=(2, 8, 8), time_steps=3)
+    config = load_config(None, ["model.name=digits_cnn", "model.T=3", f"model.encoder={encoder}",
+                                "data.name=event_digits"])
+    with pytest.raises(UserError, match=rf"model.encoder '{encoder}' codes static samples, but dataset "
+                                        r"'event_digits' gives time-major frames \(3 per sample\)"):
+        build_model(config, frames)
+    for passes in ("direct", "{name: delta}"):  # the frames as they are, or coded as a sequence
+        config = load_config(None, ["model.name=digits_cnn", "model.T=3", f"model.encoder={passes}"])
+        model, _ = build_model(config, frames)
+        assert model(torch.rand(3, 2, 2, 8, 8)).shape == (3, 2, 10)

@@ -347,8 +347,10 @@ def tiny_demo(small_digits, monkeypatch):
     """The demo with its five rows on the small digits, narrow and short."""
     import spikegrad.demo as demo
 
-    rows = [demo.DemoRow(r.folder, (*r.overrides, "model.width=0.25", "train.progress=false",
-                                    "train.epochs=2", "dspike.batch_size=16", "dspike.num_weights=8"),
+    search = ("dspike.batch_size=16", "dspike.num_weights=8")  # refused where nothing searches
+    small = ("model.width=0.25", "train.progress=false", "train.epochs=2")
+    rows = [demo.DemoRow(r.folder, (*r.overrides, *small,
+                                    *(search if "dspike.adaptive=true" in r.overrides else ())),
                          r.recipe, r.teacher_row)
             for r in demo.DEMO_ROWS if r.folder in ("ann", "dspike", "ltl-offline")]
     monkeypatch.setattr(demo, "DEMO_ROWS", rows)

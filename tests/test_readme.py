@@ -39,10 +39,11 @@ from spikegrad.data.digits import digits
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-#: added to every config loaded: 2 epochs, a cheaper temperature search (fewer probed
-#: weights, a smaller probe batch) and the data loaded in the main process
-SMALL = ("train.epochs=2", "dspike.num_weights=8", "dspike.batch_size=16", "data.num_workers=0",
-         "train.progress=false")
+#: added to every config loaded: 2 epochs and the data loaded in the main process
+SMALL = ("train.epochs=2", "data.num_workers=0", "train.progress=false")
+#: added to every config that searches a temperature: a cheaper search (fewer probed weights, a
+#: smaller probe batch; refused where nothing searches)
+SEARCH = {"dspike.num_weights": 8, "dspike.batch_size": 16}
 #: added to the README's ``spikegrad fdg``: the same sweep on fewer probed weights and points
 FDG_SMALL = ("--num-weights", "8", "--batch-size", "32", "--points", "3", "--batches", "2", "--extend", "1")
 BUILT_IN = ("digits", "cluttered_digits", "event_digits")
@@ -90,7 +91,8 @@ def sandbox(tmp_path, monkeypatch):
     real = spikegrad.config.load_config
 
     def load_small(path=None, overrides=()):
-        return real(path, [*overrides, *SMALL])
+        config = real(path, [*overrides, *SMALL])
+        return config.with_overrides(SEARCH) if config.dspike.adaptive else config
 
     monkeypatch.setattr(spikegrad.config, "load_config", load_small)
     monkeypatch.setattr(spikegrad.demo, "load_config", load_small)

@@ -21,6 +21,7 @@ Accuracy is always read out the same way (logits averaged over
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from spikegrad.build import build_components
-from spikegrad.config import Config
+from spikegrad.config import Config, DiagnosticsConfig, DspikeConfig, LTLConfig, ShortcutConfig
 from spikegrad.data import build_augmentation
 from spikegrad.data.loader import collate_for
 from spikegrad.devices import DeviceModel, DeviceSync, ImperfectDevices
@@ -43,16 +44,20 @@ CALIBRATION_METHODS = ("none", "ltl-online", "bptt")
 
 def calibration_config(config: Config, lr: float | None = None, method: str = "bptt") -> Config:
     """``config`` for a calibration run: one epoch, constant learning rate, no weight decay;
-    online LTL (on the trained student, no re-initialisation) for ``ltl-online``, no other method."""
+    online LTL (on the trained student, no re-initialisation) for ``ltl-online``, no other method
+    (the sections of the methods it switches off back to their defaults, which keep none of the
+    trained run's settings of them)."""
+    online = method == "ltl-online"
+    off = {"dspike": DspikeConfig(), "shortcut": ShortcutConfig(),
+           "diagnostics": DiagnosticsConfig(gradient_interval=0), **({} if online else {"ltl": LTLConfig()})}
     overrides: dict[str, Any] = {"train.epochs": 1, "schedule.name": "constant",
                                  "schedule.warmup_epochs": 0.0, "optim.weight_decay": 0.0,
-                                 "train.progress": False, "dspike.adaptive": False,
-                                 "shortcut.enabled": False, "diagnostics.gradient_interval": 0,
-                                 "ltl.mode": "online" if method == "ltl-online" else "none",
-                                 "ltl.student_init": "random"}
+                                 "train.progress": False}
+    if online:
+        overrides.update({"ltl.mode": "online", "ltl.student_init": "random"})
     if lr is not None:
         overrides["optim.lr"] = lr
-    return config.with_overrides(overrides)
+    return dataclasses.replace(config, **off).with_overrides(overrides)
 
 
 def calibration_indices(available: int, size: int, seed: int) -> list[int]:

@@ -6,10 +6,11 @@ from typing import Any
 
 from torch import nn
 
-from spikegrad import lean, models
+from spikegrad import encoders, lean, models
 from spikegrad.config import Config
 from spikegrad.data import DatasetInfo
 from spikegrad.errors import UserError
+from spikegrad.layers import DirectEncoder
 from spikegrad.models import ModelSpec
 from spikegrad.seeding import seed_everything
 
@@ -34,6 +35,20 @@ def model_arguments(config: Config, info: DatasetInfo) -> dict[str, Any]:
     return {"name": config.model.name, "kwargs": kwargs}
 
 
+def check_encoder_of_frames(config: Config, info: DatasetInfo) -> None:
+    """Refuse an encoder of static samples (Poisson, latency) for a dataset of time-major
+    frames, which the network passes through un-coded: the setting could not apply."""
+    made = encoders.create(config.model.encoder, info.time_steps or 1)
+    if type(made) is not DirectEncoder and not getattr(made, "sequence_input", False):
+        encoder = config.model.encoder
+        name = encoder if isinstance(encoder, str) else encoder.get("name")
+        raise UserError(
+            f"model.encoder {name!r} codes static samples, but dataset {config.data.name!r} gives "
+            f"time-major frames ({info.time_steps} per sample), which the network would pass "
+            "through un-coded; use model.encoder direct (the frames as they are) or delta (a "
+            "code of sequences)")
+
+
 def build_model(config: Config, info: DatasetInfo) -> tuple[nn.Module, dict[str, Any]]:
     """The network ``config.model`` names for a dataset, and :func:`model_arguments`.
 
@@ -44,6 +59,8 @@ def build_model(config: Config, info: DatasetInfo) -> tuple[nn.Module, dict[str,
             f"model.T is {config.model.T} but dataset {config.data.name!r} gives {info.time_steps} "
             "frames per sample; set model.T to match"
         )
+    if info.time_steps is not None:
+        check_encoder_of_frames(config, info)
     model_args = model_arguments(config, info)
     seed_everything(config.train.seed)
     try:

@@ -10,7 +10,7 @@ Entries are kept in the order the methods are built and their hooks run.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from torch import nn
@@ -18,7 +18,7 @@ from torch import nn
 from spikegrad.component import Component
 from spikegrad.config import Config
 from spikegrad.diagnostics import GradientDiagnostics
-from spikegrad.errors import UserError, unknown_name_error
+from spikegrad.errors import UserError, refuse_unread, unknown_name_error
 from spikegrad.methods.dspike import AdaptiveTemperature
 from spikegrad.methods.ltl import LocalTandemLearning
 from spikegrad.methods.shortcut import ShortcutBackprop
@@ -40,6 +40,23 @@ class Method:
     enabled: Callable[[Config, nn.Module | None], bool]
     needs: tuple[str, ...] = ()
     description: str = ""
+    #: ``(key, value)``: the section's key and the value of it that switches the method off, so
+    #: that the section's other keys, which nothing reads then, are refused when set
+    switch: tuple[str, Any] | None = None
+
+    def refuse_unread_when_off(self, config: Config) -> None:
+        """Raise a :class:`UserError` if the section switches the method off by its ``switch``
+        key but sets any of its other keys (a setting that cannot apply is an error)."""
+        if self.switch is None:
+            return
+        key, off = self.switch
+        section = getattr(config, self.section)
+        if getattr(section, key) != off:
+            return
+        others = [f.name for f in fields(section) if f.name != key]
+        shown = "null" if off is None else str(off).lower()
+        refuse_unread(section, self.section, others,
+                      f"with {self.section}.{key}={shown}, which switches {self.description} off")
 
 
 _METHODS: dict[str, Method] = {}
@@ -47,8 +64,13 @@ _METHODS: dict[str, Method] = {}
 
 def register_method(section: str, component: type[Component],
                     enabled: Callable[[Config, nn.Module | None], bool], *,
-                    needs: tuple[str, ...] = (), description: str = "") -> Method:
-    """Register the method that ``config.<section>`` configures (built after those before it)."""
+                    needs: tuple[str, ...] = (), description: str = "",
+                    switch: tuple[str, Any] | None = None) -> Method:
+    """Register the method that ``config.<section>`` configures (built after those before it).
+
+    ``switch``: ``(key, value)`` when ``<section>.<key> = value`` switches the method off; the
+    section's other keys are then refused when set (:meth:`Method.refuse_unread_when_off`).
+    """
     if section in _METHODS:
         raise RuntimeError(f"method section {section!r} is registered twice")
     if section not in Config.__dataclass_fields__:
@@ -57,7 +79,9 @@ def register_method(section: str, component: type[Component],
     if unknown or not callable(getattr(component, "from_config", None)):
         raise RuntimeError(f"{component.__name__} needs from_config(section, *, ...) taking only "
                            f"{RESOURCES}, not {unknown}")
-    _METHODS[section] = entry = Method(section, component, enabled, needs, description)
+    if switch is not None and switch[0] not in {f.name for f in fields(getattr(Config(), section))}:
+        raise RuntimeError(f"{switch[0]!r} is not a key of the {section!r} section")
+    _METHODS[section] = entry = Method(section, component, enabled, needs, description, switch)
     return entry
 
 
@@ -80,12 +104,15 @@ def enabled_methods(config: Config, model: nn.Module | None = None) -> list[Meth
 
 def components_from_config(config: Config, model: nn.Module | None = None, *,
                            teacher: nn.Module | None = None) -> list[Component]:
-    """One component per method ``config`` turns on, each from its section's ``from_config``.
+    """One component per method ``config`` turns on, each from its section's ``from_config``;
+    a method switched off whose section sets other keys is an error.
 
     ``teacher`` is the resolved ANN teacher (local tandem learning); resolving it from
     ``ltl.teacher_checkpoint`` or ``ltl.teacher_recipe`` is the caller's business
     (:func:`spikegrad.build.build_components`).
     """
+    for entry in _METHODS.values():
+        entry.refuse_unread_when_off(config)
     resources: dict[str, Any] = {"seed": config.train.seed, "teacher": teacher}
     components = []
     for entry in enabled_methods(config, model):
@@ -123,13 +150,17 @@ def _model_kind(config: Config, model: nn.Module | None) -> str:
 
 
 register_method("ltl", LocalTandemLearning, lambda config, model: config.ltl.mode != "none",
-                needs=("teacher",), description="local tandem learning against an ANN teacher")
+                needs=("teacher",), description="local tandem learning against an ANN teacher",
+                switch=("mode", "none"))
 # the ANN twin of an adaptive recipe (an LTL teacher, say) has no surrogate to search
 register_method("dspike", AdaptiveTemperature,
                 lambda config, model: config.dspike.adaptive and _model_kind(config, model) == "snn",
-                needs=("seed",), description="adaptive Dspike temperature (Algorithm 1)")
+                needs=("seed",), description="adaptive Dspike temperature (Algorithm 1)",
+                switch=("adaptive", False))
 register_method("diagnostics", GradientDiagnostics,
                 lambda config, model: config.diagnostics.gradient_interval > 0,
-                description="gradient norms and the first layer's histogram")
+                description="gradient norms and the first layer's histogram",
+                switch=("gradient_interval", 0))
 register_method("shortcut", ShortcutBackprop, lambda config, model: config.shortcut.enabled,
-                needs=("seed",), description="shortcut back-propagation branches")
+                needs=("seed",), description="shortcut back-propagation branches",
+                switch=("enabled", False))
