@@ -22,18 +22,28 @@ from torch import nn
 
 from spikegrad.config import AnalysisConfig
 from spikegrad.durable import atomic_write
+from spikegrad.errors import refuse_unread
 from spikegrad.energy import OpsCounter
 from spikegrad.monitors import ActivityMonitor
 
-__all__ = ["ANALYSIS_FILE", "EvalProbe", "epoch_fields", "format_analysis", "write_analysis"]
+__all__ = ["ANALYSIS_FILE", "EvalProbe", "check_analysis", "epoch_fields", "format_analysis", "write_analysis"]
 
 ANALYSIS_FILE = "analysis.json"
+
+
+def check_analysis(config: AnalysisConfig) -> None:
+    """Refuse the settings of the per-layer measurements when ``monitors`` switches them off."""
+    if not config.monitors:
+        refuse_unread(config, "analysis", ["membrane", "pj_per_ac", "pj_per_mac"],
+                      "with analysis.monitors=false, which switches the per-layer measurements off")
 
 
 class EvalProbe(contextlib.AbstractContextManager):
     """Firing rates always; with ``config.monitors`` also per-layer activity, SOPs and energy."""
 
     def __init__(self, model: nn.Module, config: AnalysisConfig | None = None) -> None:
+        if config is not None:
+            check_analysis(config)
         self.detailed = config is not None and config.monitors
         self.monitor = ActivityMonitor(model, membrane=self.detailed and config.membrane)
         self.ops = OpsCounter(model, config.pj_per_ac, config.pj_per_mac) if self.detailed else None

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from spikegrad import distributed
-from spikegrad.analysis import epoch_fields
+from spikegrad.analysis import check_analysis, epoch_fields
 from spikegrad.build.components import build_components
 from spikegrad.checkpoint import load_weights
 from spikegrad.component import Component, Position, StepOutput, TrainingContext
@@ -216,6 +216,7 @@ class Trainer:
         self.run = RunFolder(out_dir, self.dist, verbose=self.verbose, terms=terms)
         check_dataset(train_set, "training set", allow_empty=False)
         check_dataset(test_set, "test set")
+        check_analysis(self.config.analysis)
         self.loader_generator, self.train_sampler, self.train_loader, self.test_loader = _loaders(
             train_set, test_set, self.config, self.dist)
         self.optimizer = build_optimizer(self.config, self.model.parameters())
