@@ -22,11 +22,12 @@ from torch import nn
 
 from spikegrad.config import AnalysisConfig
 from spikegrad.durable import atomic_write
-from spikegrad.errors import refuse_unread
 from spikegrad.energy import OpsCounter
+from spikegrad.errors import refuse_unread
 from spikegrad.monitors import ActivityMonitor
 
-__all__ = ["ANALYSIS_FILE", "EvalProbe", "check_analysis", "epoch_fields", "format_analysis", "write_analysis"]
+__all__ = ["ANALYSIS_FILE", "EvalProbe", "check_analysis", "epoch_fields", "format_analysis",
+           "write_analysis"]
 
 ANALYSIS_FILE = "analysis.json"
 
