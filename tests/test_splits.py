@@ -174,3 +174,13 @@ def test_the_report_marks_validation_accuracy():
     table = _summary_table([Run(Path("a"), "a", summary=summary),
                             Run(Path("b"), "b", summary={**summary, "eval_split": "test"})])
     assert table.count("50.00% (validation)") == 1 and "50.00%</td>" in table
+
+
+def test_a_split_seed_without_a_cut_to_seed_is_refused():
+    from spikegrad.config import DataConfig
+
+    with pytest.raises(UserError, match=r"data\.split_seed=3 does not apply without data\.subset or "
+                                        r"data\.validation.*reset to the default \(data\.split_seed=0\)"):
+        datasets_from_config(DataConfig(name="digits", split_seed=3))
+    train_set, _, _ = datasets_from_config(DataConfig(name="digits", split_seed=3, subset=100))
+    assert len(train_set) == 100

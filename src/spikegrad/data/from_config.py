@@ -8,7 +8,7 @@ from torch.utils.data import Dataset
 
 from spikegrad.data._registry import DatasetInfo, build_datasets
 from spikegrad.data.splits import split_training_set
-from spikegrad.errors import UserError
+from spikegrad.errors import UserError, refuse_unread
 
 if TYPE_CHECKING:
     from spikegrad.config import DataConfig
@@ -30,6 +30,9 @@ def datasets_from_config(data: DataConfig) -> tuple[Dataset, Dataset, DatasetInf
     ``data.split_seed``, see :mod:`spikegrad.data.splits`). With a validation split the second
     set is that split and the test set is dropped, never read (:func:`eval_split` says which).
     """
+    if data.subset is None and data.validation == 0:
+        refuse_unread(data, "data", ["split_seed"],
+                      "without data.subset or data.validation (the cuts it seeds)")
     options = dict(data.options)
     if data.root is not None:
         options["root"] = data.root
