@@ -476,3 +476,12 @@ def test_the_significant_rule_compares_with_b_also_when_the_candidates_leave_it_
     assert seen == [([2.5, 3.0, 3.5], 2, 2)]
     assert row["dspike_temperature"] == 2.5  # beats 3 by 0.1 in both batches (SE 0)
     assert row["dspike_similarity_se"] == pytest.approx({"2.5": 0.0, "3": 0.0, "3.5": 0.0}, abs=1e-12)
+
+
+def test_an_adaptive_run_too_short_to_search_is_refused(tmp_path):
+    """The first search is at the start of epoch every + 1: a run of fewer epochs would be
+    labelled dspike-adaptive without ever searching."""
+    with pytest.raises(UserError, match=r"dspike.adaptive never searches in train.epochs=2 with "
+                                        r"dspike.every=2 \(the first search is at the start of epoch 3\)"):
+        train(tiny_config(**{"train.epochs": 2, "dspike.every": 2}), tmp_path / "short", verbose=False)
+    assert not (tmp_path / "short" / "last.pt").exists()

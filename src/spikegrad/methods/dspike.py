@@ -138,6 +138,11 @@ class AdaptiveTemperature(Component):
         return groups
 
     def attach(self, ctx: TrainingContext) -> None:
+        epochs, every = ctx.config.train.epochs, self.config.every
+        if epochs <= every:  # searches start epochs every, 2·every, ... (counted from 0)
+            raise UserError(f"dspike.adaptive never searches in train.epochs={epochs} with dspike.every="
+                            f"{every} (the first search is at the start of epoch {every + 1}); raise "
+                            "train.epochs or lower dspike.every, or set dspike.adaptive=false")
         self.groups = self.build_groups(ctx.model)
         b0 = self.config.b0 if self.config.b0 is not None else self.groups[0].neurons[0].surrogate.temperature
         if b0 < self.config.b_min:
