@@ -765,7 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         where = f" (rank {_rank()})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
         message = f"spikegrad: error{where}: {exc}"
-        print(message, file=sys.stderr)
+        sys.stderr.write(message + "\n")  # one write: the ranks' lines do not interleave
+        sys.stderr.flush()
         _tell_torchrun(message)
         return EXIT_USER_ERROR
     except TrainingStopped as exc:
