@@ -79,26 +79,31 @@ def test_the_ann_twin_of_an_adaptive_recipe_searches_no_temperature():
     assert "dspike" not in [m.section for m in enabled_methods(config, build_parts(ann).model)]
 
 
-@pytest.mark.parametrize("switch, setting, shown", [
-    ("ltl.mode=none", {"ltl.T_warm": 3}, r"ltl\.T_warm=3 does not apply with ltl\.mode=none"),
-    ("dspike.adaptive=false", {"dspike.every": 2},
-     r"dspike\.every=2 does not apply with dspike\.adaptive=false"),
-    ("shortcut.enabled=false", {"shortcut.lambda0": 1.0},
-     r"shortcut\.lambda0=1\.0 does not apply with shortcut\.enabled=false"),
-    ("diagnostics.gradient_interval=0", {"diagnostics.histogram_bins": 5},
-     r"diagnostics\.histogram_bins=5 does not apply with diagnostics\.gradient_interval=0"),
-])
-def test_a_setting_of_a_method_switched_off_is_refused_naming_the_switch(switch, setting, shown):
-    key, value = switch.split("=")
-    off = Config().with_overrides({key: {"none": "none", "false": False, "0": 0}[value]})
-    build_components(off)  # the switch alone is fine
-    with pytest.raises(UserError, match=shown + r".*remove it or reset to the default"):
-        build_components(off.with_overrides(setting))
-    # the recipe an LTL baseline is usually made from names its teacher: that is refused too
-    if key == "ltl.mode":
-        with pytest.raises(UserError, match=r"ltl\.teacher_recipe='digits', ltl\.teacher_set=.* do not "
-                                            r"apply with ltl\.mode=none"):
-            build_components(load_config(recipe_path("digits_ltl"), ["ltl.mode=none"]))
+def test_the_settings_of_a_method_switched_off_are_kept_and_named_as_unused(capsys):
+    """An LTL recipe with ltl.mode=none is its own BPTT baseline (and stored runs rebuild): the
+    switched-off method's settings are kept, and the trainer names them as unused."""
+    from spikegrad.methods.registry import unused_settings
+
+    config = load_config(recipe_path("digits_ltl"), ["ltl.mode=none", "shortcut.lambda0=1",
+                                                     "diagnostics.gradient_interval=0",
+                                                     "diagnostics.histogram_bins=5", "dspike.every=2"])
+    assert build_components(config) == []
+    assert unused_settings(config) == [
+        "ltl.teacher_recipe='digits'", "ltl.teacher_set=['model.kind=ann', 'name=digits-ann']",
+        "dspike.every=2", "diagnostics.histogram_bins=5", "shortcut.lambda0=1.0"]
+    assert unused_settings(config.with_overrides({"ltl.mode": "offline", "dspike.adaptive": True,
+                                                  "shortcut.enabled": True,
+                                                  "diagnostics.gradient_interval": 3})) == []
+    config = config.with_overrides({"train.epochs": 1, "model.width": 0.25, "train.device": "cpu"})
+    parts = build_parts(config)
+    Trainer(parts.model, parts.train_set, parts.test_set, config, verbose=True)
+    out = capsys.readouterr().out
+    assert ("note: not used, their methods being switched off: ltl.teacher_recipe='digits', "
+            "ltl.teacher_set=['model.kind=ann', 'name=digits-ann'], dspike.every=2") in out
+    from spikegrad import run  # what `spikegrad train` builds its components with
+
+    run.build_components(config, parts.model, verbose=True)
+    assert "note: not used, their methods being switched off: ltl.teacher_recipe=" in capsys.readouterr().out
 
 
 def test_from_config_takes_every_setting_of_its_section():
@@ -164,8 +169,8 @@ def test_a_section_that_cannot_apply_to_a_custom_model_is_refused_naming_why():
         Trainer(sequential(), data, data, toy_config(**{"shortcut.enabled": True, "shortcut.attach": ["9"]}),
                 verbose=False)
     with pytest.raises(UserError, match=r"dspike\.adaptive needs spiking neurons with the Dspike"):
-        Trainer(sequential(spiking=False), data, data, toy_config(**{"dspike.adaptive": True}),
-                verbose=False)
+        Trainer(sequential(spiking=False), data, data,
+                toy_config(**{"dspike.adaptive": True, "train.epochs": 2}), verbose=False)
     with pytest.raises(UserError, match=r"ltl\.teacher_recipe 'digits' is trained before the student"):
         Trainer(sequential(), data, data,
                 toy_config(**{"ltl.mode": "offline", "ltl.teacher_recipe": "digits"}), verbose=False)
@@ -301,3 +306,16 @@ def test_a_teacher_recipe_inherits_the_students_training_set_cuts(tmp_path):
     t_train, t_val, _ = datasets_from_config(stored.data)
     s_train, s_val, _ = datasets_from_config(student.data)
     assert t_val.indices == s_val.indices and t_train.indices == s_train.indices
+
+
+def test_a_teacher_with_no_cut_takes_no_split_seed_from_its_student():
+    """The student's seed of its own cuts has nothing to seed in a teacher trained on the whole
+    training set; inherited, it would be refused there as a setting that cannot apply."""
+    from spikegrad.build import teacher_config
+    from spikegrad.config import DataConfig, LTLConfig
+
+    ltl = LTLConfig(mode="offline", teacher_recipe="digits",
+                    teacher_set=["model.kind=ann", "data.validation=0", "data.subset=null"])
+    teacher = teacher_config(ltl, DataConfig(name="digits", validation=0.2, split_seed=3))
+    assert (teacher.data.validation, teacher.data.subset, teacher.data.split_seed) == (0.0, None, 0)
+    build_parts(teacher.with_overrides({"model.width": 0.25}))  # trains: no unread seed

@@ -485,3 +485,11 @@ def test_an_adaptive_run_too_short_to_search_is_refused(tmp_path):
                                         r"dspike.every=2 \(the first search is at the start of epoch 3\)"):
         train(tiny_config(**{"train.epochs": 2, "dspike.every": 2}), tmp_path / "short", verbose=False)
     assert not (tmp_path / "short" / "last.pt").exists()
+    AdaptiveTemperature.check_config(tiny_config(**{"train.epochs": 3, "dspike.every": 2}))  # one search
+    # a search called by hand (as the search study does) needs no epochs: only configs are checked
+    config = tiny_config(**{"train.epochs": 1})
+    parts = build_parts(config)
+    search = AdaptiveTemperature(config.dspike)
+    trainer = Trainer(parts.model, parts.train_set, parts.test_set, config, components=[search],
+                      verbose=False)
+    assert search.search(trainer.context, epoch=1)

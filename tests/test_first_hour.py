@@ -132,7 +132,7 @@ def test_ltl_recipes_are_named_after_the_mode():
     {"dspike.adaptive": True, "shortcut.enabled": True, "shortcut.schedule": "constant"},
 ])
 def test_the_method_label_from_the_config_is_the_trainers(overrides):
-    config = tiny_config(**overrides)
+    config = tiny_config(**{"train.epochs": 2, **overrides})  # an adaptive run of 1 epoch never searches
     parts = build_parts(config)
     trainer = Trainer(parts.model, parts.train_set, parts.test_set, config, verbose=False)
     assert method_label(config) == trainer.method_name()

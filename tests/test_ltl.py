@@ -681,7 +681,8 @@ def test_the_adaptive_temperature_is_refused_with_ltl_before_training(tmp_path, 
     """LTL's loss is per layer against the teacher; the temperature search would differentiate
     the default loss of the output instead, so the pair is an error, not a silent mismatch."""
     config = tiny_config(**{"ltl.mode": "offline", "ltl.teacher_checkpoint": str(teacher_checkpoint),
-                            "model.surrogate": {"name": "dspike"}, "dspike.adaptive": True})
+                            "model.surrogate": {"name": "dspike"}, "dspike.adaptive": True,
+                            "train.epochs": 2})
     with pytest.raises(UserError, match=r"component 'ltl' owns the training loss.*dspike.adaptive=false"):
         train(config, tmp_path, verbose=False)
     assert not (tmp_path / "metrics.jsonl").exists()

@@ -238,7 +238,7 @@ def smoke_costs(tmp_path: Path) -> None:
 
 def smoke_dspike_ablation(tmp_path: Path) -> None:
     out = run_script("experiments.dspike_ablation", "--out", str(tmp_path / "runs"), "--seeds", "0",
-                     "--rows", "dspike-adaptive", "--epochs", "1", "--plot", str(tmp_path / "b.png"),
+                     "--rows", "dspike-adaptive", "--epochs", "2", "--plot", str(tmp_path / "b.png"),
                      "--set", "model.width=0.125", "--set", "model.T=2", "--set", "data.batch_size=256",
                      "--set", "data.name=digits", "--set", "diagnostics.gradient_interval=0", cwd=tmp_path)
     assert "| dspike-adaptive |" in out and (tmp_path / "b.png").is_file()
@@ -288,7 +288,7 @@ def smoke_api_reference(tmp_path: Path) -> None:
 
 def smoke_plot_screenshots(tmp_path: Path) -> None:
     runs, img = tmp_path / "runs", tmp_path / "img"
-    run_script("tools.plot_screenshots", "--runs", str(runs), "--out", str(img), "--epochs", "1",
+    run_script("tools.plot_screenshots", "--runs", str(runs), "--out", str(img), "--epochs", "2",
                "--skip", "fdg", "--set", "model.width=0.125", "--set", "data.batch_size=256",
                "--set", "diagnostics.gradient_interval=2", timeout=600)
     assert (img / "gradients.png").is_file() and (runs / "dspike" / "recording.npz").is_file()

@@ -176,11 +176,13 @@ def test_the_report_marks_validation_accuracy():
     assert table.count("50.00% (validation)") == 1 and "50.00%</td>" in table
 
 
-def test_a_split_seed_without_a_cut_to_seed_is_refused():
-    from spikegrad.config import DataConfig
-
+def test_a_split_seed_without_a_cut_to_seed_is_refused_for_training():
+    """Training refuses a seed with no cut to seed; evaluating a stored run with
+    ``--set data.validation=0`` (its test set) keeps the run's seed and is not refused."""
+    seeded = Config().with_overrides({"data.name": "digits", "data.split_seed": 3, "model.width": 0.25})
     with pytest.raises(UserError, match=r"data\.split_seed=3 does not apply without data\.subset or "
                                         r"data\.validation.*reset to the default \(data\.split_seed=0\)"):
-        datasets_from_config(DataConfig(name="digits", split_seed=3))
-    train_set, _, _ = datasets_from_config(DataConfig(name="digits", split_seed=3, subset=100))
-    assert len(train_set) == 100
+        run.build_parts(seeded)
+    for cut in ({"data.subset": 100}, {"data.validation": 0.2}):  # the seed seeds these
+        run.build_parts(seeded.with_overrides(cut))
+    datasets_from_config(seeded.data)  # what evaluation builds

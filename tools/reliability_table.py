@@ -220,8 +220,6 @@ CASES: list[Case] = [
     Case("methods", "adaptive temperature without a Dspike surrogate",
          ["train", "tiny.yaml", "--set", "dspike.adaptive=true",
           "--set", "model.surrogate={name: atan}"], expect=2),
-    Case("methods", "a setting of a method switched off",
-         ["train", "tiny.yaml", "--set", "shortcut.lambda0=1"], expect=2),
     Case("methods", "FDG step out of range", ["train", "tiny.yaml", "--set", "dspike.epsilon=0"],
          expect=2),
     Case("methods", "shortcut branch at a module the model lacks",

@@ -203,6 +203,12 @@ class Component:
         return base
 
     @classmethod
+    def check_config(cls, config: Config) -> None:
+        """Refuse, with a :class:`~spikegrad.errors.UserError`, a run ``config`` in which the
+        component, built from it, could not do its work (settings outside its own section);
+        called when a config turns the method on (:func:`spikegrad.build.build_components`)."""
+
+    @classmethod
     def section_method_name(cls, section: Any, base: str) -> str:
         """:meth:`method_name` as the component's config ``section`` would make it, before
         the component exists (a run's default name, :func:`spikegrad.methods.registry.run_name`)."""

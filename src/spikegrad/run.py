@@ -19,7 +19,7 @@ from spikegrad.component import Component
 from spikegrad.config import Config
 from spikegrad.data import build_augmentation
 from spikegrad.errors import UserError
-from spikegrad.methods.registry import method, run_name
+from spikegrad.methods.registry import method, run_name, unused_note
 from spikegrad.rundir import PYTHON_TERMS, Terms, claim, run_state
 from spikegrad.trainer import Trainer, resolve_device
 
@@ -82,8 +82,12 @@ def build_components(
     config: Config, model: nn.Module | None, out_dir: str | Path | None = None, verbose: bool = True
 ) -> list[Component]:
     """:func:`spikegrad.build.build_components`, after training an LTL teacher recipe into
-    ``out_dir/teacher`` if the config names one."""
-    return build.build_components(config, model, teacher=prepare_teacher(config, out_dir, verbose))
+    ``out_dir/teacher`` if the config names one; ``verbose`` also prints :func:`unused_note`."""
+    components = build.build_components(config, model, teacher=prepare_teacher(config, out_dir, verbose))
+    note = unused_note(config)
+    if verbose and note:
+        print(note, flush=True)
+    return components
 
 
 def train(config: Config, out_dir: str | Path | None, verbose: bool = True,

@@ -46,6 +46,7 @@ from spikegrad.errors import TrainingDiverged, UserError, check_labels, explain_
 from spikegrad.evaluation import evaluate_model
 from spikegrad.layers import mean_over_time
 from spikegrad.losses import training_loss
+from spikegrad.methods.registry import unused_note
 from spikegrad.neurons import SpikingNeuron
 from spikegrad.nonfinite import CHECK_EVERY, FiniteGuard
 from spikegrad.resume import EpochProgress, StopOnSignal, TrainingStopped, ignore_interrupts, set_rng_state
@@ -193,8 +194,10 @@ class Trainer:
         threads = apply_threads(train.threads)
         self.dist = distributed.setup(resolve_device(train.device), self.config.distributed)
         model = _created(model, train.seed)
+        unused = ""
         if components is None:  # what the config's method sections ask for
             components = build_components(self.config, model)
+            unused = unused_note(self.config)
         seed_everything(train.seed + self.dist.rank)  # each process its own augmentation noise
         self.device = self.dist.device
         model = distributed.prepare_model(model, self.dist, self.config.distributed)
@@ -211,6 +214,8 @@ class Trainer:
         self.verbose = verbose and self.dist.is_main
         if self.verbose and threads.note:
             print(threads.note, flush=True)
+        if self.verbose and unused:
+            print(unused, flush=True)
         self.overwrite = overwrite
         #: the run folder and its bookkeeping (files, checkpoints; rank 0 writes)
         self.run = RunFolder(out_dir, self.dist, verbose=self.verbose, terms=terms)

@@ -23,17 +23,21 @@ def teacher_config(ltl: LTLConfig, student_data: DataConfig | None = None) -> Co
 
     ``data.validation``, ``data.split_seed`` and ``data.subset`` the teacher recipe and
     ``ltl.teacher_set`` leave unset come from the student's ``student_data``, so a teacher
-    trained for a student tuned on a validation split never sees that split's samples.
+    trained for a student tuned on a validation split never sees that split's samples; a
+    teacher left with no cut at all takes no seed for one either (``data.split_seed`` 0).
     """
     raw = read_yaml(recipe_path(ltl.teacher_recipe, what="ltl.teacher_recipe"))
     apply_overrides(raw, ltl.teacher_set)
     if student_data is not None:
+        given = dict(raw["data"]) if isinstance(raw.get("data"), dict) else {}
         data = raw.get("data")
         if data is None:
             data = raw["data"] = {}
         if isinstance(data, dict):  # anything else is refused by from_dict below
             for key in INHERITED_SPLIT_KEYS:
                 data.setdefault(key, getattr(student_data, key))
+            if not data.get("subset") and not data.get("validation") and "split_seed" not in given:
+                data["split_seed"] = 0  # the teacher has no cut for the student's seed to seed
     config = from_dict(Config, raw)
     if config.ltl.mode != "none" or config.model.kind != "ann":
         raise UserError(f"the teacher recipe {ltl.teacher_recipe!r} must train an ANN (model.kind: "

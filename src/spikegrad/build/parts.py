@@ -14,7 +14,7 @@ from spikegrad.build.model import build_model
 from spikegrad.checkpoint import load_model
 from spikegrad.config import Config, from_dict
 from spikegrad.data import DatasetInfo
-from spikegrad.data.from_config import datasets_from_config, eval_split
+from spikegrad.data.from_config import check_split_seed, datasets_from_config, eval_split
 
 __all__ = ["Checkpointed", "RunParts", "build_parts", "from_checkpoint"]
 
@@ -37,6 +37,7 @@ class RunParts:
 def build_parts(config: Config) -> RunParts:
     """Datasets (:func:`~spikegrad.data.from_config.datasets_from_config`, with its training-set
     cuts) and model for a config; bad names or options raise a :class:`UserError`."""
+    check_split_seed(config.data)
     train_set, test_set, info = datasets_from_config(config.data)
     model, model_args = build_model(config, info)
     return RunParts(model, model_args, train_set, test_set, info, eval_split(config.data))

@@ -22,6 +22,14 @@ def eval_split(data: DataConfig) -> str:
     return "validation" if data.validation > 0 else "test"
 
 
+def check_split_seed(data: DataConfig) -> None:
+    """Refuse ``data.split_seed`` set where there is no cut for it to seed (a run to train;
+    evaluating a run with ``--set data.validation=0`` keeps its stored seed)."""
+    if data.subset is None and data.validation == 0:
+        refuse_unread(data, "data", ["split_seed"],
+                      "without data.subset or data.validation (the cuts it seeds)")
+
+
 def datasets_from_config(data: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
     """``(train_set, eval_set, info)`` for ``config.data``: the registered dataset ``data.name``
     built with ``data.options`` and ``data.root``; bad names or options raise a :class:`UserError`.
@@ -30,9 +38,6 @@ def datasets_from_config(data: DataConfig) -> tuple[Dataset, Dataset, DatasetInf
     ``data.split_seed``, see :mod:`spikegrad.data.splits`). With a validation split the second
     set is that split and the test set is dropped, never read (:func:`eval_split` says which).
     """
-    if data.subset is None and data.validation == 0:
-        refuse_unread(data, "data", ["split_seed"],
-                      "without data.subset or data.validation (the cuts it seeds)")
     options = dict(data.options)
     if data.root is not None:
         options["root"] = data.root

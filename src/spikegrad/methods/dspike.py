@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from spikegrad.alignment import probe_batch
 from spikegrad.component import Component, TrainingContext
-from spikegrad.config import DspikeConfig
+from spikegrad.config import Config, DspikeConfig
 from spikegrad.errors import UserError
 from spikegrad.fdg import resolve_layer, sample_weight_indices, weight_layers
 from spikegrad.neurons import SpikingNeuron
@@ -110,6 +110,16 @@ class AdaptiveTemperature(Component):
         self.decisions: dict[str, Decision] = {}  # of the last search, per group
 
     @classmethod
+    def check_config(cls, config: Config) -> None:
+        """A run too short to search (``train.epochs <= dspike.every``) would be labelled
+        ``dspike-adaptive`` without ever searching: refused."""
+        epochs, every = config.train.epochs, config.dspike.every
+        if epochs <= every:  # searches start epochs every, 2·every, ... (counted from 0)
+            raise UserError(f"dspike.adaptive never searches in train.epochs={epochs} with dspike.every="
+                            f"{every} (the first search is at the start of epoch {every + 1}); raise "
+                            "train.epochs or lower dspike.every, or set dspike.adaptive=false")
+
+    @classmethod
     def from_config(cls, section: DspikeConfig, *, seed: int = 0) -> AdaptiveTemperature:
         """From the ``dspike`` section; ``seed`` (``train.seed``) draws the probe batches and weights."""
         return cls(section, seed=seed)
@@ -138,11 +148,6 @@ class AdaptiveTemperature(Component):
         return groups
 
     def attach(self, ctx: TrainingContext) -> None:
-        epochs, every = ctx.config.train.epochs, self.config.every
-        if epochs <= every:  # searches start epochs every, 2·every, ... (counted from 0)
-            raise UserError(f"dspike.adaptive never searches in train.epochs={epochs} with dspike.every="
-                            f"{every} (the first search is at the start of epoch {every + 1}); raise "
-                            "train.epochs or lower dspike.every, or set dspike.adaptive=false")
         self.groups = self.build_groups(ctx.model)
         b0 = self.config.b0 if self.config.b0 is not None else self.groups[0].neurons[0].surrogate.temperature
         if b0 < self.config.b_min:

@@ -18,13 +18,13 @@ from torch import nn
 from spikegrad.component import Component
 from spikegrad.config import Config
 from spikegrad.diagnostics import GradientDiagnostics
-from spikegrad.errors import UserError, refuse_unread, unknown_name_error
+from spikegrad.errors import UserError, unknown_name_error
 from spikegrad.methods.dspike import AdaptiveTemperature
 from spikegrad.methods.ltl import LocalTandemLearning
 from spikegrad.methods.shortcut import ShortcutBackprop
 
 __all__ = ["RESOURCES", "Method", "components_from_config", "enabled_methods", "method", "method_label",
-           "methods", "register_method", "run_name"]
+           "methods", "register_method", "run_name", "unused_note", "unused_settings"]
 
 #: what a builder can pass to ``from_config`` besides the section
 RESOURCES = ("seed", "teacher")
@@ -40,23 +40,22 @@ class Method:
     enabled: Callable[[Config, nn.Module | None], bool]
     needs: tuple[str, ...] = ()
     description: str = ""
-    #: ``(key, value)``: the section's key and the value of it that switches the method off, so
-    #: that the section's other keys, which nothing reads then, are refused when set
+    #: ``(key, value)``: the section's key and the value of it that switches the method off
     switch: tuple[str, Any] | None = None
 
-    def refuse_unread_when_off(self, config: Config) -> None:
-        """Raise a :class:`UserError` if the section switches the method off by its ``switch``
-        key but sets any of its other keys (a setting that cannot apply is an error)."""
+    def unused_when_off(self, config: Config) -> list[str]:
+        """``key=value`` of every other key of the section that differs from its default while
+        the section's ``switch`` turns the method off: kept (a recipe stays its own baseline
+        with the method switched off, and stored runs rebuild), but read by nothing."""
         if self.switch is None:
-            return
+            return []
         key, off = self.switch
         section = getattr(config, self.section)
         if getattr(section, key) != off:
-            return
-        others = [f.name for f in fields(section) if f.name != key]
-        shown = "null" if off is None else str(off).lower()
-        refuse_unread(section, self.section, others,
-                      f"with {self.section}.{key}={shown}, which switches {self.description} off")
+            return []
+        defaults = type(section)()
+        return [f"{self.section}.{f.name}={getattr(section, f.name)!r}" for f in fields(section)
+                if f.name != key and getattr(section, f.name) != getattr(defaults, f.name)]
 
 
 _METHODS: dict[str, Method] = {}
@@ -69,7 +68,7 @@ def register_method(section: str, component: type[Component],
     """Register the method that ``config.<section>`` configures (built after those before it).
 
     ``switch``: ``(key, value)`` when ``<section>.<key> = value`` switches the method off; the
-    section's other keys are then refused when set (:meth:`Method.refuse_unread_when_off`).
+    section's other keys are then unused (:func:`unused_settings` names them).
     """
     if section in _METHODS:
         raise RuntimeError(f"method section {section!r} is registered twice")
@@ -104,15 +103,13 @@ def enabled_methods(config: Config, model: nn.Module | None = None) -> list[Meth
 
 def components_from_config(config: Config, model: nn.Module | None = None, *,
                            teacher: nn.Module | None = None) -> list[Component]:
-    """One component per method ``config`` turns on, each from its section's ``from_config``;
-    a method switched off whose section sets other keys is an error.
+    """One component per method ``config`` turns on, each from its section's ``from_config``
+    (after its :meth:`~spikegrad.component.Component.check_config`).
 
     ``teacher`` is the resolved ANN teacher (local tandem learning); resolving it from
     ``ltl.teacher_checkpoint`` or ``ltl.teacher_recipe`` is the caller's business
     (:func:`spikegrad.build.build_components`).
     """
-    for entry in _METHODS.values():
-        entry.refuse_unread_when_off(config)
     resources: dict[str, Any] = {"seed": config.train.seed, "teacher": teacher}
     components = []
     for entry in enabled_methods(config, model):
@@ -120,9 +117,23 @@ def components_from_config(config: Config, model: nn.Module | None = None, *,
         if missing:
             raise UserError(f"the {entry.section} section needs the {' and '.join(missing)} "
                             "resolved first (spikegrad.build.build_components does it)")
+        entry.component.check_config(config)
         section = getattr(config, entry.section)
         components.append(entry.component.from_config(section, **{n: resources[n] for n in entry.needs}))
     return components
+
+
+def unused_settings(config: Config) -> list[str]:
+    """The settings of every method ``config`` switches off by its section's switch that differ
+    from their defaults (``shortcut.lambda0=1.0`` with ``shortcut.enabled: false``): nothing
+    reads them; the trainer says so before training."""
+    return [setting for entry in _METHODS.values() for setting in entry.unused_when_off(config)]
+
+
+def unused_note(config: Config) -> str:
+    """The line a trainer prints before training when :func:`unused_settings` names any, else ""."""
+    unused = unused_settings(config)
+    return f"note: not used, their methods being switched off: {', '.join(unused)}" if unused else ""
 
 
 def method_label(config: Config) -> str:

@@ -3,8 +3,10 @@
 Every registered network is ``encoder -> features -> classifier``:
 
 - ``encoder`` turns a static input ``[B, C, H, W]`` into ``[T, B, C, H, W]`` (direct,
-  Poisson, latency or delta: :mod:`spikegrad.encoders`); time-major inputs (event frames)
-  pass through unchanged, except into an encoder of sequences (delta).
+  Poisson, latency or delta: :mod:`spikegrad.encoders`); time-major inputs (event frames,
+  or what the temperature search encoded once) pass through unchanged, except into an
+  encoder of sequences (delta); a config pairing event data with a Poisson or latency
+  encoder is refused by :func:`spikegrad.build.build_model`.
 - ``features`` is an ``nn.Sequential`` of *units*; each unit ends in one activation (a
   spiking neuron, or a clipped ReLU in the ANN twin). Shortcut branches attach to units by
   name; local tandem learning pairs the units of teacher and student one to one.
