@@ -26,7 +26,8 @@ count, so the step-count condition of the claim is met only at the larger scales
 epochs; 2% validation; 5 seeds, 2 tuning seeds. ``medium`` (CPU, hours): the small scale's
 network on the whole training set (MNIST: the final runs' five epochs are 4,690 steps; the
 tuning runs hold 2% out for validation), teacher 10 epochs, BPTT rates 1e-3 to 1e-2; the teacher
-and LTL arms took 2.8 h on 2 cores (measured), BPTT about 4.5 h more (``--arms`` runs a subset).
+and LTL arms' runs took 5.6 h in all (about 2.8 h two at a time), BPTT about 4.5 h more
+(``--arms`` runs a subset).
 ``large`` (GPU): width 1, the whole training set (MNIST: five epochs are 4,690 steps), teacher 30
 epochs, 10% validation, 10 seeds, 3 tuning seeds. ``--smoke``: the built-in digits, T = 4, tiny.
 """

@@ -357,6 +357,7 @@ def _execute(spec: dict[str, Any]) -> dict[str, Any]:
             if not can_resume:
                 raise
             shutil.rmtree(folder)  # the partial run could not be continued: start it over
+            can_resume = False
             train(config, folder, verbose=False)
     except TrainingDiverged as exc:
         return _write_record(folder, spec, _run_wall(folder, tic), str(exc), machine, can_resume)

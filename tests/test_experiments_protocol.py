@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -221,6 +222,7 @@ def test_tiny_experiment_tables_and_verify(tmp_path):
     text = markdown(results)
     assert "| atan ⚠ not converged |" in text and "**not converged** (0/2 plateaued)" in text
     assert "Learning-rate search" in text and " ⚠ |" in text
+    assert re.search(r"The 4 runs' own wall times add up to \d+\.\d h; finished at commit ", text)
     # a stored result that differs from what the code computes now is caught
     path = tmp_path / "exp" / "results.json"
     stored = json.loads(path.read_text())
@@ -504,6 +506,18 @@ def test_a_continued_run_records_the_wall_time_of_all_its_processes(tmp_path, mo
     # an old runner's record (the last process's seconds) is read with the trainer's total
     (Path(spec["folder"]) / runner.RECORD).write_text(json.dumps({**record, "wall_seconds": 5.0}))
     assert runner.load_run(Path(spec["folder"]))["wall_seconds"] == 1234.5
+
+    def cannot_continue(config, folder, verbose=False, resume_from=None):
+        if resume_from is not None:
+            raise UserError("this checkpoint cannot be continued")
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "summary.json").write_text(json.dumps({"wall_seconds": 7.0}))
+
+    monkeypatch.setattr(spikegrad, "train", cannot_continue)  # started over: not a continued run
+    (Path(spec["folder"]) / "summary.json").unlink()
+    (Path(spec["folder"]) / "last.pt").write_bytes(b"")
+    record = runner._execute(spec)
+    assert record["wall_seconds"] == 7.0 and record["resumed"] is False
 
 
 def test_the_machine_line_adds_up_the_runs_and_names_every_commit_that_finished_one():
