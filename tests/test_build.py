@@ -23,7 +23,7 @@ from spikegrad.methods import (
     enabled_methods,
     method,
 )
-from spikegrad.methods.registry import run_name
+from spikegrad.methods.registry import run_name, unused_settings
 from spikegrad.run import train
 
 
@@ -82,8 +82,6 @@ def test_the_ann_twin_of_an_adaptive_recipe_searches_no_temperature():
 def test_the_settings_of_a_method_switched_off_are_kept_and_named_as_unused(capsys):
     """An LTL recipe with ltl.mode=none is its own BPTT baseline (and stored runs rebuild): the
     switched-off method's settings are kept, and the trainer names them as unused."""
-    from spikegrad.methods.registry import unused_settings
-
     config = load_config(recipe_path("digits_ltl"), ["ltl.mode=none", "shortcut.lambda0=1",
                                                      "diagnostics.gradient_interval=0",
                                                      "diagnostics.histogram_bins=5", "dspike.every=2"])
@@ -228,6 +226,11 @@ def test_calibration_builds_online_ltl_from_the_stored_section():
     assert (ltl.mode, ltl.percentile, ltl.layer_weights, ltl.student_init) == (
         "online", 95.0, [1, 2, 3], "random")
     assert build_components(calibration_config(stored, method="bptt")) == []
+    # the methods calibration switches off keep none of the trained run's settings of them
+    stored = stored.with_overrides({"dspike.every": 2, "shortcut.lambda0": 1.0,
+                                    "diagnostics.histogram_bins": 5})
+    for method_name in ("bptt", "ltl-online"):
+        assert unused_settings(calibration_config(stored, method=method_name)) == []
 
 
 def test_the_public_api_exports_what_a_user_needs():
