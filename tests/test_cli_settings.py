@@ -170,3 +170,25 @@ def test_train_refuses_allow_config_change_without_resuming(tmp_path):
     refused(["train", recipe_path("digits"), "--out", tmp_path / "run", "--allow-config-change"],
             "--allow-config-change", "--resume")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_user_error_is_one_write_so_the_lines_of_ranks_do_not_interleave(monkeypatch, tmp_path):
+    """Under torchrun every rank may print the same error at once; a message written apart from
+    its newline ran into the next rank's on one line."""
+    import sys
+
+    writes: list[str] = []
+
+    class Recording(io.StringIO):
+        def write(self, text):
+            writes.append(text)
+            return super().write(text)
+
+    monkeypatch.setattr(sys, "stderr", Recording())
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE", raising=False)
+    assert cli.main(["train", "nope.yaml"]) == 2
+    (message,) = [w for w in writes if "error" in w]
+    assert message.startswith("spikegrad: error (rank 1): ") and message.endswith("\n")
