@@ -136,3 +136,23 @@ def test_a_static_encoder_for_event_frames_is_refused_not_skipped(encoder):
         config = load_config(None, ["model.name=digits_cnn", "model.T=3", f"model.encoder={passes}"])
         model, _ = build_model(config, frames)
         assert model(torch.rand(3, 2, 2, 8, 8)).shape == (3, 2, 10)
+
+
+def test_the_trainer_refuses_event_frames_for_a_static_encoder():
+    """The Python API's twin of the config check: a model built by hand with a Poisson
+    encoder, trained on time-major samples."""
+    from torch.utils.data import TensorDataset
+
+    from spikegrad import Config, Trainer
+
+    frames = TensorDataset(torch.rand(8, 3, 2, 8, 8), torch.zeros(8, dtype=torch.long))  # [T, C, H, W]
+    config = Config().with_overrides({"train.device": "cpu", "train.progress": False})
+    net = models.create("digits_cnn", in_channels=2, input_size=8, T=3, encoder="poisson", width=0.25)
+    with pytest.raises(UserError, match=r"the samples are time-major \(3, 2, 8, 8\).*PoissonEncoder codes "
+                                        r"static samples.*use encoder direct"):
+        Trainer(net, frames, frames, config, verbose=False)
+    net = models.create("digits_cnn", in_channels=2, input_size=8, T=3, width=0.25)  # direct
+    Trainer(net, frames, frames, config, verbose=False)
+    static = TensorDataset(torch.rand(8, 2, 8, 8), torch.zeros(8, dtype=torch.long))
+    poisson = models.create("digits_cnn", in_channels=2, input_size=8, T=3, encoder="poisson", width=0.25)
+    Trainer(poisson, static, static, config, verbose=False)  # what Poisson codes

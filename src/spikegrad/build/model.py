@@ -10,8 +10,8 @@ from spikegrad import encoders, lean, models
 from spikegrad.config import Config
 from spikegrad.data import DatasetInfo
 from spikegrad.errors import UserError
-from spikegrad.layers import DirectEncoder
 from spikegrad.models import ModelSpec
+from spikegrad.models.common import codes_static_samples_only
 from spikegrad.seeding import seed_everything
 
 __all__ = ["build_model", "model_arguments", "model_spec"]
@@ -38,8 +38,7 @@ def model_arguments(config: Config, info: DatasetInfo) -> dict[str, Any]:
 def check_encoder_of_frames(config: Config, info: DatasetInfo) -> None:
     """Refuse an encoder of static samples (Poisson, latency) for a dataset of time-major
     frames, which the network passes through un-coded: the setting could not apply."""
-    made = encoders.create(config.model.encoder, info.time_steps or 1)
-    if type(made) is not DirectEncoder and not getattr(made, "sequence_input", False):
+    if codes_static_samples_only(encoders.create(config.model.encoder, info.time_steps or 1)):
         encoder = config.model.encoder
         name = encoder if isinstance(encoder, str) else encoder.get("name")
         raise UserError(

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from spikegrad import encoders, neurons, surrogates
 from spikegrad.errors import UserError
-from spikegrad.layers import TimeDistributed
+from spikegrad.layers import DirectEncoder, TimeDistributed
 
 ActivationFactory = Callable[[], nn.Module]
 NeuronSpec = Mapping[str, Any] | str | None
@@ -194,6 +194,13 @@ class LinearUnit(nn.Sequential):
         super().__init__(TimeDistributed(nn.Sequential(*ops)), activation)
 
 
+def codes_static_samples_only(encoder: nn.Module) -> bool:
+    """Whether ``encoder`` codes static samples only (Poisson, latency): a time-major batch
+    would pass it un-coded. Direct encoding passes such a batch on as it is, by design, and
+    an encoder of sequences (delta) codes it."""
+    return type(encoder) is not DirectEncoder and not getattr(encoder, "sequence_input", False)
+
+
 class SpikingNetwork(nn.Module):
     """Base class: ``encoder -> features -> classifier``, logits ``[T, B, classes]``.
 
@@ -219,6 +226,16 @@ class SpikingNetwork(nn.Module):
         self.encoder = make_encoder(encoder, self.T)
         #: a neuron layer after the classifier (``readout="spikes"``, see models.create), or None
         self.output_neuron: nn.Module | None = None
+
+    def check_sample(self, sample: Tensor) -> None:
+        """Refuse a time-major sample ``[T, *sample]`` (event frames) for an encoder of static
+        samples, which the network would pass un-coded (a dataset the config cannot code)."""
+        if sample.dim() == self.input_dims + 1 and codes_static_samples_only(self.encoder):
+            raise UserError(
+                f"the samples are time-major {tuple(sample.shape)} (event frames or sequences), but "
+                f"{type(self).__name__}'s {type(self.encoder).__name__} codes static samples, so "
+                "they would pass through un-coded; use encoder direct (the frames as they are) or "
+                "delta (a code of sequences)")
 
     def encode(self, x: Tensor) -> Tensor:
         """Static ``[B, *sample]`` -> ``[T, B, *sample]``; time-major input passes through."""
