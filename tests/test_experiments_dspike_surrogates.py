@@ -56,6 +56,10 @@ def test_default_scales_satisfy_the_protocol():
         assert check_plan(experiment.plan(), smoke=False) == []
         assert {a.data.name for a in experiment.arms} == {"animal_mnist", "mnist"}
         assert len(experiment.arms) == 10 and len(experiment.seeds) >= 5
+    # the small scale's MNIST arms chose the grid's top rate in tuning: 0.3 added there only
+    grids = {a.name: a.lr_grid for a in dspike_surrogates.build(_args("small")).arms}
+    assert grids["mnist/atan"] == [0.003, 0.01, 0.03, 0.1, 0.3]
+    assert grids["animal_mnist/atan"] == [0.003, 0.01, 0.03, 0.1]
 
 
 def test_fewer_seeds_are_refused_without_smoke(tmp_path, capsys):
