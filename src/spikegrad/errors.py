@@ -45,17 +45,24 @@ def _shown(value: Any) -> str:
     return repr(value)
 
 
+def changed_fields(section: Any, names: Iterable[str] | None = None) -> dict[str, Any]:
+    """``name -> default`` of every field of the config section (a dataclass) ``section`` among
+    ``names`` (None: all) that is set to other than its default."""
+    defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+                for f in dataclasses.fields(section)}
+    return {name: defaults[name] for name in (defaults if names is None else names)
+            if getattr(section, name) != defaults[name]}
+
+
 def refuse_unread(section: Any, prefix: str, names: Iterable[str], why: str) -> None:
     """Raise a :class:`UserError` if any of ``names`` (fields of the config section ``section``,
     keys ``<prefix>.<name>``) is set to other than its default: ``why`` says which setting
     leaves it unread (a setting that cannot apply is an error, never ignored)."""
-    defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-                for f in dataclasses.fields(section)}
-    changed = [name for name in names if getattr(section, name) != defaults[name]]
+    changed = changed_fields(section, names)
     if not changed:
         return
     given = ", ".join(f"{prefix}.{n}={_shown(getattr(section, n))}" for n in changed)
-    reset = ", ".join(f"{prefix}.{n}={_shown(defaults[n])}" for n in changed)
+    reset = ", ".join(f"{prefix}.{n}={_shown(default)}" for n, default in changed.items())
     raise UserError(f"{given} {'does' if len(changed) == 1 else 'do'} not apply {why}; remove "
                     f"{'it' if len(changed) == 1 else 'them'} or reset to the default ({reset})")
 

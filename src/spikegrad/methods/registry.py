@@ -18,7 +18,7 @@ from torch import nn
 from spikegrad.component import Component
 from spikegrad.config import Config
 from spikegrad.diagnostics import GradientDiagnostics
-from spikegrad.errors import UserError, unknown_name_error
+from spikegrad.errors import UserError, changed_fields, unknown_name_error
 from spikegrad.methods.dspike import AdaptiveTemperature
 from spikegrad.methods.ltl import LocalTandemLearning
 from spikegrad.methods.shortcut import ShortcutBackprop
@@ -53,9 +53,8 @@ class Method:
         section = getattr(config, self.section)
         if getattr(section, key) != off:
             return []
-        defaults = type(section)()
-        return [f"{self.section}.{f.name}={getattr(section, f.name)!r}" for f in fields(section)
-                if f.name != key and getattr(section, f.name) != getattr(defaults, f.name)]
+        return [f"{self.section}.{name}={getattr(section, name)!r}"
+                for name in changed_fields(section) if name != key]
 
 
 _METHODS: dict[str, Method] = {}
