@@ -1129,6 +1129,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, scales: dict[str, str]
     parser.add_argument("--arms", nargs="+", help="run only these arms (names as in results.md)")
     parser.add_argument("--jobs", type=int, help="runs at a time (default: one per core on CPU, 1 on GPU)")
     parser.add_argument("--threads", type=int, help="torch threads per run (default: cores / jobs on CPU)")
+    parser.add_argument("--tuned-lr", nargs="+", default=[], metavar="ARM=RATE",
+                        help="skip a tuned arm's tuning and use RATE, a value of its grid that an earlier "
+                             "tuning of this experiment chose (recorded as such in the results)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run (recorded in the command)")
     parser.add_argument("--report", action="store_true", help="only tabulate the finished runs")
@@ -1161,8 +1164,36 @@ def apply_common(experiment: Experiment, args: argparse.Namespace) -> Experiment
                 needed |= set(arm.depends.values()) | {a for a in (arm.lr_from, arm.epochs_from) if a}
         experiment.arms = [a for a in experiment.arms if a.name in needed]
         experiment.comparisons = [c for c in experiment.comparisons if {c.a, c.b} <= needed]
+    for item in args.tuned_lr:
+        set_tuned_lr(experiment, item)
     experiment.extra_overrides = list(args.set)
     return experiment
+
+
+def set_tuned_lr(experiment: Experiment, item: str) -> None:
+    """``ARM=RATE``: the arm trains its final runs at RATE, which an earlier tuning over the arm's
+    grid chose, instead of tuning again; the results name the rate as fixed, with that reason."""
+    name, sep, text = item.partition("=")
+    if not sep:
+        raise UserError(f"--tuned-lr {item!r}: write ARM=RATE, e.g. --tuned-lr mnist/atan=0.1")
+    arm = next((a for a in experiment.arms if a.name == name), None)
+    if arm is None:
+        raise UserError(f"--tuned-lr {item!r}: unknown arm {name!r}; this experiment has: "
+                        f"{', '.join(a.name for a in experiment.arms)}")
+    if not arm.lr_grid:
+        raise UserError(f"--tuned-lr {item!r}: arm {name!r} does not tune its rate "
+                        f"({arm.lr_reason or 'fixed'}); drop it")
+    try:
+        rate = float(text)
+    except ValueError:
+        raise UserError(f"--tuned-lr {item!r}: {text!r} is not a number") from None
+    if not any(math.isclose(rate, lr, rel_tol=1e-9) for lr in arm.lr_grid):
+        raise UserError(f"--tuned-lr {item!r}: {rate:g} is not in the arm's grid "
+                        f"({', '.join(f'{lr:g}' for lr in arm.lr_grid)}); a tuning over that grid "
+                        "can only have chosen one of its values")
+    arm.lr_reason = (f"chosen by an earlier tuning over {', '.join(f'{lr:g}' for lr in arm.lr_grid)} "
+                     "(--tuned-lr)")
+    arm.lr, arm.lr_grid = rate, []
 
 
 def _sets_within(value: Any, target: str, key: str) -> bool:
