@@ -530,3 +530,33 @@ def test_the_machine_line_adds_up_the_runs_and_names_every_commit_that_finished_
                               "tuning_runs": [run(1800, "b" * 40)]}}}
     assert _runs_line(results) == (" The 3 runs' own wall times add up to 2.0 h; finished at commit "
                                    f"{'a' * 12}, {'b' * 12}.")
+
+
+def test_tuned_lr_skips_an_arms_tuning_at_a_rate_of_its_grid_and_refuses_any_other(tmp_path):
+    from experiments import dspike_surrogates, ltl_claims
+    from experiments.runner import add_common_arguments, apply_common
+
+    parser = argparse.ArgumentParser()
+    add_common_arguments(parser)
+
+    def build(module, *tuned, **options):
+        experiment = module.build(argparse.Namespace(smoke=False, scale="small", **options))
+        return apply_common(experiment, parser.parse_args(["--out", "unused", "--tuned-lr", *tuned]))
+
+    experiment = build(dspike_surrogates, "mnist/atan=0.1", datasets=["mnist"])
+    atan = experiment.arm("mnist/atan")
+    assert (atan.lr, atan.lr_grid) == (0.1, [])
+    assert "earlier tuning over 0.003, 0.01, 0.03, 0.1, 0.3" in atan.lr_reason
+    runner = Runner(experiment, tmp_path)
+    assert runner.violations == []  # a fixed rate with a stated reason
+    phases = {(phase, arm.name) for phase, arm, _, _ in runner.tasks()}
+    assert ("tune", "mnist/atan") not in phases and ("final", "mnist/atan") in phases
+    assert ("tune", "mnist/sigmoid") in phases  # the other arms still tune
+    assert runner.lr_of(atan) == 0.1
+
+    for tuned, message in [("mnist/atan=0.2", "not in the arm's grid"), ("mnist/atan", "write ARM=RATE"),
+                           ("mnist/none=0.1", "unknown arm"), ("mnist/atan=x", "not a number")]:
+        with pytest.raises(UserError, match=message):
+            build(dspike_surrogates, tuned, datasets=["mnist"])
+    with pytest.raises(UserError, match="does not tune its rate"):  # LTL's published rate
+        build(ltl_claims, "mnist/ltl-offline=0.001", dataset=None)
