@@ -256,17 +256,39 @@ def _stored_config(folder: Path) -> dict[str, Any] | None:
     return None
 
 
-def check_same_run(folder: Path, config: Config) -> None:
+def check_same_run(folder: Path, config: Config, depends: dict[str, str] | None = None) -> None:
     """A :class:`UserError` when ``folder`` holds a run made with settings that compute another
     run than ``config`` (an experiment changed since it wrote ``--out``): neither reused as if it
-    were this run nor deleted."""
+    were this run nor deleted.
+
+    ``depends`` maps a config key to the checkpoint it names, relative to the experiment's
+    folder: a stored path that ends in it is the same dependency, so an experiment folder that
+    was moved or archived (:mod:`experiments.archive`) is still the same experiment.
+    """
     stored = _stored_config(folder)
+    if stored is not None:
+        for key, relative in (depends or {}).items():
+            *parents, leaf = key.split(".")
+            section = stored
+            for part in parents:
+                section = section.get(part) if isinstance(section, dict) else None
+            value = section.get(leaf) if isinstance(section, dict) else None
+            if isinstance(value, str) and Path(value).as_posix().endswith("/" + Path(relative).as_posix()):
+                section[leaf] = _config_value(config, key)
     differences = [] if stored is None else config_differences(stored, config)
     if differences:
         more = len(differences) - 4
         shown = "; ".join(differences[:4]) + (f"; and {more} more" if more > 0 else "")
         raise UserError(f"{str(folder)!r} holds a run made with other settings ({shown}): give the "
                         "experiment another --out, or delete that folder to train the run anew")
+
+
+def _config_value(config: Config, key: str) -> Any:
+    """The value of the dotted ``key`` in ``config``."""
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
 
 
 class RunnerStopped(Exception):
@@ -334,7 +356,7 @@ def _execute(spec: dict[str, Any]) -> dict[str, Any]:
     folder = Path(spec["folder"])
     record_path = folder / RECORD
     config = from_dict(Config, spec["config"])
-    check_same_run(folder, config)
+    check_same_run(folder, config, spec.get("depends"))
     if _finished(folder):
         if record_path.is_file():
             return json.loads(record_path.read_text())

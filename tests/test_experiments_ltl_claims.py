@@ -89,3 +89,50 @@ def test_epochs_override_trains_the_students_longer_and_leaves_the_teacher():
     assert teacher != 8
     with pytest.raises(UserError, match="positive number of epochs"):
         experiment.set_epochs(0)
+
+
+@pytest.mark.slow
+def test_an_archive_reports_verifies_and_continues_without_the_checkpoints(smoke, tmp_path):
+    """The archive keeps the records and the teachers' checkpoints, nothing else, and the
+    experiment's own command reads it: --report writes the same tables, --verify retrains a
+    student from its archived teacher, and a continued run trains only what is missing."""
+    import shutil
+
+    from experiments.archive import archive
+    from tests.experiment_helpers import count_trainings
+
+    out, results = smoke
+    dest = tmp_path / "archive"
+    counts = archive(out, dest)
+    finals = sum(len(a["runs"]) + len(a["tuning_runs"]) for a in results["arms"].values())
+    assert counts == {"runs": finals, "unfinished": 0, "checkpoints": 2}  # the two seeds' teachers
+    kept = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*.pt"))
+    assert kept == [f"runs/digits/ann-teacher/final/seed{s}/last.pt" for s in (0, 1)]
+
+    reported = run_experiment(MODULE, dest, "--report")
+    for name, arm in results["arms"].items():
+        assert reported["arms"][name]["final_acc"] == arm["final_acc"], name
+    table = lambda path: [l for l in path.read_text().splitlines() if l.startswith("|")]  # noqa: E731
+    assert table(dest / "results.md") == table(out / "results.md")
+
+    from experiments.runner import verify
+    report = verify(dest / "results.json", "digits/ltl-online", 0, tmp_path / "v", verbose=False)
+    assert report["bitwise"]
+
+    scratch = tmp_path / "continued"
+    shutil.copytree(dest, scratch)
+    shutil.rmtree(scratch / "runs/digits/ltl-online/final/seed1")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        calls = count_trainings(monkeypatch)
+        run_experiment(MODULE, scratch)
+    assert calls == [str(scratch / "runs/digits/ltl-online/final/seed1")]
+
+
+def test_archive_refusals(tmp_path):
+    from experiments.archive import archive
+
+    with pytest.raises(UserError, match="holds no experiment"):
+        archive(tmp_path, tmp_path / "a")
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(UserError, match="must not contain each other"):
+        archive(tmp_path, tmp_path / "inside")

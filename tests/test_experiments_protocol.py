@@ -496,7 +496,7 @@ def test_a_continued_run_records_the_wall_time_of_all_its_processes(tmp_path, mo
         (Path(folder) / "summary.json").write_text(json.dumps({"wall_seconds": 1234.5}))
 
     monkeypatch.setattr(spikegrad, "train", train)
-    monkeypatch.setattr(runner, "check_same_run", lambda folder, config: None)
+    monkeypatch.setattr(runner, "check_same_run", lambda folder, config, depends=None: None)
     experiment = _tiny_experiment()
     spec = Runner(experiment, tmp_path, smoke=True)._spec("tune", experiment.arms[0], 7, 0.1)
     Path(spec["folder"]).mkdir(parents=True)
@@ -560,3 +560,22 @@ def test_tuned_lr_skips_an_arms_tuning_at_a_rate_of_its_grid_and_refuses_any_oth
             build(dspike_surrogates, tuned, datasets=["mnist"])
     with pytest.raises(UserError, match="does not tune its rate"):  # LTL's published rate
         build(ltl_claims, "mnist/ltl-offline=0.001", dataset=None)
+
+
+def test_a_moved_experiment_keeps_its_dependencies_but_another_teacher_is_another_run(tmp_path):
+    from experiments.runner import RECORD, check_same_run
+
+    def stored(teacher):
+        config = Config().with_overrides({"ltl.teacher_checkpoint": teacher})
+        (tmp_path / RECORD).write_text(json.dumps({"config": config.to_dict()}))
+
+    teacher = "runs/mnist/ann-teacher/final/seed0/last.pt"
+    relative = {"ltl.teacher_checkpoint": teacher}
+    moved = Config().with_overrides({"ltl.teacher_checkpoint": "/archive/" + teacher})
+    stored("/old/place/runs/mnist/ann-teacher/final/seed0/last.pt")
+    check_same_run(tmp_path, moved, relative)  # the same teacher, in the experiment's new folder
+    with pytest.raises(UserError, match="other settings"):
+        check_same_run(tmp_path, moved)  # without the dependency map, a path is a path
+    stored("/old/place/runs/mnist/ann-teacher/final/seed1/last.pt")
+    with pytest.raises(UserError, match=r"ltl\.teacher_checkpoint"):
+        check_same_run(tmp_path, moved, relative)  # another seed's teacher
