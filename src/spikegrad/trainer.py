@@ -219,12 +219,15 @@ class Trainer:
         self.overwrite = overwrite
         #: the run folder and its bookkeeping (files, checkpoints; rank 0 writes)
         self.run = RunFolder(out_dir, self.dist, verbose=self.verbose, terms=terms)
-        check_dataset(train_set, "training set", allow_empty=False)
-        check_dataset(test_set, "test set")
         check_sample = getattr(getattr(model, "module", model), "check_sample", None)  # spikegrad networks
-        item = train_set[0] if check_sample is not None else None
-        if isinstance(item, (tuple, list)) and item and isinstance(item[0], Tensor):
-            check_sample(item[0])  # event frames into a Poisson encoder, say
+
+        def check_first(item: Any) -> None:  # event frames into a Poisson encoder, say
+            sample = item[0] if isinstance(item, (tuple, list)) and item else None
+            if check_sample is not None and isinstance(sample, Tensor):
+                check_sample(sample)
+
+        check_dataset(train_set, "training set", allow_empty=False, check_first=check_first)
+        check_dataset(test_set, "test set")
         check_analysis(self.config.analysis)
         self.loader_generator, self.train_sampler, self.train_loader, self.test_loader = _loaders(
             train_set, test_set, self.config, self.dist)

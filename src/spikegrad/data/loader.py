@@ -95,12 +95,14 @@ def collate_for(dataset: Dataset) -> Callable[[list], Any]:
     return checked(collate, f"samples of {type(dataset).__name__}")
 
 
-def check_dataset(dataset: Dataset, name: str = "dataset", allow_empty: bool = True) -> int:
+def check_dataset(dataset: Dataset, name: str = "dataset", allow_empty: bool = True,
+                  check_first: Callable[[Any], None] | None = None) -> int:
     """Probe a map-style dataset before use; returns its length.
 
     Its ``len()`` must be a whole number, and its first and last samples must be readable
     (a ``__len__`` larger than the data fails here, not in the middle of an epoch) and
-    pass :func:`check_batch` together.
+    pass :func:`check_batch` together. ``check_first`` is called with the first sample as
+    read here (a model's check of its layout), so that it is not read twice.
     """
     try:
         size = len(dataset)
@@ -122,4 +124,6 @@ def check_dataset(dataset: Dataset, name: str = "dataset", allow_empty: bool = T
                             f"cannot be read ({type(exc).__name__}: {exc}); make __len__ match the "
                             "data") from exc
     check_batch(probes, f"samples of the {name}")
+    if check_first is not None:
+        check_first(probes[0])
     return size
