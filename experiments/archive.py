@@ -17,7 +17,8 @@ Runs still in progress are left out (they would start again from their first epo
 archive, the experiment's own command with ``--out ARCHIVE --report`` writes the same tables,
 ``--verify ARCHIVE/results.json`` trains a stored run again, and the command without
 ``--report`` continues the experiment (copy the archive to a scratch folder first, since it
-then writes checkpoints there). Copying again over an older archive updates it.
+then writes checkpoints there). Archiving again replaces an older archive: it holds
+what ``out`` holds now.
 """
 
 from __future__ import annotations
@@ -45,16 +46,28 @@ def archive(out: str | Path, dest: str | Path) -> dict[str, int]:
     if dest == out or out in dest.parents or dest in out.parents:
         raise UserError(f"the archive {str(dest)!r} and the experiment {str(out)!r} must not contain "
                         "each other: choose a folder outside the experiment's")
+    if dest.exists() and any(dest.iterdir()) and not (dest / "runs").is_dir():
+        raise UserError(f"{str(dest)!r} is a folder that holds no archive (no runs/ folder): give a "
+                        "new folder or an earlier archive, which is replaced")
     records = sorted((out / "runs").rglob(RECORD))
     needed: set[Path] = set()  # the checkpoints other runs were started from
     for path in records:
-        for relative in (json.loads(path.read_text()).get("depends") or {}).values():
-            needed.add((out / relative).resolve())
+        try:
+            depends = json.loads(path.read_text()).get("depends") or {}
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+            raise UserError(f"the run record {str(path)!r} is not a JSON object ({exc}); delete that "
+                            "run's folder (the experiment trains it again) and archive again") from exc
+        needed.update((out / relative).resolve() for relative in depends.values())
     unfinished = [p.parent for p in (out / "runs").rglob("last.pt") if not (p.parent / RECORD).is_file()]
+    # built beside the destination, then swapped in: an earlier archive's runs that are no
+    # longer finished in ``out`` do not survive, and a failed copy leaves the old archive whole
+    staging = dest.with_name(dest.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
     kept = 0
     for path in records:
         folder = path.parent
-        target = dest / folder.relative_to(out)
+        target = staging / folder.relative_to(out)
         target.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:
             if (folder / name).is_file():
@@ -62,9 +75,19 @@ def archive(out: str | Path, dest: str | Path) -> dict[str, int]:
         if (folder / "last.pt").resolve() in needed:
             shutil.copy2(folder / "last.pt", target / "last.pt")
             kept += 1
+    staging.mkdir(parents=True, exist_ok=True)
     for name in (RESULTS, TABLE, PLOT):
         if (out / name).is_file():
-            shutil.copy2(out / name, dest / name)
+            shutil.copy2(out / name, staging / name)
+    if dest.exists():
+        old = dest.with_name(dest.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        dest.rename(old)
+        staging.rename(dest)
+        shutil.rmtree(old)
+    else:
+        staging.rename(dest)
     return {"runs": len(records), "unfinished": len(unfinished), "checkpoints": kept}
 
 

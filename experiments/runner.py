@@ -256,16 +256,18 @@ def _stored_config(folder: Path) -> dict[str, Any] | None:
     return None
 
 
-def check_same_run(folder: Path, config: Config, depends: dict[str, str] | None = None) -> None:
+def check_same_run(folder: Path, config: Config, depends: dict[str, str] | None = None) -> list[str]:
     """A :class:`UserError` when ``folder`` holds a run made with settings that compute another
     run than ``config`` (an experiment changed since it wrote ``--out``): neither reused as if it
     were this run nor deleted.
 
     ``depends`` maps a config key to the checkpoint it names, relative to the experiment's
     folder: a stored path that ends in it is the same dependency, so an experiment folder that
-    was moved or archived (:mod:`experiments.archive`) is still the same experiment.
+    was moved or archived (:mod:`experiments.archive`) is still the same experiment. Returns the
+    keys whose stored path differs only by that move.
     """
     stored = _stored_config(folder)
+    moved: list[str] = []
     if stored is not None:
         for key, relative in (depends or {}).items():
             *parents, leaf = key.split(".")
@@ -273,14 +275,23 @@ def check_same_run(folder: Path, config: Config, depends: dict[str, str] | None 
             for part in parents:
                 section = section.get(part) if isinstance(section, dict) else None
             value = section.get(leaf) if isinstance(section, dict) else None
-            if isinstance(value, str) and Path(value).as_posix().endswith("/" + Path(relative).as_posix()):
-                section[leaf] = _config_value(config, key)
+            now = _config_value(config, key)
+            if isinstance(value, str) and value != now and _same_dependency(value, relative):
+                section[leaf] = now
+                moved.append(key)
     differences = [] if stored is None else config_differences(stored, config)
     if differences:
         more = len(differences) - 4
         shown = "; ".join(differences[:4]) + (f"; and {more} more" if more > 0 else "")
         raise UserError(f"{str(folder)!r} holds a run made with other settings ({shown}): give the "
                         "experiment another --out, or delete that folder to train the run anew")
+    return moved
+
+
+def _same_dependency(stored: str, relative: str) -> bool:
+    """Whether the stored checkpoint path is ``relative`` inside some experiment folder."""
+    stored, relative = Path(stored).as_posix(), Path(relative).as_posix()
+    return stored == relative or stored.endswith("/" + relative)
 
 
 def _config_value(config: Config, key: str) -> Any:
@@ -356,7 +367,7 @@ def _execute(spec: dict[str, Any]) -> dict[str, Any]:
     folder = Path(spec["folder"])
     record_path = folder / RECORD
     config = from_dict(Config, spec["config"])
-    check_same_run(folder, config, spec.get("depends"))
+    moved = check_same_run(folder, config, spec.get("depends"))
     if _finished(folder):
         if record_path.is_file():
             return json.loads(record_path.read_text())
@@ -369,8 +380,8 @@ def _execute(spec: dict[str, Any]) -> dict[str, Any]:
     tic = time.perf_counter()
     try:
         try:
-            if can_resume:
-                train(config, folder, verbose=False, resume_from=resume)
+            if can_resume:  # a dependency that only moved with the experiment's folder is the same
+                train(config, folder, verbose=False, resume_from=resume, allow_config_change=bool(moved))
             else:
                 train(config, folder, verbose=False)
         except TrainingDiverged:
@@ -744,9 +755,25 @@ class Runner:
                 spec = self._spec(*task)
                 if spec is not None and _finished(Path(spec["folder"])):
                     self._record_done(task, execute(spec), spec["folder"])
+            self._refuse_finals_of_unknown_rate()
         results = self.collect()
         self.write(results)
         return results
+
+    def _refuse_finals_of_unknown_rate(self) -> None:
+        """``--report``: an arm whose final runs are on disk while its rate is unknown here (its
+        tuning runs incomplete, e.g. its rate was given by ``--tuned-lr``) would be tabulated
+        without them."""
+        for arm in self.experiment.arms:
+            if self.lr_of(arm) is not None:
+                continue
+            finished = [s for s in self.experiment.seeds if _finished(self.folder(arm, "final", s))]
+            if finished:
+                raise UserError(
+                    f"{self.out} holds final runs of {arm.name} (seeds {', '.join(map(str, finished))}) "
+                    "but not all of its tuning runs, so this report cannot tell their rate: if the "
+                    "rate came from an earlier tuning, repeat the --tuned-lr of the command that "
+                    "trained them (results.json's \"command\")")
 
     def run_check(self, arm: Arm, seed: int, lr: float, phase: str = "check") -> dict[str, Any]:
         """Train (or read) one validation-split run outside the arms' grid (a preparatory check)."""
@@ -1192,6 +1219,10 @@ def apply_common(experiment: Experiment, args: argparse.Namespace) -> Experiment
     return experiment
 
 
+#: the end of the rate reason of an arm given ``--tuned-lr``
+TUNED_ELSEWHERE = " (--tuned-lr)"
+
+
 def set_tuned_lr(experiment: Experiment, item: str) -> None:
     """``ARM=RATE``: the arm trains its final runs at RATE, which an earlier tuning over the arm's
     grid chose, instead of tuning again; the results name the rate as fixed, with that reason."""
@@ -1200,8 +1231,10 @@ def set_tuned_lr(experiment: Experiment, item: str) -> None:
         raise UserError(f"--tuned-lr {item!r}: write ARM=RATE, e.g. --tuned-lr mnist/atan=0.1")
     arm = next((a for a in experiment.arms if a.name == name), None)
     if arm is None:
-        raise UserError(f"--tuned-lr {item!r}: unknown arm {name!r}; this experiment has: "
-                        f"{', '.join(a.name for a in experiment.arms)}")
+        raise UserError(f"--tuned-lr {item!r}: no arm {name!r} among the arms this command runs "
+                        f"(--arms selects them): {', '.join(a.name for a in experiment.arms)}")
+    if arm.lr_reason.endswith(TUNED_ELSEWHERE):
+        raise UserError(f"--tuned-lr {item!r}: arm {name!r} is given twice; give each arm once")
     if not arm.lr_grid:
         raise UserError(f"--tuned-lr {item!r}: arm {name!r} does not tune its rate "
                         f"({arm.lr_reason or 'fixed'}); drop it")
@@ -1209,13 +1242,14 @@ def set_tuned_lr(experiment: Experiment, item: str) -> None:
         rate = float(text)
     except ValueError:
         raise UserError(f"--tuned-lr {item!r}: {text!r} is not a number") from None
-    if not any(math.isclose(rate, lr, rel_tol=1e-9) for lr in arm.lr_grid):
+    match = [lr for lr in arm.lr_grid if math.isclose(rate, lr, rel_tol=1e-9)]
+    if not match:
         raise UserError(f"--tuned-lr {item!r}: {rate:g} is not in the arm's grid "
                         f"({', '.join(f'{lr:g}' for lr in arm.lr_grid)}); a tuning over that grid "
                         "can only have chosen one of its values")
-    arm.lr_reason = (f"chosen by an earlier tuning over {', '.join(f'{lr:g}' for lr in arm.lr_grid)} "
-                     "(--tuned-lr)")
-    arm.lr, arm.lr_grid = rate, []
+    grid = ", ".join(f"{lr:g}" for lr in arm.lr_grid)
+    arm.lr_reason = f"chosen by an earlier tuning over {grid}{TUNED_ELSEWHERE}"
+    arm.lr, arm.lr_grid = match[0], []  # the grid's own value, not a float near it
 
 
 def _sets_within(value: Any, target: str, key: str) -> bool:

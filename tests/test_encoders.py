@@ -156,13 +156,12 @@ def test_the_trainer_refuses_event_frames_for_a_static_encoder():
     static = TensorDataset(torch.rand(8, 2, 8, 8), torch.zeros(8, dtype=torch.long))
     poisson = models.create("digits_cnn", in_channels=2, input_size=8, T=3, encoder="poisson", width=0.25)
 
-    class Counting(TensorDataset):
-        reads: list[int] = []
+    reads: list[int] = []
 
+    class Counting(TensorDataset):
         def __getitem__(self, index):
-            self.reads.append(index)
+            reads.append(index)
             return super().__getitem__(index)
 
-    counting = Counting(*static.tensors)
-    Trainer(poisson, counting, static, config, verbose=False)  # what Poisson codes
-    assert sorted(counting.reads) == [0, 7]  # the first and last samples, each read once to check
+    Trainer(poisson, Counting(*static.tensors), static, config, verbose=False)  # what Poisson codes
+    assert sorted(reads) == [0, 7]  # the first and last samples, each read once to check

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -122,10 +123,22 @@ def test_an_archive_reports_verifies_and_continues_without_the_checkpoints(smoke
     scratch = tmp_path / "continued"
     shutil.copytree(dest, scratch)
     shutil.rmtree(scratch / "runs/digits/ltl-online/final/seed1")
+    # a student stopped half-way in the old folder, moved with it: continued, not started over
+    partial = scratch / "runs/digits/ltl-offline/final/seed1"
+    shutil.rmtree(partial)
+    shutil.copytree(out / "runs/digits/ltl-offline/final/seed1", partial)
+    for name in ("experiment_run.json", "summary.json"):
+        (partial / name).unlink()
     with pytest.MonkeyPatch.context() as monkeypatch:
         calls = count_trainings(monkeypatch)
         run_experiment(MODULE, scratch)
-    assert calls == [str(scratch / "runs/digits/ltl-online/final/seed1")]
+    assert sorted(calls) == sorted([str(partial), str(scratch / "runs/digits/ltl-online/final/seed1")])
+    assert json.loads((partial / "experiment_run.json").read_text())["resumed"] is True
+
+    # archiving again replaces the archive: a run no longer finished in the experiment is gone
+    shutil.rmtree(scratch / "runs/digits/bptt/final/seed0")
+    assert archive(scratch, dest)["runs"] == counts["runs"] - 1
+    assert not (dest / "runs/digits/bptt/final/seed0").exists() and not list(tmp_path.glob("*.partial"))
 
 
 def test_archive_refusals(tmp_path):
@@ -136,3 +149,11 @@ def test_archive_refusals(tmp_path):
     (tmp_path / "runs").mkdir()
     with pytest.raises(UserError, match="must not contain each other"):
         archive(tmp_path, tmp_path / "inside")
+    other = tmp_path.parent / (tmp_path.name + "-other")
+    (other / "notes").mkdir(parents=True)
+    with pytest.raises(UserError, match="holds no archive"):  # never replaced
+        archive(tmp_path, other)
+    (tmp_path / "runs/a/final/seed0").mkdir(parents=True)
+    (tmp_path / "runs/a/final/seed0/experiment_run.json").write_text("{not json")
+    with pytest.raises(UserError, match="is not a JSON object"):
+        archive(tmp_path, tmp_path.parent / (tmp_path.name + "-new"))

@@ -554,12 +554,35 @@ def test_tuned_lr_skips_an_arms_tuning_at_a_rate_of_its_grid_and_refuses_any_oth
     assert ("tune", "mnist/sigmoid") in phases  # the other arms still tune
     assert runner.lr_of(atan) == 0.1
 
+    near = build(dspike_surrogates, "mnist/atan=0.1000000000001", datasets=["mnist"]).arm("mnist/atan")
+    assert near.lr == 0.1  # the grid's value itself
     for tuned, message in [("mnist/atan=0.2", "not in the arm's grid"), ("mnist/atan", "write ARM=RATE"),
-                           ("mnist/none=0.1", "unknown arm"), ("mnist/atan=x", "not a number")]:
+                           ("mnist/none=0.1", "no arm 'mnist/none'"), ("mnist/atan=x", "not a number")]:
         with pytest.raises(UserError, match=message):
             build(dspike_surrogates, tuned, datasets=["mnist"])
     with pytest.raises(UserError, match="does not tune its rate"):  # LTL's published rate
         build(ltl_claims, "mnist/ltl-offline=0.001", dataset=None)
+    with pytest.raises(UserError, match="given twice"):
+        build(dspike_surrogates, "mnist/atan=0.1", "mnist/atan=0.03", datasets=["mnist"])
+    experiment = dspike_surrogates.build(argparse.Namespace(smoke=False, scale="small", datasets=["mnist"]))
+    with pytest.raises(UserError, match=r"among the arms this command runs \(--arms"):
+        apply_common(experiment, parser.parse_args(["--out", "x", "--arms", "mnist/sigmoid",
+                                                    "--tuned-lr", "mnist/atan=0.1"]))
+
+
+def test_a_report_without_the_tuned_lr_that_made_the_final_runs_is_refused(tmp_path, capsys):
+    from tests.experiment_helpers import run_experiment
+
+    out = tmp_path / "exp"
+    made = run_experiment("experiments.dspike_surrogates", out, "--arms", "digits/atan",
+                          "--tuned-lr", "digits/atan=0.1")
+    assert made["arms"]["digits/atan"]["lr"] == 0.1 and not made["arms"]["digits/atan"]["tuning_runs"]
+    again = run_experiment("experiments.dspike_surrogates", out, "--arms", "digits/atan",
+                           "--tuned-lr", "digits/atan=0.1", "--report")
+    assert again["arms"]["digits/atan"]["final_acc"] == made["arms"]["digits/atan"]["final_acc"]
+    with pytest.raises(SystemExit):
+        run_experiment("experiments.dspike_surrogates", out, "--arms", "digits/atan", "--report")
+    assert "holds final runs of digits/atan (seeds 0, 1)" in capsys.readouterr().err
 
 
 def test_a_moved_experiment_keeps_its_dependencies_but_another_teacher_is_another_run(tmp_path):
