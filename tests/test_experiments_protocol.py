@@ -491,12 +491,12 @@ def test_a_continued_run_records_the_wall_time_of_all_its_processes(tmp_path, mo
 
     monkeypatch.setattr(provenance, "machine", lambda device="cpu": {"git_commit": "x"})
 
-    def train(config, folder, verbose=False, resume_from=None):
-        assert resume_from is not None
+    def train(config, folder, verbose=False, resume_from=None, allow_config_change=False):
+        assert resume_from is not None and not allow_config_change  # the same folder: nothing moved
         (Path(folder) / "summary.json").write_text(json.dumps({"wall_seconds": 1234.5}))
 
     monkeypatch.setattr(spikegrad, "train", train)
-    monkeypatch.setattr(runner, "check_same_run", lambda folder, config, depends=None: None)
+    monkeypatch.setattr(runner, "check_same_run", lambda folder, config, depends=None: [])
     experiment = _tiny_experiment()
     spec = Runner(experiment, tmp_path, smoke=True)._spec("tune", experiment.arms[0], 7, 0.1)
     Path(spec["folder"]).mkdir(parents=True)

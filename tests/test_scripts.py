@@ -236,6 +236,28 @@ def smoke_costs(tmp_path: Path) -> None:
         assert train_ms > 0 and eval_ms > 0, row
 
 
+def smoke_archive(tmp_path: Path) -> None:
+    """A hand-made experiment folder: a teacher another run depends on, its student, a run in progress."""
+    runs = tmp_path / "exp" / "runs"
+    teacher, student, partial = (runs / "t/final/seed0", runs / "s/final/seed0", runs / "s/final/seed1")
+    on_teacher = {"ltl.teacher_checkpoint": "runs/t/final/seed0/last.pt"}
+    for folder, depends in ((teacher, {}), (student, on_teacher)):
+        folder.mkdir(parents=True)
+        (folder / "experiment_run.json").write_text(json.dumps({"depends": depends}))
+        for name in ("metrics.jsonl", "summary.json", "config.yaml", "last.pt", "best.pt"):
+            (folder / name).write_text("x")
+    partial.mkdir(parents=True)
+    (partial / "last.pt").write_text("x")
+    (tmp_path / "exp" / "results.json").write_text("{}")
+    out = run_script("experiments.archive", str(tmp_path / "exp"), str(tmp_path / "kept"))
+    assert "archived 2 finished runs (1 checkpoints other runs need)" in out and "1 unfinished" in out
+    kept = sorted(p.relative_to(tmp_path / "kept").as_posix() for p in (tmp_path / "kept").rglob("*.*"))
+    assert kept == ["results.json", *(f"runs/s/final/seed0/{n}" for n in (
+        "config.yaml", "experiment_run.json", "metrics.jsonl", "summary.json")), *(
+        f"runs/t/final/seed0/{n}" for n in ("config.yaml", "experiment_run.json", "last.pt", "metrics.jsonl",
+                                            "summary.json"))]
+
+
 def smoke_dspike_ablation(tmp_path: Path) -> None:
     out = run_script("experiments.dspike_ablation", "--out", str(tmp_path / "runs"), "--seeds", "0",
                      "--rows", "dspike-adaptive", "--epochs", "2", "--plot", str(tmp_path / "b.png"),
@@ -312,6 +334,7 @@ SMOKE = {
     "bench.gpu_check": smoke_gpu_check,
     "bench.gpu_session_report": smoke_gpu_session_report,
     "bench.half_potentials": smoke_half_potentials,
+    "experiments.archive": smoke_archive,
     "experiments.costs": smoke_costs,
     "experiments.dspike_ablation": smoke_dspike_ablation,
     "experiments.dspike_search_study": smoke_dspike_search_study,
