@@ -899,8 +899,10 @@ def converged_cell(arm: dict[str, Any]) -> str:
     still = ""
     if known:
         gains, window = [100 * p["gain"] for p in known], max(p["window"] for p in known)
-        still = (f"; {'the rest: ' if n else ''}training accuracy +{min(gains):.2f} to +{max(gains):.2f} "
-                 f"points in the last {window} epochs")
+        low, high = f"+{min(gains):.2f}", f"+{max(gains):.2f}"
+        amount = low if low == high else f"{low} to {high}"
+        rest = ("the other: " if len(runs) == 1 else "the rest: ") if n else ""
+        still = f"; {rest}training accuracy {amount} points in the last {window} epochs"
     return f"**not converged** ({n}/{total} plateaued{still})"
 
 

@@ -408,6 +408,9 @@ def test_the_plateau_cell_says_how_far_from_a_plateau_the_runs_were():
     assert converged_cell(arm) == ("**not converged** (1/3 plateaued; the rest: training accuracy +20.00 to "
                                    "+40.00 points in the last 3 epochs)")
     assert converged_cell({"converged": 1, "runs_total": 1, "runs": [run(flat)]}) == "1/1"
+    one = {"converged": 1, "runs_total": 2, "runs": [run(flat), run(rising)]}  # one amount, not a range
+    assert converged_cell(one) == ("**not converged** (1/2 plateaued; the other: training accuracy +20.00 "
+                                   "points in the last 3 epochs)")
 
 
 def test_a_run_records_the_commit_it_started_from(tmp_path, monkeypatch):
