@@ -25,7 +25,7 @@ def _report_argv(command: str, out: Path) -> tuple[str, list[str]]:
     assert words[:2] == ["python", "-m"], command
     module, argv = words[2], words[3:]
     argv[argv.index("--out") + 1] = str(out)
-    for flag, takes_value in (("--jobs", True), ("--threads", True), ("--quiet", False)):
+    for flag, takes_value in (("--jobs", True), ("--threads", True), ("--quiet", False), ("--report", False)):
         if flag in argv:
             at = argv.index(flag)
             del argv[at:at + 1 + takes_value]
