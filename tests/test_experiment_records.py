@@ -7,6 +7,7 @@ import importlib
 import json
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,18 @@ def test_an_archive_reports_its_own_tables(archive, tmp_path):
         assert [r["seed"] for r in again["runs"]] == [r["seed"] for r in arm["runs"]], name
     rows = lambda path: [line for line in path.read_text().splitlines() if line.startswith("|")]  # noqa: E731
     assert rows(out / "results.md") == rows(archive / "results.md")
+
+
+@pytest.mark.parametrize("archive", ARCHIVES, ids=[p.name for p in ARCHIVES])
+def test_an_archives_run_records_are_not_ignored_by_git(archive):
+    """A clean clone must hold them: a ``runs/`` pattern once ignored every archive's runs."""
+    files = sorted((archive / "runs").rglob("experiment_run.json"))
+    assert files, f"{archive} holds no run records"
+    try:
+        ignored = subprocess.run(["git", "check-ignore", *map(str, files[:5])], cwd=archive,
+                                 capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        pytest.skip("git is not available")
+    if ignored.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert ignored.stdout == "", f"ignored by git: {ignored.stdout}"

@@ -510,7 +510,7 @@ def test_a_continued_run_records_the_wall_time_of_all_its_processes(tmp_path, mo
     (Path(spec["folder"]) / runner.RECORD).write_text(json.dumps({**record, "wall_seconds": 5.0}))
     assert runner.load_run(Path(spec["folder"]))["wall_seconds"] == 1234.5
 
-    def cannot_continue(config, folder, verbose=False, resume_from=None):
+    def cannot_continue(config, folder, verbose=False, resume_from=None, allow_config_change=False):
         if resume_from is not None:
             raise UserError("this checkpoint cannot be continued")
         Path(folder).mkdir(parents=True, exist_ok=True)
