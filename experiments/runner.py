@@ -1215,14 +1215,14 @@ def apply_common(experiment: Experiment, args: argparse.Namespace) -> Experiment
                 needed |= set(arm.depends.values()) | {a for a in (arm.lr_from, arm.epochs_from) if a}
         experiment.arms = [a for a in experiment.arms if a.name in needed]
         experiment.comparisons = [c for c in experiment.comparisons if {c.a, c.b} <= needed]
+    given = [item.partition("=")[0] for item in args.tuned_lr]
+    twice = sorted({name for name in given if given.count(name) > 1})
+    if twice:
+        raise UserError(f"--tuned-lr: arm {', '.join(map(repr, twice))} is given twice; give each arm once")
     for item in args.tuned_lr:
         set_tuned_lr(experiment, item)
     experiment.extra_overrides = list(args.set)
     return experiment
-
-
-#: the end of the rate reason of an arm given ``--tuned-lr``
-TUNED_ELSEWHERE = " (--tuned-lr)"
 
 
 def set_tuned_lr(experiment: Experiment, item: str) -> None:
@@ -1235,8 +1235,6 @@ def set_tuned_lr(experiment: Experiment, item: str) -> None:
     if arm is None:
         raise UserError(f"--tuned-lr {item!r}: no arm {name!r} among the arms this command runs "
                         f"(--arms selects them): {', '.join(a.name for a in experiment.arms)}")
-    if arm.lr_reason.endswith(TUNED_ELSEWHERE):
-        raise UserError(f"--tuned-lr {item!r}: arm {name!r} is given twice; give each arm once")
     if not arm.lr_grid:
         raise UserError(f"--tuned-lr {item!r}: arm {name!r} does not tune its rate "
                         f"({arm.lr_reason or 'fixed'}); drop it")
@@ -1245,12 +1243,11 @@ def set_tuned_lr(experiment: Experiment, item: str) -> None:
     except ValueError:
         raise UserError(f"--tuned-lr {item!r}: {text!r} is not a number") from None
     match = [lr for lr in arm.lr_grid if math.isclose(rate, lr, rel_tol=1e-9)]
-    if not match:
-        raise UserError(f"--tuned-lr {item!r}: {rate:g} is not in the arm's grid "
-                        f"({', '.join(f'{lr:g}' for lr in arm.lr_grid)}); a tuning over that grid "
-                        "can only have chosen one of its values")
     grid = ", ".join(f"{lr:g}" for lr in arm.lr_grid)
-    arm.lr_reason = f"chosen by an earlier tuning over {grid}{TUNED_ELSEWHERE}"
+    if not match:
+        raise UserError(f"--tuned-lr {item!r}: {rate:g} is not in the arm's grid ({grid}); a tuning "
+                        "over that grid can only have chosen one of its values")
+    arm.lr_reason = f"chosen by an earlier tuning over {grid} (--tuned-lr)"
     arm.lr, arm.lr_grid = match[0], []  # the grid's own value, not a float near it
 
 
