@@ -97,7 +97,7 @@ def build(args: argparse.Namespace) -> Experiment:
                         for other in ("dspike-b3", "atan", "sigmoid", "rectangle")]
     notes = [
         f"Network: digits_cnn width {scale['width']}, T = {scale['T']}, batch {scale['batch']}, "
-        f"{scale['epochs']} epochs, augmentation {', '.join(scale['augment'])}; training subset "
+        f"augmentation {', '.join(scale['augment'])}; training subset "
         f"{scale['subset'] or 'none (the whole training set)'}; the test set is whole.",
         "Surrogates: adaptive Dspike from b = 3 (the `dspike` defaults), Dspike b = 3, ATan α = 2, "
         "sigmoid α = 4, rectangle width 1 height 1; everything else is shared.",

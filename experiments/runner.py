@@ -31,6 +31,7 @@ import shutil
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -184,12 +185,23 @@ class Experiment:
             if arm.epochs_from is None and arm.name not in providers:
                 arm.epochs = epochs
         self._derive_epochs()
+        if "epochs" in self.settings:  # the scale's value, recorded in results.json
+            self.settings = {**self.settings, "epochs": epochs}
 
     def plan(self) -> dict[str, Any]:
         return {"seeds": self.seeds, "tuning_seeds": self.tuning_seeds,
                 "arms": [{"name": a.name, "epochs": a.epochs, "lr_grid": a.lr_grid, "lr": a.lr,
                           "lr_reason": a.lr_reason, "lr_from": a.lr_from, "epochs_from": a.epochs_from,
                           "validation": a.data.validation} for a in self.arms]}
+
+
+def epochs_note(arms: list[Arm]) -> str:
+    """The epochs the arms train, read from the arms (so ``--epochs`` shows): the most common
+    count, and each arm that trains another."""
+    counts = Counter(arm.epochs for arm in arms)
+    common = counts.most_common(1)[0][0]
+    others = [f"{arm.name} {arm.epochs}" for arm in arms if arm.epochs != common]
+    return f"Epochs: {common}" + (f" ({', '.join(others)})." if others else " for every arm.")
 
 
 def paired_comparisons(comparisons: list[Comparison], arms: dict[str, dict[str, Any]],
@@ -828,7 +840,8 @@ class Runner:
             "threads_per_run": self.threads, "train_wall_seconds": getattr(self, "train_wall", None),
             "protocol": {**protocol.to_dict(), "lr_rule": choose_lr({1.0: [1.0]})["rule"]},
             "split": SPLIT_SOURCE, "seeds": exp.seeds, "tuning_seeds": exp.tuning_seeds,
-            "settings": exp.settings, "notes": exp.notes, "prepared": self.prepared,
+            "settings": exp.settings, "notes": [epochs_note(exp.arms), *exp.notes],
+            "prepared": self.prepared,
             "arms": arms, "comparisons": comparisons,
         }
         results["claims"] = exp.claims(results) if exp.claims is not None else []

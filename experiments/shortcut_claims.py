@@ -163,7 +163,7 @@ def build(args: argparse.Namespace) -> Experiment:
     notes = [
         f"Data: {scale['dataset']}, training subset {scale['subset'] or 'none'}, augmentation "
         f"{', '.join(scale['augment'])}; networks at width {scale['width']}, T = {scale['T']}; "
-        f"{scale['epochs']} epochs ({scale['epochs'] * scale['long_factor']} for vanilla-long).",
+        f"vanilla-long trains {scale['long_factor']} times vanilla's epochs.",
         "Attach points (default, shallow-only = the first, deep-only = the last): "
         + "; ".join(f"{m}: {', '.join(attach_points(m, scale['width'], scale['T']))}" for m in models) + ".",
         "Accuracies are the main head's (the deployed network); other accuracies the runs report "

@@ -77,6 +77,21 @@ def dspike_surrogates_main(argv):
     return main(MODULE, dspike_surrogates.build, dspike_surrogates.add_arguments, argv=argv)
 
 
+def test_an_epochs_override_is_what_the_results_describe():
+    """``--epochs 100`` on a 40-epoch scale: the notes and settings must say 100, not the scale's 40."""
+    import argparse
+
+    from experiments.runner import add_common_arguments, apply_common, epochs_note
+
+    parser = argparse.ArgumentParser()
+    add_common_arguments(parser)
+    experiment = apply_common(dspike_surrogates.build(_args("small")),
+                              parser.parse_args(["--out", "unused", "--epochs", "100"]))
+    assert epochs_note(experiment.arms) == "Epochs: 100 for every arm."
+    assert experiment.settings["epochs"] == 100
+    assert not [note for note in experiment.notes if "40" in note]
+
+
 def _args(scale: str):
     import argparse
 

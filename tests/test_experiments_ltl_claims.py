@@ -10,6 +10,7 @@ import pytest
 
 from experiments import ltl_claims
 from experiments.protocol import check_plan
+from experiments.runner import epochs_note
 from spikegrad.errors import UserError
 from tests.experiment_helpers import check_outputs, run_experiment
 
@@ -88,6 +89,8 @@ def test_epochs_override_trains_the_students_longer_and_leaves_the_teacher():
     epochs = {a.label: a.epochs for a in experiment.arms}
     assert epochs == {"ann-teacher": teacher, "ltl-offline": 8, "ltl-online": 8, "bptt": 8}
     assert teacher != 8
+    assert epochs_note(experiment.arms) == f"Epochs: 8 (mnist/ann-teacher {teacher})."
+    assert not [note for note in experiment.notes if "5 epochs" in note]
     with pytest.raises(UserError, match="positive number of epochs"):
         experiment.set_epochs(0)
 

@@ -58,7 +58,7 @@ def test_default_scales_satisfy_the_protocol():
 
 
 def test_epochs_override_keeps_vanilla_long_twice_vanilla():
-    from experiments.runner import add_common_arguments, apply_common
+    from experiments.runner import add_common_arguments, apply_common, epochs_note
 
     parser = argparse.ArgumentParser()
     add_common_arguments(parser)
@@ -68,4 +68,5 @@ def test_epochs_override_keeps_vanilla_long_twice_vanilla():
     apply_common(experiment, args)
     # vanilla comes along: vanilla-long takes its rate and its epochs from it
     assert {a.name: a.epochs for a in experiment.arms} == {"plain16/vanilla": 12, "plain16/vanilla-long": 24}
+    assert epochs_note(experiment.arms) == "Epochs: 12 (plain16/vanilla-long 24)."
     assert check_plan(experiment.plan(), smoke=False) == []
