@@ -197,7 +197,7 @@ class Experiment:
 
 def epochs_note(arms: list[Arm]) -> str:
     """The epochs the arms train, read from the arms (so ``--epochs`` shows): the most common
-    count, and each arm that trains another."""
+    count, then each arm that trains a different count."""
     counts = Counter(arm.epochs for arm in arms)
     common = counts.most_common(1)[0][0]
     others = [f"{arm.name} {arm.epochs}" for arm in arms if arm.epochs != common]
