@@ -532,6 +532,20 @@ def test_teacher_init_scales_each_unit_by_its_percentiles():
         assert torch.allclose(student.classifier(a / previous), teacher.classifier(a), atol=1e-5)
 
 
+def test_teacher_init_copies_the_head_of_a_teacher_trained_with_dropout():
+    """The published VGG-11 teacher has dropout before each FC layer, the student none: the
+    head's parameters pair in order although the dropout shifts the state-dict keys."""
+    torch.manual_seed(0)
+    kwargs = {"width": 0.0625, "in_channels": 1, "input_size": 8}
+    teacher = models.create("vgg11_ltl", kind="ann", dropout=0.2, **kwargs).eval()
+    student = models.create("vgg11_ltl", T=2, batch_norm=False, **kwargs)
+    assert list(teacher.classifier.state_dict()) != list(student.classifier.state_dict())
+    percentiles = [1.0] * (len(student.units()) - 1) + [2.5]
+    init_student_from_teacher(student, teacher, percentiles)
+    t_head, s_head = teacher.classifier.module[-1], student.classifier.module[-1]
+    assert torch.equal(s_head.weight, t_head.weight * 2.5) and torch.equal(s_head.bias, t_head.bias)
+
+
 def test_teacher_init_refuses_a_student_with_batch_norm():
     with pytest.raises(UserError, match="batch_norm=false"):
         init_student_from_teacher(digits_net(), trained_like_teacher(), [1.0, 1.0, 1.0])

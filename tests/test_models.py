@@ -109,6 +109,40 @@ def test_ltl_vggs_keep_a_2x2_map_and_two_hidden_fc_layers(name, strided):
     assert [m.in_features for m in plain.modules() if isinstance(m, torch.nn.Linear)] == [512]
 
 
+def test_vgg_dropout_precedes_every_fully_connected_layer_and_only_while_training():
+    """The published LTL VGG-11 teacher: dropout before each FC layer (2048->512, 512->512,
+    512->10); in eval mode it computes what the same weights compute without dropout."""
+    torch.manual_seed(0)
+    kwargs = {"kind": "ann", "width": 0.125}
+    teacher = models.create("vgg11_ltl", dropout=0.2, **kwargs)
+    plain = models.create("vgg11_ltl", **kwargs)
+    order = [m for m in teacher.modules() if isinstance(m, (torch.nn.Dropout, torch.nn.Linear))]
+    assert [type(m).__name__ for m in order] == ["Dropout", "Linear"] * 3
+    assert all(m.p == 0.2 for m in order[::2])
+    with torch.no_grad():  # the same weights and statistics, in the same order
+        for a, b in zip([*plain.parameters(), *plain.buffers()],
+                        [*teacher.parameters(), *teacher.buffers()], strict=True):
+            a.copy_(b)
+    x = torch.rand(4, 3, 32, 32)
+    teacher.eval(), plain.eval()
+    assert torch.equal(teacher(x), plain(x))
+    teacher.train()
+    inputs = []
+    last = order[-2]
+    last.register_forward_hook(lambda _m, args, out: inputs.append((args[0], out)))
+    teacher(x)
+    before, after = inputs[0]  # the head's dropout: 0 or kept and scaled by 1 / (1 - p)
+    kept = after != 0
+    assert torch.allclose(after[kept], before[kept] / 0.8)
+    assert 0 < (~kept & (before != 0)).sum() < (before != 0).sum()
+    # a plain VGG has its one FC layer behind a dropout too
+    head = [m for m in models.create("vgg11", dropout=0.5, **kwargs).classifier.modules()]
+    assert [type(m).__name__ for m in head[2:]] == ["Flatten", "Dropout", "Linear"]
+    for bad in (1.0, -0.1):
+        with pytest.raises(UserError, match=r"dropout .* must lie in \[0, 1\)"):
+            models.create("vgg11_ltl", dropout=bad)
+
+
 def test_cnn1d_and_the_ltl_vggs_take_a_model_spec_and_are_checked_like_every_network():
     net = models.create("cnn1d", width=0.25, T=2)  # its spec's defaults: one channel, length 40
     assert net(torch.rand(4, 1, 40)).shape == (2, 4, 10)

@@ -121,6 +121,9 @@ def test_ltl_recipes_train_the_ann_twin_of_their_student():
         teacher = teacher_config(student.ltl, student.data)
         assert teacher.model.kind == "ann" and teacher.model.name == student.model.name, path.name
         assert teacher.data.name == student.data.name and teacher.model.width == student.model.width
+        if student.model.name in ("vgg11_ltl", "vgg16_ltl"):  # as published: the teacher only
+            assert teacher.model.options.get("dropout") == 0.2, path.name
+            assert "dropout" not in student.model.options, path.name
         shape = SAMPLE_SHAPES[student.data.name]
         common = {"num_classes": 10, "in_channels": shape[0], "input_size": shape[-1], "width": 0.125}
         s = models.create(student.model.name, T=2, **common, **student.model.options)

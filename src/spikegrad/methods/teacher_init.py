@@ -91,9 +91,14 @@ def init_student_from_teacher(
         s_layer.weight.copy_(weight * theta * previous / current)
         s_layer.bias.copy_(bias * theta / current)
         previous = current
-    s_head, t_head = student.classifier.state_dict(), teacher.classifier.state_dict()
-    if [(k, v.shape) for k, v in s_head.items()] != [(k, v.shape) for k, v in t_head.items()]:
-        raise UserError("ltl.student_init=teacher: the student's and teacher's classifiers differ")
-    student.classifier.load_state_dict(t_head)
+    # parameters in order, not state-dict keys: a dropout layer (the teacher's, while training)
+    # shifts the keys without changing what the classifier computes in eval mode
+    s_head, t_head = list(student.classifier.parameters()), list(teacher.classifier.parameters())
+    if [p.shape for p in s_head] != [p.shape for p in t_head]:
+        raise UserError("ltl.student_init=teacher: the student's and teacher's classifiers differ "
+                        f"(parameter shapes {[tuple(p.shape) for p in s_head]} and "
+                        f"{[tuple(p.shape) for p in t_head]})")
+    for s_param, t_param in zip(s_head, t_head, strict=True):
+        s_param.copy_(t_param)
     first = next(m for m in student.classifier.modules() if isinstance(m, WEIGHTED))
     first.weight.mul_(previous)

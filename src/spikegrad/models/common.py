@@ -177,7 +177,11 @@ class ConvUnit(nn.Sequential):
 
 
 class LinearUnit(nn.Sequential):
-    """``[flatten] -> linear -> [BN] -> activation``, folded over time."""
+    """``[flatten] -> [dropout] -> linear -> [BN] -> activation``, folded over time.
+
+    ``dropout > 0`` zeroes each input of the linear layer with that probability while training
+    (a mask drawn for every time step and sample; off in eval mode).
+    """
 
     def __init__(
         self,
@@ -186,8 +190,11 @@ class LinearUnit(nn.Sequential):
         activation: nn.Module,
         flatten: bool = False,
         batch_norm: bool = True,
+        dropout: float = 0.0,
     ) -> None:
         ops: list[nn.Module] = [nn.Flatten()] if flatten else []
+        if dropout > 0:
+            ops.append(nn.Dropout(dropout))
         ops.append(nn.Linear(in_features, out_features, bias=not batch_norm))
         if batch_norm:
             ops.append(nn.BatchNorm1d(out_features))

@@ -54,6 +54,9 @@ class SpikingVGG(SpikingNetwork):
         layers: channel counts and ``"M"`` (downsample by 2) in order.
         hidden_fc: sizes of spiking fully connected units before the output layer.
         downsample: ``"avg"`` (2×2 average pool) or ``"stride"`` (stride-2 convolution).
+        dropout: probability of zeroing each input of every fully connected layer (hidden
+            and output) while training, in ``[0, 1)``; the published LTL VGG-11 teacher
+            uses 0.2 (its recipe sets it).
     """
 
     def __init__(
@@ -63,10 +66,14 @@ class SpikingVGG(SpikingNetwork):
         layers: Sequence[int | str],
         hidden_fc: Sequence[int] = (),
         downsample: str = "avg",
+        dropout: float = 0.0,
     ) -> None:
         super().__init__(spec.T, spec.kind, spec.encoder)
         if downsample not in ("avg", "stride"):
             raise UserError(f"downsample must be 'avg' or 'stride', got {downsample!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise UserError(f"dropout is the probability of zeroing an input and must lie in "
+                            f"[0, 1), got {dropout!r}")
         act, batch_norm = spec.activation(), spec.batch_norm
         units: list[nn.Module] = []
         channels, side = spec.in_channels, spec.input_size
@@ -83,12 +90,13 @@ class SpikingVGG(SpikingNetwork):
         features = channels * side * side
         for i, size in enumerate(hidden_fc):
             units.append(LinearUnit(features, spec.channels(size), act(), flatten=i == 0,
-                                    batch_norm=batch_norm))
+                                    batch_norm=batch_norm, dropout=dropout))
             features = spec.channels(size)
         self.features = nn.Sequential(*units)
-        head = [nn.Linear(features, spec.num_classes)]
-        if not hidden_fc:
-            head.insert(0, nn.Flatten())
+        head: list[nn.Module] = [] if hidden_fc else [nn.Flatten()]
+        if dropout > 0:
+            head.append(nn.Dropout(dropout))
+        head.append(nn.Linear(features, spec.num_classes))
         self.classifier = TimeDistributed(nn.Sequential(*head))
 
 
