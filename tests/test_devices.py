@@ -52,6 +52,7 @@ def test_each_fault_has_the_requested_size():
     n = w.numel()  # 18,432 weights
     assert zero.sum() / n == pytest.approx(0.1, abs=0.01)
     assert stuck_max.sum() / n == pytest.approx(0.05, abs=0.01)
+    assert (w[stuck_max] > 0).float().mean().item() == pytest.approx(0.5, abs=0.08)  # ±R
     healthy = ~zero & ~stuck_max
     ratio = w[healthy] / ideal[healthy]
     assert ratio.mean().item() == pytest.approx(1.0, abs=0.01)
@@ -76,9 +77,38 @@ def test_sync_keeps_the_devices_imperfect_after_an_update():
     assert torch.allclose(conv.weight, programmed + step)
 
 
-def test_threshold_variation_equals_per_neuron_thresholds():
+def test_device_value_quantises_the_programmed_weight_then_varies_it():
+    """``w_dev = g ⊙ Q_k(w_prog)`` over the range ``R`` fixed when the devices were applied:
+    quantisation first (the levels of an ideal device), the variation after."""
     torch.manual_seed(0)
-    neuron = neurons.LIF(leak=0.8, threshold=0.5, surrogate=surrogates.Rectangle())
+    model = nn.Sequential(nn.Linear(20, 30))
+    w = model[0].weight.detach().clone()
+    R = float(w.abs().max())
+    ImperfectDevices(model, DeviceModel(bits=3, seed=2))
+    levels = torch.tensor([-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0]) * R / 3  # 3 bits: 7 levels
+    assert torch.equal(model[0].weight, quantise(w, 3, R))
+    nearest = (model[0].weight.detach()[..., None] - levels).abs().min(-1)
+    assert nearest.values.max() < 1e-6 and nearest.indices.unique().numel() == 7
+
+    model = nn.Sequential(nn.Linear(20, 30))
+    with torch.no_grad():
+        model[0].weight.copy_(w)
+    devices = ImperfectDevices(model, DeviceModel(sigma=0.3, bits=3, seed=2))
+    gain = devices.synapses[0].gain
+    assert torch.allclose(model[0].weight, gain * quantise(w, 3, R))
+    assert not torch.allclose(model[0].weight, quantise(gain * w, 3, R))  # not the other order
+    with torch.no_grad():  # a step that pushes every weight past the range
+        model[0].weight += 2 * R
+    devices.sync()
+    assert torch.allclose(devices.synapses[0].programmed, w + 2 * R)
+    assert devices.synapses[0].weight_range == R  # the range stays the applied one
+    assert torch.allclose(model[0].weight, gain * R)  # clipped to the top level, R
+
+
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_threshold_variation_equals_per_neuron_thresholds(reset):
+    torch.manual_seed(0)
+    neuron = neurons.LIF(leak=0.8, threshold=0.5, reset=reset, surrogate=surrogates.Rectangle())
     x = torch.rand(6, 3, 4, 5)  # (T, B, C, F)
     devices = ImperfectDevices(nn.Sequential(neuron), DeviceModel(threshold_sigma=0.3, seed=1))
     spikes = neuron(x)
@@ -88,11 +118,24 @@ def test_threshold_variation_equals_per_neuron_thresholds():
     for t in range(6):  # hand loop with per-neuron thresholds θ·k
         h = 0.8 * u + x[t]
         s = (h >= 0.5 * k).float()
-        u = h * (1 - s)
+        u = h * (1 - s) if reset == "hard" else h - 0.5 * k * s
         expected.append(s)
     assert torch.equal(spikes, torch.stack(expected))
+    assert spikes.sum() > 0
     devices.restore()
     assert not torch.equal(neuron(x), spikes)
+
+
+def test_threshold_factors_stop_at_their_floor():
+    """``k_i = max(1 + σ_θ·η_i, 0.05)``: a wide variation puts some factors on the floor."""
+    neuron = neurons.LIF(leak=0.8, threshold=0.5)
+    devices = ImperfectDevices(nn.Sequential(neuron), DeviceModel(threshold_sigma=2.0, seed=0))
+    neuron(torch.rand(2, 3, 500))
+    k = devices.threshold_factors()[0]
+    floor = k == torch.tensor(0.05)
+    # P(1 + 2η < 0.05) = Φ(-0.475) ≈ 0.32
+    assert floor.float().mean().item() == pytest.approx(0.32, abs=0.07)
+    assert k.min() == torch.tensor(0.05) and (k[~floor] > 0.05).all()
 
 
 def test_bad_device_models_are_user_errors():
