@@ -21,6 +21,7 @@ from spikegrad.devices import DeviceModel, ImperfectDevices
 from spikegrad.distributed import DistributedContext
 from spikegrad.dynamics import NeuronState
 from spikegrad.errors import UserError
+from spikegrad.evaluation import evaluate_model
 from spikegrad.methods.ltl import (
     LocalTandemLearning,
     distillation_loss,
@@ -581,11 +582,39 @@ def test_ltl_runs_report_method_and_layer_losses(tmp_path, teacher_checkpoint, m
     losses = row["ltl_layer_losses"]
     assert list(losses) == ["features.0", "features.1", "features.2"]  # values: the test above
     assert summary["final_test_acc"] > 0.4  # initialised from the teacher (about 0.7; chance 0.1)
+    # the run's accuracy reads out t >= T_warm (3 of T = 4) online, every step offline
+    model, _ = load_model(tmp_path / "last.pt")
+    _, test_set, _ = datasets_from_config(config.data)
+    x = torch.stack([test_set[i][0] for i in range(len(test_set))])
+    y = torch.tensor([int(test_set[i][1]) for i in range(len(test_set))])
+    with torch.no_grad():
+        outputs = model.eval()(x)  # (T, B, classes)
+    start = 3 if mode == "online" else 0
+    hand = (outputs[start:].mean(0).argmax(1) == y).sum().item() / len(y)
+    assert summary["final_test_acc"] == pytest.approx(hand, abs=1e-9)
     proc = subprocess.run([sys.executable, "-m", "spikegrad.cli", "eval", str(tmp_path / "last.pt"),
                            "--json"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr  # eval reads the online readout window from the config
     assert json.loads(proc.stdout)["test_acc"] == pytest.approx(summary["final_test_acc"])
+
+
+def test_evaluation_reads_out_the_window_from_readout_start():
+    """Logits that favour class 0 before step 3 and the right class from step 3 on: read out
+    from step 3 every prediction is right, over all steps every one is class 0."""
+    y = torch.tensor([1, 2, 3, 4])
+
+    class Stub(nn.Module):
+        def forward(self, x):
+            outputs = torch.zeros(4, len(x), 10)
+            outputs[:3, :, 0] = 10.0
+            outputs[3:, torch.arange(len(x)), y] = 1.0
+            return outputs
+
+    loader = [(torch.zeros(4, 1), y)]
+    cpu = torch.device("cpu")
+    assert evaluate_model(Stub(), loader, cpu, readout_start=3)["test_acc"] == 1.0
+    assert evaluate_model(Stub(), loader, cpu, readout_start=0)["test_acc"] == 0.0
 
 
 def test_teacher_recipe_is_trained_first_into_the_run_folder(tmp_path):
