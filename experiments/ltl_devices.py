@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     stored = from_checkpoint(args.student, ["optim.name=adam", "train.device=cpu"])
     student, config = stored.model, stored.config
     teacher = from_checkpoint(args.teacher).model
-    train_set, test_set, _ = datasets_from_config(config.data)
+    train_set, test_set, info = datasets_from_config(config.data)
     loader = torch.utils.data.DataLoader(test_set, batch_size=config.data.eval_batch_size,
                                          collate_fn=collate_for(test_set))
     cpu = torch.device("cpu")
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 devices = DeviceModel(seed=seed, **setting)
                 for method in METHODS:
                     result = calibrate(copy.deepcopy(student), devices, train_set, test_set, config,
-                                       method, args.steps, teacher=teacher, lr=args.lr)
+                                       method, args.steps, teacher=teacher, lr=args.lr, info=info)
                     result.update(sweep=sweep, setting=setting, seed=seed)
                     rows.append(result)
                 print(f"  {devices.describe()} seed {seed}: none {100 * result['acc_before']:.1f}, "

@@ -2,9 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from spikegrad.data import build_augmentation, build_datasets
+from spikegrad import models
+from spikegrad.config import load_config
+from spikegrad.data import DatasetInfo, build_augmentation, build_datasets
 from spikegrad.data.digits import load_digits_arrays, stratified_split
+from spikegrad.demo import recipe_path
 from spikegrad.errors import UserError
+from spikegrad.trainer import Trainer
 
 
 def test_digits_split_is_fixed_stratified_and_disjoint():
@@ -70,8 +74,24 @@ def test_unknown_augmentation_is_named():
         build_augmentation(["cropp:4"])
     with pytest.raises(UserError, match="'hflip' takes a number"):
         build_augmentation(["hflip:x"])
+    info = DatasetInfo(10, (3, 8, 8))
     with pytest.raises(UserError, match="unknown AutoAugment policy 'imagenet'"):
-        build_augmentation(["autoaugment:imagenet"])
+        build_augmentation(["autoaugment:imagenet"], info)
+
+
+def test_autoaugment_without_the_dataset_statistics_is_refused_with_the_fix():
+    """Without the statistics it would clamp normalised samples to [0, 1]: refused, in the
+    Python API's trainer too (``spikegrad train`` passes them)."""
+    with pytest.raises(UserError, match=r"'autoaugment' works on pixel values.*build_augmentation"
+                                        r"\(config.data.augment, info\)"):
+        build_augmentation(["crop:4", "autoaugment"])
+    train_set, test_set, info = build_datasets("digits")
+    config = load_config(recipe_path("digits")).with_overrides({"data.augment": ["autoaugment"]})
+    model = models.create("digits_cnn", width=0.25, T=2, in_channels=1, input_size=8)
+    with pytest.raises(UserError, match=r"Trainer\(\.\.\., augment=\.\.\.\)"):
+        Trainer(model, train_set, test_set, config, verbose=False)
+    augment = build_augmentation(config.data.augment, info)
+    assert Trainer(model, train_set, test_set, config, augment=augment, verbose=False).augment is augment
 
 
 def test_cluttered_digits_is_deterministic_and_split_by_source_digit():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -221,3 +222,10 @@ def test_aedat4_writer_round_trip(tmp_path):
     decoded = np.concatenate([p["events"] for p in aedat.Decoder(str(path)) if "events" in p])
     assert decoded["x"].tolist() == [1, 3, 127] and decoded["t"].tolist() == [10, 20, 30]
     assert decoded["on"].tolist() == [True, False, True]
+
+
+def test_events_to_frames_without_tonic_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tonic.transforms", None)  # import fails
+    events = np.zeros(3, dtype=[("x", int), ("y", int), ("t", int), ("p", int)])
+    with pytest.raises(UserError, match=r"needs tonic.*pip install --no-deps tonic"):
+        events_to_frames(events, FrameSpec(T=2, sensor_size=(4, 4, 2), size=4))

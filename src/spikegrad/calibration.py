@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from spikegrad.build import build_components
 from spikegrad.config import Config, DiagnosticsConfig, DspikeConfig, LTLConfig, ShortcutConfig
-from spikegrad.data import build_augmentation
+from spikegrad.data import DatasetInfo, build_augmentation
 from spikegrad.data.loader import collate_for
 from spikegrad.devices import DeviceModel, DeviceSync, ImperfectDevices
 from spikegrad.errors import UserError, unknown_name_error
@@ -80,13 +80,16 @@ def calibrate(
     teacher: nn.Module | None = None,
     readout_start: int = 0,
     lr: float | None = None,
+    info: DatasetInfo | None = None,
 ) -> dict[str, Any]:
     """Apply ``device_model`` to ``model`` (in place), calibrate, and measure test accuracy.
 
     Returns ``{"method", "devices", "steps", "acc_fault_free", "acc_before", "acc_after"}``:
     the test accuracy without the faults, with them before any update, and after ``steps``
     optimizer steps (the training set is cycled when it has fewer samples). ``teacher`` (the
-    ANN twin) is needed by ``ltl-online``. ``lr`` overrides ``optim.lr``.
+    ANN twin) is needed by ``ltl-online``. ``lr`` overrides ``optim.lr``. ``info`` (the
+    datasets' :class:`~spikegrad.data.DatasetInfo`) is needed by augmentations that work on
+    pixel values (``autoaugment``).
     """
     if method not in CALIBRATION_METHODS:
         raise unknown_name_error("calibration method", method, CALIBRATION_METHODS)
@@ -112,7 +115,7 @@ def calibrate(
                                                        config.train.seed))
         components = [*build_components(config, model, teacher=teacher), DeviceSync(devices)]
         trainer = Trainer(model, subset, test_set, config, components=components,
-                          augment=build_augmentation(config.data.augment), verbose=False)
+                          augment=build_augmentation(config.data.augment, info), verbose=False)
         trainer.train_one_epoch(0)
         result["steps"] = trainer.iteration
     result["acc_after"] = accuracy()

@@ -259,12 +259,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     model, config = run.model, run.config
     teacher = from_checkpoint(_checkpoint(args.teacher, "teacher", quiet=args.json)).model \
         if args.teacher else None
-    train_set, test_set, _ = datasets_from_config(config.data)
+    train_set, test_set, info = datasets_from_config(config.data)
     devices = DeviceModel(args.sigma, args.stuck_at_zero, args.stuck_at_max, args.bits,
                           args.threshold_sigma, args.seed)
     result = calibrate(model, devices, train_set, test_set, config, args.method, steps,
                        teacher=teacher, readout_start=readout_start(config, getattr(model, "T", 1)),
-                       lr=args.lr)
+                       lr=args.lr, info=info)
     if args.out is not None:
         save_checkpoint(args.out, model, run.payload["model_args"], config=run.payload["config"],
                         method=f"{run.payload.get('method') or 'model'}+calibrated",

@@ -1,4 +1,5 @@
-"""Neuron dynamics as pure functions: the one place the membrane equations are written.
+"""Neuron dynamics as pure functions: the reference of the membrane equations (the fused
+kernels of :mod:`spikegrad.fused` compute them again, held to this by the tests).
 
 Discrete-time leaky integrate-and-fire, for each time step ``t`` (units: the membrane
 potential ``u`` and the threshold share the units of the input current ``I``)::

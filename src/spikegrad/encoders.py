@@ -11,8 +11,8 @@ The registry (:func:`available`, :func:`create`) is what ``model.encoder`` names
   (:class:`DeltaEncoder`).
 
 Latency and Poisson expect intensities in ``[0, 1]`` (pixel values, not mean/std
-normalised); both are deterministic except Poisson. None of them passes a gradient to the
-input.
+normalised); both are deterministic except Poisson. ``direct`` passes the gradient to the
+input (it repeats it); the others pass none.
 """
 
 from __future__ import annotations

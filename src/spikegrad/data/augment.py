@@ -147,7 +147,9 @@ def _parse_argument(name: str, arg: str) -> list:
 def build_augmentation(spec: Sequence[str] | None, info: DatasetInfo | None = None) -> BatchOp | None:
     """Build a pipeline from strings like ``["crop:4", "hflip"]`` (``name[:argument]``).
 
-    ``info`` gives the normalisation statistics to ops that need pixel values.
+    ``info`` (what :func:`spikegrad.data.build_datasets` returns with the datasets) gives the
+    normalisation statistics to ops that need pixel values (``autoaugment``): without it they
+    are refused, since guessing would clamp normalised samples to ``[0, 1]``.
     """
     if not spec:
         return None
@@ -157,7 +159,13 @@ def build_augmentation(spec: Sequence[str] | None, info: DatasetInfo | None = No
         if name not in _OPS:
             raise unknown_name_error("augmentation", name, _OPS)
         kwargs = {}
-        if name in _NEEDS_STATS and info is not None:
+        if name in _NEEDS_STATS:
+            if info is None:
+                raise UserError(
+                    f"augmentation {item!r} works on pixel values, so it must undo the dataset's "
+                    "normalisation and needs its statistics: pass the DatasetInfo that "
+                    "build_datasets returns, build_augmentation(config.data.augment, info), and give "
+                    "the pipeline to Trainer(..., augment=...) (spikegrad train does this)")
             kwargs = {"mean": info.mean, "std": info.std}
         args = _parse_argument(name, arg)
         if name in ("crop", "roll") and args and info is not None and len(info.sample_shape) >= 2:

@@ -68,7 +68,12 @@ class FrameSpec:
 
 def events_to_frames(events: np.ndarray, spec: FrameSpec) -> np.ndarray:
     """Structured events (fields ``x``, ``y``, ``t``, ``p``) -> float32 frames ``[T, P, S, S]``."""
-    from tonic.transforms import ToFrame
+    try:
+        from tonic.transforms import ToFrame
+    except ImportError as exc:
+        raise UserError("turning events into frames needs tonic, which spikegrad does not install "
+                        "(it pulls a large audio stack): pip install --no-deps tonic, and pip "
+                        f"install 'spikegrad[events]' for its readers ({exc})") from exc
 
     width, height, polarities = spec.sensor_size
     if len(events) == 0:

@@ -152,9 +152,10 @@ def _choices(model: nn.Module) -> str:
 def default_attach_points(model: nn.Module, every: int | None = None) -> list[str]:
     """Where branches go when the config names none.
 
-    A model with ``stage_ends()`` (the ResNets): the end of every stage but the last. Other
-    models with ``units()``: every ``every``-th unit except the last (which feeds the main
-    head); ``every=None`` picks ``max(1, n // 4)`` for ``n`` units, about four blocks.
+    A model with ``stage_ends()`` (the ResNets) and ``every=None``: the end of every stage but
+    the last. Otherwise (other models with ``units()``, or ``every`` given): every
+    ``every``-th unit except the last (which feeds the main head); ``every=None`` picks
+    ``max(1, n // 4)`` for ``n`` units, about four blocks.
     """
     stage_ends = getattr(model, "stage_ends", None)
     if callable(stage_ends) and every is None:
@@ -267,7 +268,8 @@ class ShortcutBackprop(Component):
 
     Args:
         attach: qualified module names to branch from; None: :func:`default_attach_points`.
-        every: for models without stage ends, a branch after every ``every``-th unit.
+        every: a branch after every ``every``-th unit (on a ResNet too, instead of its stage
+            ends).
         schedule, lambda0, step_fraction, gamma: the balance coefficient
             (:func:`balance_coefficient`).
         loss: ``combined`` (one loss on the combined logits, the paper's method) or
