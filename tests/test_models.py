@@ -181,3 +181,22 @@ def test_every_model_builds_without_batch_norm(name):
     out.mean(0).logsumexp(1).sum().backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_ann_twin_units_clip_their_relu_to_activation_max():
+    """The LTL teacher's activation: ReLU clipped to [0, 2] (``activation_max``)."""
+    assert torch.equal(neurons.ClippedReLU(2.0)(torch.tensor([-1.0, 0.5, 1.0, 3.0])),
+                       torch.tensor([0.0, 0.5, 1.0, 2.0]))
+    torch.manual_seed(0)
+    for clip in (2.0, 0.7):
+        ann = models.create("digits_cnn", kind="ann", width=0.25, in_channels=1, input_size=8,
+                            activation_max=clip).eval()
+        with torch.no_grad():  # wide pre-activations, so that every unit saturates somewhere
+            for bn in (m for m in ann.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+                bn.weight.fill_(5.0)
+        h = ann.encode(torch.rand(8, 1, 8, 8))
+        for _, unit in ann.units():
+            pre = unit[0](h)  # the weight layer and batch norm
+            h = unit(h)
+            assert torch.equal(h, pre.clamp(0.0, clip))
+            assert (h == clip).any() and (h == 0).any()

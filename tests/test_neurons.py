@@ -29,6 +29,15 @@ def test_lif_hard_reset_to_nonzero_v_reset_trace():
     assert h == pytest.approx([0.35, 0.775, 0.9875, 1.69375, -0.15])
 
 
+def test_lif_input_scale_trace():
+    """``h_t = leak·u_{t-1} + input_scale·I_t`` (SpikingJelly's ``1/τ``), by hand: τ = 2."""
+    s, h = trace(neurons.LIF(leak=0.5, threshold=1.0, reset="hard", input_scale=0.5),
+                 [1.2, 1.2, 1.2, 2.4, 0.2])
+    # 0.6; 0.3 + 0.6 = 0.9; 0.45 + 0.6 = 1.05 fires; 0 + 1.2 fires; 0 + 0.1
+    assert s == [0, 0, 1, 1, 0]
+    assert h == pytest.approx([0.6, 0.9, 1.05, 1.2, 0.1])
+
+
 def test_lif_soft_reset_trace():
     s, h = trace(neurons.LIF(leak=0.5, threshold=1.0, reset="soft"), [0.6, 0.6, 0.6, 1.2, 0.1])
     assert s == [0, 0, 1, 1, 0]

@@ -131,3 +131,33 @@ def test_ltl_recipes_train_the_ann_twin_of_their_student():
         assert pair_units(s, t, torch.rand(2, *shape))
         checked.append(student.model.name)
     assert {"vgg11_ltl", "vgg16_ltl", "digits_cnn"} <= set(checked)
+
+
+PUBLISHED_LTL = [p for p in RECIPES if "_ltl" in p.stem and not p.stem.startswith("digits")]
+
+
+@pytest.mark.parametrize("path", PUBLISHED_LTL, ids=lambda p: p.stem)
+def test_published_ltl_recipes_hold_the_papers_student_and_optimiser(path):
+    """The published LTL student and training: LIF λ = exp(-1/10), θ = 0.6, hard reset, a
+    rectangle of height 1 and half-width 0.2, T = 16, no batch norm, Adam 1e-4 without weight
+    decay, batch 64, five epochs; targets at the 99.9th percentile offline, the 99th online,
+    where the online loss starts at step 12 of 16."""
+    import math
+
+    import torch
+
+    from spikegrad.methods.ltl import LocalTandemLearning, resolve_T_warm
+
+    config = load_config(path)
+    neuron = config.model.neuron
+    assert neuron.leak == pytest.approx(math.exp(-0.1), abs=1e-6)
+    assert (neuron.threshold, neuron.reset, neuron.v_reset) == (0.6, "hard", 0.0)
+    assert config.model.surrogate == {"name": "rectangle", "width": 0.4, "height": 1.0}
+    assert config.model.T == 16 and config.model.options.get("batch_norm") is False
+    assert (config.optim.name, config.optim.lr, config.optim.weight_decay) == ("adam", 1e-4, 0.0)
+    assert config.data.batch_size == 64 and config.train.epochs == 5
+    ltl = LocalTandemLearning.from_config(config.ltl, teacher=torch.nn.Identity())
+    assert ltl.percentile == {"offline": 99.9, "online": 99.0}[config.ltl.mode]
+    if config.ltl.mode == "online":
+        assert resolve_T_warm(config.ltl.T_warm, config.model.T) == 12
+    assert len(PUBLISHED_LTL) == 4

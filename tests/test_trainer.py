@@ -62,10 +62,10 @@ def test_ann_kind_reports_ann_method(tmp_path):
 def test_tet_loss_matches_its_formula():
     torch.manual_seed(0)
     out, y = torch.randn(4, 5, 3), torch.randint(0, 3, (5,))
-    lam, phi = 0.2, 1.0
-    ce = sum(nn.functional.cross_entropy(out[t], y) for t in range(4)) / 4
-    mse = sum(((out[t] - phi) ** 2).mean() for t in range(4)) / 4
-    assert tet_loss(out, y, lam, phi).item() == pytest.approx(((1 - lam) * ce + lam * mse).item())
+    for lam, phi in ((0.2, 1.0), (0.05, 0.5), (0.7, -0.3)):
+        ce = sum(nn.functional.cross_entropy(out[t], y) for t in range(4)) / 4
+        mse = sum(((out[t] - phi) ** 2).mean() for t in range(4)) / 4
+        assert tet_loss(out, y, lam, phi).item() == pytest.approx(((1 - lam) * ce + lam * mse).item())
 
 
 def test_cosine_schedule_with_warmup():
