@@ -226,6 +226,14 @@ def test_calibration_builds_online_ltl_from_the_stored_section():
     assert (ltl.mode, ltl.percentile, ltl.layer_weights, ltl.student_init) == (
         "online", 95.0, [1, 2, 3], "random")
     assert build_components(calibration_config(stored, method="bptt")) == []
+    # one epoch at a constant rate (the stored one unless given), no weight decay, no warm-up
+    trained = stored.with_overrides({"schedule.name": "cosine", "schedule.warmup_epochs": 2.0,
+                                     "optim.weight_decay": 5e-4, "train.epochs": 30})
+    for method_name, lr in (("bptt", None), ("ltl-online", 0.01)):
+        calib = calibration_config(trained, lr, method_name)
+        assert (calib.schedule.name, calib.schedule.warmup_epochs) == ("constant", 0.0)
+        assert (calib.optim.weight_decay, calib.train.epochs) == (0.0, 1)
+        assert calib.optim.lr == (trained.optim.lr if lr is None else lr)
     # the methods calibration switches off keep none of the trained run's settings of them
     stored = stored.with_overrides({"dspike.every": 2, "shortcut.lambda0": 1.0,
                                     "diagnostics.histogram_bins": 5})

@@ -217,6 +217,38 @@ def test_per_layer_temperatures_one_per_unit(tmp_path):
     assert rows[-1]["dspike_temperature"] == pytest.approx(sum(temps.values()) / 3)
 
 
+def test_per_layer_search_probes_each_units_own_layer_and_sets_only_its_neurons(monkeypatch):
+    """dspike.per_layer: unit l's temperature is chosen on the FDG of unit l's first weight
+    layer, over candidates applied to unit l's neurons alone; the other units keep theirs."""
+    trainer, search = trainer_for(tiny_config(**{"dspike.per_layer": True, **PAPER}))
+    model = trainer.model
+    units = dict(model.units())
+    seen = []
+    wins = iter([0, 2, 1])  # unit 0 takes the lowest candidate, unit 1 the highest, unit 2 keeps b
+
+    def fake_matrix(model, layer, batches, index_sets, epsilon, assignments, *rest):
+        seen.append((layer, [set(map(id, a)) for a in assignments],
+                     [a[next(iter(a))].temperature for a in assignments]))
+        row = torch.zeros(len(assignments), dtype=torch.float64)
+        row[next(wins)] = 1.0
+        return row[None]
+
+    monkeypatch.setattr(dspike_module, "similarity_matrix", fake_matrix)
+    row = search.on_epoch_start(trainer.context, 1)
+    assert len(seen) == 3
+    for (layer, neuron_sets, candidates), name in zip(seen, units, strict=True):
+        first = next(m for m in units[name].modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+        assert layer is first
+        own = {id(m) for m in units[name].modules() if isinstance(getattr(m, "surrogate", None), Dspike)}
+        assert own and all(ids == own for ids in neuron_sets)
+        assert candidates == [2.5, 3.0, 3.5]
+    assert row["dspike_temperatures"] == {"features.0": 2.5, "features.1": 3.5, "features.2": 3.0}
+    for name, b in row["dspike_temperatures"].items():
+        temps = {m.surrogate.temperature for m in units[name].modules()
+                 if isinstance(getattr(m, "surrogate", None), Dspike)}
+        assert temps == {b}
+
+
 def test_fdg_command_on_event_frames_keeps_time_first(tmp_path, capsys):
     """Event datasets yield [T, ...] samples; the probe batch must be [T, B, ...] as in training."""
     config = load_config(recipe_path("event_digits")).with_overrides({
