@@ -352,6 +352,7 @@ SMOKE = {
 SMOKE_ELSEWHERE = {
     "experiments.dspike_surrogates": "test_experiments_dspike_surrogates.py",
     "experiments.ltl_claims": "test_experiments_ltl_claims.py",
+    "experiments.ltl_rates": "test_experiments_ltl_rates.py",
     "experiments.shortcut_claims": "test_experiments_shortcut_claims.py",
 }
 
