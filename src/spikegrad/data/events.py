@@ -40,8 +40,9 @@ def open_tonic(class_name: str, root: Path, download: bool, layout: str, **kwarg
     """
     try:
         import tonic.datasets
-    except ImportError as exc:  # pragma: no cover - tonic is a dependency
-        raise UserError(f"event datasets need tonic (pip install tonic): {exc}") from exc
+    except ImportError as exc:  # tonic is not a dependency: it pulls a large audio stack
+        raise UserError("event datasets need tonic: pip install --no-deps tonic, and pip install "
+                        f"'spikegrad[events]' for its readers ({exc})") from exc
     base = getattr(tonic.datasets, class_name)
 
     def check_exists(self) -> bool:
