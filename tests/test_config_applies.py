@@ -30,7 +30,8 @@ def teacher() -> nn.Module:
 def check(config: Config) -> None:
     """Every check of what a variant reads that the config alone decides (no data, no training)."""
     build_optimizer(config, [nn.Parameter(torch.zeros(1))])
-    check_lr_schedule(config.schedule)
+    check_lr_schedule(config.schedule, config.train.epochs, config.optim.lr)
+    config.model.neuron.kwargs()
     if config.ltl.mode == "none":
         training_loss(config.train)
     else:
@@ -76,6 +77,14 @@ REFUSED = [
     (["analysis.monitors=false", "analysis.membrane=true"],
      r"analysis\.membrane=true does not apply with analysis\.monitors=false"),
     (["analysis.monitors=false", "analysis.pj_per_ac=0.5"], r"analysis\.pj_per_ac=0\.5 does not apply"),
+    (["optim.momentum=0", "optim.nesterov=true"], r"optim\.nesterov=true needs momentum"),
+    (["schedule.warmup_epochs=20", "train.epochs=20"],
+     r"schedule\.warmup_epochs=20 does not end within train\.epochs=20"),
+    (["schedule.name=step", "schedule.step_epochs=25", "train.epochs=20"],
+     r"step_epochs=25 epochs, but train\.epochs=20 ends first, so schedule\.gamma never applies"),
+    (["schedule.min_lr=1.0", "optim.lr=0.1"], r"schedule\.min_lr=1 is above optim\.lr=0\.1"),
+    (["model.neuron.type=if", "model.neuron.leak=0.9"],
+     r"model\.neuron\.leak=0\.9 does not apply to model\.neuron\.type if"),
 ]
 
 
@@ -100,6 +109,10 @@ ACCEPTED = [
     ["dspike.adaptive=true", "dspike.rule=paper"],
     ["analysis.membrane=true", "analysis.pj_per_ac=0.5"],
     ["analysis.monitors=false", "analysis.tensorboard=true"],
+    ["schedule.warmup_epochs=19.5", "train.epochs=20"],
+    ["schedule.name=step", "schedule.step_epochs=19", "train.epochs=20"],
+    ["schedule.min_lr=0.1", "optim.lr=0.1"],
+    ["model.neuron.type=if", "model.neuron.threshold=0.5"],
 ]
 
 

@@ -74,6 +74,17 @@ def test_unknown_augmentation_is_named():
         build_augmentation(["cropp:4"])
     with pytest.raises(UserError, match="'hflip' takes a number"):
         build_augmentation(["hflip:x"])
+    for p in ("2", "-0.5"):
+        with pytest.raises(UserError, match=r"'hflip:.*': the flip probability must lie in \[0, 1\]"):
+            build_augmentation([f"hflip:{p}"])
+
+
+def test_a_dataset_folder_named_twice_is_refused():
+    from spikegrad.build import datasets_from_config
+
+    data = load_config(None, ["data.name=cifar10", "data.root=/a", "data.options={root: /b}"]).data
+    with pytest.raises(UserError, match=r"data\.root and data\.options\.root both name"):
+        datasets_from_config(data)
     info = DatasetInfo(10, (3, 8, 8))
     with pytest.raises(UserError, match="unknown AutoAugment policy 'imagenet'"):
         build_augmentation(["autoaugment:imagenet"], info)

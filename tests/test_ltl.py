@@ -481,6 +481,9 @@ def test_readout_detach_is_refused_offline_and_spiking_readouts_are_refused():
     ctx = SimpleNamespace(model=student, train_set=None, device=torch.device("cpu"))
     with pytest.raises(UserError, match="readout: spikes"):
         ltl.attach(ctx)
+    ann = models.create("digits_cnn", kind="ann", width=0.25)  # the teacher's kind as the student
+    with pytest.raises(UserError, match=r"the model is an ANN \(model.kind=ann.*set model.kind=snn"):
+        ltl.attach(SimpleNamespace(model=ann, train_set=None, device=torch.device("cpu")))
 
 
 @pytest.mark.parametrize("mode", ["offline", "online"])

@@ -183,3 +183,73 @@ def test_loading_never_executes_code_from_the_file(tmp_path, monkeypatch):
     with pytest.raises(UserError):
         load_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+def test_trainer_arguments_of_the_wrong_kind_are_explained():
+    from spikegrad.methods.shortcut import ShortcutBackprop
+
+    data = TensorDataset(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(UserError, match=r"config must be a spikegrad Config, got dict.*load_config"):
+        Trainer(fc_spiking_net(2), data, data, {"train": {"epochs": 1}}, verbose=False)
+    with pytest.raises(UserError, match=r"components must be a list of Component instances, got "
+                                        r"ShortcutBackprop"):
+        Trainer(fc_spiking_net(2), data, data, components=ShortcutBackprop(), verbose=False)
+    with pytest.raises(UserError, match=r"components must be Component instances; got <object"):
+        Trainer(fc_spiking_net(2), data, data, components=[object()], verbose=False)
+    with pytest.raises(UserError, match=r"\(a class: call it\)"):
+        Trainer(fc_spiking_net(2), data, data, components=[ShortcutBackprop], verbose=False)
+    with pytest.raises(UserError, match=r"a model factory is called with no arguments"):
+        Trainer(lambda x: x, data, data, verbose=False)
+    with pytest.raises(UserError, match=r"a model factory is called with no arguments"):
+        Trainer(nn.Linear, data, data, verbose=False)  # a class is not a factory of one model
+
+
+def test_devices_it_cannot_train_on_are_refused():
+    from spikegrad.trainer import resolve_device
+
+    with pytest.raises(UserError, match=r"trains on cpu, cuda or mps, not on 'meta' devices"):
+        resolve_device("meta")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(UserError, match=r"no usable MPS"):
+            resolve_device("mps")
+
+
+def test_tuple_outputs_and_batch_major_sequences_are_explained():
+    data = TensorDataset(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = fc_spiking_net(2)
+
+        def forward(self, x):
+            y = self.net(x)
+            return y, y
+
+    config = Config().with_overrides({"train.epochs": 1, "train.progress": False})
+    with pytest.raises(UserError, match=r"one tensor of per-time-step logits .* got tuple"):
+        Trainer(Pair(), data, data, config, verbose=False).fit()
+    # [T, ...] samples in a plain dataset collate batch-major [B, T, ...]: the model reads
+    # the batch as time
+    sequences = TensorDataset(torch.rand(16, 4, 2), torch.zeros(16, dtype=torch.long))
+    seq_config = config.with_overrides({"data.batch_size": 8})
+    net = nn.Sequential(layers.TimeDistributed(nn.Linear(2, 2)))
+    with pytest.raises(UserError, match=r"axis 1 must be the batch.*time_major = True"):
+        Trainer(net, sequences, sequences, seq_config, verbose=False).fit()
+
+
+def test_datasets_given_as_they_are_are_evaluated_as_the_test_set(capsys):
+    """data.validation cuts datasets built from the config; given ones are used as they are,
+    and the summary says the second one is the test set."""
+    from spikegrad.build import build_parts
+
+    data = TensorDataset(torch.randn(8, 2), torch.zeros(8, dtype=torch.long))
+    config = Config().with_overrides({"train.epochs": 1, "train.progress": False,
+                                      "data.validation": 0.2})
+    trainer = Trainer(fc_spiking_net(2), data, data, config)
+    assert trainer.summary(0.0)["eval_split"] == "test"
+    assert "data.subset and data.validation cut datasets built from the config" in capsys.readouterr().out
+    recipe = load_config(recipe_path("digits"), ["data.validation=0.2", "model.width=0.25"])
+    parts = build_parts(recipe)
+    built = Trainer(parts.model, parts.train_set, parts.test_set, recipe, verbose=False)
+    assert built.summary(0.0)["eval_split"] == "validation"

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from spikegrad import encoders, fused, losses, neurons, schedules, surrogates
-from spikegrad.errors import UserError, did_you_mean
+from spikegrad.errors import UserError, did_you_mean, refuse_unread
 from spikegrad.fdg import BN_MODES
 from spikegrad.models.common import KINDS
 from spikegrad.safe_yaml import load_yaml, read_text, yaml_problem
@@ -77,7 +77,8 @@ class NeuronConfig:
     """Neuron of every spiking unit (see :mod:`spikegrad.dynamics`)."""
 
     type: str = option("lif", doc="lif, if or plif (learnable leak)", choices=neurons.available)
-    leak: float = option(0.5, doc="λ in u_t = λ·u_(t-1) + I_t (ignored by if)", min=0.0, max=1.0)
+    leak: float = option(0.5, doc="λ in u_t = λ·u_(t-1) + I_t (if has none: leave the default)",
+                         min=0.0, max=1.0)
     threshold: float = option(1.0, doc="firing threshold", gt=0.0)
     reset: str = option("hard", doc="hard: set to v_reset; soft: subtract threshold",
                         choices=("hard", "soft"))
@@ -88,9 +89,11 @@ class NeuronConfig:
                           "reference (the plain loop), cpu or triton (spikegrad.fused)")
 
     def kwargs(self) -> dict[str, Any]:
-        """Arguments for :func:`spikegrad.neurons.create` (``if`` takes no leak)."""
+        """Arguments for :func:`spikegrad.neurons.create` (``if`` takes no leak: one set is refused)."""
         out = dataclasses.asdict(self)
         if self.type == "if":
+            refuse_unread(self, "model.neuron", ["leak"], "to model.neuron.type if (integrate-and-fire "
+                          "neurons do not leak)")
             out.pop("leak")
         return out
 
@@ -214,10 +217,12 @@ class LTLConfig:
 
     mode: str = option("none", choices=LTL_MODES,
                        doc="none, offline (BPTT inside each unit) or online (state detached every step)")
-    teacher_checkpoint: str | None = option(None, doc="checkpoint of a trained ANN twin (kind ann)")
+    teacher_checkpoint: str | None = option(
+        None, doc="checkpoint of a trained ANN twin (kind ann); when set it is the teacher, and a "
+                  "recipe's ltl.teacher_recipe is not trained")
     teacher_recipe: str | None = option(
         None, doc="recipe of the ANN teacher, trained first into <run>/teacher (a path, or the "
-                  "name of a packaged recipe)")
+                  "name of a packaged recipe); unused when ltl.teacher_checkpoint is set")
     teacher_set: list[str] = option(factory=list, doc='overrides of the teacher recipe, e.g. '
                                                  '["model.kind=ann", "train.epochs=5"]')
     percentile: float | None = option(None, gt=0.0, max=100.0,

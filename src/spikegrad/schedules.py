@@ -52,12 +52,25 @@ def lr_schedules() -> list[str]:
 LR_SCHEDULE_OPTIONS = {"cosine": ("min_lr",), "step": ("step_epochs", "gamma")}
 
 
-def check_lr_schedule(section: Any) -> None:
+def check_lr_schedule(section: Any, epochs: int | None = None, lr: float | None = None) -> None:
     """Refuse a ``schedule`` key that ``schedule.name`` does not read (``min_lr`` is cosine's,
-    ``step_epochs`` and ``gamma`` step's) set to other than its default."""
+    ``step_epochs`` and ``gamma`` step's) set to other than its default, and, given the run's
+    ``epochs`` and base ``lr``, a schedule that cannot do what it says: a warm-up that never
+    ends, a step decay that never comes, a cosine floor above the rate it decays from."""
     for name, keys in LR_SCHEDULE_OPTIONS.items():
         if section.name != name:
             refuse_unread(section, "schedule", keys, f"to schedule.name {section.name} ({name} only)")
+    if epochs is not None and section.warmup_epochs >= epochs:
+        raise UserError(f"schedule.warmup_epochs={section.warmup_epochs:g} does not end within "
+                        f"train.epochs={epochs}: the rate would never reach optim.lr; shorten the "
+                        "warm-up or train longer")
+    if epochs is not None and section.name == "step" and section.step_epochs >= epochs:
+        raise UserError(f"schedule.name=step decays every schedule.step_epochs={section.step_epochs} "
+                        f"epochs, but train.epochs={epochs} ends first, so schedule.gamma never "
+                        "applies; lower schedule.step_epochs or use schedule.name=constant")
+    if lr is not None and section.name == "cosine" and section.min_lr > lr:
+        raise UserError(f"schedule.min_lr={section.min_lr:g} is above optim.lr={lr:g}: the cosine "
+                        "schedule would raise the rate; set schedule.min_lr <= optim.lr")
 
 
 def lr_factor(config: Any, iteration: int, iters_per_epoch: int) -> float:

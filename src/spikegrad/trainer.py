@@ -17,6 +17,7 @@ everything an exact resume needs (:mod:`spikegrad.resume`); multi-process traini
 
 from __future__ import annotations
 
+import inspect
 import math
 import signal
 import sys
@@ -36,7 +37,7 @@ from spikegrad.checkpoint import load_weights
 from spikegrad.component import Component, Position, StepOutput, TrainingContext
 from spikegrad.config import Config
 from spikegrad.data.augment import build_augmentation
-from spikegrad.data.from_config import eval_split
+from spikegrad.data.from_config import split_of
 from spikegrad.data.loader import check_dataset, collate_for
 from spikegrad.data.sampler import GlobalBatchSampler, ShardSampler
 from spikegrad.diagnostics import GRADIENTS_FILE
@@ -68,11 +69,34 @@ def _created(model: nn.Module | Callable[[], nn.Module], seed: int) -> nn.Module
     if not callable(model):
         raise UserError(f"Trainer needs an nn.Module or a function returning one, got "
                         f"{type(model).__name__}")
+    if inspect.isclass(model) or any(
+            p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            for p in _parameters(model)):
+        raise UserError("a model factory is called with no arguments and returns the model; give an "
+                        "nn.Module, or a factory such as lambda: spikegrad.models.create('resnet18')")
     seed_everything(seed)  # the initial weights depend on the seed alone
     created = model()
     if not isinstance(created, nn.Module):
         raise UserError(f"the model factory returned {type(created).__name__}, not an nn.Module")
     return created
+
+
+def _parameters(function: Callable[..., Any]) -> list[inspect.Parameter]:
+    try:
+        return list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: let the call say
+        return []
+
+
+def _check_components(components: Any) -> list[Component]:
+    if isinstance(components, Component) or not isinstance(components, (list, tuple)):
+        raise UserError(f"components must be a list of Component instances, got "
+                        f"{type(components).__name__}; e.g. components=[ShortcutBackprop()]")
+    for item in components:
+        if not isinstance(item, Component):
+            hint = " (a class: call it)" if inspect.isclass(item) else ""
+            raise UserError(f"components must be Component instances; got {item!r}{hint}")
+    return list(components)
 
 
 def worker_args(workers: int) -> dict[str, Any]:
@@ -119,6 +143,13 @@ def resolve_device(name: str) -> torch.device:
                         "mps)") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"train.device is {name!r} but CUDA is not available; use train.device=cpu")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                     and torch.backends.mps.is_available()):
+        raise UserError(f"train.device is {name!r} but this torch has no usable MPS (Apple GPU) "
+                        "backend; use train.device=cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"train.device {name!r}: spikegrad trains on cpu, cuda or mps, not on "
+                        f"{device.type!r} devices")
     return device
 
 
@@ -134,6 +165,9 @@ def build_optimizer(config: Config, params: Iterable[nn.Parameter]) -> torch.opt
     opt = config.optim
     if opt.name == "sgd":
         refuse_unread(opt, "optim", ["betas"], "to optim.name sgd (Adam/AdamW only)")
+        if opt.nesterov and opt.momentum == 0:
+            raise UserError("optim.nesterov=true needs momentum: set optim.momentum > 0 (e.g. 0.9) "
+                            "or optim.nesterov=false")
         return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov,
                                weight_decay=opt.weight_decay)
     refuse_unread(opt, "optim", ["momentum", "nesterov"], f"to optim.name {opt.name} (SGD only)")
@@ -189,6 +223,9 @@ class Trainer:
         overwrite: bool | None = False,
         terms: Terms = TRAINER_TERMS,
     ) -> None:
+        if config is not None and not isinstance(config, Config):
+            raise UserError(f"config must be a spikegrad Config, got {type(config).__name__}; use "
+                            "spikegrad.config.load_config(path) or Config().with_overrides({...})")
         self.config = config if config is not None else Config()
         train = self.config.train
         threads = apply_threads(train.threads)
@@ -202,7 +239,7 @@ class Trainer:
         self.device = self.dist.device
         model = distributed.prepare_model(model, self.dist, self.config.distributed)
         self.model = model.to(self.device)
-        self.components = list(components)
+        self.components = _check_components(components)
         owners = [c for c in self.components if c.owns_loss]
         if len(owners) > 1:
             raise UserError("only one training component may own the loss, got "
@@ -228,6 +265,14 @@ class Trainer:
 
         check_dataset(train_set, "training set", allow_empty=False, check_first=check_first)
         check_dataset(test_set, "test set")
+        #: what the second set is: "validation" or "test" for datasets built from the config,
+        #: "test" for datasets given as they are (data.subset and data.validation cut neither)
+        self.eval_split = split_of(test_set) or "test"
+        data = self.config.data
+        if self.verbose and split_of(train_set) is None and (data.subset is not None or data.validation > 0):
+            print("note: data.subset and data.validation cut datasets built from the config "
+                  "(spikegrad.build_parts, datasets_from_config); the datasets given here are used "
+                  "as they are, the second one as the test set", flush=True)
         check_analysis(self.config.analysis)
         self.loader_generator, self.train_sampler, self.train_loader, self.test_loader = _loaders(
             train_set, test_set, self.config, self.dist)
@@ -277,7 +322,7 @@ class Trainer:
         )
 
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
-        check_lr_schedule(self.config.schedule)
+        check_lr_schedule(self.config.schedule, self.config.train.epochs, self.config.optim.lr)
         iters = len(self.train_loader)
         return torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: lr_factor(self.config, it, iters)
@@ -325,10 +370,19 @@ class Trainer:
             self._first_forward = False
         else:
             outputs = self.model(inputs)  # (T, B, classes)
-        self._output_steps = outputs.shape[0]
+        if not isinstance(outputs, Tensor):
+            raise UserError(f"the model must return one tensor of per-time-step logits [T, B, "
+                            f"classes], got {type(outputs).__name__}; return the logits alone")
         if outputs.dim() != 3:
             raise UserError(f"the model must return per-time-step logits [T, B, classes], got "
                             f"shape {tuple(outputs.shape)}; add a time axis (outputs.unsqueeze(0))")
+        if outputs.shape[1] != targets.shape[0]:
+            raise UserError(
+                f"the model returned logits of shape {tuple(outputs.shape)} for a batch of "
+                f"{targets.shape[0]} labels: axis 1 must be the batch. Sequence samples [T, ...] "
+                "must be collated time-major (a dataset with time_major = True, or "
+                "spikegrad.data.collate_for), so that batches are [T, B, ...]")
+        self._output_steps = outputs.shape[0]
         self.check_labels(targets, outputs.shape[-1])
         return StepOutput(self.default_loss(outputs, targets), mean_over_time(outputs))
 
@@ -541,7 +595,7 @@ class Trainer:
                                          f"{type(self.model).__name__}-{self.method_name()}"),
             "best_test_acc": self.best_test_acc,
             "final_test_acc": self.history[-1]["test_acc"] if self.history else None,
-            "eval_split": eval_split(self.config.data),
+            "eval_split": self.eval_split,
             "epochs": self.epoch,
             "wall_seconds": wall_seconds,
             "train_seconds": sum(row["seconds"] for row in self.history),
@@ -640,7 +694,7 @@ class Trainer:
         )
         rate = row.get("firing_rate")
         loss, train_acc = row["train_loss"], row["train_acc"]  # None: every step was skipped
-        evaluated = "val" if eval_split(self.config.data) == "validation" else "test"
+        evaluated = "val" if self.eval_split == "validation" else "test"
         print(
             f"epoch {row['epoch']:>3}/{self.config.train.epochs}  loss "
             + ("-" if loss is None else f"{loss:.4f}") + "  train "

@@ -80,6 +80,8 @@ def random_roll(max_shift: int) -> BatchOp:
 
 def random_hflip(p: float = 0.5) -> BatchOp:
     """Mirror each sample left-right with probability ``p``."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"the flip probability must lie in [0, 1], got {p}")
 
     def op(x: Tensor) -> Tensor:
         def flip(b: Tensor) -> Tensor:

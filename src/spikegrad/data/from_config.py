@@ -16,10 +16,20 @@ if TYPE_CHECKING:
 __all__ = ["datasets_from_config", "eval_split"]
 
 
+#: the attribute by which :func:`datasets_from_config` marks what its datasets are
+SPLIT_ATTRIBUTE = "spikegrad_split"
+
+
 def eval_split(data: DataConfig) -> str:
     """Which set a run built from ``data`` evaluates on: ``"validation"`` (cut from the
     training set, ``data.validation > 0``) or ``"test"``."""
     return "validation" if data.validation > 0 else "test"
+
+
+def split_of(dataset: Dataset) -> str | None:
+    """``"train"``, ``"validation"`` or ``"test"`` for a dataset :func:`datasets_from_config`
+    built; None for any other (one given to a trainer as it is)."""
+    return getattr(dataset, SPLIT_ATTRIBUTE, None)
 
 
 def check_split_seed(data: DataConfig) -> None:
@@ -40,6 +50,9 @@ def datasets_from_config(data: DataConfig) -> tuple[Dataset, Dataset, DatasetInf
     """
     options = dict(data.options)
     if data.root is not None:
+        if "root" in options:
+            raise UserError("data.root and data.options.root both name the dataset's folder; "
+                            "keep data.root and remove data.options.root")
         options["root"] = data.root
     try:
         train_set, test_set, info = build_datasets(data.name, **options)
@@ -48,4 +61,7 @@ def datasets_from_config(data: DataConfig) -> tuple[Dataset, Dataset, DatasetInf
                         "its files") from exc
     train_set, validation_set = split_training_set(train_set, subset=data.subset,
                                                    validation=data.validation, seed=data.split_seed)
-    return train_set, (test_set if validation_set is None else validation_set), info
+    eval_set = test_set if validation_set is None else validation_set
+    for dataset, split in ((train_set, "train"), (eval_set, eval_split(data))):
+        setattr(dataset, SPLIT_ATTRIBUTE, split)
+    return train_set, eval_set, info

@@ -341,6 +341,10 @@ class LocalTandemLearning(Component):
 
     def attach(self, ctx: TrainingContext) -> None:
         student = ctx.model
+        if getattr(student, "kind", "snn") == "ann":
+            raise UserError("LTL trains a spiking student from an ANN teacher, but the model is an "
+                            "ANN (model.kind=ann, the teacher's kind); set model.kind=snn, or "
+                            "ltl.mode=none to train the ANN itself")
         if getattr(student, "output_neuron", None) is not None:
             raise UserError("LTL trains a non-spiking readout (the classifier's values, as "
                             "published) and would skip the output neuron of model.options.readout: "
