@@ -119,3 +119,14 @@ def test_cluttered_digits_is_deterministic_and_split_by_source_digit():
     assert torch.equal(train_a.tensors[1], torch.from_numpy(labels[train_idx]))
     with pytest.raises(UserError, match="min_size"):
         build_datasets("cluttered_digits", min_size=20)
+
+
+def test_dataset_options_of_the_wrong_type_are_named():
+    for name, options, match in [
+        ("event_digits", {"T": 6.0}, r"'event_digits' option 'T' \(data\.options\.T\) must be int, got 6\.0"),
+        ("event_digits", {"noise_rate": "abc"}, r"option 'noise_rate' .* must be float, got 'abc'"),
+        ("cluttered_digits", {"copies": 2.5}, r"option 'copies' .* must be int, got 2\.5"),
+        ("cifar10", {"download": "yes"}, r"option 'download' .* must be bool, got 'yes'"),
+    ]:
+        with pytest.raises(UserError, match=match):
+            build_datasets(name, **options)

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from spikegrad.annotated import conforms, type_hints, type_text
 from spikegrad.errors import UserError, did_you_mean, unknown_name_error
 
 
@@ -64,13 +65,18 @@ def dataset_builder(name: str) -> DatasetBuilder:
 
 
 def build_datasets(name: str, **options: Any) -> tuple[Dataset, Dataset, DatasetInfo]:
-    """Build ``(train, test, info)`` for a registered dataset; options are checked by name."""
+    """Build ``(train, test, info)`` for a registered dataset; options are checked by name and
+    against the builder's annotations (``T: 6.0`` for an ``int`` is refused, naming both)."""
     fn = dataset_builder(name)
     accepted = list(inspect.signature(fn).parameters)
-    for key in options:
+    hints = type_hints(fn)
+    for key, value in options.items():
         if key not in accepted:
             raise UserError(
                 f"dataset {name!r} has no option {key!r}{did_you_mean(key, accepted)}; "
                 f"it accepts: {', '.join(accepted)}"
             )
+        if key in hints and not conforms(value, hints[key], paths=True):
+            raise UserError(f"dataset {name!r} option {key!r} (data.options.{key}) must be "
+                            f"{type_text(hints[key])}, got {value!r} ({type(value).__name__})")
     return fn(**options)

@@ -14,20 +14,20 @@ numbers must be finite), and sizes against :data:`SIZE_LIMITS` (``width: -1`` or
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import fnmatch
 import inspect
 import math
 import numbers
-import types
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from spikegrad.annotated import conforms as _conforms
+from spikegrad.annotated import type_hints as _hints
+from spikegrad.annotated import type_text as _type_text
 from spikegrad.errors import UserError, did_you_mean, unknown_name_error
 from spikegrad.models.common import DEFAULT_SPEC, ModelSpec, SpikingNetwork, activation_factory
 
@@ -88,52 +88,6 @@ SIZE_LIMITS: dict[str, tuple[float, float]] = {
 }
 
 
-def _type_text(tp: Any) -> str:
-    """An annotation in words: ``int or null``, ``a list of (int or str)``."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_text(a) for a in args)
-    if origin is typing.Literal:
-        return " or ".join(repr(a) for a in args)
-    if tp is type(None):
-        return "null"
-    if origin in (collections.abc.Sequence, list, tuple):
-        inner = _type_text(args[0]) if args else "values"
-        return f"a list of ({inner})" if " or " in inner else f"a list of {inner}"
-    if origin in (collections.abc.Mapping, dict):
-        return "a mapping"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _conforms(value: Any, tp: Any) -> bool:
-    """Whether ``value`` has the annotated type ``tp`` (unknown annotations pass)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_conforms(value, a) for a in args)
-    if origin is typing.Literal:
-        return value in args
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
-    if origin in (collections.abc.Sequence, list, tuple) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            return False
-        item = args[0] if args and (origin is not tuple or args[-1] is Ellipsis) else Any
-        return all(_conforms(v, item) for v in value)
-    if origin in (collections.abc.Mapping, dict) or tp in (dict, Mapping):
-        return isinstance(value, Mapping)
-    return not isinstance(tp, type) or isinstance(value, tp)
-
-
 def _show(bound: float) -> str:
     return str(int(bound)) if math.isfinite(bound) and float(bound).is_integer() else f"{bound:g}"
 
@@ -144,13 +98,6 @@ def _numbers(value: Any) -> list[float]:
     if isinstance(value, (list, tuple)):
         return [n for v in value for n in _numbers(v)]
     return []
-
-
-def _hints(target: Any) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(target)
-    except Exception:  # an annotation that cannot be resolved: check the names only
-        return {}
 
 
 def check_arguments(name: str, builder: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
