@@ -23,7 +23,7 @@ from spikegrad.methods import (
     enabled_methods,
     method,
 )
-from spikegrad.methods.registry import run_name, unused_settings
+from spikegrad.methods.registry import run_name, unused_note, unused_settings
 from spikegrad.run import train
 
 
@@ -102,6 +102,10 @@ def test_the_settings_of_a_method_switched_off_are_kept_and_named_as_unused(caps
 
     run.build_components(config, parts.model, verbose=True)
     assert "note: not used, their methods being switched off: ltl.teacher_recipe=" in capsys.readouterr().out
+    ann = load_config(recipe_path("digits"), ["dspike.adaptive=true", "model.kind=ann"])
+    assert build_components(ann) == []  # the ANN twin has no surrogate to search
+    assert unused_note(ann) == ("note: dspike.adaptive does not apply to an ANN (model.kind ann has no "
+                                "surrogate to search): it trains without the temperature search")
 
 
 def test_from_config_takes_every_setting_of_its_section():

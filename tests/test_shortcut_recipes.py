@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from spikegrad.config import load_config
-from spikegrad.data import build_augmentation
+from spikegrad.data import DatasetInfo, build_augmentation
 
 RECIPES = sorted(Path(str(resources.files("spikegrad") / "configs")).glob("*.yaml"))
 
@@ -44,4 +44,5 @@ def test_shortcut_paper_recipes(stem):
     assert config.optim.name == "adamw" and config.optim.weight_decay == 0.02
     base = load_config(next(p for p in RECIPES if p.stem == f"base_{dataset}"))
     assert config.data.root == base.data.root and config.data.options == base.data.options
-    assert build_augmentation(config.data.augment) is not None
+    info = DatasetInfo(100, (3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))  # CIFAR-like
+    assert build_augmentation(config.data.augment, info) is not None

@@ -130,9 +130,16 @@ def unused_settings(config: Config) -> list[str]:
 
 
 def unused_note(config: Config) -> str:
-    """The line a trainer prints before training when :func:`unused_settings` names any, else ""."""
+    """The lines a trainer prints before training when :func:`unused_settings` names any, or
+    when a method is on but its model cannot take it (Dspike's search on an ANN), else ""."""
+    lines = []
     unused = unused_settings(config)
-    return f"note: not used, their methods being switched off: {', '.join(unused)}" if unused else ""
+    if unused:
+        lines.append(f"note: not used, their methods being switched off: {', '.join(unused)}")
+    if config.dspike.adaptive and config.model.kind == "ann":  # an LTL teacher of a Dspike recipe
+        lines.append("note: dspike.adaptive does not apply to an ANN (model.kind ann has no "
+                     "surrogate to search): it trains without the temperature search")
+    return "\n".join(lines)
 
 
 def method_label(config: Config) -> str:
