@@ -102,7 +102,8 @@ def test_the_settings_of_a_method_switched_off_are_kept_and_named_as_unused(caps
 
     run.build_components(config, parts.model, verbose=True)
     assert "note: not used, their methods being switched off: ltl.teacher_recipe=" in capsys.readouterr().out
-    ann = load_config(recipe_path("digits"), ["dspike.adaptive=true", "model.kind=ann"])
+    ann = load_config(recipe_path("digits"), ["dspike.adaptive=true", "model.kind=ann",
+                                               "diagnostics.gradient_interval=0"])
     assert build_components(ann) == []  # the ANN twin has no surrogate to search
     assert unused_note(ann) == ("note: dspike.adaptive does not apply to an ANN (model.kind ann has no "
                                 "surrogate to search): it trains without the temperature search")
