@@ -253,3 +253,13 @@ def test_datasets_given_as_they_are_are_evaluated_as_the_test_set(capsys):
     parts = build_parts(recipe)
     built = Trainer(parts.model, parts.train_set, parts.test_set, recipe, verbose=False)
     assert built.summary(0.0)["eval_split"] == "validation"
+
+
+def test_distributed_settings_in_one_process_are_named_as_unused(capsys):
+    data = TensorDataset(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
+    config = Config().with_overrides({"distributed.sync_bn": True, "distributed.timeout_minutes": 5.0})
+    Trainer(fc_spiking_net(2), data, data, config)
+    assert ("note: not used in one process (they apply under torchrun): distributed.sync_bn=True, "
+            "distributed.timeout_minutes=5.0") in capsys.readouterr().out
+    Trainer(fc_spiking_net(2), data, data, Config())
+    assert "torchrun" not in capsys.readouterr().out

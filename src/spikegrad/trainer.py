@@ -43,7 +43,14 @@ from spikegrad.data.sampler import GlobalBatchSampler, ShardSampler
 from spikegrad.diagnostics import GRADIENTS_FILE
 from spikegrad.distributed import DistributedContext
 from spikegrad.durable import disk_error
-from spikegrad.errors import TrainingDiverged, UserError, check_labels, explain_model_input, refuse_unread
+from spikegrad.errors import (
+    TrainingDiverged,
+    UserError,
+    changed_fields,
+    check_labels,
+    explain_model_input,
+    refuse_unread,
+)
 from spikegrad.evaluation import evaluate_model
 from spikegrad.layers import mean_over_time
 from spikegrad.losses import training_loss
@@ -253,6 +260,11 @@ class Trainer:
             print(threads.note, flush=True)
         if self.verbose and unused:
             print(unused, flush=True)
+        single = changed_fields(self.config.distributed) if not self.dist.enabled else {}
+        if self.verbose and single:
+            print("note: not used in one process (they apply under torchrun): " + ", ".join(
+                f"distributed.{name}={getattr(self.config.distributed, name)}" for name in single),
+                flush=True)
         self.overwrite = overwrite
         #: the run folder and its bookkeeping (files, checkpoints; rank 0 writes)
         self.run = RunFolder(out_dir, self.dist, verbose=self.verbose, terms=terms)
