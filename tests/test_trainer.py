@@ -263,3 +263,22 @@ def test_distributed_settings_in_one_process_are_named_as_unused(capsys):
             "distributed.timeout_minutes=5.0") in capsys.readouterr().out
     Trainer(fc_spiking_net(2), data, data, Config())
     assert "torchrun" not in capsys.readouterr().out
+
+
+def test_components_given_that_differ_from_the_config_are_named(capsys):
+    from spikegrad import models
+    from spikegrad.methods.dspike import AdaptiveTemperature
+    from spikegrad.methods.shortcut import ShortcutBackprop
+
+    data = TensorDataset(torch.rand(8, 1, 8, 8), torch.arange(8) % 2)
+    net = models.create("digits_cnn", T=2, width=0.25, in_channels=1, input_size=8)
+    off = load_config(recipe_path("digits"), ["diagnostics.gradient_interval=0"])
+    Trainer(net, data, data, off, components=[ShortcutBackprop(), Counter()])
+    out = capsys.readouterr().out
+    assert ("note: the components given differ from the config's methods (shortcut given, switched "
+            "off in the config)") in out and "components=None" in out
+    on = off.with_overrides({"dspike.adaptive": True})
+    Trainer(net, data, data, on, components=[])
+    assert "(dspike on in the config, not given)" in capsys.readouterr().out
+    Trainer(net, data, data, on, components=[AdaptiveTemperature(on.dspike), Counter()])
+    assert "differ" not in capsys.readouterr().out  # your own components do not count

@@ -54,7 +54,7 @@ from spikegrad.errors import (
 from spikegrad.evaluation import evaluate_model
 from spikegrad.layers import mean_over_time
 from spikegrad.losses import training_loss
-from spikegrad.methods.registry import unused_note
+from spikegrad.methods.registry import components_note, unused_note
 from spikegrad.neurons import SpikingNeuron
 from spikegrad.nonfinite import CHECK_EVERY, FiniteGuard
 from spikegrad.resume import EpochProgress, StopOnSignal, TrainingStopped, ignore_interrupts, set_rng_state
@@ -238,15 +238,17 @@ class Trainer:
         threads = apply_threads(train.threads)
         self.dist = distributed.setup(resolve_device(train.device), self.config.distributed)
         model = _created(model, train.seed)
-        unused = ""
         if components is None:  # what the config's method sections ask for
             components = build_components(self.config, model)
             unused = unused_note(self.config)
+        else:
+            components = _check_components(components)
+            unused = components_note(self.config, model, components)
         seed_everything(train.seed + self.dist.rank)  # each process its own augmentation noise
         self.device = self.dist.device
         model = distributed.prepare_model(model, self.dist, self.config.distributed)
         self.model = model.to(self.device)
-        self.components = _check_components(components)
+        self.components = list(components)
         owners = [c for c in self.components if c.owns_loss]
         if len(owners) > 1:
             raise UserError("only one training component may own the loss, got "

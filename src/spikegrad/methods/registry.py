@@ -9,7 +9,7 @@ Entries are kept in the order the methods are built and their hooks run.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -23,8 +23,8 @@ from spikegrad.methods.dspike import AdaptiveTemperature
 from spikegrad.methods.ltl import LocalTandemLearning
 from spikegrad.methods.shortcut import ShortcutBackprop
 
-__all__ = ["RESOURCES", "Method", "components_from_config", "enabled_methods", "method", "method_label",
-           "methods", "register_method", "run_name", "unused_note", "unused_settings"]
+__all__ = ["RESOURCES", "Method", "components_from_config", "components_note", "enabled_methods", "method",
+           "method_label", "methods", "register_method", "run_name", "unused_note", "unused_settings"]
 
 #: what a builder can pass to ``from_config`` besides the section
 RESOURCES = ("seed", "teacher")
@@ -140,6 +140,26 @@ def unused_note(config: Config) -> str:
         lines.append("note: dspike.adaptive does not apply to an ANN (model.kind ann has no "
                      "surrogate to search): it trains without the temperature search")
     return "\n".join(lines)
+
+
+def components_note(config: Config, model: nn.Module | None, components: Sequence[Component]) -> str:
+    """A line for components given to a trainer by hand that differ from the methods ``config``
+    turns on (a method the config switches off, or one it turns on left out): the run folder's
+    config.yaml then does not describe the run, and a resume from it rebuilds other methods.
+    "" when they agree; components of no registered method (your own) do not count."""
+    registered = {m.component: m.section for m in _METHODS.values()}
+    given = {type(c) for c in components if type(c) in registered}
+    wanted = {m.component for m in enabled_methods(config, model)}
+    extra = sorted(registered[c] for c in given - wanted)
+    missing = sorted(registered[c] for c in wanted - given)
+    if not extra and not missing:
+        return ""
+    parts = ([f"{', '.join(extra)} given, switched off in the config"] if extra else []) + \
+        ([f"{', '.join(missing)} on in the config, not given"] if missing else [])
+    return ("note: the components given differ from the config's methods (" + "; ".join(parts) +
+            "): the run folder's config.yaml will not describe this run, and resuming from it "
+            "builds the config's methods; set the config's method sections to match, or pass "
+            "components=None to build them from the config")
 
 
 def method_label(config: Config) -> str:
