@@ -73,8 +73,12 @@ def test_registry_builds_every_encoder_and_explains_bad_ones():
         encoders.create("rate", 4)
     with pytest.raises(UserError, match="unknown latency scale 'lg'"):
         encoders.create({"name": "latency", "scale": "lg"}, 4)
-    with pytest.raises(UserError, match=r"encoder 'delta'.*unexpected keyword"):
+    with pytest.raises(UserError, match=r"encoder 'delta' has no option 'sacle'; it takes threshold, mode"):
         encoders.create({"name": "delta", "sacle": 1}, 4)
+    with pytest.raises(UserError, match=r"encoder 'poisson' has no option 'foo'; it takes no options"):
+        encoders.create({"name": "poisson", "foo": 1}, 4)  # not the DirectEncoder it derives from
+    with pytest.raises(UserError, match=r"'threshol' \(did you mean 'threshold'\?\)"):
+        encoders.create({"name": "delta", "threshol": 0.1}, 4)
     with pytest.raises(UserError, match="must be positive"):
         DeltaEncoder(4, threshold=0)
 

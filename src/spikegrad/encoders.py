@@ -17,6 +17,7 @@ input (it repeats it); the others pass none.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from spikegrad.errors import UserError, check_time_major, unknown_name_error
+from spikegrad.errors import UserError, check_time_major, did_you_mean, unknown_name_error
 from spikegrad.layers import DirectEncoder, PoissonEncoder
 
 __all__ = ["DeltaEncoder", "LatencyEncoder", "available", "create"]
@@ -157,6 +158,11 @@ def create(name: str | Mapping[str, Any], T: int, **kwargs) -> nn.Module:
         kwargs = {**options, **kwargs}
     if name not in _ENCODERS:
         raise unknown_name_error("encoder", name, available())
+    accepted = [p for p in inspect.signature(_ENCODERS[name]).parameters if p not in ("self", "T")]
+    for key in kwargs:
+        if key not in accepted:
+            raise UserError(f"encoder {name!r} has no option {key!r}{did_you_mean(key, accepted)}; "
+                            f"it takes {', '.join(accepted) if accepted else 'no options'}")
     try:
         return _ENCODERS[name](T, **kwargs)
     except TypeError as exc:
