@@ -36,7 +36,8 @@ def _per_sample(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         folded = x.permute(1, 0, 2, 3, 4).reshape(B, T * C, H, W)  # (B, T·C, H, W)
         return fn(folded).reshape(B, T, C, H, W).permute(1, 0, 2, 3, 4)  # (T, B, C, H, W)
     raise UserError(
-        f"augmentation expects [B, C, H, W] or [T, B, C, H, W] batches, got shape {tuple(x.shape)}"
+        f"data.augment's image augmentations take [B, C, H, W] or [T, B, C, H, W] batches, got "
+        f"shape {tuple(x.shape)} (1-D signals, say); set data.augment to [] for this dataset"
     )
 
 
