@@ -130,3 +130,9 @@ def test_dataset_options_of_the_wrong_type_are_named():
     ]:
         with pytest.raises(UserError, match=match):
             build_datasets(name, **options)
+
+
+def test_image_augmentations_on_signals_name_data_augment():
+    with pytest.raises(UserError, match=r"data\.augment's image augmentations take .* got shape "
+                                        r"\(4, 1, 40\).*set data\.augment to \[\]"):
+        build_augmentation(["hflip"])(torch.rand(4, 1, 40))
