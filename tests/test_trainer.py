@@ -201,7 +201,17 @@ def test_trainer_arguments_of_the_wrong_kind_are_explained():
     with pytest.raises(UserError, match=r"a model factory is called with no arguments"):
         Trainer(lambda x: x, data, data, verbose=False)
     with pytest.raises(UserError, match=r"a model factory is called with no arguments"):
-        Trainer(nn.Linear, data, data, verbose=False)  # a class is not a factory of one model
+        Trainer(nn.Linear, data, data, verbose=False)  # a class whose constructor needs sizes
+
+    class TwoStep(nn.Module):  # a class that needs no argument is a factory like any other
+        def __init__(self):
+            super().__init__()
+            self.net = fc_spiking_net(2)
+
+        def forward(self, x):
+            return self.net(x)
+
+    assert isinstance(Trainer(TwoStep, data, data, verbose=False).model, TwoStep)
 
 
 def test_devices_it_cannot_train_on_are_refused():

@@ -76,9 +76,8 @@ def _created(model: nn.Module | Callable[[], nn.Module], seed: int) -> nn.Module
     if not callable(model):
         raise UserError(f"Trainer needs an nn.Module or a function returning one, got "
                         f"{type(model).__name__}")
-    if inspect.isclass(model) or any(
-            p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-            for p in _parameters(model)):
+    if any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+           for p in _parameters(model)):
         raise UserError("a model factory is called with no arguments and returns the model; give an "
                         "nn.Module, or a factory such as lambda: spikegrad.models.create('resnet18')")
     seed_everything(seed)  # the initial weights depend on the seed alone
