@@ -133,7 +133,8 @@ def test_a_trainer_refuses_them_before_training():
     refuses their unread keys at once."""
     data = TensorDataset(torch.rand(4, 1, 8, 8), torch.arange(4))
     analysis = [(o, m) for o, m in REFUSED if o[0].startswith("analysis.")]
-    for overrides, match in [*REFUSED[:6], *analysis]:
+    losses = [(o, m) for o, m in REFUSED if o[0].startswith("train.")]
+    for overrides, match in [*REFUSED[:6], *analysis, *losses]:
         config = load_config(None, [*overrides, "train.device=cpu", "train.progress=false",
                                     "diagnostics.gradient_interval=0"])
         with pytest.raises(UserError, match=match):

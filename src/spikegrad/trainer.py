@@ -252,6 +252,8 @@ class Trainer:
         if len(owners) > 1:
             raise UserError("only one training component may own the loss, got "
                             f"{[c.name for c in owners]}")
+        if not owners:  # train.loss and its settings are read: refuse a bad one now, not at step 1
+            training_loss(self.config.train)
         if augment is None:
             augment = build_augmentation(self.config.data.augment)
         self.augment = augment
