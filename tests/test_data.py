@@ -103,6 +103,10 @@ def test_autoaugment_without_the_dataset_statistics_is_refused_with_the_fix():
         Trainer(model, train_set, test_set, config, verbose=False)
     augment = build_augmentation(config.data.augment, info)
     assert Trainer(model, train_set, test_set, config, augment=augment, verbose=False).augment is augment
+    # the shifts are checked against a sample's side on this path too, as spikegrad train does
+    crop = config.with_overrides({"data.augment": ["crop:20"]})
+    with pytest.raises(UserError, match=r"augmentation 'crop:20' takes a whole number of pixels in \[0, 8\]"):
+        Trainer(model, train_set, test_set, crop, verbose=False)
 
 
 def test_cluttered_digits_is_deterministic_and_split_by_source_digit():

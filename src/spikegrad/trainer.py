@@ -254,9 +254,6 @@ class Trainer:
                             f"{[c.name for c in owners]}")
         if not owners:  # train.loss and its settings are read: refuse a bad one now, not at step 1
             training_loss(self.config.train)
-        if augment is None:
-            augment = build_augmentation(self.config.data.augment)
-        self.augment = augment
         self.model_args = model_args
         self.verbose = verbose and self.dist.is_main
         if self.verbose and threads.note:
@@ -280,6 +277,10 @@ class Trainer:
 
         check_dataset(train_set, "training set", allow_empty=False, check_first=check_first)
         check_dataset(test_set, "test set")
+        if augment is None:  # no dataset info here: the shifts are checked on one sample's shape
+            first = train_set[0][0]
+            augment = build_augmentation(self.config.data.augment, sample_shape=getattr(first, "shape", None))
+        self.augment = augment
         #: what the second set is: "validation" or "test" for datasets built from the config,
         #: "test" for datasets given as they are (data.subset and data.validation cut neither)
         self.eval_split = split_of(test_set) or "test"

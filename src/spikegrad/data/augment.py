@@ -147,13 +147,17 @@ def _parse_argument(name: str, arg: str) -> list:
         raise UserError(f"augmentation {name!r} takes a number after ':', got {arg!r}") from None
 
 
-def build_augmentation(spec: Sequence[str] | None, info: DatasetInfo | None = None) -> BatchOp | None:
+def build_augmentation(spec: Sequence[str] | None, info: DatasetInfo | None = None,
+                       sample_shape: Sequence[int] | None = None) -> BatchOp | None:
     """Build a pipeline from strings like ``["crop:4", "hflip"]`` (``name[:argument]``).
 
     ``info`` (what :func:`spikegrad.data.build_datasets` returns with the datasets) gives the
     normalisation statistics to ops that need pixel values (``autoaugment``): without it they
-    are refused, since guessing would clamp normalised samples to ``[0, 1]``.
+    are refused, since guessing would clamp normalised samples to ``[0, 1]``. The shifts of
+    ``crop`` and ``roll`` must fit in a side of ``info.sample_shape`` (or of ``sample_shape``,
+    one sample's shape, where no info is given).
     """
+    shape = tuple(info.sample_shape) if info is not None else sample_shape
     if not spec:
         return None
     ops = []
@@ -171,8 +175,8 @@ def build_augmentation(spec: Sequence[str] | None, info: DatasetInfo | None = No
                     "the pipeline to Trainer(..., augment=...) (spikegrad train does this)")
             kwargs = {"mean": info.mean, "std": info.std}
         args = _parse_argument(name, arg)
-        if name in ("crop", "roll") and args and info is not None and len(info.sample_shape) >= 2:
-            _shift(f"augmentation {item!r}", args[0], min(info.sample_shape[-2:]))  # at most a side
+        if name in ("crop", "roll") and args and shape is not None and len(shape) >= 2:
+            _shift(f"augmentation {item!r}", args[0], min(shape[-2:]))  # at most a side
         try:
             ops.append(_OPS[name](*args, **kwargs))
         except (TypeError, ValueError) as exc:
