@@ -270,16 +270,20 @@ class Trainer:
         self.run = RunFolder(out_dir, self.dist, verbose=self.verbose, terms=terms)
         check_sample = getattr(getattr(model, "module", model), "check_sample", None)  # spikegrad networks
 
+        first: list[Tensor] = []  # the first training sample, read once by check_dataset
+
         def check_first(item: Any) -> None:  # event frames into a Poisson encoder, say
             sample = item[0] if isinstance(item, (tuple, list)) and item else None
-            if check_sample is not None and isinstance(sample, Tensor):
-                check_sample(sample)
+            if isinstance(sample, Tensor):
+                first.append(sample)
+                if check_sample is not None:
+                    check_sample(sample)
 
         check_dataset(train_set, "training set", allow_empty=False, check_first=check_first)
         check_dataset(test_set, "test set")
         if augment is None:  # no dataset info here: the shifts are checked on one sample's shape
-            first = train_set[0][0]
-            augment = build_augmentation(self.config.data.augment, sample_shape=getattr(first, "shape", None))
+            augment = build_augmentation(self.config.data.augment,
+                                         sample_shape=first[0].shape if first else None)
         self.augment = augment
         #: what the second set is: "validation" or "test" for datasets built from the config,
         #: "test" for datasets given as they are (data.subset and data.validation cut neither)
