@@ -105,8 +105,8 @@ def test_the_settings_of_a_method_switched_off_are_kept_and_named_as_unused(caps
     ann = load_config(recipe_path("digits"), ["dspike.adaptive=true", "model.kind=ann",
                                                "diagnostics.gradient_interval=0"])
     assert build_components(ann) == []  # the ANN twin has no surrogate to search
-    assert unused_note(ann) == ("note: dspike.adaptive does not apply to an ANN (model.kind ann has no "
-                                "surrogate to search): it trains without the temperature search")
+    assert unused_note(ann) == ("note: dspike.adaptive=True does not apply to this model (model.kind "
+                                "ann): it trains without the adaptive Dspike temperature (Algorithm 1)")
 
 
 def test_from_config_takes_every_setting_of_its_section():

@@ -56,6 +56,14 @@ class Method:
         return [f"{self.section}.{name}={getattr(section, name)!r}"
                 for name in changed_fields(section) if name != key]
 
+    def switched_on_but_not_applied(self, config: Config) -> bool:
+        """Whether the section's ``switch`` turns the method on while ``enabled`` still leaves it
+        out for the config's model (Dspike's search on an ANN twin, which has no surrogate)."""
+        if self.switch is None:
+            return False
+        key, off = self.switch
+        return getattr(getattr(config, self.section), key) != off and not self.enabled(config, None)
+
 
 _METHODS: dict[str, Method] = {}
 
@@ -131,14 +139,18 @@ def unused_settings(config: Config) -> list[str]:
 
 def unused_note(config: Config) -> str:
     """The lines a trainer prints before training when :func:`unused_settings` names any, or
-    when a method is on but its model cannot take it (Dspike's search on an ANN), else ""."""
+    when a method's switch is on but its model cannot take it (Dspike's search on an ANN twin,
+    the teacher of an LTL recipe that searches), else ""."""
     lines = []
     unused = unused_settings(config)
     if unused:
         lines.append(f"note: not used, their methods being switched off: {', '.join(unused)}")
-    if config.dspike.adaptive and config.model.kind == "ann":  # an LTL teacher of a Dspike recipe
-        lines.append("note: dspike.adaptive does not apply to an ANN (model.kind ann has no "
-                     "surrogate to search): it trains without the temperature search")
+    for entry in _METHODS.values():
+        if entry.switched_on_but_not_applied(config):
+            key = entry.switch[0]
+            lines.append(f"note: {entry.section}.{key}={getattr(getattr(config, entry.section), key)!r} "
+                         f"does not apply to this model (model.kind {config.model.kind}): it trains "
+                         f"without the {entry.description}")
     return "\n".join(lines)
 
 
