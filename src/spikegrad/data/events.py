@@ -27,7 +27,7 @@ import numpy as np
 
 from spikegrad.data._registry import DatasetInfo, register_dataset
 from spikegrad.data.files import require_root
-from spikegrad.data.frames import FrameSpec, Source, cached_frames
+from spikegrad.data.frames import TONIC_INSTALL, FrameSpec, Source, cached_frames
 from spikegrad.errors import UserError
 
 
@@ -41,8 +41,7 @@ def open_tonic(class_name: str, root: Path, download: bool, layout: str, **kwarg
     try:
         import tonic.datasets
     except ImportError as exc:  # tonic is not a dependency: it pulls a large audio stack
-        raise UserError("event datasets need tonic: pip install --no-deps tonic, and pip install "
-                        f"'spikegrad[events]' for its readers ({exc})") from exc
+        raise UserError(f"event datasets need tonic: {TONIC_INSTALL} ({exc})") from exc
     base = getattr(tonic.datasets, class_name)
 
     def check_exists(self) -> bool:

@@ -66,14 +66,17 @@ class FrameSpec:
         return (self.T, self.sensor_size[2], self.size, self.size)
 
 
+#: how to install tonic, which spikegrad does not depend on (it pulls a large audio stack)
+TONIC_INSTALL = "pip install --no-deps tonic, and pip install 'spikegrad[events]' for its readers"
+
+
 def events_to_frames(events: np.ndarray, spec: FrameSpec) -> np.ndarray:
     """Structured events (fields ``x``, ``y``, ``t``, ``p``) -> float32 frames ``[T, P, S, S]``."""
     try:
         from tonic.transforms import ToFrame
     except ImportError as exc:
         raise UserError("turning events into frames needs tonic, which spikegrad does not install "
-                        "(it pulls a large audio stack): pip install --no-deps tonic, and pip "
-                        f"install 'spikegrad[events]' for its readers ({exc})") from exc
+                        f"(it pulls a large audio stack): {TONIC_INSTALL} ({exc})") from exc
 
     width, height, polarities = spec.sensor_size
     if len(events) == 0:
