@@ -32,9 +32,9 @@ from experiments.claims import better, within
 from experiments.runner import Comparison, Experiment, main
 
 NAME = "experiments.ltl_rates"
-#: the tuned students' Adam rates: the published 1e-4 up to 30 times that
-LTL_GRID = {"small": [1e-4, 3e-4, 1e-3, 3e-3], "medium": [1e-4, 3e-4, 1e-3, 3e-3],
-            "large": [1e-4, 3e-4, 1e-3, 3e-3], "smoke": [1e-4, 1e-3]}
+#: the tuned students' Adam rates at every scale: the published 1e-4 up to 30 times that
+LTL_GRID = [1e-4, 3e-4, 1e-3, 3e-3]
+SMOKE_GRID = [1e-4, 1e-3]
 MODES = ("offline", "online")
 add_arguments = ltl_claims.add_arguments  # --dataset
 SCALE_HELP = ltl_claims.SCALE_HELP
@@ -62,25 +62,25 @@ def claims(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def build(args: argparse.Namespace) -> Experiment:
     base = ltl_claims.build(args)
-    scale = "smoke" if args.smoke else args.scale
+    grid = SMOKE_GRID if args.smoke else LTL_GRID
     group = base.arms[0].group
     teacher = f"{group}/ann-teacher"
     kept = [arm for arm in base.arms if arm.label != "bptt"]
     tuned = [dataclasses.replace(base.arm(f"{group}/ltl-{mode}"), name=f"{group}/ltl-{mode}-tuned",
-                                 lr=None, lr_reason="", lr_grid=list(LTL_GRID[scale]),
+                                 lr=None, lr_reason="", lr_grid=list(grid),
                                  note="the same student, its Adam rate tuned")
              for mode in MODES]
     comparisons = [Comparison(f"{group}/{label}", teacher)
                    for label in ("ltl-offline", "ltl-online", "ltl-offline-tuned", "ltl-online-tuned")]
     comparisons += [Comparison(f"{group}/ltl-{mode}-tuned", f"{group}/ltl-{mode}") for mode in MODES]
     notes = [*base.notes, "Tuned students: the published students with their Adam rate chosen on the "
-             f"validation split from {', '.join(f'{r:g}' for r in LTL_GRID[scale])}."]
+             f"validation split from {', '.join(f'{r:g}' for r in grid)}."]
     return Experiment(
         name="ltl_rates", title="Local tandem learning at a tuned learning rate against the published one",
         arms=[*kept, *tuned], seeds=base.seeds, tuning_seeds=base.tuning_seeds,
         comparisons=comparisons, claims=claims, notes=notes,
         settings={**{k: v for k, v in base.settings.items() if k != "bptt_grid"},
-                  "ltl_grid": list(LTL_GRID[scale])})
+                  "ltl_grid": list(grid)})
 
 
 if __name__ == "__main__":

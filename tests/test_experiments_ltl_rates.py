@@ -23,7 +23,7 @@ def test_smoke_outputs(tmp_path):
     for mode in ltl_rates.MODES:
         published, tuned = arms[f"digits/ltl-{mode}"], arms[f"digits/ltl-{mode}-tuned"]
         assert published["lr"] == 1e-4 and published["lr_reason"] == "published"
-        assert tuned["lr_source"] == "tuned" and tuned["lr_grid"] == ltl_rates.LTL_GRID["smoke"]
+        assert tuned["lr_source"] == "tuned" and tuned["lr_grid"] == ltl_rates.SMOKE_GRID
         chosen = arms["digits/ann-teacher"]["lr"]
         for run in tuned["tuning_runs"]:  # from the teacher's tuning run at its chosen rate
             assert run["depends"]["ltl.teacher_checkpoint"] == \
