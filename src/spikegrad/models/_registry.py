@@ -25,9 +25,7 @@ from typing import Any
 
 from torch import nn
 
-from spikegrad.annotated import conforms as _conforms
-from spikegrad.annotated import type_hints as _hints
-from spikegrad.annotated import type_text as _type_text
+from spikegrad.annotated import conforms, type_hints, type_text
 from spikegrad.errors import UserError, did_you_mean, unknown_name_error
 from spikegrad.models.common import DEFAULT_SPEC, ModelSpec, SpikingNetwork, activation_factory
 
@@ -103,11 +101,11 @@ def _numbers(value: Any) -> list[float]:
 def check_arguments(name: str, builder: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
     """Refuse an argument of the wrong type, a non-finite number or a size out of range: the
     shared ones against the :class:`ModelSpec` fields, the others against ``builder``."""
-    own = _hints(builder.__init__ if inspect.isclass(builder) else builder)
-    hints = {**own, **_hints(ModelSpec)}
+    own = type_hints(builder.__init__ if inspect.isclass(builder) else builder)
+    hints = {**own, **type_hints(ModelSpec)}
     for key, value in kwargs.items():
-        if key in hints and not _conforms(value, hints[key]):
-            raise UserError(f"model {name!r} argument {key!r} must be {_type_text(hints[key])}, got "
+        if key in hints and not conforms(value, hints[key]):
+            raise UserError(f"model {name!r} argument {key!r} must be {type_text(hints[key])}, got "
                             f"{value!r} ({type(value).__name__})")
         values = _numbers(value)
         if not all(math.isfinite(v) for v in values):
