@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import pickle
@@ -292,3 +293,80 @@ def test_components_given_that_differ_from_the_config_are_named(capsys):
     assert "(dspike on in the config, not given)" in capsys.readouterr().out
     Trainer(net, data, data, on, components=[AdaptiveTemperature(on.dspike), Counter()])
     assert "differ" not in capsys.readouterr().out  # your own components do not count
+
+
+def test_components_given_with_other_settings_than_the_config_are_named(capsys):
+    from spikegrad import models
+    from spikegrad.diagnostics import GradientDiagnostics
+    from spikegrad.methods.shortcut import ShortcutBackprop
+
+    data = TensorDataset(torch.rand(8, 1, 8, 8), torch.arange(8) % 2)
+    net = models.create("digits_cnn", T=2, width=0.25, in_channels=1, input_size=8)
+    config = load_config(recipe_path("digits"), ["shortcut.enabled=true", "shortcut.lambda0=0.5",
+                                                 "diagnostics.gradient_interval=7"])
+    Trainer(net, data, data, config, components=[
+        ShortcutBackprop(lambda0=1.0, schedule="constant"), GradientDiagnostics(interval=7)])
+    out = capsys.readouterr().out
+    assert "shortcut.lambda0: 1.0 given, 0.5 in the config" in out
+    assert "shortcut.schedule: 'constant' given, 'linear' in the config" in out
+    assert "diagnostics" not in out  # its settings agree
+    same = [ShortcutBackprop(lambda0=0.5), GradientDiagnostics(interval=7)]
+    Trainer(net, data, data, config, components=same)
+    assert "differ" not in capsys.readouterr().out
+    # tuples given where the config holds lists are the same setting
+    attached = config.with_overrides({"shortcut.attach": ["features.0"]})
+    Trainer(net, data, data, attached, components=[ShortcutBackprop(("features.0",), lambda0=0.5),
+                                                   GradientDiagnostics(interval=7)])
+    assert "differ" not in capsys.readouterr().out
+
+
+def test_an_ltl_component_given_is_compared_with_the_ltl_section_on_its_own_teacher(capsys):
+    from spikegrad import models
+    from spikegrad.methods.ltl import LocalTandemLearning
+
+    data = TensorDataset(torch.rand(8, 1, 8, 8), torch.arange(8) % 2)
+    net = models.create("digits_cnn", T=2, width=0.25, in_channels=1, input_size=8)
+    teacher = models.create("digits_cnn", kind="ann", width=0.25, in_channels=1, input_size=8)
+    config = load_config(recipe_path("digits"), ["ltl.mode=offline", "ltl.percentile=99",
+                                                 "diagnostics.gradient_interval=0"])
+    Trainer(net, data, data, config, components=[LocalTandemLearning(teacher, "offline")])
+    assert "ltl.percentile: 99.9 given, 99.0 in the config" in capsys.readouterr().out
+    Trainer(net, data, data, config, components=[LocalTandemLearning(teacher, "offline", percentile=99)])
+    assert "differ" not in capsys.readouterr().out
+    unbuildable = config.with_overrides({"ltl.teacher_set": ["train.epochs=1"]})
+    Trainer(net, data, data, unbuildable, components=[LocalTandemLearning(teacher, "offline", percentile=99)])
+    assert "ltl given, its config section does not build: ltl.teacher_set" in capsys.readouterr().out
+
+
+def test_every_registered_method_reads_back_its_section():
+    from spikegrad.component import Component
+    from spikegrad.methods.registry import methods
+
+    missing = [m.section for m in methods() if m.component.section_settings is Component.section_settings]
+    assert not missing, f"{missing}: section_settings() not defined, hand-given components go uncompared"
+
+
+@pytest.mark.parametrize("component, settings", [
+    ("shortcut", {"lambda0": 1.0, "schedule": "step", "step_fraction": 0.25, "gamma": 0.5,
+                  "loss": "separate", "every": 2}),
+    ("dspike", {"delta": 0.25, "b_min": 1.0, "epsilon": 0.5, "rule": "paper", "bn_mode": "eval",
+                "probe_batches": 3, "num_weights": 16}),
+    ("diagnostics", {"gradient_interval": 3, "histogram_bins": 9}),
+    ("ltl", {"mode": "online", "percentile": 95.0, "layer_weights": [1.0, 2.0, 3.0], "T_warm": 2,
+             "readout_detach": False, "distill": 0.5, "distill_temperature": 2.0,
+             "student_init": "teacher", "init_batches": 2}),
+])
+def test_section_settings_read_back_the_section_they_were_built_from(component, settings):
+    """from_config's inverse: every changed key of the section comes back from the component, so
+    a hand-given component that differs in any of them is found."""
+    from spikegrad import models
+    from spikegrad.methods.registry import method
+
+    entry = method(component)
+    config = Config().with_overrides({f"{component}.{k}": v for k, v in settings.items()})
+    resources = {"seed": 0, "teacher": models.create("digits_cnn", kind="ann", width=0.25)}
+    built = entry.component.from_config(getattr(config, component),
+                                        **{n: resources[n] for n in entry.needs})
+    read = built.section_settings()
+    assert {k: read[k] for k in settings} == settings
+    assert set(read) <= {f.name for f in dataclasses.fields(getattr(config, component))}

@@ -198,6 +198,12 @@ class Component:
         """Fields added to ``summary.json``, given the metrics rows of every epoch so far."""
         return {}
 
+    def section_settings(self) -> dict[str, Any]:
+        """The keys of the config section ``from_config`` reads, with the values this component
+        uses (``{"lambda0": 1.0, ...}``): a trainer given the component by hand compares them
+        with its config's section. ``{}`` (the default): nothing to compare."""
+        return {}
+
     def method_name(self, base: str) -> str:
         """The run's method name given the name built so far (e.g. ``dspike+shortcut``)."""
         return base

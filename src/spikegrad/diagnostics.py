@@ -102,6 +102,9 @@ class GradientDiagnostics(Component):
         """From the ``diagnostics`` section (``gradient_interval`` > 0)."""
         return cls(interval=section.gradient_interval, bins=section.histogram_bins)
 
+    def section_settings(self) -> dict[str, Any]:
+        return {"gradient_interval": self.interval, "histogram_bins": self.bins}
+
     def attach(self, ctx: TrainingContext) -> None:
         self._layers = weight_layers(ctx.model)
         if not self._layers:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -123,6 +123,9 @@ class AdaptiveTemperature(Component):
     def from_config(cls, section: DspikeConfig, *, seed: int = 0) -> AdaptiveTemperature:
         """From the ``dspike`` section; ``seed`` (``train.seed``) draws the probe batches and weights."""
         return cls(section, seed=seed)
+
+    def section_settings(self) -> dict[str, Any]:
+        return {f.name: getattr(self.config, f.name) for f in fields(self.config) if f.name != "adaptive"}
 
     # ------------------------------------------------------------------ set-up
 

@@ -337,6 +337,12 @@ class LocalTandemLearning(Component):
                    student_init=section.student_init, init_batches=section.init_batches,
                    readout_detach=section.readout_detach)
 
+    def section_settings(self) -> dict[str, Any]:
+        return {"mode": self.mode, "percentile": self.percentile, "layer_weights": self.layer_weights,
+                "T_warm": self.T_warm_option, "distill": self.distill,
+                "distill_temperature": self.distill_temperature, "student_init": self.student_init,
+                "init_batches": self.init_batches, "readout_detach": self.readout_detach}
+
     # ---------------------------------------------------------------- set-up
 
     def attach(self, ctx: TrainingContext) -> None:

@@ -156,22 +156,49 @@ def unused_note(config: Config) -> str:
 
 def components_note(config: Config, model: nn.Module | None, components: Sequence[Component]) -> str:
     """A line for components given to a trainer by hand that differ from the methods ``config``
-    turns on (a method the config switches off, or one it turns on left out): the run folder's
-    config.yaml then does not describe the run, and a resume from it rebuilds other methods.
-    "" when they agree; components of no registered method (your own) do not count."""
-    registered = {m.component: m.section for m in _METHODS.values()}
-    given = {type(c) for c in components if type(c) in registered}
+    turns on (a method the config switches off, or one it turns on left out) or from the
+    settings of its section (a ``ShortcutBackprop(lambda0=1.0)`` beside ``shortcut.lambda0:
+    0.5``): the run folder's config.yaml then does not describe the run, and a resume from it
+    rebuilds other methods. "" when they agree; components of no registered method (your own)
+    do not count."""
+    registered = {m.component: m for m in _METHODS.values()}
+    given = [c for c in components if type(c) in registered]
     wanted = {m.component for m in enabled_methods(config, model)}
-    extra = sorted(registered[c] for c in given - wanted)
-    missing = sorted(registered[c] for c in wanted - given)
-    if not extra and not missing:
-        return ""
+    extra = sorted({registered[type(c)].section for c in given if type(c) not in wanted})
+    missing = sorted(registered[c].section for c in wanted - {type(c) for c in given})
     parts = ([f"{', '.join(extra)} given, switched off in the config"] if extra else []) + \
         ([f"{', '.join(missing)} on in the config, not given"] if missing else [])
+    parts += [difference for c in given if type(c) in wanted
+              for difference in _setting_differences(config, registered[type(c)], c)]
+    if not parts:
+        return ""
     return ("note: the components given differ from the config's methods (" + "; ".join(parts) +
             "): the run folder's config.yaml will not describe this run, and resuming from it "
             "builds the config's methods; set the config's method sections to match, or pass "
             "components=None to build them from the config")
+
+
+def _setting_differences(config: Config, entry: Method, component: Component) -> list[str]:
+    """``section.key: <given> given, <config's> in the config`` for each setting in which
+    ``component`` differs from the component built from ``config``'s section (with the given
+    component's own teacher, which is not a setting, and ``train.seed``); a section that does
+    not build says so."""
+    resources = {"seed": config.train.seed, "teacher": getattr(component, "teacher", None)}
+    if any(resources[n] is None for n in entry.needs):
+        return []
+    try:
+        built = entry.component.from_config(getattr(config, entry.section),
+                                            **{n: resources[n] for n in entry.needs})
+    except UserError as error:
+        return [f"{entry.section} given, its config section does not build: {error}"]
+    mine, theirs = component.section_settings(), built.section_settings()
+    return [f"{entry.section}.{key}: {mine[key]!r} given, {theirs.get(key)!r} in the config"
+            for key in mine if _comparable(mine[key]) != _comparable(theirs.get(key))]
+
+
+def _comparable(value: Any) -> Any:
+    """Tuples and lists compare as lists (a config holds lists, a caller may pass tuples)."""
+    return [_comparable(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def method_label(config: Config) -> str:

@@ -322,6 +322,11 @@ class ShortcutBackprop(Component):
                    lambda0=section.lambda0, step_fraction=section.step_fraction,
                    gamma=section.gamma, loss=section.loss, seed=seed)
 
+    def section_settings(self) -> dict[str, Any]:
+        return {"attach": list(self.attach_names or []), "every": self.every, "schedule": self.schedule,
+                "lambda0": self.lambda0, "step_fraction": self.step_fraction, "gamma": self.gamma,
+                "loss": self.loss}
+
     # -------------------------------------------------------------- set-up
 
     def build(self, model: nn.Module, example: Tensor) -> ShortcutBranches:
