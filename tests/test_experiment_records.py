@@ -42,7 +42,8 @@ def test_an_archive_reports_its_own_tables(archive, tmp_path):
     stored = json.loads((archive / "results.json").read_text())
     module, argv = _report_argv(stored["command"], out)
     experiment = importlib.import_module(module)
-    results = main(module, experiment.build, getattr(experiment, "add_arguments", None), argv=argv)
+    results = main(module, experiment.build, getattr(experiment, "add_arguments", None), argv=argv,
+                   scales=getattr(experiment, "SCALE_HELP", None))  # as the module's __main__ calls it
     for name, arm in stored["arms"].items():
         again = results["arms"][name]
         assert again["final_acc"] == arm["final_acc"], name
