@@ -56,6 +56,15 @@ class Method:
         return [f"{self.section}.{name}={getattr(section, name)!r}"
                 for name in changed_fields(section) if name != key]
 
+    def missing(self, resources: dict[str, Any]) -> list[str]:
+        """The resources ``from_config`` needs that ``resources`` leaves ``None``."""
+        return [n for n in self.needs if resources[n] is None]
+
+    def build(self, config: Config, resources: dict[str, Any]) -> Component:
+        """``component.from_config(config.<section>, ...)`` given the resources it needs."""
+        return self.component.from_config(getattr(config, self.section),
+                                          **{n: resources[n] for n in self.needs})
+
     def switched_on_but_not_applied(self, config: Config) -> bool:
         """Whether the section's ``switch`` turns the method on while ``enabled`` still leaves it
         out for the config's model (Dspike's search on an ANN twin, which has no surrogate)."""
@@ -120,13 +129,12 @@ def components_from_config(config: Config, model: nn.Module | None = None, *,
     resources: dict[str, Any] = {"seed": config.train.seed, "teacher": teacher}
     components = []
     for entry in enabled_methods(config, model):
-        missing = [n for n in entry.needs if resources[n] is None]
+        missing = entry.missing(resources)
         if missing:
             raise UserError(f"the {entry.section} section needs the {' and '.join(missing)} "
                             "resolved first (spikegrad.build.build_components does it)")
         entry.component.check_config(config)
-        section = getattr(config, entry.section)
-        components.append(entry.component.from_config(section, **{n: resources[n] for n in entry.needs}))
+        components.append(entry.build(config, resources))
     return components
 
 
@@ -184,11 +192,10 @@ def _setting_differences(config: Config, entry: Method, component: Component) ->
     component's own teacher, which is not a setting, and ``train.seed``); a section that does
     not build says so."""
     resources = {"seed": config.train.seed, "teacher": getattr(component, "teacher", None)}
-    if any(resources[n] is None for n in entry.needs):
+    if entry.missing(resources):
         return []
     try:
-        built = entry.component.from_config(getattr(config, entry.section),
-                                            **{n: resources[n] for n in entry.needs})
+        built = entry.build(config, resources)
     except UserError as error:
         return [f"{entry.section} given, its config section does not build: {error}"]
     mine, theirs = component.section_settings(), built.section_settings()
