@@ -57,5 +57,5 @@ def test_the_tuned_students_differ_from_the_published_ones_only_in_their_rate(sc
         assert published == claims_arms[f"mnist/ltl-{mode}"]  # the same arm as in ltl_claims
         assert (tuned.overrides, tuned.depends, tuned.epochs, tuned.data) == \
             (published.overrides, published.depends, published.epochs, published.data)
-        assert tuned.lr is None and tuned.lr_grid == [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+        assert tuned.lr is None and tuned.lr_grid == [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
     assert "bptt_grid" not in experiment.settings
