@@ -11,7 +11,9 @@ split, an epoch budget and a learning-rate grid) and the comparisons between the
 3. writes ``results.json`` (every run's curves, plateau verdict, provenance), ``results.md``
    (the tables, with the command beside them) and ``curves.png``.
 
-Run folders: ``OUT/runs/<arm>/tune/lr<lr>/seed<s>`` and ``OUT/runs/<arm>/final/seed<s>``. A
+Run folders: ``OUT/runs/<arm>/tune/lr<lr>/seed<s>`` and ``OUT/runs/<arm>/final/seed<s>``;
+probes (``--probe ARM=RATE``: a tuning run at a rate outside the arm's grid, to check a choice
+at the grid's edge) in ``OUT/runs/<arm>/probe/lr<lr>/seed<s>``. A
 folder that holds ``summary.json`` (or a recorded failure) is finished and never trained again,
 so a killed experiment loses only the runs in flight; those continue from their last
 checkpoint where spikegrad can resume them, else start over. SIGTERM or SIGINT to the runner
@@ -58,6 +60,8 @@ RECORD = "experiment_run.json"
 RESULTS = "results.json"
 TABLE = "results.md"
 PLOT = "curves.png"
+#: the phases that train on the training set less the validation split and evaluate on that split
+SEARCH_PHASES = ("tune", "probe")
 # per-epoch fields kept in results.json besides those whose name holds "acc"
 CURVE_KEYS = ("train_loss", "test_loss", "dspike_temperature", "shortcut_lambda", "lr")
 
@@ -138,6 +142,9 @@ class Experiment:
     #: called with the runner before the arms are scheduled (e.g. a check that picks a setting
     #: of every arm); it may change ``arms`` and returns what it found for results.json
     prepare: Callable[[Runner], dict[str, Any]] | None = None
+    #: arm -> rates outside its grid, each trained on the tuning seeds after the arms' runs and
+    #: set beside the grid's choice (:meth:`add_probe`); they never change the choice
+    probes: dict[str, list[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for arm in self.arms:
@@ -173,6 +180,37 @@ class Experiment:
                 return arm
         raise UserError(f"experiment {self.name!r} has no arm {name!r}; its arms: "
                         f"{', '.join(a.name for a in self.arms)}")
+
+    def add_probe(self, name: str, rate: float) -> None:
+        """Train the tuned arm ``name`` at ``rate``, a rate outside its grid, on the tuning seeds
+        and the validation split: whether a choice at the grid's edge would stand with that rate
+        in the grid (the report says; the arm keeps the grid's choice)."""
+        self.probes.setdefault(name, []).append(rate)
+        try:
+            self.check_probes()
+        except UserError:
+            self.probes[name].pop()
+            if not self.probes[name]:
+                del self.probes[name]
+            raise
+
+    def check_probes(self) -> None:
+        """A :class:`UserError` for a probe of an unknown or untuned arm, a rate that is not a
+        positive number, one in the arm's grid, or one given twice."""
+        for name, rates in self.probes.items():
+            arm = self.arm(name)
+            if not arm.lr_grid:
+                raise UserError(f"probe of {name!r}: the arm does not tune its rate "
+                                f"({arm.lr_reason or 'fixed'}), so there is no choice to check; drop it")
+            grid = ", ".join(f"{lr:g}" for lr in arm.lr_grid)
+            for index, rate in enumerate(rates):
+                if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf:
+                    raise UserError(f"probe of {name!r}: the rate {rate!r} is not a positive number")
+                if any(math.isclose(rate, lr, rel_tol=1e-9) for lr in arm.lr_grid):
+                    raise UserError(f"probe of {name!r} at {rate:g}: that rate is in the arm's grid "
+                                    f"({grid}); a probe tries a rate outside it")
+                if any(math.isclose(rate, other, rel_tol=1e-9) for other in rates[:index]):
+                    raise UserError(f"probe of {name!r} at {rate:g} is given twice; give it once")
 
     def set_epochs(self, epochs: int) -> None:
         """Train every arm ``epochs`` epochs, but for two kinds that keep their own budget: an arm
@@ -445,7 +483,8 @@ def _write_record(folder: Path, spec: dict[str, Any], wall: float | None, failed
 def _runs_line(results: dict[str, Any]) -> str:
     """What the stored runs say of themselves: their wall times added up, and the commits that
     finished them (an experiment continued across stops may span several)."""
-    runs = [r for arm in results["arms"].values() for r in arm["runs"] + arm["tuning_runs"]]
+    runs = [r for arm in results["arms"].values() for r in arm["runs"] + arm["tuning_runs"]
+            + [r for probe in arm.get("probes") or [] for r in probe["runs"]]]
     if not runs:
         return ""
     hours = sum(r.get("wall_seconds") or 0.0 for r in runs) / 3600
@@ -550,6 +589,7 @@ class Runner:
                                     "tuning runs to pair its tuning runs with")
         for c in exp.comparisons:
             exp.arm(c.a), exp.arm(c.b)
+        exp.check_probes()
         self.check_set()
         violations = check_plan(exp.plan(), smoke=self.smoke, protocol=exp.protocol, out=self.out,
                                 repo=provenance.REPO)
@@ -559,7 +599,7 @@ class Runner:
 
     def folder(self, arm: Arm, phase: str, seed: int, lr: float | None = None) -> Path:
         base = self.out / "runs" / arm.name / phase
-        return base / _lr_name(lr) / f"seed{seed}" if phase == "tune" else base / f"seed{seed}"
+        return base / _lr_name(lr) / f"seed{seed}" if phase in SEARCH_PHASES else base / f"seed{seed}"
 
     def lr_of(self, arm: Arm) -> float | None:
         """The arm's final learning rate, or None while its tuning runs are unfinished."""
@@ -583,7 +623,7 @@ class Runner:
         """The ``data.*`` keys of one run: the arm's dataset and the protocol's split (a validation
         split cut from the training set for tuning runs, the test set for final runs)."""
         data = arm.data
-        validation = data.validation if phase == "tune" else None
+        validation = data.validation if phase in SEARCH_PHASES else None
         return data_overrides(data.name, data.options, validation=validation, split_seed=data.split_seed,
                               subset=data.subset)
 
@@ -621,17 +661,19 @@ class Runner:
                             "(e.g. --dataset) instead")
 
     def _spec(self, phase: str, arm: Arm, seed: int, lr: float | None) -> dict[str, Any] | None:
-        """The spec of a run whose prerequisites are met, else None."""
-        lr = lr if phase == "tune" else self.lr_of(arm)
+        """The spec of a run whose prerequisites are met, else None. A probe is a tuning run at a
+        rate outside the grid: the same config, its own folder."""
+        lr = lr if phase in SEARCH_PHASES else self.lr_of(arm)
         if lr is None:
             return None
+        setting = "tune" if phase == "probe" else phase
         depends, relative = {}, {}
         for key, other_name in arm.depends.items():
             other = self.experiment.arm(other_name)
             other_lr = self.lr_of(other) if phase == "final" else self._chosen.get(other.name, {}).get("lr")
             if other_lr is None:
                 return None
-            folder = self.folder(other, phase, seed, other_lr)
+            folder = self.folder(other, setting, seed, other_lr)
             if str(folder) not in self._done:
                 return None
             if self._done[str(folder)].get("failed"):
@@ -641,15 +683,20 @@ class Runner:
             relative[key] = str((folder / "last.pt").relative_to(self.out))
         folder = self.folder(arm, phase, seed, lr)
         return {"experiment": self.experiment.name, "arm": arm.name, "phase": phase, "seed": seed,
-                "lr": lr, "eval_set": "validation" if phase == "tune" else "test",
+                "lr": lr, "eval_set": "validation" if phase in SEARCH_PHASES else "test",
                 "folder": str(folder), "depends": relative, "smoke": self.smoke,
-                "config": self.config(arm, phase, seed, lr, depends).to_dict()}
+                "config": self.config(arm, setting, seed, lr, depends).to_dict()}
 
     def tasks(self) -> list[tuple[str, Arm, int, float | None]]:
+        """Every run, in the order they are started: each arm's tuning then final runs, then
+        the probes (they decide nothing, so they come last)."""
         out: list[tuple[str, Arm, int, float | None]] = []
-        for arm in self.experiment.arms:
-            out += [("tune", arm, s, lr) for lr in arm.lr_grid for s in self.experiment.tuning_seeds]
-            out += [("final", arm, s, None) for s in self.experiment.seeds]
+        exp = self.experiment
+        for arm in exp.arms:
+            out += [("tune", arm, s, lr) for lr in arm.lr_grid for s in exp.tuning_seeds]
+            out += [("final", arm, s, None) for s in exp.seeds]
+        for arm in exp.arms:
+            out += [("probe", arm, s, lr) for lr in exp.probes.get(arm.name, []) for s in exp.tuning_seeds]
         return out
 
     # ---------------------------------------------------------------- running
@@ -818,6 +865,7 @@ class Runner:
             for run in finals + tune_runs:
                 run["run_dir"] = str(Path(run["folder"]).relative_to(self.out))
             ok = [r for r in finals if r["final_acc"] is not None]
+            probes = self._probes(arm)
             arms[arm.name] = {
                 "group": arm.group, "label": arm.label, "recipe": arm.recipe,
                 "overrides": arm.overrides, "data": asdict(arm.data), "epochs": arm.epochs,
@@ -830,7 +878,7 @@ class Runner:
                 "final_train_acc": describe([r["final_train_acc"] for r in ok], protocol.confidence),
                 "converged": sum(bool(r["converged"]) for r in ok), "runs_total": len(ok),
                 "train_seconds": sum(r.get("train_seconds") or 0.0 for r in finals + tune_runs),
-                "runs": finals, "tuning_runs": tune_runs,
+                "runs": finals, "tuning_runs": tune_runs, "probes": probes,
             }
         comparisons = paired_comparisons(exp.comparisons, arms, protocol)
         results: dict[str, Any] = {
@@ -846,6 +894,27 @@ class Runner:
         }
         results["claims"] = exp.claims(results) if exp.claims is not None else []
         return results
+
+    def _probes(self, arm: Arm) -> list[dict[str, Any]]:
+        """The arm's finished probes: per rate its runs and ``beats_choice``, whether the protocol's
+        rule (:func:`~experiments.protocol.choose_lr`) would pick the probe's rate over the grid's
+        choice if it were in the grid (None until the grid and the probe are complete)."""
+        exp, out = self.experiment, []
+        chosen = self._chosen.get(arm.name)
+        for lr in exp.probes.get(arm.name, []):
+            folders = [self.folder(arm, "probe", s, lr) for s in exp.tuning_seeds]
+            runs = [load_run(f, exp.protocol) for f in folders if _finished(f)]
+            for run in runs:
+                run["run_dir"] = str(Path(run["folder"]).relative_to(self.out))
+            values = [r["final_acc"] for r in runs]
+            beats = None
+            if chosen is not None and len(runs) == len(folders):
+                table = {row["lr"]: row["values"] for row in chosen["rows"]}
+                beats = choose_lr({**table, lr: values})["lr"] == lr
+            stats = describe([v for v in values if v is not None])
+            out.append({"lr": lr, "runs": runs, "mean": stats["mean"], "std": stats["std"],
+                        "beats_choice": beats})
+        return out
 
     def write(self, results: dict[str, Any]) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -970,7 +1039,7 @@ def markdown(results: dict[str, Any]) -> str:
             a = results["arms"][name]
             lr = "-" if a["lr"] is None else f"{a['lr']:g}"
             if a["lr_source"] == "tuned" and a["lr_choice"] and a["lr_choice"]["at_edge"]:
-                lr += " (grid edge)"
+                lr += f" (grid edge{_probes_cell(a)})"
             elif a["lr_source"] != "tuned":
                 lr += f" ({a['lr_source']}: {a['lr_reason']})" if a["lr_reason"] else f" ({a['lr_source']})"
             failed = f" ({len(a['failed_seeds'])} failed)" if a["failed_seeds"] else ""
@@ -1025,27 +1094,54 @@ def _extras_rows(results: dict[str, Any], names: Iterable[str]) -> list[str]:
     return rows
 
 
+def _probes_cell(arm: dict[str, Any]) -> str:
+    """What the probes past a grid edge found, for the arm's learning-rate cell."""
+    parts = []
+    for probe in arm.get("probes") or []:
+        if probe["beats_choice"] is True:
+            parts.append(f"the probe at {probe['lr']:g} scored higher: widen the grid")
+        elif probe["beats_choice"] is False:
+            parts.append(f"probe at {probe['lr']:g} lower")
+    return "; " + ", ".join(parts) if parts else ""
+
+
 def _lr_tables(results: dict[str, Any]) -> list[str]:
     tuned = [(n, a) for n, a in results["arms"].items() if a["lr_choice"]]
     if not tuned:
         return []
     lines = ["Learning-rate search (final validation accuracy, %, per tuning seed; the chosen rate in bold; "
-             "⚠ marks a run that had not plateaued):", "",
-             "| arm | " + " | ".join(["learning rate", "per tuning seed", "mean ± std"]) + " |",
+             "⚠ marks a run that had not plateaued; a probe is a tuning run at a rate outside the grid):",
+             "", "| arm | " + " | ".join(["learning rate", "per tuning seed", "mean ± std"]) + " |",
              "|---|---|---|---|"]
+    verdicts = []
     for name, arm in tuned:
         by_lr: dict[float, list] = {}
         for run in arm["tuning_runs"]:
             by_lr.setdefault(run["lr"], []).append(run)
-        for row in arm["lr_choice"]["rows"]:
-            runs = by_lr.get(row["lr"], [])
+        rows = [(row["lr"], by_lr.get(row["lr"], []), row["mean"], row["std"], "") for row in
+                arm["lr_choice"]["rows"]]
+        rows += [(p["lr"], p["runs"], p["mean"], p["std"], " (probe)") for p in arm.get("probes") or []]
+        for lr, runs, mean, std, kind in sorted(rows, key=lambda row: row[0]):
             seeds = ", ".join(("failed" if r["final_acc"] is None else _pct(r["final_acc"]))
                               + ("" if r["converged"] else " ⚠") for r in runs)
-            lr = f"**{row['lr']:g}**" if row["lr"] == arm["lr_choice"]["lr"] else f"{row['lr']:g}"
-            stats = "-" if row["mean"] is None else _pct(row["mean"]) + (
-                f" ± {_pct(row['std'])}" if row["std"] is not None else "")
-            lines.append(f"| {name} | {lr} | {seeds} | {stats} |")
-    return [*lines, ""]
+            rate = f"**{lr:g}**" if lr == arm["lr_choice"]["lr"] else f"{lr:g}{kind}"
+            stats = "-" if mean is None else _pct(mean) + (f" ± {_pct(std)}" if std is not None else "")
+            lines.append(f"| {name} | {rate} | {seeds} | {stats} |")
+        verdicts += [_probe_verdict(name, arm, probe) for probe in arm.get("probes") or []]
+    return [*lines, "", *[f"- {v}" for v in verdicts], *([""] if verdicts else [])]
+
+
+def _probe_verdict(name: str, arm: dict[str, Any], probe: dict[str, Any]) -> str:
+    chosen = arm["lr_choice"]
+    row = next(r for r in chosen["rows"] if r["lr"] == chosen["lr"])
+    head = f"Probe of {name} at {probe['lr']:g}"
+    if probe["beats_choice"] is None:
+        return f"{head}: unfinished ({len(probe['runs'])} of the tuning seeds' runs), no verdict yet."
+    score = f"{_pct(probe['mean'])}% against {_pct(row['mean'])}% at the chosen {chosen['lr']:g}"
+    if probe["beats_choice"]:
+        return (f"{head}: **{score}; with this rate in the grid the protocol would choose it**, so the "
+                "arm's rate is not tuned: add the rate to its grid and run the experiment again.")
+    return f"{head}: {score}; with this rate in the grid the choice would stand."
 
 
 # --------------------------------------------------------------------------- plot
@@ -1111,10 +1207,17 @@ def verify(results_path: str | Path, arm: str, seed: int, out: str | Path, *, ph
     results = json.loads(results_path.read_text())
     if arm not in results["arms"]:
         raise UserError(f"{str(results_path)!r} has no arm {arm!r}; its arms: {', '.join(results['arms'])}")
-    runs = results["arms"][arm]["runs" if phase == "final" else "tuning_runs"]
+    stored_arm = results["arms"][arm]
+    runs = {"final": stored_arm["runs"], "tune": stored_arm["tuning_runs"],
+            "probe": [r for p in stored_arm.get("probes") or [] for r in p["runs"]]}[phase]
     stored = [r for r in runs if r["seed"] == seed and (lr is None or r["lr"] == lr)]
     if not stored:
-        raise UserError(f"{str(results_path)!r} holds no {phase} run of arm {arm!r} with seed {seed}")
+        raise UserError(f"{str(results_path)!r} holds no {phase} run of arm {arm!r} with seed {seed}"
+                        + ("" if lr is None else f" at learning rate {lr:g}"))
+    if len(stored) > 1:
+        rates = ", ".join(f"{r['lr']:g}" for r in stored)
+        raise UserError(f"{str(results_path)!r} holds {phase} runs of arm {arm!r} with seed {seed} at "
+                        f"{rates}: give --lr to pick one")
     run = stored[0]
     record_path = results_path.parent / run["run_dir"] / RECORD  # beside results.json, wherever it moved
     record = json.loads(record_path.read_text())
@@ -1196,6 +1299,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, scales: dict[str, str]
     parser.add_argument("--tuned-lr", nargs="+", default=[], metavar="ARM=RATE",
                         help="skip a tuned arm's tuning and use RATE, a value of its grid that an earlier "
                              "tuning of this experiment chose (recorded as such in the results)")
+    parser.add_argument("--probe", nargs="+", default=[], metavar="ARM=RATE",
+                        help="also train a tuned arm at RATE, outside its grid, on the tuning seeds (after "
+                             "the arms' runs) and report whether its choice would stand with RATE in the "
+                             "grid (checks a choice at the grid's edge; the arm keeps its choice)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run (recorded in the command)")
     parser.add_argument("--report", action="store_true", help="only tabulate the finished runs")
@@ -1203,8 +1310,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, scales: dict[str, str]
                         help="re-train one stored run (--arm, --seed) and compare it with the stored one")
     parser.add_argument("--arm", help="with --verify: the arm")
     parser.add_argument("--seed", type=int, help="with --verify: the seed")
-    parser.add_argument("--phase", choices=("final", "tune"), default="final", help="with --verify")
-    parser.add_argument("--lr", type=float, help="with --verify --phase tune: the learning rate of the run")
+    parser.add_argument("--phase", choices=("final", "tune", "probe"), default="final", help="with --verify")
+    parser.add_argument("--lr", type=float,
+                        help="with --verify --phase tune or probe: the learning rate of the run")
     parser.add_argument("--quiet", action="store_true")
 
 
@@ -1234,6 +1342,19 @@ def apply_common(experiment: Experiment, args: argparse.Namespace) -> Experiment
         raise UserError(f"--tuned-lr: arm {', '.join(map(repr, twice))} is given twice; give each arm once")
     for item in args.tuned_lr:
         set_tuned_lr(experiment, item)
+    for item in args.probe:
+        name, sep, text = item.partition("=")
+        try:
+            rate = float(text) if sep else None
+        except ValueError:
+            rate = None
+        if rate is None:
+            raise UserError(f"--probe {item!r}: write ARM=RATE with RATE a number, e.g. --probe "
+                            "plain16/shortcut=3e-4")
+        if name not in {a.name for a in experiment.arms}:
+            raise UserError(f"--probe {item!r}: no arm {name!r} among the arms this command runs "
+                            f"(--arms selects them): {', '.join(a.name for a in experiment.arms)}")
+        experiment.add_probe(name, rate)
     experiment.extra_overrides = list(args.set)
     return experiment
 

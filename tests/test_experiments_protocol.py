@@ -605,3 +605,84 @@ def test_a_moved_experiment_keeps_its_dependencies_but_another_teacher_is_anothe
     stored("/old/place/runs/mnist/ann-teacher/final/seed1/last.pt")
     with pytest.raises(UserError, match=r"ltl\.teacher_checkpoint"):
         check_same_run(tmp_path, moved, relative)  # another seed's teacher
+
+
+@pytest.mark.slow
+def test_a_probe_is_a_tuning_run_outside_the_grid_that_checks_the_choice(tmp_path):
+    """``--probe ARM=RATE``: the tuning run's config at RATE in its own folder, set beside the
+    grid in the report with the protocol's own verdict, never changing the choice."""
+    experiment = _tiny_experiment()
+    experiment.add_probe("digits/atan", 0.3)
+    runner = Runner(experiment, tmp_path / "exp", smoke=True, threads=1, verbose=False)
+    assert [t[0] for t in runner.tasks()][-1] == "probe"  # probes decide nothing: they come last
+    results = runner.run()
+    arm = results["arms"]["digits/atan"]
+    assert arm["lr"] in (0.05, 0.1)  # the grid's choice, whatever the probe scored
+    [probe] = arm["probes"]
+    [run] = probe["runs"]
+    assert (run["phase"], run["lr"], run["eval_set"], run["seed"]) == ("probe", 0.3, "validation", 7)
+    assert run["run_dir"] == "runs/digits/atan/probe/lr0.3/seed7"
+    table = {row["lr"]: row["values"] for row in arm["lr_choice"]["rows"]}
+    assert probe["beats_choice"] == (choose_lr({**table, 0.3: [run["final_acc"]]})["lr"] == 0.3)
+    # the same config as a tuning run at that rate: only the folder tells them apart
+    tune_spec = runner._spec("tune", experiment.arms[0], 7, 0.3)
+    stored = json.loads((tmp_path / "exp" / run["run_dir"] / "experiment_run.json").read_text())
+    assert stored["config"] == tune_spec["config"]
+    text = markdown(results)
+    assert re.search(r"\| digits/atan \| 0\.3 \(probe\) \| \d+\.\d\d ⚠ \|", text)
+    assert "- Probe of digits/atan at 0.3: " in text
+    for beats, said in ((False, "the choice would stand"), (True, "with this rate in the grid the protocol "
+                                                                   "would choose it")):
+        probe["beats_choice"] = beats
+        assert said in markdown(results)
+    probe["beats_choice"] = True
+    arm["lr_choice"]["at_edge"] = True
+    assert "(grid edge; the probe at 0.3 scored higher: widen the grid)" in markdown(results)
+    # --report reads the probe without training; --verify trains it again bit for bit
+    again = Runner(experiment, tmp_path / "exp", smoke=True, threads=1, verbose=False).run(train=False)
+    assert again["arms"]["digits/atan"]["probes"][0]["runs"][0]["final_acc"] == run["final_acc"]
+    report = verify(tmp_path / "exp" / "results.json", "digits/atan", 7, tmp_path / "v", phase="probe",
+                    verbose=False)
+    assert report["bitwise"]
+    with pytest.raises(UserError, match=r"tune runs of arm 'digits/atan' with seed 7 at 0.05, 0.1: give"):
+        verify(tmp_path / "exp" / "results.json", "digits/atan", 7, tmp_path / "v", phase="tune",
+               verbose=False)
+
+
+def test_probes_are_refused_where_they_cannot_check_a_choice(tmp_path):
+    from experiments import dspike_surrogates, ltl_claims
+    from experiments.runner import add_common_arguments, apply_common
+
+    parser = argparse.ArgumentParser()
+    add_common_arguments(parser)
+
+    def build(module, *probes, **options):
+        experiment = module.build(argparse.Namespace(smoke=False, scale="small", **options))
+        return apply_common(experiment, parser.parse_args(["--out", "unused", "--probe", *probes]))
+
+    experiment = build(dspike_surrogates, "mnist/atan=1", "mnist/atan=0.001", datasets=["mnist"])
+    assert experiment.probes == {"mnist/atan": [1.0, 0.001]}
+    phases = [(phase, arm.name, lr) for phase, arm, _, lr in Runner(experiment, tmp_path).tasks()]
+    assert phases[-4:] == [("probe", "mnist/atan", 1.0)] * 2 + [("probe", "mnist/atan", 0.001)] * 2
+    for probe, message in [("mnist/atan=0.1", "in the arm's grid"), ("mnist/atan", "write ARM=RATE"),
+                           ("mnist/atan=x", "write ARM=RATE"), ("mnist/none=1", "no arm 'mnist/none'"),
+                           ("mnist/atan=-1", "not a positive number"), ("mnist/atan=inf", "positive")]:
+        with pytest.raises(UserError, match=message):
+            build(dspike_surrogates, probe, datasets=["mnist"])
+    with pytest.raises(UserError, match="given twice"):
+        build(dspike_surrogates, "mnist/atan=1", "mnist/atan=1.0", datasets=["mnist"])
+    with pytest.raises(UserError, match="does not tune its rate"):  # LTL's published rate
+        build(ltl_claims, "mnist/ltl-offline=0.01", dataset=None)
+    with pytest.raises(UserError, match="does not tune its rate"):  # its grid skipped by --tuned-lr
+        options = argparse.Namespace(smoke=False, scale="small", datasets=["mnist"])
+        experiment = dspike_surrogates.build(options)
+        apply_common(experiment, parser.parse_args(["--out", "x", "--tuned-lr", "mnist/atan=0.1",
+                                                    "--probe", "mnist/atan=1"]))
+    # the Python API's probes get the same checks when the runner starts
+    experiment = _tiny_experiment()
+    experiment.probes = {"digits/atan": [0.1]}
+    with pytest.raises(UserError, match="in the arm's grid"):
+        Runner(experiment, tmp_path, smoke=True)
+    experiment.probes = {"digits/none": [1.0]}
+    with pytest.raises(UserError, match="has no arm 'digits/none'"):
+        Runner(experiment, tmp_path, smoke=True)
