@@ -10,14 +10,22 @@ A verdict reads the 95% t-interval of the paired difference of final accuracies
   above, otherwise *not shown*.
 
 A verdict on runs that had not plateaued says so; a smoke run's verdicts are marked SMOKE.
+
+Each verdict tests its claim alone. An experiment tests several claims at once, and with k of
+them one passes at 95% by chance far more often than 1 time in 20: :func:`family` adds beside
+each verdict the one its claim gets when all k are tested together, from Bonferroni intervals
+(confidence 1 - 0.05/k each, so that all k intervals hold together with at least 95%).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["better", "comparison", "within"]
+from experiments.stats import describe
+
+__all__ = ["better", "comparison", "family", "within"]
 
 
 def comparison(results: dict[str, Any], a: str, b: str) -> dict[str, Any] | None:
@@ -55,25 +63,55 @@ def _evidence(test: dict[str, Any], a_label: str, b_label: str) -> str:
     return text + f", n = {test['n']}"
 
 
+def _better(lo: float, hi: float, margin: float) -> str:
+    return "holds" if lo > margin else "fails" if hi < margin else "not shown"
+
+
+def _within(lo: float, hi: float, margin: float) -> str:
+    return "holds" if hi < margin else "fails" if lo > margin else "not shown"
+
+
+#: how each kind of claim reads the interval of its difference against its margin
+RULES: dict[str, Callable[[float, float, float], str]] = {"better": _better, "within": _within}
+
+
 def _judge(results: dict[str, Any], claim: str, a: str, b: str, test: dict[str, Any] | None,
-           first: str, decide: Callable[[float, float], str]) -> dict[str, Any]:
-    """The verdict ``decide(lo, hi)`` on the interval of ``test`` (``first`` − the other arm)."""
+           first: str, kind: str, margin: float) -> dict[str, Any]:
+    """The verdict of rule ``kind`` on the interval of ``test`` (``first`` − the other arm)."""
     if test is None or test["mean_diff"] is None or test["ci"] is None:
         return {"claim": claim, "verdict": _qualify(results, "not testable (too few paired seeds)", (a, b)),
                 "evidence": "-", "a": a, "b": b}
     second = b if first == a else a
     evidence = _evidence(test, results["arms"][first]["label"], results["arms"][second]["label"])
-    return {"claim": claim, "verdict": _qualify(results, decide(*test["ci"]), (a, b)),
-            "evidence": evidence, "a": a, "b": b}
+    return {"claim": claim, "verdict": _qualify(results, RULES[kind](*test["ci"], margin), (a, b)),
+            "evidence": evidence, "a": a, "b": b, "kind": kind, "margin": margin,
+            "diffs": list(test["diffs"])}
 
 
 def better(results: dict[str, Any], a: str, b: str, claim: str) -> dict[str, Any]:
     """Verdict on "``a`` is more accurate than ``b``" (final accuracy, paired seeds)."""
-    return _judge(results, claim, a, b, comparison(results, a, b), a,
-                  lambda lo, hi: "holds" if lo > 0 else "fails" if hi < 0 else "not shown")
+    return _judge(results, claim, a, b, comparison(results, a, b), a, "better", 0.0)
 
 
 def within(results: dict[str, Any], a: str, b: str, points: float, claim: str) -> dict[str, Any]:
     """Verdict on "``a`` is within ``points`` (a fraction) of ``b``", i.e. ``b - a < points``."""
-    return _judge(results, claim, a, b, comparison(results, b, a), b,
-                  lambda lo, hi: "holds" if hi < points else "fails" if lo > points else "not shown")
+    return _judge(results, claim, a, b, comparison(results, b, a), b, "within", points)
+
+
+def family(claims: list[dict[str, Any]], confidence: float = 0.95) -> list[dict[str, Any]]:
+    """``claims`` with each testable one's verdict when all k testable claims are tested
+    together: ``family_verdict`` from the Bonferroni interval ``family_ci`` of its paired
+    differences at confidence ``1 - (1 - confidence) / k`` (``family_confidence``), read by
+    the claim's own rule. With one claim it is the claim's own verdict."""
+    testable = [c for c in claims if c.get("diffs")]
+    k = len(testable)
+    if not k:
+        return claims
+    level = 1.0 - (1.0 - confidence) / k
+    for claim in testable:
+        ci = describe(claim["diffs"], level)["ci"]
+        if ci is None or not all(math.isfinite(x) for x in ci):
+            continue
+        claim.update(family_size=k, family_base=confidence, family_confidence=level, family_ci=ci,
+                     family_verdict=RULES[claim["kind"]](*ci, claim["margin"]))
+    return claims

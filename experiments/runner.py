@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments import provenance
+from experiments.claims import family
 from experiments.protocol import PROTOCOL, Protocol, ProtocolError, check_plan, choose_lr, plateau
 from experiments.splits import SPLIT_SOURCE, data_overrides
 from experiments.stats import describe, paired_t_test
@@ -892,7 +893,7 @@ class Runner:
             "prepared": self.prepared,
             "arms": arms, "comparisons": comparisons,
         }
-        results["claims"] = exp.claims(results) if exp.claims is not None else []
+        results["claims"] = family(exp.claims(results), protocol.confidence) if exp.claims is not None else []
         return results
 
     def _probes(self, arm: Arm) -> list[dict[str, Any]]:
@@ -1062,10 +1063,31 @@ def markdown(results: dict[str, Any]) -> str:
             lines += [*extras, ""]
     lines += _lr_tables(results)
     if results["claims"]:
-        lines += ["| claim | verdict | evidence |", "|---|---|---|"]
-        lines += [f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for c in results["claims"]]
-        lines.append("")
+        lines += _claims_table(results["claims"])
     return "\n".join(lines) + "\n"
+
+
+def _claims_table(claims: list[dict[str, Any]]) -> list[str]:
+    """Each claim's verdict alone, and where the table tests several, with all of them tested
+    together (:func:`experiments.claims.family`)."""
+    together = [c for c in claims if "family_verdict" in c]
+    if len(together) < 2:
+        return ["| claim | verdict | evidence |", "|---|---|---|",
+                *[f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for c in claims], ""]
+    first = together[0]
+    k, level, base = first["family_size"], 100 * first["family_confidence"], 100 * first["family_base"]
+    lines = [f"| claim | verdict | evidence | verdict with the {k} claims tested together |",
+             "|---|---|---|---|"]
+    for c in claims:
+        cell = "-"
+        if "family_verdict" in c:
+            lo, hi = c["family_ci"]
+            cell = f"**{c['family_verdict']}**: [{100 * lo:+.2f}, {100 * hi:+.2f}] at {level:.4g}%"
+        lines.append(f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} | {cell} |")
+    return [*lines, "", f"The last column tests the {k} claims together (Bonferroni): each difference's "
+            f"interval at {level:.4g}% instead of {base:g}%, so that all {k} hold together with at least "
+            f"{base:g}% confidence; a claim that holds alone but not together may have passed by chance "
+            f"among the {k}.", ""]
 
 
 def _extras_rows(results: dict[str, Any], names: Iterable[str]) -> list[str]:

@@ -211,6 +211,47 @@ def test_verdicts():
     assert flagged == "SMOKE: holds (not converged: a)"
 
 
+def test_claims_tested_together_read_bonferroni_intervals():
+    """k claims together: each interval at 1 - 0.05/k (Bonferroni), read by the claim's own rule."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    from experiments.claims import family
+
+    b = [0.80, 0.81, 0.79, 0.80, 0.82]
+    gains = [0.030, 0.002, 0.035, 0.010, 0.018]  # p = 0.036 alone: holds at 95%, not at 98.75%
+    a = [x + d for x, d in zip(b, gains, strict=True)]
+    results = _results(a, b)
+    one = better(results, "g/a", "g/b", "gain")
+    assert one["verdict"] == "holds"
+    assert family([dict(one)])[0]["family_verdict"] == "holds"  # alone: its own verdict
+    claims = family([dict(one), better(results, "g/b", "g/a", "loss"),
+                     within(results, "g/b", "g/a", 0.05, "close"), within(results, "g/b", "g/a", 0.0, "far"),
+                     {"claim": "untestable", "verdict": "not testable", "evidence": "-"}])
+    n, mean = len(gains), sum(gains) / len(gains)
+    sem = (sum((g - mean) ** 2 for g in gains) / (n - 1)) ** 0.5 / n ** 0.5
+    half = scipy_stats.t.ppf(1 - 0.05 / 4 / 2, n - 1) * sem  # 4 testable claims
+    gain, loss, close, far, untestable = claims
+    assert gain["family_size"] == 4 and gain["family_confidence"] == pytest.approx(0.9875)
+    assert gain["family_ci"] == pytest.approx([mean - half, mean + half], abs=1e-12)
+    assert loss["family_ci"] == pytest.approx([-mean - half, -mean + half], abs=1e-12)
+    assert (gain["family_verdict"], loss["family_verdict"]) == ("not shown", "not shown")
+    assert gain["verdict"] == "holds" and loss["verdict"] == "fails"  # alone they still pass
+    # "within": a - b (the interval of the reference minus the claimed arm) against the margin
+    assert close["family_ci"] == pytest.approx(gain["family_ci"], abs=1e-12)
+    assert close["family_verdict"] == "holds" and far["family_verdict"] == "not shown"
+    assert "family_verdict" not in untestable
+    text = _claims_markdown(claims)
+    assert "| gain | **holds** | a − b: +1.90 points" in text
+    assert f"| **not shown**: [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}] at 98.75% |" in text
+    assert "| untestable | **not testable** | - | - |" in text
+    assert "each difference's interval at 98.75% instead of 95%" in text
+
+
+def _claims_markdown(claims):
+    from experiments.runner import _claims_table
+
+    return "\n".join(_claims_table(claims))
+
+
 # ----------------------------------------------------------------- runner, tables, verify
 
 
