@@ -24,11 +24,15 @@ def test_smoke_outputs(smoke):
     out, results = smoke
     check_outputs(out, results, MODULE)
     labels = {a["label"] for a in results["arms"].values()}
-    assert labels == {"vanilla", "vanilla-long", "shortcut", "evolutionary", "evolutionary-shallow",
-                      "evolutionary-deep"}
+    assert labels == {"vanilla", "vanilla-long", "shortcut", "evolutionary", "evolutionary-long",
+                      "evolutionary-shallow", "evolutionary-deep"}
     arms = results["arms"]
-    assert arms["plain16/vanilla-long"]["epochs"] == 2 * arms["plain16/vanilla"]["epochs"]
-    assert arms["plain16/vanilla-long"]["lr"] == arms["plain16/vanilla"]["lr"]
+    for short in ("vanilla", "evolutionary"):
+        long = arms[f"plain16/{short}-long"]
+        assert long["epochs"] == 2 * arms[f"plain16/{short}"]["epochs"]
+        assert long["lr"] == arms[f"plain16/{short}"]["lr"] and long["lr_source"] == f"from plain16/{short}"
+    config = (out / arms["plain16/evolutionary-long"]["runs"][0]["run_dir"] / "config.yaml").read_text()
+    assert "schedule: linear" in config and "lambda0: 0.25" in config  # λ decays over all its epochs
     assert arms["plain16/evolutionary-shallow"]["overrides"]["shortcut.attach"] == ["features.conv4"]
     assert arms["plain16/evolutionary-deep"]["overrides"]["shortcut.attach"] == ["features.conv12"]
     # the surrogate check ran first and its choice is used by every arm
