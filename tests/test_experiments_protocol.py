@@ -578,6 +578,16 @@ def test_the_machine_line_adds_up_the_runs_and_names_every_commit_that_finished_
                                    f"{'a' * 12}, {'b' * 12}.")
 
 
+def _with_options(option, module, *values, **build_options):
+    """``module``'s small-scale experiment with ``apply_common`` of ``--out unused OPTION VALUES``."""
+    from experiments.runner import add_common_arguments, apply_common
+
+    parser = argparse.ArgumentParser()
+    add_common_arguments(parser)
+    experiment = module.build(argparse.Namespace(smoke=False, scale="small", **build_options))
+    return apply_common(experiment, parser.parse_args(["--out", "unused", option, *values]))
+
+
 def test_tuned_lr_skips_an_arms_tuning_at_a_rate_of_its_grid_and_refuses_any_other(tmp_path):
     from experiments import dspike_surrogates, ltl_claims
     from experiments.runner import add_common_arguments, apply_common
@@ -586,8 +596,7 @@ def test_tuned_lr_skips_an_arms_tuning_at_a_rate_of_its_grid_and_refuses_any_oth
     add_common_arguments(parser)
 
     def build(module, *tuned, **options):
-        experiment = module.build(argparse.Namespace(smoke=False, scale="small", **options))
-        return apply_common(experiment, parser.parse_args(["--out", "unused", "--tuned-lr", *tuned]))
+        return _with_options("--tuned-lr", module, *tuned, **options)
 
     experiment = build(dspike_surrogates, "mnist/atan=0.1", datasets=["mnist"])
     atan = experiment.arm("mnist/atan")
@@ -700,8 +709,7 @@ def test_probes_are_refused_where_they_cannot_check_a_choice(tmp_path):
     add_common_arguments(parser)
 
     def build(module, *probes, **options):
-        experiment = module.build(argparse.Namespace(smoke=False, scale="small", **options))
-        return apply_common(experiment, parser.parse_args(["--out", "unused", "--probe", *probes]))
+        return _with_options("--probe", module, *probes, **options)
 
     experiment = build(dspike_surrogates, "mnist/atan=1", "mnist/atan=0.001", datasets=["mnist"])
     assert experiment.probes == {"mnist/atan": [1.0, 0.001]}
