@@ -894,6 +894,9 @@ class Runner:
             "arms": arms, "comparisons": comparisons,
         }
         results["claims"] = family(exp.claims(results), protocol.confidence) if exp.claims is not None else []
+        for claim in results["claims"] if self.smoke else []:  # as every smoke verdict is marked
+            if "family_verdict" in claim:
+                claim["family_verdict"] = "SMOKE: " + claim["family_verdict"]
         return results
 
     def _probes(self, arm: Arm) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ accuracies appear beside it where the runs' ``metrics.jsonl`` hold them.
 
 Scales: ``small`` (default; about 4.5 h on 2 CPU cores, from measured run times, half of it
 ResNet-34's arms):
-width 0.125 (8-16-32-64 channels), 1,500 training images, 30 epochs (60 for vanilla-long), 10%
+width 0.125 (8-16-32-64 channels), 1,500 training images, 30 epochs (60 for the two -long arms), 10%
 validation, learning rates 0.001-0.03 (4 values; 0.001 added when vanilla and λ = 1 chose 0.003,
 the lowest of 0.003-0.03, before their final runs), 5 seeds, 2 tuning seeds. ``large`` (GPU):
 width 0.5, the whole training set, 60 epochs (120), 10 seeds, 3 tuning seeds. ``--smoke``: the

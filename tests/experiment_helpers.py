@@ -67,6 +67,9 @@ def check_outputs(out: Path, results: dict[str, Any], module: str) -> None:
             assert arm[key]["n"] == len(stored["seeds"]) and len(arm[key]["ci"]) == 2
     for c in stored["comparisons"]:
         assert c["seeds"] == stored["seeds"] and len(c["final"]["diffs"]) == len(stored["seeds"])
+    for claim in stored["claims"]:  # a smoke run's verdicts, alone and together, say SMOKE
+        assert claim["verdict"].startswith("SMOKE: "), claim
+        assert claim.get("family_verdict", "SMOKE: ").startswith("SMOKE: "), claim
     table = (out / "results.md").read_text()
     assert "SMOKE TEST" in table and stored["command"] in table
     assert "not converged" in table  # two epochs never plateau: flagged in the tables
