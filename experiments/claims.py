@@ -98,11 +98,13 @@ def within(results: dict[str, Any], a: str, b: str, points: float, claim: str) -
     return _judge(results, claim, a, b, comparison(results, b, a), b, "within", points)
 
 
-def family(claims: list[dict[str, Any]], confidence: float = 0.95) -> list[dict[str, Any]]:
+def family(claims: list[dict[str, Any]], confidence: float = 0.95,
+           smoke: bool = False) -> list[dict[str, Any]]:
     """``claims`` with each testable one's verdict when all k testable claims are tested
     together: ``family_verdict`` from the Bonferroni interval ``family_ci`` of its paired
     differences at confidence ``1 - (1 - confidence) / k`` (``family_confidence``), read by
-    the claim's own rule. With one claim it is the claim's own verdict."""
+    the claim's own rule. With one claim it is the claim's own verdict. ``smoke``: marked
+    SMOKE, as a smoke run's every verdict is."""
     testable = [c for c in claims if c.get("diffs")]
     k = len(testable)
     if not k:
@@ -112,6 +114,7 @@ def family(claims: list[dict[str, Any]], confidence: float = 0.95) -> list[dict[
         ci = describe(claim["diffs"], level)["ci"]
         if ci is None or not all(math.isfinite(x) for x in ci):
             continue
+        verdict = RULES[claim["kind"]](*ci, claim["margin"])
         claim.update(family_size=k, family_base=confidence, family_confidence=level, family_ci=ci,
-                     family_verdict=RULES[claim["kind"]](*ci, claim["margin"]))
+                     family_verdict=f"SMOKE: {verdict}" if smoke else verdict)
     return claims

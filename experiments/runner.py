@@ -893,10 +893,8 @@ class Runner:
             "prepared": self.prepared,
             "arms": arms, "comparisons": comparisons,
         }
-        results["claims"] = family(exp.claims(results), protocol.confidence) if exp.claims is not None else []
-        for claim in results["claims"] if self.smoke else []:  # as every smoke verdict is marked
-            if "family_verdict" in claim:
-                claim["family_verdict"] = "SMOKE: " + claim["family_verdict"]
+        claims = exp.claims(results) if exp.claims is not None else []
+        results["claims"] = family(claims, protocol.confidence, smoke=self.smoke)
         return results
 
     def _probes(self, arm: Arm) -> list[dict[str, Any]]:
@@ -1368,39 +1366,35 @@ def apply_common(experiment: Experiment, args: argparse.Namespace) -> Experiment
     for item in args.tuned_lr:
         set_tuned_lr(experiment, item)
     for item in args.probe:
-        name, sep, text = item.partition("=")
-        try:
-            rate = float(text) if sep else None
-        except ValueError:
-            rate = None
-        if rate is None:
-            raise UserError(f"--probe {item!r}: write ARM=RATE with RATE a number, e.g. --probe "
-                            "plain16/shortcut=3e-4")
-        if name not in {a.name for a in experiment.arms}:
-            raise UserError(f"--probe {item!r}: no arm {name!r} among the arms this command runs "
-                            f"(--arms selects them): {', '.join(a.name for a in experiment.arms)}")
-        experiment.add_probe(name, rate)
+        arm, rate = _arm_at_rate(experiment, "--probe", item, "plain16/shortcut=3e-4")
+        experiment.add_probe(arm.name, rate)
     experiment.extra_overrides = list(args.set)
     return experiment
+
+
+def _arm_at_rate(experiment: Experiment, option: str, item: str, example: str) -> tuple[Arm, float]:
+    """The arm (among those this command runs) and the rate of ``option``'s ``ARM=RATE``."""
+    name, sep, text = item.partition("=")
+    if not sep:
+        raise UserError(f"{option} {item!r}: write ARM=RATE, e.g. {option} {example}")
+    arm = next((a for a in experiment.arms if a.name == name), None)
+    if arm is None:
+        raise UserError(f"{option} {item!r}: no arm {name!r} among the arms this command runs "
+                        f"(--arms selects them): {', '.join(a.name for a in experiment.arms)}")
+    try:
+        return arm, float(text)
+    except ValueError:
+        raise UserError(f"{option} {item!r}: {text!r} is not a number; write ARM=RATE, e.g. "
+                        f"{option} {example}") from None
 
 
 def set_tuned_lr(experiment: Experiment, item: str) -> None:
     """``ARM=RATE``: the arm trains its final runs at RATE, which an earlier tuning over the arm's
     grid chose, instead of tuning again; the results name the rate as fixed, with that reason."""
-    name, sep, text = item.partition("=")
-    if not sep:
-        raise UserError(f"--tuned-lr {item!r}: write ARM=RATE, e.g. --tuned-lr mnist/atan=0.1")
-    arm = next((a for a in experiment.arms if a.name == name), None)
-    if arm is None:
-        raise UserError(f"--tuned-lr {item!r}: no arm {name!r} among the arms this command runs "
-                        f"(--arms selects them): {', '.join(a.name for a in experiment.arms)}")
+    arm, rate = _arm_at_rate(experiment, "--tuned-lr", item, "mnist/atan=0.1")
     if not arm.lr_grid:
-        raise UserError(f"--tuned-lr {item!r}: arm {name!r} does not tune its rate "
+        raise UserError(f"--tuned-lr {item!r}: arm {arm.name!r} does not tune its rate "
                         f"({arm.lr_reason or 'fixed'}); drop it")
-    try:
-        rate = float(text)
-    except ValueError:
-        raise UserError(f"--tuned-lr {item!r}: {text!r} is not a number") from None
     match = [lr for lr in arm.lr_grid if math.isclose(rate, lr, rel_tol=1e-9)]
     grid = ", ".join(f"{lr:g}" for lr in arm.lr_grid)
     if not match:
