@@ -879,6 +879,7 @@ class Runner:
                 "final_train_acc": describe([r["final_train_acc"] for r in ok], protocol.confidence),
                 "converged": sum(bool(r["converged"]) for r in ok), "runs_total": len(ok),
                 "train_seconds": sum(r.get("train_seconds") or 0.0 for r in finals + tune_runs),
+                "probe_seconds": sum(r.get("train_seconds") or 0.0 for p in probes for r in p["runs"]),
                 "runs": finals, "tuning_runs": tune_runs, "probes": probes,
             }
         comparisons = paired_comparisons(exp.comparisons, arms, protocol)

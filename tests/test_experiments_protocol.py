@@ -674,6 +674,10 @@ def test_a_probe_is_a_tuning_run_outside_the_grid_that_checks_the_choice(tmp_pat
     [run] = probe["runs"]
     assert (run["phase"], run["lr"], run["eval_set"], run["seed"]) == ("probe", 0.3, "validation", 7)
     assert run["run_dir"] == "runs/digits/atan/probe/lr0.3/seed7"
+    # an arm's training time is its tuning and final runs; its probes are counted apart
+    assert arm["probe_seconds"] == run["train_seconds"] > 0
+    runs = arm["runs"] + arm["tuning_runs"]
+    assert arm["train_seconds"] == pytest.approx(sum(r["train_seconds"] for r in runs))
     table = {row["lr"]: row["values"] for row in arm["lr_choice"]["rows"]}
     assert probe["beats_choice"] == (choose_lr({**table, 0.3: [run["final_acc"]]})["lr"] == 0.3)
     # the same config as a tuning run at that rate: only the folder tells them apart
