@@ -525,3 +525,23 @@ def test_an_adaptive_run_too_short_to_search_is_refused(tmp_path):
     trainer = Trainer(parts.model, parts.train_set, parts.test_set, config, components=[search],
                       verbose=False)
     assert search.search(trainer.context, epoch=1)
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "resnet18", "vgg11_ltl", "plain_cnn"])
+def test_the_global_search_probes_the_layer_that_sees_the_input_and_sets_every_neuron(name):
+    """Algorithm 1 takes the FDG of the first layer: the weight layer the input reaches first,
+    found here by running the model, not by the code under test's own layer list."""
+    from spikegrad import models
+    from spikegrad.neurons import SpikingNeuron
+
+    channels = 1 if name == "digits_cnn" else 3
+    model = models.create(name, num_classes=10, T=2, width=0.125, in_channels=channels, surrogate="dspike")
+    [group] = AdaptiveTemperature(DspikeConfig(adaptive=True)).build_groups(model)
+    called = []
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            m.register_forward_hook(lambda mod, args, out: called.append(mod))
+    size = {"digits_cnn": 8, "vgg11_ltl": 32}.get(name, 16)  # the LTL VGG keeps a 2×2 map of 32×32
+    model(torch.rand(2, channels, size, size))
+    assert group.layer is called[0]
+    assert set(map(id, group.neurons)) == {id(m) for m in model.modules() if isinstance(m, SpikingNeuron)}

@@ -90,6 +90,18 @@ def test_registry_and_config_choices():
         load_config(None, ["train.incorrect_rate=2"])
 
 
+def test_tet_reads_its_weight_and_target_from_the_config():
+    """``train.tet_lambda`` weighs the MSE term and ``train.tet_phi`` is its target, not swapped."""
+    g = torch.Generator().manual_seed(0)
+    out, y = torch.randn(4, 3, 5, generator=g), torch.tensor([0, 4, 2])
+    loss = training_loss(TrainConfig(loss="tet", tet_lambda=0.1, tet_phi=0.5))(out, y)
+    ce = torch.stack([torch.nn.functional.cross_entropy(o, y) for o in out]).mean()
+    mse = ((out - 0.5) ** 2).mean()
+    assert loss.item() == pytest.approx((0.9 * ce + 0.1 * mse).item())
+    assert loss.item() != pytest.approx(training_loss(TrainConfig(loss="tet", tet_lambda=0.5, tet_phi=0.1))(
+        out, y).item())
+
+
 def test_spiking_readout_and_refusals():
     model = models.create("digits_cnn", T=3, width=0.25, readout="spikes")
     out = model(torch.rand(2, 1, 8, 8))

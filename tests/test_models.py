@@ -171,6 +171,18 @@ def test_registry_errors_name_the_choices():
 
 
 @pytest.mark.parametrize("name", models.list())
+def test_every_batch_norm_sees_time_folded_into_the_batch(name):
+    """tdBN-style statistics: each batch norm normalises a ``[T·B, ...]`` input, never one step."""
+    model = build(name).train()
+    seen = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+    model(small_input(name))
+    assert seen and set(seen) == {2 * 3}  # T = 2, B = 3
+
+
+@pytest.mark.parametrize("name", models.list())
 def test_every_model_builds_without_batch_norm(name):
     model = build(name, batch_norm=False)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())

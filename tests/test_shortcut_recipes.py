@@ -42,6 +42,10 @@ def test_shortcut_paper_recipes(stem):
     else:
         assert not config.shortcut.enabled
     assert config.optim.name == "adamw" and config.optim.weight_decay == 0.02
+    assert config.optim.lr == 0.01 and config.model.neuron.reset == "hard"
+    assert config.schedule.name == "cosine" and config.schedule.min_lr == 0.0  # cosine to 0
+    if dataset in ("cifar10", "cifar100"):
+        assert (config.data.batch_size, config.train.epochs) == (128, 300)
     base = load_config(next(p for p in RECIPES if p.stem == f"base_{dataset}"))
     assert config.data.root == base.data.root and config.data.options == base.data.options
     info = DatasetInfo(100, (3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))  # CIFAR-like
