@@ -94,6 +94,28 @@ def test_first_epoch_keeps_b0_and_searches_follow_every(monkeypatch):
     assert all(r["dspike_temperature"] == 2.0 for r in rows)
 
 
+@pytest.mark.parametrize("every, first_epoch, searched", [(1, 0, [0, 1, 2, 3, 4]), (2, 0, [0, 2, 4]),
+                                                          (1, 3, [3, 4]), (2, 3, [4]), (3, 1, [3])])
+def test_first_epoch_moves_the_first_search(monkeypatch, every, first_epoch, searched):
+    """``dspike.first_epoch=0`` also searches before any training (Algorithm 1's first step)."""
+    trainer, search = trainer_for(tiny_config(**{"train.epochs": 5, "dspike.every": every,
+                                                 "dspike.first_epoch": first_epoch}))
+    calls = []
+    monkeypatch.setattr(search, "search", lambda tr, epoch: calls.append(epoch) or {"model": {}})
+    for e in range(5):
+        search.on_epoch_start(trainer.context, e)
+    assert calls == searched
+    assert dspike_module.first_search_epoch(every, first_epoch) == searched[0]
+
+
+def test_a_search_before_any_training_is_recorded_in_the_first_row(tmp_path):
+    train(tiny_config(**{**PAPER, "train.epochs": 1, "dspike.first_epoch": 0}), tmp_path, verbose=False)
+    [row] = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(row["dspike_similarity"]) == 3 and row["dspike_search_seconds"] > 0
+    with pytest.raises(UserError, match=r"dspike\.first_epoch.*>= 0"):
+        load_config(None, ["dspike.first_epoch=-1"])
+
+
 def test_search_leaves_the_global_random_state_and_the_training_mode_alone():
     trainer, search = trainer_for(tiny_config(**{"model.encoder": "poisson"}))
     trainer.model.train()
@@ -514,10 +536,14 @@ def test_an_adaptive_run_too_short_to_search_is_refused(tmp_path):
     """The first search is at the start of epoch every + 1: a run of fewer epochs would be
     labelled dspike-adaptive without ever searching."""
     with pytest.raises(UserError, match=r"dspike.adaptive never searches in train.epochs=2 with "
-                                        r"dspike.every=2 \(the first search is at the start of epoch 3\)"):
+                                        r"dspike.every=2 and dspike.first_epoch=1 \(the first search is "
+                                        r"at the start of epoch 3\)"):
         train(tiny_config(**{"train.epochs": 2, "dspike.every": 2}), tmp_path / "short", verbose=False)
     assert not (tmp_path / "short" / "last.pt").exists()
     AdaptiveTemperature.check_config(tiny_config(**{"train.epochs": 3, "dspike.every": 2}))  # one search
+    AdaptiveTemperature.check_config(tiny_config(**{"train.epochs": 1, "dspike.first_epoch": 0}))
+    with pytest.raises(UserError, match=r"first_epoch=3 \(the first search is at the start of epoch 4\)"):
+        AdaptiveTemperature.check_config(tiny_config(**{"train.epochs": 3, "dspike.first_epoch": 3}))
     # a search called by hand (as the search study does) needs no epochs: only configs are checked
     config = tiny_config(**{"train.epochs": 1})
     parts = build_parts(config)

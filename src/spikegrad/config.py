@@ -246,8 +246,9 @@ class LTLConfig:
 class DspikeConfig:
     """Adaptive Dspike temperature (Algorithm 1 of Li et al. 2021; see docs/dspike.md).
 
-    At the start of every ``every``-th epoch (from the second epoch on: before any training,
-    batch norm's running statistics are still the initial ones) the finite difference
+    At the start of every ``every``-th epoch ``e`` (counted from 0) with ``e >= first_epoch``
+    (by default from the second epoch on: before any training, batch norm's running statistics
+    are still the initial ones, which eval-mode probes would read) the finite difference
     gradient of the probed layer is compared with the Dspike surrogate gradient for each
     candidate ``b + j·delta`` (``j`` in ``candidates``, never below ``b_min``) on
     ``probe_batches`` probe batches, and ``rule`` decides from the cosine similarities.
@@ -266,6 +267,8 @@ class DspikeConfig:
                                                    "subset; None: all; the paper's search: 64)")
     batch_size: int = option(64, gt=0, doc="samples in the fixed mini-batch of each search")
     every: int = option(1, gt=0, doc="search every this many epochs")
+    first_epoch: int = option(1, min=0, doc="no search before the start of this epoch (counted from 0; "
+                                            "0: also before any training, as Algorithm 1 lists it)")
     layer: str | None = option(None, doc="probed layer (qualified name; None: the first weight "
                                          "layer); ignored with per_layer")
     per_layer: bool = option(False, doc="one temperature per unit, each chosen by the FDG of the "

@@ -39,7 +39,8 @@ from spikegrad.neurons import SpikingNeuron
 from spikegrad.surrogates import Dspike
 from spikegrad.temperature_search import Decision, decide, similarity_matrix
 
-__all__ = ["AdaptiveTemperature", "TemperatureGroup", "candidate_temperatures", "choose_temperature"]
+__all__ = ["AdaptiveTemperature", "TemperatureGroup", "candidate_temperatures", "choose_temperature",
+           "first_search_epoch"]
 
 GLOBAL = "model"  # group name of the single temperature
 
@@ -54,6 +55,12 @@ def choose_temperature(candidates: Sequence[float], similarities: Sequence[float
     best = max(similarities)
     tied = [c for c, s in zip(candidates, similarities, strict=True) if s == best]
     return min(tied, key=lambda c: abs(c - current))
+
+
+def first_search_epoch(every: int, first_epoch: int) -> int:
+    """The epoch (counted from 0) whose start has the first search: the first multiple of
+    ``every`` that is at least ``first_epoch``."""
+    return -(-first_epoch // every) * every
 
 
 @dataclass
@@ -111,13 +118,16 @@ class AdaptiveTemperature(Component):
 
     @classmethod
     def check_config(cls, config: Config) -> None:
-        """A run too short to search (``train.epochs <= dspike.every``) would be labelled
-        ``dspike-adaptive`` without ever searching: refused."""
-        epochs, every = config.train.epochs, config.dspike.every
-        if epochs <= every:  # searches start epochs every, 2·every, ... (counted from 0)
+        """A run too short to search (no epoch ``e < train.epochs`` with ``e % dspike.every == 0``
+        and ``e >= dspike.first_epoch``) would be labelled ``dspike-adaptive`` without ever
+        searching: refused."""
+        epochs, section = config.train.epochs, config.dspike
+        first = first_search_epoch(section.every, section.first_epoch)
+        if first >= epochs:
             raise UserError(f"dspike.adaptive never searches in train.epochs={epochs} with dspike.every="
-                            f"{every} (the first search is at the start of epoch {every + 1}); raise "
-                            "train.epochs or lower dspike.every, or set dspike.adaptive=false")
+                            f"{section.every} and dspike.first_epoch={section.first_epoch} (the first "
+                            f"search is at the start of epoch {first + 1}); raise train.epochs or lower "
+                            "dspike.every or dspike.first_epoch, or set dspike.adaptive=false")
 
     @classmethod
     def from_config(cls, section: DspikeConfig, *, seed: int = 0) -> AdaptiveTemperature:
@@ -220,7 +230,7 @@ class AdaptiveTemperature(Component):
 
     def on_epoch_start(self, ctx: TrainingContext, epoch: int) -> dict[str, Any]:
         row: dict[str, Any] = {}
-        if epoch > 0 and epoch % self.config.every == 0:
+        if epoch >= self.config.first_epoch and epoch % self.config.every == 0:
             tic = time.perf_counter()
             self.decisions = {}
             similarities = self.search(ctx, epoch)
