@@ -186,6 +186,35 @@ def test_loading_never_executes_code_from_the_file(tmp_path, monkeypatch):
     assert not marker.exists()
 
 
+def test_a_config_built_in_python_gets_the_checks_of_a_recipe():
+    """Section constructors and ``dataclasses.replace`` skip loading; the trainer checks every
+    value as loading would, and the settings of a method component given by hand too."""
+    from spikegrad.config import DspikeConfig, NeuronConfig
+    from spikegrad.methods.dspike import AdaptiveTemperature
+    from spikegrad.methods.ltl import LocalTandemLearning
+    from spikegrad.methods.shortcut import ShortcutBackprop
+
+    data = TensorDataset(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
+    base = Config()
+    bad = [
+        (dataclasses.replace(base, dspike=DspikeConfig(adaptive=True, every=0)), r"'dspike\.every' must be > 0"),
+        (dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=0)), r"'train\.epochs' must be"),
+        (dataclasses.replace(base, model=dataclasses.replace(base.model, neuron=NeuronConfig(reset="soft-ish"))),
+         r"'model\.neuron\.reset' must be one of \['hard', 'soft'\]"),
+        (dataclasses.replace(base, optim=dataclasses.replace(base.optim, lr="fast")), r"'optim\.lr'"),
+    ]
+    for config, message in bad:
+        with pytest.raises(UserError, match=message):
+            Trainer(fc_spiking_net(2), data, data, config, verbose=False)
+    for component, message in [
+        (AdaptiveTemperature(DspikeConfig(first_epoch=-1)), r"'dspike\.first_epoch' must be >= 0"),
+        (ShortcutBackprop(lambda0=-1.0), r"'shortcut\.lambda0' must be >= 0"),
+        (LocalTandemLearning(fc_spiking_net(2), "offline", percentile=150.0), r"'ltl\.percentile'"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            Trainer(fc_spiking_net(2), data, data, components=[component], verbose=False)
+
+
 def test_trainer_arguments_of_the_wrong_kind_are_explained():
     from spikegrad.methods.shortcut import ShortcutBackprop
 

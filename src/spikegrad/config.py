@@ -568,6 +568,18 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def check_values(config: Config) -> Config:
+    """``config``, once every value has passed the checks loading a recipe applies (known keys,
+    types, ranges, choices): a config built in Python (section constructors,
+    ``dataclasses.replace``) is refused where the same values in a recipe would be, with the
+    same message naming the key."""
+    if not isinstance(config, Config):
+        raise UserError(f"config must be a spikegrad Config, got {type(config).__name__}; use "
+                        "spikegrad.config.load_config(path) or Config().with_overrides({...})")
+    from_dict(Config, config.to_dict())
+    return config
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """``"a.b=value"`` -> ``("a.b", parsed value)``; the value is read as YAML."""
     key, sep, text = item.partition("=")

@@ -35,7 +35,7 @@ from spikegrad.analysis import check_analysis, epoch_fields
 from spikegrad.build.components import build_components
 from spikegrad.checkpoint import load_weights
 from spikegrad.component import Component, Position, StepOutput, TrainingContext
-from spikegrad.config import Config
+from spikegrad.config import Config, check_values
 from spikegrad.data.augment import build_augmentation
 from spikegrad.data.from_config import split_of
 from spikegrad.data.loader import check_dataset, collate_for
@@ -54,7 +54,7 @@ from spikegrad.errors import (
 from spikegrad.evaluation import evaluate_model
 from spikegrad.layers import mean_over_time
 from spikegrad.losses import training_loss
-from spikegrad.methods.registry import components_note, unused_note
+from spikegrad.methods.registry import check_given_settings, components_note, unused_note
 from spikegrad.neurons import SpikingNeuron
 from spikegrad.nonfinite import CHECK_EVERY, FiniteGuard
 from spikegrad.resume import EpochProgress, StopOnSignal, TrainingStopped, ignore_interrupts, set_rng_state
@@ -229,10 +229,7 @@ class Trainer:
         overwrite: bool | None = False,
         terms: Terms = TRAINER_TERMS,
     ) -> None:
-        if config is not None and not isinstance(config, Config):
-            raise UserError(f"config must be a spikegrad Config, got {type(config).__name__}; use "
-                            "spikegrad.config.load_config(path) or Config().with_overrides({...})")
-        self.config = config if config is not None else Config()
+        self.config = check_values(config) if config is not None else Config()
         train = self.config.train
         threads = apply_threads(train.threads)
         self.dist = distributed.setup(resolve_device(train.device), self.config.distributed)
@@ -242,6 +239,7 @@ class Trainer:
             unused = unused_note(self.config)
         else:
             components = _check_components(components)
+            check_given_settings(self.config, components)
             unused = components_note(self.config, model, components)
         seed_everything(train.seed + self.dist.rank)  # each process its own augmentation noise
         self.device = self.dist.device

@@ -16,15 +16,16 @@ from typing import Any
 from torch import nn
 
 from spikegrad.component import Component
-from spikegrad.config import Config
+from spikegrad.config import Config, from_dict
 from spikegrad.diagnostics import GradientDiagnostics
 from spikegrad.errors import UserError, changed_fields, unknown_name_error
 from spikegrad.methods.dspike import AdaptiveTemperature
 from spikegrad.methods.ltl import LocalTandemLearning
 from spikegrad.methods.shortcut import ShortcutBackprop
 
-__all__ = ["RESOURCES", "Method", "components_from_config", "components_note", "enabled_methods", "method",
-           "method_label", "methods", "register_method", "run_name", "unused_note", "unused_settings"]
+__all__ = ["RESOURCES", "Method", "check_given_settings", "components_from_config", "components_note",
+           "enabled_methods", "method", "method_label", "methods", "register_method", "run_name",
+           "unused_note", "unused_settings"]
 
 #: what a builder can pass to ``from_config`` besides the section
 RESOURCES = ("seed", "teacher")
@@ -160,6 +161,18 @@ def unused_note(config: Config) -> str:
                          f"does not apply to this model (model.kind {config.model.kind}): it trains "
                          f"without the {entry.description}")
     return "\n".join(lines)
+
+
+def check_given_settings(config: Config, components: Sequence[Component]) -> None:
+    """Refuse a method's component given to a trainer by hand with settings its config section
+    could not hold (a ``DspikeConfig(every=0)`` built in Python, a ``ShortcutBackprop`` with a
+    negative ``lambda0``): the checks of loading a recipe, the key named as in a recipe."""
+    registered = {m.component: m for m in _METHODS.values()}
+    for component in components:
+        entry = registered.get(type(component))
+        if entry is not None:
+            section = getattr(config, entry.section)
+            from_dict(type(section), component.section_settings(), prefix=f"{entry.section}.")
 
 
 def components_note(config: Config, model: nn.Module | None, components: Sequence[Component]) -> str:
