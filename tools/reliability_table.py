@@ -200,6 +200,24 @@ CASES: list[Case] = [
          ["train", "tiny.yaml", "--set", "optim.name=adam", "--set", "optim.momentum=0.5"], expect=2),
     Case("config", "a data root for the built-in digits",
          ["train", "tiny.yaml", "--set", "data.root=/data"], expect=2),
+    Case("config", "a value out of range in a config built in Python (API)", python=api("""
+import dataclasses
+import torch
+from torch.utils.data import TensorDataset
+from spikegrad.config import Config, DspikeConfig
+from spikegrad.trainer import Trainer
+data = TensorDataset(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
+cfg = dataclasses.replace(Config(), dspike=DspikeConfig(adaptive=True, every=0))
+Trainer(torch.nn.Linear(2, 2), data, data, cfg, verbose=False)
+"""), expect=2),
+    Case("config", "a method component given by hand with a setting out of range (API)", python=api("""
+import torch
+from torch.utils.data import TensorDataset
+from spikegrad.methods.shortcut import ShortcutBackprop
+from spikegrad.trainer import Trainer
+data = TensorDataset(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
+Trainer(torch.nn.Linear(2, 2), data, data, components=[ShortcutBackprop(lambda0=-1.0)], verbose=False)
+"""), expect=2),
     Case("config", "unknown command", ["trian", "tiny.yaml"], expect=2),
     Case("config", "bad command-line option", ["eval", "run/last.pt", "--split", "val"], expect=2),
     Case("other commands", "report of a missing run folder", ["report", "nowhere"], expect=2),
