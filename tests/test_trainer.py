@@ -195,13 +195,13 @@ def test_a_config_built_in_python_gets_the_checks_of_a_recipe():
     from spikegrad.methods.shortcut import ShortcutBackprop
 
     data = TensorDataset(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
-    base = Config()
+    base, replace = Config(), dataclasses.replace
     bad = [
-        (dataclasses.replace(base, dspike=DspikeConfig(adaptive=True, every=0)), r"'dspike\.every' must be > 0"),
-        (dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=0)), r"'train\.epochs' must be"),
-        (dataclasses.replace(base, model=dataclasses.replace(base.model, neuron=NeuronConfig(reset="soft-ish"))),
+        (replace(base, dspike=DspikeConfig(adaptive=True, every=0)), r"'dspike\.every' must be > 0"),
+        (replace(base, train=replace(base.train, epochs=0)), r"'train\.epochs' must be"),
+        (replace(base, model=replace(base.model, neuron=NeuronConfig(reset="soft-ish"))),
          r"'model\.neuron\.reset' must be one of \['hard', 'soft'\]"),
-        (dataclasses.replace(base, optim=dataclasses.replace(base.optim, lr="fast")), r"'optim\.lr'"),
+        (replace(base, optim=replace(base.optim, lr="fast")), r"'optim\.lr'"),
     ]
     for config, message in bad:
         with pytest.raises(UserError, match=message):
