@@ -204,8 +204,8 @@ CASES: list[Case] = [
 import dataclasses
 import torch
 from torch.utils.data import TensorDataset
+from spikegrad import Trainer
 from spikegrad.config import Config, DspikeConfig
-from spikegrad.trainer import Trainer
 data = TensorDataset(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
 cfg = dataclasses.replace(Config(), dspike=DspikeConfig(adaptive=True, every=0))
 Trainer(torch.nn.Linear(2, 2), data, data, cfg, verbose=False)
@@ -213,8 +213,7 @@ Trainer(torch.nn.Linear(2, 2), data, data, cfg, verbose=False)
     Case("config", "a method component given by hand with a setting out of range (API)", python=api("""
 import torch
 from torch.utils.data import TensorDataset
-from spikegrad.methods.shortcut import ShortcutBackprop
-from spikegrad.trainer import Trainer
+from spikegrad import ShortcutBackprop, Trainer
 data = TensorDataset(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
 Trainer(torch.nn.Linear(2, 2), data, data, components=[ShortcutBackprop(lambda0=-1.0)], verbose=False)
 """), expect=2),
