@@ -832,8 +832,8 @@ class Runner:
                 raise UserError(
                     f"{self.out} holds final runs of {arm.name} (seeds {', '.join(map(str, finished))}) "
                     "but not all of its tuning runs, so this report cannot tell their rate: if the "
-                    "rate came from an earlier tuning, repeat the --tuned-lr of the command that "
-                    "trained them (results.json's \"command\")")
+                    "rate came from an earlier tuning or another arm, repeat the --tuned-lr or --lr-from "
+                    "of the command that trained them (results.json's \"command\")")
 
     def run_check(self, arm: Arm, seed: int, lr: float, phase: str = "check") -> dict[str, Any]:
         """Train (or read) one validation-split run outside the arms' grid (a preparatory check)."""
@@ -1323,6 +1323,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, scales: dict[str, str]
     parser.add_argument("--tuned-lr", nargs="+", default=[], metavar="ARM=RATE",
                         help="skip a tuned arm's tuning and use RATE, a value of its grid that an earlier "
                              "tuning of this experiment chose (recorded as such in the results)")
+    parser.add_argument("--lr-from", nargs="+", default=[], metavar="ARM=SOURCE",
+                        help="skip a tuned arm's tuning and train it at the rate chosen for the arm "
+                             "SOURCE (recorded as not tuned on its own); SOURCE comes along with --arms")
     parser.add_argument("--probe", nargs="+", default=[], metavar="ARM=RATE",
                         help="also train a tuned arm at RATE, outside its grid, on the tuning seeds (after "
                              "the arms' runs) and report whether its choice would stand with RATE in the "
@@ -1348,6 +1351,9 @@ def apply_common(experiment: Experiment, args: argparse.Namespace) -> Experiment
         experiment.tuning_seeds = list(args.tuning_seeds)
     if args.epochs is not None:
         experiment.set_epochs(args.epochs)
+    _once("--lr-from", args.lr_from)
+    for item in args.lr_from:  # before --arms, which brings each source along
+        set_lr_from(experiment, item)
     if args.arms:
         keep = set(args.arms)
         unknown = keep - {a.name for a in experiment.arms}
@@ -1360,10 +1366,7 @@ def apply_common(experiment: Experiment, args: argparse.Namespace) -> Experiment
                 needed |= set(arm.depends.values()) | {a for a in (arm.lr_from, arm.epochs_from) if a}
         experiment.arms = [a for a in experiment.arms if a.name in needed]
         experiment.comparisons = [c for c in experiment.comparisons if {c.a, c.b} <= needed]
-    given = [item.partition("=")[0] for item in args.tuned_lr]
-    twice = sorted({name for name in given if given.count(name) > 1})
-    if twice:
-        raise UserError(f"--tuned-lr: arm {', '.join(map(repr, twice))} is given twice; give each arm once")
+    _once("--tuned-lr", args.tuned_lr)
     for item in args.tuned_lr:
         set_tuned_lr(experiment, item)
     for item in args.probe:
@@ -1371,6 +1374,14 @@ def apply_common(experiment: Experiment, args: argparse.Namespace) -> Experiment
         experiment.add_probe(arm.name, rate)
     experiment.extra_overrides = list(args.set)
     return experiment
+
+
+def _once(option: str, items: list[str]) -> None:
+    """A :class:`UserError` for an arm that ``option``'s ``ARM=VALUE`` items name twice."""
+    given = [item.partition("=")[0] for item in items]
+    twice = sorted({name for name in given if given.count(name) > 1})
+    if twice:
+        raise UserError(f"{option}: arm {', '.join(map(repr, twice))} is given twice; give each arm once")
 
 
 def _arm_at_rate(experiment: Experiment, option: str, item: str, example: str) -> tuple[Arm, float]:
@@ -1403,6 +1414,32 @@ def set_tuned_lr(experiment: Experiment, item: str) -> None:
                         "over that grid can only have chosen one of its values")
     arm.lr_reason = f"chosen by an earlier tuning over {grid} (--tuned-lr)"
     arm.lr, arm.lr_grid = match[0], []  # the grid's own value, not a float near it
+
+
+def set_lr_from(experiment: Experiment, item: str) -> None:
+    """``ARM=SOURCE``: the tuned arm ARM skips its tuning and trains its final runs at the rate
+    chosen for SOURCE (an ablation at its parent's rate); the results name it as taken from
+    SOURCE, not tuned on its own."""
+    name, sep, source_name = item.partition("=")
+    example = "plain16/evolutionary-deep=plain16/evolutionary"
+    if not sep:
+        raise UserError(f"--lr-from {item!r}: write ARM=SOURCE, e.g. --lr-from {example}")
+    names = [a.name for a in experiment.arms]
+    for given in (name, source_name):
+        if given not in names:
+            raise UserError(f"--lr-from {item!r}: no arm {given!r}; this experiment has: {', '.join(names)}")
+    arm, source = experiment.arm(name), experiment.arm(source_name)
+    if not arm.lr_grid:
+        raise UserError(f"--lr-from {item!r}: arm {name!r} does not tune its rate "
+                        f"({arm.lr_reason or 'fixed'}); drop it")
+    chain = source
+    while chain.lr_from:  # the source's own rate may come from another arm, but not from this one
+        chain = experiment.arm(chain.lr_from)
+    if chain is arm:
+        raise UserError(f"--lr-from {item!r}: {source_name!r} takes its rate from {name!r} itself; "
+                        "name an arm whose rate is tuned or fixed")
+    arm.lr_from, arm.lr, arm.lr_grid = source.name, None, []
+    arm.lr_reason = "not tuned on its own (--lr-from)"
 
 
 def _sets_within(value: Any, target: str, key: str) -> bool:

@@ -14,7 +14,7 @@ Animal-MNIST. Arms per network, each at its own tuned learning rate:
   convergence;
 - ``evolutionary-shallow`` / ``evolutionary-deep``: the evolutionary method with only the first
   or only the last of the default attach points (the attach-point ablation; on the plain
-  network at the small scale, on both at the large one).
+  network at the small scale, on both at the large one; ``--ablate`` names the networks).
 
 The surrogate is the one under which vanilla trains best in a short check before the arms
 (``--surrogate`` skips the check): each candidate trains vanilla on both networks for a few
@@ -42,6 +42,7 @@ from typing import Any
 
 from experiments.claims import better
 from experiments.runner import Arm, Comparison, DataSpec, Experiment, Runner, main
+from spikegrad.errors import UserError
 
 NAME = "experiments.shortcut_claims"
 MODELS = {"plain16": "cluttered_digits_plain_cnn_t2", "resnet34": "cluttered_digits_resnet34_t2"}
@@ -143,6 +144,11 @@ def build(args: argparse.Namespace) -> Experiment:
     if args.dataset:
         scale["dataset"] = args.dataset
     models = args.models or list(MODELS)
+    ablate = args.ablate or scale["ablate"]
+    if args.ablate and not set(ablate) <= set(models):
+        missing = ", ".join(m for m in ablate if m not in models)
+        raise UserError(f"--ablate {missing}: not among the networks this command trains "
+                        f"({', '.join(models)}); add it to --models or drop it from --ablate")
     data = DataSpec(scale["dataset"], validation=scale["validation"], subset=scale["subset"])
     first = next(iter(SURROGATES.values()))
     arms, comparisons = [], []
@@ -150,7 +156,7 @@ def build(args: argparse.Namespace) -> Experiment:
         base = _model_overrides(scale, SURROGATES.get(args.surrogate, first) if args.surrogate else first)
         points = attach_points(model, scale["width"], scale["T"])
         variants: dict[str, dict[str, Any]] = dict(METHODS)
-        if model in scale["ablate"]:
+        if model in ablate:
             variants["evolutionary-shallow"] = {**METHODS["evolutionary"], "shortcut.attach": points[:1]}
             variants["evolutionary-deep"] = {**METHODS["evolutionary"], "shortcut.attach": points[-1:]}
         for label, overrides in variants.items():
@@ -164,7 +170,7 @@ def build(args: argparse.Namespace) -> Experiment:
         pairs = [("shortcut", "vanilla"), ("evolutionary", "vanilla"), ("vanilla-long", "vanilla"),
                  ("evolutionary", "vanilla-long"), ("evolutionary", "shortcut"),
                  ("evolutionary-long", "vanilla-long"), ("evolutionary-long", "evolutionary")]
-        if model in scale["ablate"]:
+        if model in ablate:
             pairs += [("evolutionary-shallow", "evolutionary"), ("evolutionary-deep", "evolutionary")]
         comparisons += [Comparison(f"{model}/{a}", f"{model}/{b}") for a, b in pairs]
     notes = [
@@ -181,7 +187,7 @@ def build(args: argparse.Namespace) -> Experiment:
         name="shortcut_claims", title="Shortcut back-propagation: vanilla, λ = 1 and evolutionary training",
         arms=arms, seeds=list(scale["seeds"]), tuning_seeds=list(scale["tuning_seeds"]),
         comparisons=comparisons, claims=claims, notes=notes,
-        settings={"scale": "smoke" if args.smoke else args.scale, **scale, "models": models,
+        settings={"scale": "smoke" if args.smoke else args.scale, **scale, "models": models, "ablate": ablate,
                   "surrogate": args.surrogate or "checked"})
     if args.surrogate:
         experiment.notes.append(f"Surrogate given on the command line: {args.surrogate}.")
@@ -193,6 +199,9 @@ def build(args: argparse.Namespace) -> Experiment:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="dataset (default: animal_mnist)")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), help="networks (default: both)")
+    parser.add_argument("--ablate", nargs="+", choices=list(MODELS),
+                        help="networks that also train the attach-point ablation arms "
+                             "(default: the scale's; plain16 at the small scale)")
     parser.add_argument("--surrogate", choices=list(SURROGATES),
                         help="use this surrogate instead of running the surrogate check")
 

@@ -517,7 +517,7 @@ def test_each_experiment_reads_its_claims_in_the_right_direction():
                         f"{group}: adaptive Dspike is more accurate than rectangle": "holds"}
 
     shortcut = shortcut_claims.build(argparse.Namespace(smoke=False, scale="small", dataset=None,
-                                                        models=["resnet34"], surrogate=None))
+                                                        models=["resnet34"], surrogate=None, ablate=None))
     verdicts = _claims_on(shortcut, {"resnet34/vanilla-long": 0.10, "resnet34/shortcut": 0.03,
                                      "resnet34/evolutionary": 0.06, "resnet34/evolutionary-long": 0.08})
     assert verdicts == {
@@ -625,6 +625,46 @@ def test_tuned_lr_skips_an_arms_tuning_at_a_rate_of_its_grid_and_refuses_any_oth
                                                     "--tuned-lr", "mnist/atan=0.1"]))
 
 
+def test_lr_from_trains_an_arm_at_the_rate_chosen_for_another_and_refuses_what_cannot_apply(tmp_path):
+    from experiments import shortcut_claims
+
+    def build(*items, arms=()):
+        from experiments.runner import add_common_arguments, apply_common
+
+        parser = argparse.ArgumentParser()
+        add_common_arguments(parser)
+        experiment = shortcut_claims.build(argparse.Namespace(
+            smoke=False, scale="small", dataset=None, models=["resnet34"], surrogate="sigmoid-2",
+            ablate=["resnet34"]))
+        argv = ["--out", "unused", *(["--arms", *arms] if arms else []), "--lr-from", *items]
+        return apply_common(experiment, parser.parse_args(argv))
+
+    deep, parent = "resnet34/evolutionary-deep", "resnet34/evolutionary"
+    experiment = build(f"{deep}={parent}", arms=[deep])
+    assert [a.name for a in experiment.arms] == [parent, deep]  # the source comes along with --arms
+    arm = experiment.arm(deep)
+    assert (arm.lr_from, arm.lr, arm.lr_grid) == (parent, None, [])
+    assert arm.lr_reason == "not tuned on its own (--lr-from)"
+    runner = Runner(experiment, tmp_path)
+    assert runner.violations == []
+    phases = {(phase, a.name) for phase, a, _, _ in runner.tasks()}
+    assert ("tune", deep) not in phases and ("tune", parent) in phases
+    runner._chosen[parent] = {"lr": 0.003}
+    assert runner.lr_of(arm) == 0.003  # whatever the source's tuning chose
+
+    for items, message in [
+        ([f"{deep}"], "write ARM=SOURCE"),
+        ([f"{deep}=resnet34/none"], "no arm 'resnet34/none'"),
+        ([f"resnet34/none={parent}"], "no arm 'resnet34/none'"),
+        ([f"resnet34/evolutionary-long={parent}"], "does not tune its rate"),
+        ([f"{parent}=resnet34/evolutionary-long"], "takes its rate from 'resnet34/evolutionary' itself"),
+        ([f"{deep}={deep}"], "itself"),
+        ([f"{deep}={parent}", f"{deep}=resnet34/vanilla"], "given twice"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            build(*items)
+
+
 def test_a_report_without_the_tuned_lr_that_made_the_final_runs_is_refused(tmp_path, capsys):
     from tests.experiment_helpers import run_experiment
 
@@ -638,6 +678,24 @@ def test_a_report_without_the_tuned_lr_that_made_the_final_runs_is_refused(tmp_p
     with pytest.raises(SystemExit):
         run_experiment("experiments.dspike_surrogates", out, "--arms", "digits/atan", "--report")
     assert "holds final runs of digits/atan (seeds 0, 1)" in capsys.readouterr().err
+
+
+def test_an_arm_trained_at_another_arms_rate_records_it_and_its_report_needs_the_lr_from(tmp_path, capsys):
+    from tests.experiment_helpers import run_experiment
+
+    out = tmp_path / "exp"
+    given = ["--arms", "digits/sigmoid", "--tuned-lr", "digits/atan=0.1",
+             "--lr-from", "digits/sigmoid=digits/atan"]
+    made = run_experiment("experiments.dspike_surrogates", out, *given)
+    sigmoid = made["arms"]["digits/sigmoid"]
+    assert (sigmoid["lr"], sigmoid["lr_source"], sigmoid["tuning_runs"]) == (0.1, "from digits/atan", [])
+    assert "0.1 (from digits/atan: not tuned on its own (--lr-from))" in (out / "results.md").read_text()
+    again = run_experiment("experiments.dspike_surrogates", out, *given, "--report")
+    assert again["arms"]["digits/sigmoid"]["final_acc"] == sigmoid["final_acc"]
+    with pytest.raises(SystemExit):
+        run_experiment("experiments.dspike_surrogates", out, "--arms", "digits/sigmoid", "digits/atan",
+                       "--tuned-lr", "digits/atan=0.1", "--report")
+    assert "repeat the --tuned-lr or --lr-from" in capsys.readouterr().err
 
 
 def test_a_moved_experiment_keeps_its_dependencies_but_another_teacher_is_another_run(tmp_path):
