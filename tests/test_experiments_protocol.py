@@ -628,19 +628,13 @@ def test_tuned_lr_skips_an_arms_tuning_at_a_rate_of_its_grid_and_refuses_any_oth
 def test_lr_from_trains_an_arm_at_the_rate_chosen_for_another_and_refuses_what_cannot_apply(tmp_path):
     from experiments import shortcut_claims
 
-    def build(*items, arms=()):
-        from experiments.runner import add_common_arguments, apply_common
+    options = {"dataset": None, "models": ["resnet34"], "surrogate": "sigmoid-2", "ablate": ["resnet34"]}
 
-        parser = argparse.ArgumentParser()
-        add_common_arguments(parser)
-        experiment = shortcut_claims.build(argparse.Namespace(
-            smoke=False, scale="small", dataset=None, models=["resnet34"], surrogate="sigmoid-2",
-            ablate=["resnet34"]))
-        argv = ["--out", "unused", *(["--arms", *arms] if arms else []), "--lr-from", *items]
-        return apply_common(experiment, parser.parse_args(argv))
+    def build(*items):
+        return _with_options("--lr-from", shortcut_claims, *items, **options)
 
     deep, parent = "resnet34/evolutionary-deep", "resnet34/evolutionary"
-    experiment = build(f"{deep}={parent}", arms=[deep])
+    experiment = _with_options("--arms", shortcut_claims, deep, "--lr-from", f"{deep}={parent}", **options)
     assert [a.name for a in experiment.arms] == [parent, deep]  # the source comes along with --arms
     arm = experiment.arm(deep)
     assert (arm.lr_from, arm.lr, arm.lr_grid) == (parent, None, [])
