@@ -26,10 +26,18 @@ def test_reference_lists_signatures_and_first_paragraphs(tmp_path, monkeypatch, 
     tool = load_tool()
     text = tool.render()
     assert "## `spikegrad.encoders`" in text and "## `spikegrad.models._registry`" not in text
-    assert ("- class `LatencyEncoder(T: 'int', *, scale: 'str' = 'linear', threshold: 'float' = 0.0, "
-            "min_intensity: 'float' = 0.01)") in text
+    # annotations as written (no quotes), string defaults quoted, no "-> None" on a class
+    assert ("- class `LatencyEncoder(T: int, *, scale: str = 'linear', threshold: float = 0.0, "
+            "min_intensity: float = 0.01)`: ") in text
+    assert "- `create(name: str | Mapping[str, Any], T: int, **kwargs) -> nn.Module`: The encoder" in text
+    assert not re.search(r"\w: '[\w.| \[\],]+'[,)=]", text)
     assert "Time-to-first-spike coding: every input spikes once, brighter inputs earlier." in text
-    assert "  - classmethod `from_snntorch(beta: 'float | nn.Module'," in text  # methods, without cls
+    assert "  - classmethod `from_snntorch(beta: float | nn.Module," in text  # methods, without cls
+    # the index: one line per package, every module's section linked from it
+    index = text.split("\n## ")[0]
+    assert "- [`spikegrad.methods`](#spikegradmethods): [`dspike`](#spikegradmethodsdspike)," in index
+    sections = re.findall(r"^## `([\w.]+)`", text, re.M)
+    assert sorted(re.findall(r"\]\(#(\w+)\)", index)) == sorted(s.replace(".", "") for s in sections)
     assert not re.search(r"0x[0-9a-f]{6,}", text)  # no memory addresses: the same on every run
     assert str(ROOT) not in text  # no path of this checkout (a clone elsewhere renders the same)
     stale = tmp_path / "api.md"

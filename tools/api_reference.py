@@ -55,12 +55,33 @@ def first_paragraph(obj: object) -> str:
 _ADDRESS = re.compile(r"<(?:function|built-in function|class|bound method) ([\w.<>]+)(?: at 0x[0-9a-f]+)?>")
 
 
+class _Annotation(str):
+    """An annotation kept as the text it was written as (``from __future__ import annotations``
+    stores them as strings), shown without the quotes ``repr`` would add."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _unquoted(sig: inspect.Signature) -> inspect.Signature:
+    """``sig`` with its string annotations shown as written: ``T: int``, not ``T: 'int'``."""
+    def bare(annotation: object) -> object:
+        return _Annotation(annotation) if isinstance(annotation, str) else annotation
+
+    params = [p.replace(annotation=bare(p.annotation)) for p in sig.parameters.values()]
+    return sig.replace(parameters=params, return_annotation=bare(sig.return_annotation))
+
+
 def signature(obj: object) -> str:
-    """``(a, b=1)``, with defaults that print memory addresses shown by name."""
+    """``(a: int, b=1) -> str``, with defaults that print memory addresses shown by name; a
+    class's without the ``-> None`` of its ``__init__``."""
     try:
-        text = str(inspect.signature(obj))
+        sig = _unquoted(inspect.signature(obj))
     except (TypeError, ValueError):
         return "(...)"
+    if inspect.isclass(obj):
+        sig = sig.replace(return_annotation=inspect.Signature.empty)
+    text = str(sig)
     text = _ADDRESS.sub(lambda m: m.group(1).split(".")[-1], text)
     text = text.replace("<dataclasses._MISSING_TYPE object>", "MISSING")
     text = re.sub(r"<([\w.]+) object(?: at 0x[0-9a-f]+)?>", lambda m: m.group(1).split(".")[-1] + "()", text)
@@ -126,10 +147,26 @@ def module_section(module: ModuleType) -> list[str]:
     return lines
 
 
+def _anchor(name: str) -> str:
+    return "#" + name.replace(".", "")
+
+
+def module_index(modules: list[ModuleType]) -> list[str]:
+    """One line per package: the package, then its modules by their last name."""
+    packages = [m for m in modules if hasattr(m, "__path__")]
+    lines = ["Modules:", ""]
+    for package in packages:
+        inside = [m.__name__ for m in modules if m is not package and not hasattr(m, "__path__")
+                  and m.__name__.rpartition(".")[0] == package.__name__]
+        links = ", ".join(f"[`{n.rpartition('.')[2]}`]({_anchor(n)})" for n in inside)
+        head = f"- [`{package.__name__}`]({_anchor(package.__name__)})"
+        lines.append(f"{head}: {links}" if links else head)
+    return [*lines, ""]
+
+
 def render() -> str:
     modules = public_modules()
-    lines = [HEADER, "Modules: " + ", ".join(
-        f"[`{m.__name__}`](#{m.__name__.replace('.', '')})" for m in modules) + ".", ""]
+    lines = [HEADER, *module_index(modules)]
     for module in modules:
         lines += module_section(module)
     return "\n".join(lines).rstrip() + "\n"
