@@ -337,6 +337,31 @@ def test_a_run_folder_of_other_settings_is_neither_reused_nor_deleted(tmp_path, 
     assert execute(spec)["failed"] is None and (folder / "summary.json").is_file()  # same settings: finished
 
 
+def test_a_finished_run_copied_into_another_out_is_read_not_trained(tmp_path, monkeypatch):
+    """A new ``--out`` may start from another experiment's finished runs (as docs/protocol.md says):
+    a copy is reused where its settings are the ones asked for, refused where they are not."""
+    import shutil
+
+    from experiments.runner import execute
+    from tests.experiment_helpers import count_trainings
+
+    first = Runner(_tiny_experiment(epochs=1), tmp_path / "first", smoke=True, threads=1, verbose=False)
+    spec = first._spec("tune", first.experiment.arms[0], 7, 0.05)
+    stored = execute(spec)
+    calls = count_trainings(monkeypatch)
+    second = Runner(_tiny_experiment(epochs=1), tmp_path / "second", smoke=True, threads=1, verbose=False)
+    copy = second._spec("tune", second.experiment.arms[0], 7, 0.05)
+    shutil.copytree(spec["folder"], copy["folder"])
+    reused = execute(copy)
+    assert calls == [] and reused["wall_seconds"] == stored["wall_seconds"]  # the stored record, as trained
+    changed = Runner(_tiny_experiment(epochs=2), tmp_path / "third", smoke=True, threads=1, verbose=False)
+    other = changed._spec("tune", changed.experiment.arms[0], 7, 0.05)
+    shutil.copytree(spec["folder"], other["folder"])
+    with pytest.raises(UserError, match=r"train.epochs: 1 -> 2"):
+        execute(other)
+    assert calls == []
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
