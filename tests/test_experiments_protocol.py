@@ -105,6 +105,12 @@ def _tiny_experiment(**arm_changes) -> Experiment:
     return Experiment(name="tiny", title="tiny", arms=[arm], seeds=[0, 1], tuning_seeds=[7])
 
 
+def _tiny_tuning_spec(out: Path, epochs: int) -> dict:
+    """The spec of the tiny experiment's first tuning run (seed 7, rate 0.05), trained into ``out``."""
+    runner = Runner(_tiny_experiment(epochs=epochs), out, smoke=True, threads=1, verbose=False)
+    return runner._spec("tune", runner.experiment.arms[0], 7, 0.05)
+
+
 def test_runner_refuses_unknown_datasets_and_bad_dependencies(tmp_path):
     with pytest.raises(UserError, match="unknown dataset 'no_such_set'"):
         Runner(_tiny_experiment(data=DataSpec("no_such_set")), tmp_path, smoke=True)
@@ -317,14 +323,12 @@ def test_a_run_folder_of_other_settings_is_neither_reused_nor_deleted(tmp_path, 
     from experiments.runner import execute
     from tests.experiment_helpers import count_trainings
 
-    runner = Runner(_tiny_experiment(epochs=1), tmp_path / "exp", smoke=True, threads=1, verbose=False)
-    spec = runner._spec("tune", runner.experiment.arms[0], 7, 0.05)
+    spec = _tiny_tuning_spec(tmp_path / "exp", epochs=1)
     execute(spec)
     folder = Path(spec["folder"])
     before = {p.name for p in folder.iterdir()}
     calls = count_trainings(monkeypatch)
-    changed = Runner(_tiny_experiment(epochs=2), tmp_path / "exp", smoke=True, threads=1, verbose=False)
-    new_spec = changed._spec("tune", changed.experiment.arms[0], 7, 0.05)
+    new_spec = _tiny_tuning_spec(tmp_path / "exp", epochs=2)
     assert new_spec["folder"] == spec["folder"]
     with pytest.raises(UserError, match=r"other settings \(train.epochs: 1 -> 2\).*another --out"):
         execute(new_spec)
@@ -345,17 +349,14 @@ def test_a_finished_run_copied_into_another_out_is_read_not_trained(tmp_path, mo
     from experiments.runner import execute
     from tests.experiment_helpers import count_trainings
 
-    first = Runner(_tiny_experiment(epochs=1), tmp_path / "first", smoke=True, threads=1, verbose=False)
-    spec = first._spec("tune", first.experiment.arms[0], 7, 0.05)
+    spec = _tiny_tuning_spec(tmp_path / "first", epochs=1)
     stored = execute(spec)
     calls = count_trainings(monkeypatch)
-    second = Runner(_tiny_experiment(epochs=1), tmp_path / "second", smoke=True, threads=1, verbose=False)
-    copy = second._spec("tune", second.experiment.arms[0], 7, 0.05)
+    copy = _tiny_tuning_spec(tmp_path / "second", epochs=1)
     shutil.copytree(spec["folder"], copy["folder"])
     reused = execute(copy)
     assert calls == [] and reused["wall_seconds"] == stored["wall_seconds"]  # the stored record, as trained
-    changed = Runner(_tiny_experiment(epochs=2), tmp_path / "third", smoke=True, threads=1, verbose=False)
-    other = changed._spec("tune", changed.experiment.arms[0], 7, 0.05)
+    other = _tiny_tuning_spec(tmp_path / "third", epochs=2)
     shutil.copytree(spec["folder"], other["folder"])
     with pytest.raises(UserError, match=r"train.epochs: 1 -> 2"):
         execute(other)
